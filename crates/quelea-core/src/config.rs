@@ -1,0 +1,650 @@
+//! Layered, typed configuration.
+//!
+//! Layers, lowest first: built-in defaults < the config file
+//! (`QUELEA_CONFIG_FILE`, else `~/.quelea/config.yaml` when it exists) <
+//! `QUELEA_*` environment variables < explicit arguments. Each layer is checked
+//! on its own before merging, so an unknown key or a bad value is reported with
+//! the layer it came from and the key's path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Where calls run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A pool of warm runner processes on this machine.
+    #[default]
+    Local,
+}
+
+/// Where job objects live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// A directory on this machine.
+    #[default]
+    Localdisk,
+    /// Process memory; for tests. Other processes cannot attach to its jobs.
+    Memory,
+    /// An S3-compatible object store.
+    S3,
+}
+
+/// A credential: deserialized like a string, never printed or serialized.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// How calls execute, whatever the backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Per-call time limit in seconds.
+    pub timeout: f64,
+    /// Per-runner resident memory limit in MiB; unset is unlimited.
+    pub memory_limit_mb: Option<u64>,
+    /// Calls per Invocation.
+    pub chunksize: u32,
+    /// Delete a job's objects once its results are read.
+    pub data_cleaner: bool,
+    /// Inputs up to this size travel inside the Invocation.
+    pub inline_input_bytes: u64,
+    /// Results up to this size are stored inside the status.
+    pub inline_result_bytes: u64,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            timeout: 600.0,
+            memory_limit_mb: None,
+            chunksize: 1,
+            data_cleaner: true,
+            inline_input_bytes: 8 * 1024,
+            inline_result_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The local backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Runner processes in the pool; unset is one per CPU.
+    pub workers: Option<u32>,
+}
+
+/// Local-directory storage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalDiskConfig {
+    /// The directory that holds the buckets; unset is `~/.quelea/storage`.
+    pub root: Option<PathBuf>,
+}
+
+/// S3-compatible storage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Path-style addressing (`http://host/bucket/key`), as most S3 servers
+    /// other than AWS want.
+    pub path_style: bool,
+    /// Allow plain `http://` endpoints.
+    pub allow_http: bool,
+}
+
+/// The whole resolved configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub backend: BackendKind,
+    pub storage: StorageKind,
+    /// The bucket (a subdirectory for `localdisk`) holding job objects.
+    pub bucket: String,
+    pub execution: ExecutionConfig,
+    pub local: LocalConfig,
+    pub localdisk: LocalDiskConfig,
+    pub s3: S3Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Local,
+            storage: StorageKind::Localdisk,
+            bucket: "quelea".into(),
+            execution: ExecutionConfig::default(),
+            local: LocalConfig::default(),
+            localdisk: LocalDiskConfig::default(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// The names of every environment variable quelea reads.
+pub struct EnvVars;
+
+impl EnvVars {
+    pub const CONFIG_FILE: &'static str = "QUELEA_CONFIG_FILE";
+    /// Set by the local pool on the processes it starts as runners.
+    pub const RUNNER: &'static str = "QUELEA_RUNNER";
+    pub const BACKEND: &'static str = "QUELEA_BACKEND";
+    pub const STORAGE: &'static str = "QUELEA_STORAGE";
+    pub const BUCKET: &'static str = "QUELEA_BUCKET";
+    pub const TIMEOUT: &'static str = "QUELEA_TIMEOUT";
+    pub const MEMORY_LIMIT_MB: &'static str = "QUELEA_MEMORY_LIMIT_MB";
+    pub const CHUNKSIZE: &'static str = "QUELEA_CHUNKSIZE";
+    pub const DATA_CLEANER: &'static str = "QUELEA_DATA_CLEANER";
+    pub const WORKERS: &'static str = "QUELEA_WORKERS";
+    pub const STORAGE_DIR: &'static str = "QUELEA_STORAGE_DIR";
+    pub const S3_ENDPOINT: &'static str = "QUELEA_S3_ENDPOINT";
+    pub const S3_REGION: &'static str = "QUELEA_S3_REGION";
+    pub const S3_ACCESS_KEY_ID: &'static str = "QUELEA_S3_ACCESS_KEY_ID";
+    pub const S3_SECRET_ACCESS_KEY: &'static str = "QUELEA_S3_SECRET_ACCESS_KEY";
+    pub const S3_PATH_STYLE: &'static str = "QUELEA_S3_PATH_STYLE";
+    pub const S3_ALLOW_HTTP: &'static str = "QUELEA_S3_ALLOW_HTTP";
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Num,
+    Bool,
+}
+
+/// Each config variable: its config path and the kind of value it takes.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    (EnvVars::BACKEND, "backend", Kind::Str),
+    (EnvVars::STORAGE, "storage", Kind::Str),
+    (EnvVars::BUCKET, "bucket", Kind::Str),
+    (EnvVars::TIMEOUT, "execution.timeout", Kind::Num),
+    (
+        EnvVars::MEMORY_LIMIT_MB,
+        "execution.memory_limit_mb",
+        Kind::Int,
+    ),
+    (EnvVars::CHUNKSIZE, "execution.chunksize", Kind::Int),
+    (EnvVars::DATA_CLEANER, "execution.data_cleaner", Kind::Bool),
+    (EnvVars::WORKERS, "local.workers", Kind::Int),
+    (EnvVars::STORAGE_DIR, "localdisk.root", Kind::Str),
+    (EnvVars::S3_ENDPOINT, "s3.endpoint", Kind::Str),
+    (EnvVars::S3_REGION, "s3.region", Kind::Str),
+    (EnvVars::S3_ACCESS_KEY_ID, "s3.access_key_id", Kind::Str),
+    (
+        EnvVars::S3_SECRET_ACCESS_KEY,
+        "s3.secret_access_key",
+        Kind::Str,
+    ),
+    (EnvVars::S3_PATH_STYLE, "s3.path_style", Kind::Bool),
+    (EnvVars::S3_ALLOW_HTTP, "s3.allow_http", Kind::Bool),
+];
+
+/// Variables with the `QUELEA_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &[EnvVars::CONFIG_FILE, EnvVars::RUNNER, "QUELEA_LOG"];
+
+/// Builds a [`Config`] from its layers.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigBuilder {
+    file: Option<PathBuf>,
+    skip_file: bool,
+    env: Option<BTreeMap<String, String>>,
+    overrides: Vec<Value>,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read this config file instead of the default location.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Read no config file at all.
+    pub fn no_file(mut self) -> Self {
+        self.skip_file = true;
+        self
+    }
+
+    /// Use these variables instead of the process environment.
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env = Some(vars.into_iter().collect());
+        self
+    }
+
+    /// Explicit settings, highest precedence: a JSON object shaped like the
+    /// config file (`{"local": {"workers": 2}}`).
+    pub fn overrides(mut self, value: Value) -> Self {
+        self.overrides.push(value);
+        self
+    }
+
+    /// One explicit setting by dotted path (`"execution.timeout"`).
+    pub fn set(self, path: &str, value: impl Into<Value>) -> Self {
+        let value = nest(path, value.into());
+        self.overrides(value)
+    }
+
+    pub fn build(self) -> Result<Config> {
+        let env: BTreeMap<String, String> = match self.env {
+            Some(env) => env,
+            None => std::env::vars().collect(),
+        };
+        let mut merged = Value::Object(Map::new());
+
+        if !self.skip_file {
+            let explicit = self
+                .file
+                .clone()
+                .or_else(|| env.get(EnvVars::CONFIG_FILE).map(PathBuf::from));
+            let path = match explicit {
+                Some(path) => Some(path),
+                None => default_config_file().filter(|p| p.exists()),
+            };
+            if let Some(path) = path {
+                let layer = read_file_layer(&path)?;
+                merge(&mut merged, layer);
+            }
+        }
+
+        let env_layer = env_layer(&env)?;
+        check_layer(&env_layer, "environment")?;
+        merge(&mut merged, env_layer);
+
+        for layer in self.overrides {
+            if !layer.is_object() {
+                return Err(Error::Config {
+                    origin: "arguments".into(),
+                    message: format!("expected a mapping of settings, got `{layer}`"),
+                });
+            }
+            check_layer(&layer, "arguments")?;
+            merge(&mut merged, layer);
+        }
+
+        let config = parse_layer(merged, "resolved config")?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Defaults < file < environment, no explicit arguments.
+    pub fn load() -> Result<Config> {
+        ConfigBuilder::new().build()
+    }
+
+    /// The directory of `localdisk` storage, resolved.
+    pub fn localdisk_root(&self) -> PathBuf {
+        self.localdisk.root.clone().unwrap_or_else(|| {
+            home_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".quelea")
+                .join("storage")
+        })
+    }
+
+    /// Runner processes for the local backend, resolved.
+    pub fn local_workers(&self) -> u32 {
+        self.local.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        })
+    }
+
+    /// The config as YAML-ready JSON, with secrets redacted.
+    pub fn redacted(&self) -> Value {
+        serde_json::to_value(self).expect("config always serializes")
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| Error::Config {
+            origin: "resolved config".into(),
+            message: format!("`{key}` {message}"),
+        };
+        let timeout = self.execution.timeout;
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(bad(
+                "execution.timeout",
+                format!("must be a positive number of seconds, got {timeout}"),
+            ));
+        }
+        if self.execution.chunksize == 0 {
+            return Err(bad("execution.chunksize", "must be at least 1".into()));
+        }
+        if self.execution.memory_limit_mb == Some(0) {
+            return Err(bad(
+                "execution.memory_limit_mb",
+                "must be at least 1 (leave it unset for no limit)".into(),
+            ));
+        }
+        if self.local.workers == Some(0) {
+            return Err(bad("local.workers", "must be at least 1".into()));
+        }
+        let bucket_ok = !self.bucket.is_empty()
+            && self.bucket.len() <= 63
+            && self
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(bad(
+                "bucket",
+                format!(
+                    "`{}` is not a valid bucket name (1-63 lowercase letters, digits, `-` or `.`)",
+                    self.bucket
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn default_config_file() -> Option<PathBuf> {
+    home_dir().map(|h| h.join(".quelea").join("config.yaml"))
+}
+
+fn read_file_layer(path: &Path) -> Result<Value> {
+    let origin = format!("file `{}`", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        origin: origin.clone(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    let value: Value = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|e| Error::Config {
+            origin: origin.clone(),
+            message: format!("not valid YAML: {e}"),
+        })?
+    };
+    let value = match value {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(_) => value,
+        other => {
+            return Err(Error::Config {
+                origin,
+                message: format!("expected a mapping of settings at the top, got `{other}`"),
+            })
+        }
+    };
+    check_layer(&value, &origin)?;
+    Ok(value)
+}
+
+fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
+    let mut layer = Value::Object(Map::new());
+    for (name, raw) in env {
+        if !name.starts_with("QUELEA_") || NON_CONFIG_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        if name.starts_with(EnvVars::RUNNER) {
+            continue;
+        }
+        let Some((_, path, kind)) = ENV_KEYS.iter().find(|(var, _, _)| var == name) else {
+            let known: Vec<&str> = ENV_KEYS.iter().map(|(v, _, _)| *v).collect();
+            return Err(Error::Config {
+                origin: "environment".into(),
+                message: format!("unknown variable `{name}`; known: {}", known.join(", ")),
+            });
+        };
+        let bad = |what: &str| Error::Config {
+            origin: "environment".into(),
+            message: format!("`{name}={raw}` is not {what}"),
+        };
+        let value = match kind {
+            Kind::Str => Value::String(raw.clone()),
+            Kind::Int => Value::from(
+                raw.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("a non-negative integer"))?,
+            ),
+            Kind::Num => Value::from(raw.trim().parse::<f64>().map_err(|_| bad("a number"))?),
+            Kind::Bool => Value::Bool(match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("a boolean (true/false)")),
+            }),
+        };
+        merge(&mut layer, nest(path, value));
+    }
+    Ok(layer)
+}
+
+fn nest(path: &str, value: Value) -> Value {
+    path.rsplit('.').fold(value, |inner, key| {
+        let mut map = Map::new();
+        map.insert(key.to_owned(), inner);
+        Value::Object(map)
+    })
+}
+
+fn merge(base: &mut Value, layer: Value) {
+    match (base, layer) {
+        (Value::Object(base), Value::Object(layer)) => {
+            for (key, value) in layer {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        merge(existing, value)
+                    }
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, layer) => *base = layer,
+    }
+}
+
+fn check_layer(layer: &Value, origin: &str) -> Result<()> {
+    parse_layer(layer.clone(), origin).map(|_| ())
+}
+
+fn parse_layer(layer: Value, origin: &str) -> Result<Config> {
+    serde_path_to_error::deserialize(layer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = if path == "." || path.is_empty() {
+            inner
+        } else {
+            format!("at `{path}`: {inner}")
+        };
+        Error::Config {
+            origin: origin.to_owned(),
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_config_at_all_is_local_backend_and_local_storage() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .build()
+            .unwrap();
+        assert_eq!(config.backend, BackendKind::Local);
+        assert_eq!(config.storage, StorageKind::Localdisk);
+        assert!(config.local_workers() >= 1);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "execution:\n  timeout: 30\n  chunksize: 4\nlocal:\n  workers: 3\n",
+        )
+        .unwrap();
+        let config = ConfigBuilder::new()
+            .file(&file)
+            .env(env(&[
+                ("QUELEA_TIMEOUT", "20"),
+                ("QUELEA_RUNNER_SLOT", "1"),
+                ("PATH", "/bin"),
+            ]))
+            .set("execution.timeout", 10.0)
+            .build()
+            .unwrap();
+        assert_eq!(config.execution.timeout, 10.0);
+        assert_eq!(config.execution.chunksize, 4);
+        assert_eq!(config.local.workers, Some(3));
+
+        let from_env = ConfigBuilder::new()
+            .env(env(&[
+                ("QUELEA_CONFIG_FILE", file.to_str().unwrap()),
+                ("QUELEA_TIMEOUT", "20"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(from_env.execution.timeout, 20.0);
+        assert_eq!(from_env.local.workers, Some(3));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "execution:\n  timeoutt: 30\n").unwrap();
+        let err = ConfigBuilder::new()
+            .file(&file)
+            .env(env(&[]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timeoutt") && err.contains("c.yaml") && err.contains("execution"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "backend: lambda\n").unwrap();
+        let err = ConfigBuilder::new()
+            .file(&file)
+            .env(env(&[]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend") && err.contains("lambda"), "{err}");
+
+        std::fs::write(&file, "local:\n  workers: many\n").unwrap();
+        let err = ConfigBuilder::new()
+            .file(&file)
+            .env(env(&[]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local.workers"), "{err}");
+
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[("QUELEA_WORKERS", "two")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("QUELEA_WORKERS=two"), "{err}");
+
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[("QUELEA_WORKRES", "2")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("QUELEA_WORKRES"), "{err}");
+
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("execution.timeout", -1.0)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("execution.timeout"), "{err}");
+
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("bucket", "Bad_Bucket")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Bad_Bucket"), "{err}");
+
+        let err = ConfigBuilder::new()
+            .env(env(&[("QUELEA_CONFIG_FILE", "/nonexistent/quelea.yaml")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/quelea.yaml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[("QUELEA_S3_SECRET_ACCESS_KEY", "hunter2")]))
+            .build()
+            .unwrap();
+        assert_eq!(
+            config.s3.secret_access_key.as_ref().unwrap().expose(),
+            "hunter2"
+        );
+        assert!(!config.redacted().to_string().contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

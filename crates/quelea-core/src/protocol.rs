@@ -1,0 +1,178 @@
+//! The versioned wire protocol between clients and the worker runtime: the
+//! Invocation a backend delivers, and the status batches the runtime writes.
+//!
+//! Every message is a JSON envelope `{"version": N, "type": ..., ...}`. A
+//! reader first checks the version, so a message from a newer or older build
+//! gets a clear error instead of a confusing field error or a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::{CallId, ExecutorId, JobId};
+use crate::model::{b64, CallStatus, FunctionSpec};
+
+/// The protocol version this build reads and writes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A call's input: inside the Invocation, or a byte range of the job's data object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallInput {
+    Inline(#[serde(with = "b64")] Vec<u8>),
+    /// `[start, end)` of the job's `data` object.
+    Range {
+        start: u64,
+        end: u64,
+    },
+}
+
+/// One call of an Invocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvokedCall {
+    pub call_id: CallId,
+    pub input: CallInput,
+}
+
+/// A batch of calls of one job, delivered to a worker runtime. It carries no
+/// credentials: a worker takes those from its own environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub executor_id: ExecutorId,
+    pub job_id: JobId,
+    pub function: FunctionSpec,
+    pub calls: Vec<InvokedCall>,
+    pub timeout_s: f64,
+    pub memory_limit_mb: Option<u64>,
+    pub submit_ts: f64,
+}
+
+/// Statuses of several calls of one job, written as one storage object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusBatch {
+    pub statuses: Vec<CallStatus>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Invocation(Invocation),
+    StatusBatch(StatusBatch),
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    version: u32,
+    #[serde(flatten)]
+    message: &'a Message,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    #[allow(dead_code)]
+    version: u32,
+    #[serde(flatten)]
+    message: Message,
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&EnvelopeOut {
+            version: PROTOCOL_VERSION,
+            message: self,
+        })
+        .expect("protocol messages always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message> {
+        let malformed = |e: serde_json::Error| Error::Malformed {
+            what: "protocol message",
+            message: e.to_string(),
+        };
+        let header: VersionOnly = serde_json::from_slice(bytes).map_err(malformed)?;
+        match header.version {
+            Some(PROTOCOL_VERSION) => {}
+            Some(found) => {
+                return Err(Error::UnsupportedVersion {
+                    what: "wire",
+                    found,
+                    supported: PROTOCOL_VERSION,
+                })
+            }
+            None => {
+                return Err(Error::Malformed {
+                    what: "protocol message",
+                    message: "missing `version`".into(),
+                })
+            }
+        }
+        let envelope: EnvelopeIn = serde_json::from_slice(bytes).map_err(malformed)?;
+        Ok(envelope.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobKind;
+    use crate::model::{CallState, CallStats, ResultRef, RunnerKind};
+
+    fn invocation() -> Invocation {
+        Invocation {
+            executor_id: "abcdef-0".parse().unwrap(),
+            job_id: JobId::new(JobKind::Map, 0),
+            function: FunctionSpec {
+                runner: RunnerKind::Rust,
+                name: "add".into(),
+                hash: "00".into(),
+            },
+            calls: vec![
+                InvokedCall {
+                    call_id: CallId(0),
+                    input: CallInput::Inline(b"[1,2]".to_vec()),
+                },
+                InvokedCall {
+                    call_id: CallId(1),
+                    input: CallInput::Range { start: 5, end: 9 },
+                },
+            ],
+            timeout_s: 10.0,
+            memory_limit_mb: None,
+            submit_ts: 1.5,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let msg = Message::Invocation(invocation());
+        assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);
+        let batch = Message::StatusBatch(StatusBatch {
+            statuses: vec![CallStatus {
+                call_id: CallId(3),
+                state: CallState::Success,
+                stats: CallStats::default(),
+                result: Some(ResultRef::Inline(vec![0, 255, 3])),
+                error: None,
+            }],
+        });
+        assert_eq!(Message::decode(&batch.encode()).unwrap(), batch);
+    }
+
+    #[test]
+    fn unknown_version_is_a_clear_error() {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&Message::Invocation(invocation()).encode()).unwrap();
+        value["version"] = 99.into();
+        let err = Message::decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedVersion { found: 99, .. }));
+        assert!(err.to_string().contains("version 99"), "{err}");
+        let err = Message::decode(b"{\"type\":\"invocation\"}").unwrap_err();
+        assert!(err.to_string().contains("missing `version`"), "{err}");
+        assert!(Message::decode(b"not json").is_err());
+    }
+}

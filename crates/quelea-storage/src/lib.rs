@@ -1,0 +1,376 @@
+//! quelea's object storage, built on the `object_store` crate: a local
+//! directory (the default), process memory (tests), and S3-compatible stores.
+//!
+//! [`Storage`] offers async methods and `*_blocking` twins for the synchronous
+//! engine; the twins run on one shared I/O runtime owned by this crate.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use quelea_core::config::{Config, StorageKind};
+use serde_like::StorageLocation;
+
+mod serde_like;
+
+pub use serde_like::StorageLocation as Location;
+
+/// Storage errors, with the key and operation they concern.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("object `{key}` not found in {store}")]
+    NotFound { key: String, store: String },
+    #[error("storage {operation} of `{key}` in {store} failed: {source}")]
+    Backend {
+        operation: &'static str,
+        key: String,
+        store: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("storage config: {0}")]
+    Config(String),
+    #[error("invalid object key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An object's key and size, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// The I/O runtime behind the blocking methods.
+pub fn io_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("quelea-io")
+            .enable_all()
+            .build()
+            .expect("the quelea I/O runtime starts")
+    })
+}
+
+/// One bucket of an object store.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    location: StorageLocation,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+fn memory_buckets() -> &'static Mutex<HashMap<String, Arc<object_store::memory::InMemory>>> {
+    static BUCKETS: OnceLock<Mutex<HashMap<String, Arc<object_store::memory::InMemory>>>> =
+        OnceLock::new();
+    BUCKETS.get_or_init(Default::default)
+}
+
+impl Storage {
+    /// The storage a config names.
+    pub fn from_config(config: &Config) -> Result<Storage> {
+        let location = StorageLocation::from_config(config);
+        let store: Arc<dyn ObjectStore> = match config.storage {
+            StorageKind::Localdisk => {
+                let dir = config.localdisk_root().join(&config.bucket);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot create storage directory `{}`: {e}",
+                        dir.display()
+                    ))
+                })?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
+                        Error::Config(format!("storage directory `{}`: {e}", dir.display()))
+                    })?,
+                )
+            }
+            StorageKind::Memory => {
+                // One store per bucket name per process, so a second executor
+                // (or an attach) in the same process sees the same objects.
+                let mut buckets = memory_buckets().lock().expect("memory bucket registry");
+                buckets.entry(config.bucket.clone()).or_default().clone()
+            }
+            StorageKind::S3 => Arc::new(build_s3(config)?),
+        };
+        Ok(Storage { store, location })
+    }
+
+    /// Where this storage is, without credentials: safe for job handles.
+    pub fn location(&self) -> &StorageLocation {
+        &self.location
+    }
+
+    fn describe(&self) -> String {
+        self.location.describe()
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        Path::parse(key).map_err(|e| Error::InvalidKey {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn map_err(&self, operation: &'static str, key: &str, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                key: key.to_owned(),
+                store: self.describe(),
+            },
+            other => Error::Backend {
+                operation,
+                key: key.to_owned(),
+                store: self.describe(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    pub async fn put(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
+        let path = self.path(key)?;
+        self.store
+            .put(&path, PutPayload::from_bytes(data.into()))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_err("put", key, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key)?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.map_err("get", key, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.map_err("get", key, e))
+    }
+
+    /// Bytes `[range.start, range.end)` of an object.
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(key)?;
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        self.store
+            .get_range(&path, range)
+            .await
+            .map_err(|e| self.map_err("ranged get", key, e))
+    }
+
+    pub async fn head(&self, key: &str) -> Result<ObjectInfo> {
+        let path = self.path(key)?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| self.map_err("head", key, e))?;
+        Ok(ObjectInfo {
+            key: meta.location.to_string(),
+            size: meta.size,
+        })
+    }
+
+    /// Every object under `prefix` (path segments: `a/b` lists `a/b/...`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let trimmed = prefix.trim_end_matches('/');
+        let path = if trimmed.is_empty() {
+            None
+        } else {
+            Some(self.path(trimmed)?)
+        };
+        let stream = self.store.list(path.as_ref());
+        let metas: Vec<_> = stream
+            .map_ok(|m| ObjectInfo {
+                key: m.location.to_string(),
+                size: m.size,
+            })
+            .try_collect()
+            .await
+            .or_else(|e| match e {
+                // A local directory that does not exist yet lists as empty.
+                object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                other => Err(self.map_err("list", prefix, other)),
+            })?;
+        let mut metas = metas;
+        metas.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(metas)
+    }
+
+    /// Delete one object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("delete", key, e)),
+        }
+    }
+
+    /// Delete every object under `prefix`; returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
+        let objects = self.list(prefix).await?;
+        let count = objects.len();
+        let paths = futures::stream::iter(
+            objects
+                .into_iter()
+                .map(|o| Path::parse(o.key).map_err(Into::into)),
+        );
+        let mut deleted = self.store.delete_stream(paths.boxed());
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.map_err("delete", prefix, e)),
+            }
+        }
+        Ok(count)
+    }
+
+    pub fn put_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
+        io_runtime().block_on(self.put(key, data))
+    }
+    pub fn get_blocking(&self, key: &str) -> Result<Bytes> {
+        io_runtime().block_on(self.get(key))
+    }
+    pub fn get_range_blocking(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        io_runtime().block_on(self.get_range(key, range))
+    }
+    pub fn head_blocking(&self, key: &str) -> Result<ObjectInfo> {
+        io_runtime().block_on(self.head(key))
+    }
+    pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        io_runtime().block_on(self.list(prefix))
+    }
+    pub fn delete_blocking(&self, key: &str) -> Result<()> {
+        io_runtime().block_on(self.delete(key))
+    }
+    pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
+        io_runtime().block_on(self.delete_prefix(prefix))
+    }
+}
+
+fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{ClientOptions, RetryConfig};
+
+    let s3 = &config.s3;
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(&config.bucket)
+        .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()))
+        .with_allow_http(s3.allow_http)
+        .with_virtual_hosted_style_request(!s3.path_style)
+        // Bounded waits: a server that is down is an error in seconds, not a hang.
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(60))
+                .with_allow_http(s3.allow_http),
+        )
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        });
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret.expose());
+    }
+    if let Some(token) = &s3.session_token {
+        builder = builder.with_token(token.expose());
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("s3: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quelea_core::config::ConfigBuilder;
+
+    fn check_store(storage: &Storage) {
+        storage
+            .put_blocking("quelea/t/a", &b"hello world"[..])
+            .unwrap();
+        storage.put_blocking("quelea/t/b/c", &b"xyz"[..]).unwrap();
+        assert_eq!(
+            &storage.get_blocking("quelea/t/a").unwrap()[..],
+            b"hello world"
+        );
+        assert_eq!(
+            &storage.get_range_blocking("quelea/t/a", 6..11).unwrap()[..],
+            b"world"
+        );
+        assert_eq!(storage.head_blocking("quelea/t/a").unwrap().size, 11);
+        let keys: Vec<_> = storage
+            .list_blocking("quelea/t/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["quelea/t/a", "quelea/t/b/c"]);
+        assert!(matches!(
+            storage.get_blocking("quelea/t/zz"),
+            Err(Error::NotFound { .. })
+        ));
+        let err = storage.get_blocking("quelea/t/zz").unwrap_err().to_string();
+        assert!(err.contains("quelea/t/zz"), "{err}");
+        assert!(storage.list_blocking("quelea/nothing/").unwrap().is_empty());
+        assert_eq!(storage.delete_prefix_blocking("quelea/t/").unwrap(), 2);
+        assert!(storage.list_blocking("quelea/t/").unwrap().is_empty());
+        storage.delete_blocking("quelea/t/a").unwrap();
+    }
+
+    #[test]
+    fn localdisk_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(Vec::new())
+            .set("localdisk.root", dir.path().to_str().unwrap())
+            .build()
+            .unwrap();
+        let storage = Storage::from_config(&config).unwrap();
+        check_store(&storage);
+        assert!(storage
+            .location()
+            .describe()
+            .contains(dir.path().to_str().unwrap()));
+    }
+
+    #[test]
+    fn memory_conformance() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(Vec::new())
+            .set("storage", "memory")
+            .set("bucket", "conformance")
+            .build()
+            .unwrap();
+        check_store(&Storage::from_config(&config).unwrap());
+    }
+}

@@ -1,0 +1,33 @@
+//! quelea's worker runtime.
+//!
+//! - [`runner_protocol`]: the framed pipe protocol between the runtime and a
+//!   runner process (Rust or Python).
+//! - [`rust_runner`]: Rust functions registered by name, and the loop a binary
+//!   runs when it is started as a runner (the same-binary model).
+//! - [`pool`]: the local backend's pool of warm runner processes, with
+//!   supervision (timeouts, memory limits, crashes, cancellation).
+//! - [`status_writer`]: writes call statuses and large results to storage in
+//!   batches, so any process can follow a job.
+
+pub mod pool;
+pub mod runner_protocol;
+pub mod rust_runner;
+pub mod status_writer;
+
+/// Errors of the worker runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot start runner `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runner protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,368 @@
+//! Rust functions registered by name, and the runner loop that serves them.
+//!
+//! The user's binary is both driver and runner: it registers its functions,
+//! then calls [`serve_if_runner`] first thing in `main`. Started by the local
+//! pool (with `QUELEA_RUNNER=rust` in its environment) it serves calls and
+//! exits; started by the user it returns and the program goes on as a driver.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::io::{BufReader, BufWriter, Write};
+use std::marker::PhantomData;
+use std::os::fd::FromRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::runner_protocol::{self, ToRunner};
+use quelea_core::config::EnvVars;
+
+/// A registered function's failure, as the runner reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RunnerError {
+    pub error_type: String,
+    pub message: String,
+    #[serde(default)]
+    pub traceback: String,
+    /// Base64 of the runner's own encoding of the exception, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+}
+
+type Erased = dyn Fn(&[u8]) -> Result<Vec<u8>, RunnerError> + Send + Sync;
+
+/// The functions a binary offers, by name.
+#[derive(Clone, Default)]
+pub struct Functions {
+    by_name: HashMap<String, Arc<Erased>>,
+}
+
+/// A typed handle to a registered function: what a driver maps.
+pub struct FunctionRef<I, O> {
+    name: Arc<str>,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for FunctionRef<I, O> {
+    fn clone(&self) -> Self {
+        FunctionRef {
+            name: self.name.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for FunctionRef<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FunctionRef({})", self.name)
+    }
+}
+
+impl<I, O> FunctionRef<I, O> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Functions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a function that cannot fail (a panic is still reported as a
+    /// user error, with its message and backtrace).
+    ///
+    /// # Panics
+    /// If `name` is already registered: two functions under one name would
+    /// make calls ambiguous.
+    pub fn register<I, O, F>(&mut self, name: &str, function: F) -> FunctionRef<I, O>
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.register_fallible(name, move |input: I| {
+            Ok::<O, std::convert::Infallible>(function(input))
+        })
+    }
+
+    /// Registers a function returning `Result`; an `Err` is reported as a
+    /// user error carrying the error's type name and `Display` text.
+    ///
+    /// # Panics
+    /// If `name` is already registered.
+    pub fn register_fallible<I, O, E, F>(&mut self, name: &str, function: F) -> FunctionRef<I, O>
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        E: Display + 'static,
+        F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    {
+        assert!(
+            !self.by_name.contains_key(name),
+            "a function named `{name}` is already registered"
+        );
+        let erased = move |input: &[u8]| -> Result<Vec<u8>, RunnerError> {
+            let input: I = serde_json::from_slice(input).map_err(|e| RunnerError {
+                error_type: "InputError".into(),
+                message: format!(
+                    "cannot deserialize the input as `{}`: {e}",
+                    std::any::type_name::<I>()
+                ),
+                traceback: String::new(),
+                payload: None,
+            })?;
+            let output = function(input).map_err(|e| RunnerError {
+                error_type: short_type_name::<E>(),
+                message: e.to_string(),
+                traceback: String::new(),
+                payload: None,
+            })?;
+            serde_json::to_vec(&output).map_err(|e| RunnerError {
+                error_type: "ResultError".into(),
+                message: format!(
+                    "cannot serialize the result of type `{}`: {e}",
+                    std::any::type_name::<O>()
+                ),
+                traceback: String::new(),
+                payload: None,
+            })
+        };
+        self.by_name.insert(name.to_owned(), Arc::new(erased));
+        FunctionRef {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Runs a registered function on serialized input, catching panics.
+    pub fn call(&self, name: &str, input: &[u8]) -> Result<Vec<u8>, RunnerError> {
+        let Some(function) = self.by_name.get(name) else {
+            return Err(RunnerError {
+                error_type: "FunctionNotFound".into(),
+                message: format!("no function named `{name}` is registered in this runner"),
+                traceback: String::new(),
+                payload: None,
+            });
+        };
+        PANIC_BACKTRACE.with(|b| b.borrow_mut().take());
+        match catch_unwind(AssertUnwindSafe(|| function(input))) {
+            Ok(result) => result,
+            Err(panic) => Err(RunnerError {
+                error_type: "panic".into(),
+                message: panic_message(&*panic),
+                traceback: PANIC_BACKTRACE
+                    .with(|b| b.borrow_mut().take())
+                    .unwrap_or_default(),
+                payload: None,
+            }),
+        }
+    }
+}
+
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_owned()
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+thread_local! {
+    static PANIC_BACKTRACE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// True when this process was started by the pool as a Rust runner.
+pub fn is_runner() -> bool {
+    std::env::var(EnvVars::RUNNER).as_deref() == Ok("rust")
+}
+
+/// Serve calls and exit if this process is a runner; return otherwise.
+pub fn serve_if_runner(functions: &Functions) {
+    if is_runner() {
+        let code = match serve(functions) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("quelea runner: {e}");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
+}
+
+/// Prepares a runner process: dies with its parent, keeps the protocol pipe
+/// to itself. Returns the protocol output stream.
+fn runner_setup() -> std::io::Result<std::fs::File> {
+    // SAFETY: plain libc calls on this process's own descriptors and state.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if let Some(parent) = std::env::var("QUELEA_RUNNER_PARENT")
+            .ok()
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            if libc::getppid() != parent {
+                // The parent died before the death signal was armed.
+                std::process::exit(3);
+            }
+        }
+        let proto = libc::dup(1);
+        if proto < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::fs::File::from_raw_fd(proto))
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0 {
+            (usage.ru_maxrss as u64) * 1024
+        } else {
+            0
+        }
+    }
+}
+
+/// The runner loop: read function and call frames from stdin, answer each
+/// call in order on the protocol stream.
+pub fn serve(functions: &Functions) -> std::io::Result<()> {
+    let proto_out = runner_setup()?;
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let trace = std::backtrace::Backtrace::force_capture();
+        PANIC_BACKTRACE.with(|b| *b.borrow_mut() = Some(format!("{info}\n{trace}")));
+        if std::env::var_os("QUELEA_RUNNER_VERBOSE_PANICS").is_some() {
+            default_hook(info);
+        }
+    }));
+
+    let mut input = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let mut output = BufWriter::with_capacity(1 << 16, proto_out);
+    let mut frame = Vec::with_capacity(256);
+    runner_protocol::encode_ready(&mut frame, std::process::id());
+    runner_protocol::write_all(&mut output, &frame)?;
+
+    let mut names: HashMap<u32, String> = HashMap::new();
+    while let Some(message) = runner_protocol::read_to_runner(&mut input)? {
+        match message {
+            ToRunner::Function {
+                function_id,
+                payload,
+            } => {
+                let name = String::from_utf8(payload).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "function name is not UTF-8",
+                    )
+                })?;
+                names.insert(function_id, name);
+            }
+            ToRunner::Call {
+                function_id,
+                call_id,
+                input: data,
+            } => {
+                let result = match names.get(&function_id) {
+                    Some(name) => functions.call(name, &data),
+                    None => Err(RunnerError {
+                        error_type: "ProtocolError".into(),
+                        message: format!("call {call_id} names unknown function id {function_id}"),
+                        traceback: String::new(),
+                        payload: None,
+                    }),
+                };
+                frame.clear();
+                match result {
+                    Ok(bytes) => runner_protocol::encode_done(
+                        &mut frame,
+                        call_id,
+                        true,
+                        peak_rss_bytes(),
+                        &bytes,
+                    ),
+                    Err(error) => {
+                        let json = serde_json::to_vec(&error).expect("runner errors serialize");
+                        runner_protocol::encode_done(
+                            &mut frame,
+                            call_id,
+                            false,
+                            peak_rss_bytes(),
+                            &json,
+                        )
+                    }
+                }
+                // One flush per call: the runtime must know exactly which
+                // call is running if this process dies next.
+                output.write_all(&frame)?;
+                output.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Oops;
+    impl Display for Oops {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("oops")
+        }
+    }
+
+    #[test]
+    fn registered_functions_run_and_fail_clearly() {
+        let mut fns = Functions::new();
+        let add = fns.register("add", |(a, b): (i64, i64)| a + b);
+        assert_eq!(add.name(), "add");
+        fns.register_fallible("fail", |_: ()| Err::<(), _>(Oops));
+        fns.register("boom", |_: ()| -> () { panic!("kaboom") });
+        assert_eq!(fns.call("add", b"[2,3]").unwrap(), b"5");
+        let err = fns.call("fail", b"null").unwrap_err();
+        assert_eq!(
+            (err.error_type.as_str(), err.message.as_str()),
+            ("Oops", "oops")
+        );
+        let err = fns.call("add", b"\"x\"").unwrap_err();
+        assert!(err.message.contains("(i64, i64)"), "{}", err.message);
+        let err = fns.call("nope", b"1").unwrap_err();
+        assert!(err.message.contains("nope"));
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let err = fns.call("boom", b"null").unwrap_err();
+        std::panic::set_hook(hook);
+        assert_eq!(
+            (err.error_type.as_str(), err.message.as_str()),
+            ("panic", "kaboom")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "already registered")]
+    fn duplicate_names_are_refused() {
+        let mut fns = Functions::new();
+        fns.register("f", |x: i32| x);
+        fns.register("f", |x: i32| x);
+    }
+}

@@ -1,0 +1,241 @@
+//! Writes call statuses to storage in batches.
+//!
+//! Storage is the truth any process can follow a job by; the local pool's
+//! pipes only make completion faster for the process that started the job.
+//! Statuses are buffered per job and written as one object per flush (every
+//! [`FLUSH_INTERVAL`] or [`FLUSH_STATUSES`] statuses), so a 100,000-call job
+//! costs a few dozen PUTs, not 100,000. Results too large to inline go to
+//! their own output object first, so a status never points at a missing one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quelea_core::ids::CallId;
+use quelea_core::keys::JobKeys;
+use quelea_core::model::{CallState, CallStats, CallStatus, ResultRef};
+use quelea_core::protocol::{Message, StatusBatch};
+use quelea_storage::Storage;
+
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+pub const FLUSH_STATUSES: usize = 10_000;
+
+/// Where one job's statuses go.
+pub struct JobTarget {
+    pub keys: JobKeys,
+    pub storage: Storage,
+    pub inline_result_bytes: u64,
+    batches: AtomicU64,
+}
+
+impl JobTarget {
+    pub fn new(keys: JobKeys, storage: Storage, inline_result_bytes: u64) -> Self {
+        JobTarget {
+            keys,
+            storage,
+            inline_result_bytes,
+            batches: AtomicU64::new(0),
+        }
+    }
+}
+
+enum Event {
+    Started {
+        job: Arc<JobTarget>,
+        call_id: CallId,
+        stats: CallStats,
+    },
+    Finished {
+        job: Arc<JobTarget>,
+        status: CallStatus,
+        result: Option<Vec<u8>>,
+    },
+    Flush(SyncSender<Vec<String>>),
+}
+
+#[derive(Default)]
+struct JobBuffer {
+    finished: Vec<CallStatus>,
+    running: HashMap<CallId, CallStats>,
+}
+
+/// A background writer of statuses. Dropping it flushes what it holds.
+pub struct StatusWriter {
+    tx: Option<Sender<Event>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Default for StatusWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatusWriter {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("quelea-status".into())
+            .spawn(move || writer_main(rx))
+            .expect("the OS starts the status writer thread");
+        StatusWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, event: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    pub fn started(&self, job: &Arc<JobTarget>, call_id: CallId, stats: CallStats) {
+        self.send(Event::Started {
+            job: job.clone(),
+            call_id,
+            stats,
+        });
+    }
+
+    /// Records a terminal status; `result` is the successful call's output.
+    pub fn finished(&self, job: &Arc<JobTarget>, status: CallStatus, result: Option<Vec<u8>>) {
+        self.send(Event::Finished {
+            job: job.clone(),
+            status,
+            result,
+        });
+    }
+
+    /// Writes everything buffered now; returns the storage errors met since
+    /// the last flush (empty when all writes landed).
+    pub fn flush(&self) -> Vec<String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Event::Flush(tx));
+        rx.recv().unwrap_or_default()
+    }
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type Buffers = HashMap<*const JobTarget, (Arc<JobTarget>, JobBuffer)>;
+
+fn writer_main(rx: Receiver<Event>) {
+    let mut buffers: Buffers = HashMap::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut pending = 0usize;
+    let mut last_flush = Instant::now();
+    loop {
+        let wait = FLUSH_INTERVAL.saturating_sub(last_flush.elapsed());
+        match rx.recv_timeout(wait) {
+            Ok(Event::Started {
+                job,
+                call_id,
+                stats,
+            }) => {
+                let entry = buffers
+                    .entry(Arc::as_ptr(&job))
+                    .or_insert_with(|| (job, JobBuffer::default()));
+                entry.1.running.insert(call_id, stats);
+            }
+            Ok(Event::Finished {
+                job,
+                mut status,
+                result,
+            }) => {
+                if let Some(bytes) = result {
+                    status.result = Some(store_result(&job, status.call_id, bytes, &mut errors));
+                }
+                let entry = buffers
+                    .entry(Arc::as_ptr(&job))
+                    .or_insert_with(|| (job, JobBuffer::default()));
+                entry.1.running.remove(&status.call_id);
+                entry.1.finished.push(status);
+                pending += 1;
+                if pending >= FLUSH_STATUSES {
+                    flush_all(&mut buffers, &mut errors);
+                    pending = 0;
+                    last_flush = Instant::now();
+                }
+            }
+            Ok(Event::Flush(reply)) => {
+                flush_all(&mut buffers, &mut errors);
+                pending = 0;
+                last_flush = Instant::now();
+                let _ = reply.send(std::mem::take(&mut errors));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                flush_all(&mut buffers, &mut errors);
+                pending = 0;
+                last_flush = Instant::now();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                flush_all(&mut buffers, &mut errors);
+                for e in errors {
+                    eprintln!("quelea: status write failed: {e}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn store_result(
+    job: &JobTarget,
+    call_id: CallId,
+    bytes: Vec<u8>,
+    errors: &mut Vec<String>,
+) -> ResultRef {
+    if bytes.len() as u64 <= job.inline_result_bytes {
+        return ResultRef::Inline(bytes);
+    }
+    let key = job.keys.output(call_id);
+    let size = bytes.len() as u64;
+    if let Err(e) = job.storage.put_blocking(&key, bytes) {
+        errors.push(e.to_string());
+    }
+    ResultRef::Object { key, size }
+}
+
+fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
+    buffers.retain(|_, (job, buffer)| {
+        if buffer.finished.is_empty() && buffer.running.is_empty() {
+            // Nothing new: forget the job until it sends again.
+            return false;
+        }
+        let mut statuses = std::mem::take(&mut buffer.finished);
+        statuses.extend(buffer.running.iter().map(|(call_id, stats)| CallStatus {
+            call_id: *call_id,
+            state: CallState::Running,
+            stats: stats.clone(),
+            result: None,
+            error: None,
+        }));
+        // Running calls are written once; their end comes in a later batch.
+        buffer.running.clear();
+        let key = job
+            .keys
+            .status_batch(writer_name(), job.batches.fetch_add(1, Ordering::Relaxed));
+        let body = Message::StatusBatch(StatusBatch { statuses }).encode();
+        if let Err(e) = job.storage.put_blocking(&key, body) {
+            errors.push(e.to_string());
+        }
+        true
+    });
+}
+
+/// Batches of different writers (processes) never collide.
+fn writer_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("{}-{}", quelea_core::ids::session_id(), std::process::id()))
+}

@@ -1,0 +1,215 @@
+//! Backends: how an Invocation reaches the worker runtime. `local` (the
+//! default) hands it to an in-process runtime driving a pool of warm runner
+//! processes; remote backends deliver it over the network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use quelea_core::ids::CallId;
+use quelea_core::model::{CallState, CallStats, CallStatus, RunnerKind};
+use quelea_core::protocol::{CallInput, Invocation};
+use quelea_worker::pool::{
+    Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
+};
+use quelea_worker::status_writer::{JobTarget, StatusWriter};
+
+use crate::error::{Error, Result};
+use crate::job::{lock, JobState};
+
+/// What a backend needs to run one job.
+pub(crate) struct Submission<'a> {
+    pub job: &'a Arc<JobState>,
+    pub function_payload: &'a [u8],
+    pub invocations: Vec<Invocation>,
+    /// The job's concatenated data object, when inputs are not inline.
+    pub data: Option<&'a [u8]>,
+    pub target: Arc<JobTarget>,
+}
+
+/// The local backend: warm runner pools (one per runner kind, started on
+/// first use and reused by every job of the executor).
+pub(crate) struct LocalBackend {
+    workers: u32,
+    commands: HashMap<RunnerKind, RunnerCommand>,
+    pools: Mutex<HashMap<RunnerKind, Arc<Pool>>>,
+    functions: Mutex<HashMap<(RunnerKind, String), Arc<PoolFunction>>>,
+    writer: Arc<StatusWriter>,
+}
+
+struct LocalSink {
+    job: Arc<JobState>,
+    target: Arc<JobTarget>,
+    writer: Arc<StatusWriter>,
+}
+
+impl JobSink for LocalSink {
+    fn started(&self, call_id: CallId, worker_id: u32, ts: f64) {
+        self.job.mark_running(call_id, Some(worker_id), ts);
+        self.writer.started(
+            &self.target,
+            call_id,
+            CallStats {
+                submit_ts: self.job.spec.submit_ts,
+                start_ts: Some(ts),
+                worker_id: Some(worker_id),
+                ..CallStats::default()
+            },
+        );
+    }
+
+    fn completed(&self, completion: Completion) {
+        let stats = CallStats {
+            submit_ts: self.job.spec.submit_ts,
+            start_ts: completion.start_ts,
+            end_ts: Some(completion.end_ts),
+            worker_id: completion.worker_id,
+            cold_start: completion.cold_start,
+            peak_memory_bytes: completion.peak_memory_bytes,
+            result_size: completion
+                .outcome
+                .as_ref()
+                .map(|r| r.len() as u64)
+                .unwrap_or(0),
+        };
+        let status = CallStatus {
+            call_id: completion.call_id,
+            state: if completion.outcome.is_ok() {
+                CallState::Success
+            } else {
+                CallState::Error
+            },
+            stats: stats.clone(),
+            result: None,
+            error: completion.outcome.as_ref().err().cloned(),
+        };
+        self.writer.finished(
+            &self.target,
+            status,
+            completion.outcome.as_ref().ok().cloned(),
+        );
+        self.job.complete(
+            completion.call_id,
+            stats,
+            completion.outcome.map_err(Box::new),
+        );
+    }
+}
+
+impl LocalBackend {
+    pub fn new(
+        workers: u32,
+        commands: HashMap<RunnerKind, RunnerCommand>,
+        writer: Arc<StatusWriter>,
+    ) -> Self {
+        LocalBackend {
+            workers,
+            commands,
+            pools: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            writer,
+        }
+    }
+
+    fn pool(&self, kind: RunnerKind) -> Result<Arc<Pool>> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&kind) {
+            return Ok(pool.clone());
+        }
+        let command = match self.commands.get(&kind) {
+            Some(command) => command.clone(),
+            None if kind == RunnerKind::Rust => {
+                RunnerCommand::current_exe().map_err(|e| Error::InvalidArgument {
+                    name: "runner",
+                    message: format!("cannot find this executable to start Rust runners: {e}"),
+                })?
+            }
+            None => {
+                return Err(Error::InvalidArgument {
+                    name: "runner",
+                    message: format!("no runner command is configured for {kind:?} functions"),
+                })
+            }
+        };
+        let pool = Arc::new(Pool::new(PoolConfig {
+            workers: self.workers,
+            command,
+        }));
+        pools.insert(kind, pool.clone());
+        Ok(pool)
+    }
+
+    /// Starts the pool for `kind` now rather than on the first job.
+    pub fn warm_up(&self, kind: RunnerKind) -> Result<()> {
+        self.pool(kind).map(|_| ())
+    }
+
+    pub fn runner_pids(&self) -> Vec<u32> {
+        lock(&self.pools)
+            .values()
+            .flat_map(|p| p.runner_pids())
+            .collect()
+    }
+
+    pub fn writer(&self) -> &Arc<StatusWriter> {
+        &self.writer
+    }
+
+    pub fn submit(&self, submission: Submission<'_>) -> Result<()> {
+        let job = submission.job;
+        let spec = &job.spec;
+        let pool = self.pool(spec.function.runner)?;
+        let function = lock(&self.functions)
+            .entry((spec.function.runner, spec.function.hash.clone()))
+            .or_insert_with(|| pool.function(submission.function_payload.to_vec()))
+            .clone();
+        let sink = Arc::new(LocalSink {
+            job: job.clone(),
+            target: submission.target,
+            writer: self.writer.clone(),
+        });
+        let ctx = Arc::new(JobContext::new(
+            pool.next_job_serial(),
+            function,
+            Duration::from_secs_f64(spec.timeout_s),
+            spec.memory_limit_mb.map(|mb| mb << 20),
+            sink,
+        ));
+        let weak_pool: Weak<Pool> = Arc::downgrade(&pool);
+        // Weak both ways: the job must not keep its own context (and so
+        // itself) alive through the hook.
+        let weak_ctx: Weak<JobContext> = Arc::downgrade(&ctx);
+        job.set_cancel_hook(Box::new(move || {
+            if let (Some(pool), Some(ctx)) = (weak_pool.upgrade(), weak_ctx.upgrade()) {
+                pool.cancel(&ctx);
+            }
+        }));
+
+        let mut tasks = Vec::with_capacity(spec.total_calls as usize);
+        for invocation in submission.invocations {
+            for call in invocation.calls {
+                let input = match call.input {
+                    CallInput::Inline(bytes) => bytes,
+                    CallInput::Range { start, end } => submission
+                        .data
+                        .and_then(|data| data.get(start as usize..end as usize))
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| Error::InvalidArgument {
+                            name: "data",
+                            message: format!(
+                                "call {} names bytes {start}..{end} outside the job's data",
+                                call.call_id
+                            ),
+                        })?,
+                };
+                tasks.push(Task {
+                    ctx: ctx.clone(),
+                    call_id: call.call_id,
+                    input,
+                });
+            }
+        }
+        pool.submit(tasks);
+        Ok(())
+    }
+}

@@ -1,0 +1,656 @@
+//! The client executor: creates jobs, hands them to the backend, and waits
+//! for and reads their results.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use quelea_core::config::Config;
+use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
+use quelea_core::keys::{self, JobKeys};
+use quelea_core::model::{
+    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
+};
+use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
+use quelea_storage::Storage;
+use quelea_worker::pool::RunnerCommand;
+use quelea_worker::rust_runner::FunctionRef;
+use quelea_worker::status_writer::{JobTarget, StatusWriter};
+
+use crate::backend::{LocalBackend, Submission};
+use crate::error::{Error, Result};
+use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
+use crate::handle::JobHandle;
+use crate::job::{lock, JobState, Notifier};
+
+/// Per-job options; unset fields take the executor's config.
+#[derive(Clone, Debug, Default)]
+pub struct MapOptions {
+    /// Calls per Invocation.
+    pub chunksize: Option<u32>,
+    /// Per-call time limit.
+    pub timeout: Option<Duration>,
+    /// Runner memory limit while a call of this job runs, in MiB.
+    pub memory_limit_mb: Option<u64>,
+}
+
+impl MapOptions {
+    pub fn chunksize(mut self, chunksize: u32) -> Self {
+        self.chunksize = Some(chunksize);
+        self
+    }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    pub fn memory_limit_mb(mut self, mb: u64) -> Self {
+        self.memory_limit_mb = Some(mb);
+        self
+    }
+}
+
+/// Builds an [`Executor`].
+#[derive(Default)]
+pub struct ExecutorBuilder {
+    config: Option<Config>,
+    runners: HashMap<RunnerKind, RunnerCommand>,
+}
+
+impl ExecutorBuilder {
+    /// Use this resolved config instead of loading one.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// How to start runners for one kind of function (Rust defaults to
+    /// this executable; Python has no default here).
+    pub fn runner(mut self, kind: RunnerKind, command: RunnerCommand) -> Self {
+        self.runners.insert(kind, command);
+        self
+    }
+
+    pub fn build(self) -> Result<Executor> {
+        let config = match self.config {
+            Some(config) => config,
+            None => Config::load()?,
+        };
+        let storage = Storage::from_config(&config)?;
+        let writer = Arc::new(StatusWriter::new());
+        let backend = LocalBackend::new(config.local_workers(), self.runners, writer);
+        Ok(Executor {
+            inner: Arc::new(Inner {
+                id: ExecutorId::next(),
+                config,
+                storage,
+                backend,
+                notifier: Arc::new(Notifier::default()),
+                job_counter: AtomicU32::new(0),
+                stored_functions: Mutex::new(HashSet::new()),
+                jobs: Mutex::new(Vec::new()),
+                reducers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    id: ExecutorId,
+    config: Config,
+    storage: Storage,
+    backend: LocalBackend,
+    notifier: Arc<Notifier>,
+    job_counter: AtomicU32,
+    stored_functions: Mutex<HashSet<String>>,
+    jobs: Mutex<Vec<Arc<JobState>>>,
+    reducers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Runs functions on the configured backend. Dropping it stops its runners
+/// and, with `execution.data_cleaner`, deletes its finished jobs' objects.
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+/// A function as the executor ships it.
+struct ShippedFunction {
+    spec: FunctionSpec,
+    payload: Vec<u8>,
+}
+
+impl ShippedFunction {
+    fn rust(name: &str) -> Self {
+        let payload = name.as_bytes().to_vec();
+        ShippedFunction {
+            spec: FunctionSpec {
+                runner: RunnerKind::Rust,
+                name: name.to_owned(),
+                hash: content_hash(RunnerKind::Rust, &payload),
+            },
+            payload,
+        }
+    }
+}
+
+fn content_hash(kind: RunnerKind, payload: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!("{kind:?}:").as_bytes());
+    hasher.update(payload);
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn serialize_input<T: Serialize>(value: &T, index: usize) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Serialize {
+        what: format!("input {index} (`{}`)", std::any::type_name::<T>()),
+        message: e.to_string(),
+    })
+}
+
+impl Executor {
+    /// An executor on the config from file and environment.
+    pub fn new() -> Result<Executor> {
+        Self::builder().build()
+    }
+
+    pub fn with_config(config: Config) -> Result<Executor> {
+        Self::builder().config(config).build()
+    }
+
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
+    pub fn id(&self) -> &ExecutorId {
+        &self.inner.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// The pids of the running runner processes.
+    pub fn runner_pids(&self) -> Vec<u32> {
+        self.inner.backend.runner_pids()
+    }
+
+    /// Starts the Rust runner pool now instead of on the first job.
+    pub fn warm_up(&self) -> Result<()> {
+        self.inner.backend.warm_up(RunnerKind::Rust)
+    }
+
+    /// Runs one call.
+    pub fn call_async<I: Serialize, O>(
+        &self,
+        function: &FunctionRef<I, O>,
+        input: I,
+        options: MapOptions,
+    ) -> Result<ResponseFuture<O>> {
+        let inputs = vec![serialize_input(&input, 0)?];
+        let job = self.submit_job(
+            JobKind::CallAsync,
+            ShippedFunction::rust(function.name()),
+            inputs,
+            &options,
+        )?;
+        Ok(ResponseFuture::new(job, CallId(0)))
+    }
+
+    /// Runs one call per input, in parallel.
+    pub fn map<I: Serialize, O>(
+        &self,
+        function: &FunctionRef<I, O>,
+        inputs: impl IntoIterator<Item = I>,
+        options: MapOptions,
+    ) -> Result<FuturesList<O>> {
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| serialize_input(&input, i))
+            .collect::<Result<Vec<_>>>()?;
+        let job = self.submit_job(
+            JobKind::Map,
+            ShippedFunction::rust(function.name()),
+            inputs,
+            &options,
+        )?;
+        Ok(FuturesList::for_job(&job))
+    }
+
+    /// Like [`Executor::map`], handing every call `(input, extra_args)`.
+    pub fn map_with_extra<I: Serialize, E: Serialize, O>(
+        &self,
+        function: &FunctionRef<(I, E), O>,
+        inputs: impl IntoIterator<Item = I>,
+        extra_args: E,
+        options: MapOptions,
+    ) -> Result<FuturesList<O>> {
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| serialize_input(&(&input, &extra_args), i))
+            .collect::<Result<Vec<_>>>()?;
+        let job = self.submit_job(
+            JobKind::Map,
+            ShippedFunction::rust(function.name()),
+            inputs,
+            &options,
+        )?;
+        Ok(FuturesList::for_job(&job))
+    }
+
+    /// Maps, then runs `reducer` once on all map results in call order. The
+    /// reduce starts by itself when the map is done; this returns at once.
+    pub fn map_reduce<I: Serialize, O, R>(
+        &self,
+        map_function: &FunctionRef<I, O>,
+        inputs: impl IntoIterator<Item = I>,
+        reducer: &FunctionRef<Vec<O>, R>,
+        options: MapOptions,
+    ) -> Result<ResponseFuture<R>> {
+        let map_futures = self.map(map_function, inputs, options.clone())?;
+        let map_job = map_futures.futures[0].job.clone();
+        let reduce_id = map_job.spec.job_id.reduce_of();
+        let function = ShippedFunction::rust(reducer.name());
+        let reduce_job = self.create_job(reduce_id, &function.spec, 1, &options)?;
+        let weak = Arc::downgrade(&self.inner);
+        let job = reduce_job.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("quelea-reduce-{reduce_id}"))
+            .spawn(move || run_reducer(weak, map_job, job, function, options))
+            .map_err(|e| Error::InvalidArgument {
+                name: "map_reduce",
+                message: format!("cannot start the reducer thread: {e}"),
+            })?;
+        lock(&self.inner.reducers).push(thread);
+        Ok(ResponseFuture::new(reduce_job, CallId(0)))
+    }
+
+    /// Waits on futures; returns `(done, not_done)`.
+    pub fn wait<O>(
+        &self,
+        futures: &FuturesList<O>,
+        return_when: ReturnWhen,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ResponseFuture<O>>, Vec<ResponseFuture<O>>)> {
+        wait_calls(&futures.calls(), return_when, timeout)?;
+        Ok(futures.futures.iter().cloned().partition(|f| f.done()))
+    }
+
+    /// Waits for every call and returns the results in call order; the first
+    /// failed call (by call order) is returned as [`Error::CallFailed`] with
+    /// its remote message and traceback.
+    pub fn get_result<O: DeserializeOwned>(
+        &self,
+        futures: &FuturesList<O>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<O>> {
+        get_result(futures, timeout)
+    }
+
+    /// A handle another process can attach to (see [`crate::attach`]).
+    pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
+        let spec = &future.job.spec;
+        let rounds = spec
+            .total_calls
+            .div_ceil(self.inner.config.local_workers().max(1)) as f64;
+        JobHandle {
+            version: JobHandle::VERSION,
+            storage: self.inner.storage.location().clone(),
+            executor_id: spec.executor_id.clone(),
+            job_id: spec.job_id,
+            total_calls: spec.total_calls,
+            deadline_ts: spec.submit_ts + spec.timeout_s * rounds + 60.0,
+        }
+    }
+
+    /// Cancels the jobs of these futures: queued calls never run, running
+    /// ones are stopped; all of them end as cancelled.
+    pub fn cancel<O>(&self, futures: &FuturesList<O>) -> Result<()> {
+        let mut seen: Vec<*const JobState> = Vec::new();
+        for future in &futures.futures {
+            let ptr = Arc::as_ptr(&future.job);
+            if seen.contains(&ptr) {
+                continue;
+            }
+            seen.push(ptr);
+            future.job.cancel("cancelled by the client");
+            future.job.run_cancel_hook();
+            self.inner
+                .storage
+                .put_blocking(&future.job.keys.cancelled(), Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the objects of this executor's finished jobs; returns how many.
+    pub fn clean(&self) -> Result<usize> {
+        self.inner.clean()
+    }
+
+    /// Waits until every status so far is in storage.
+    pub fn flush_statuses(&self) -> Result<()> {
+        let errors = self.inner.backend.writer().flush();
+        match errors.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::InvalidArgument {
+                name: "storage",
+                message: format!("{} status write(s) failed; first: {first}", errors.len()),
+            }),
+        }
+    }
+
+    /// Where this executor's job objects live.
+    pub fn storage_prefix(&self) -> String {
+        keys::executor_prefix(&self.inner.id)
+    }
+
+    fn create_job(
+        &self,
+        job_id: JobId,
+        function: &FunctionSpec,
+        total: usize,
+        options: &MapOptions,
+    ) -> Result<Arc<JobState>> {
+        let config = &self.inner.config;
+        if total == 0 {
+            return Err(Error::InvalidArgument {
+                name: "inputs",
+                message: "there is nothing to map: the input list is empty".into(),
+            });
+        }
+        let total_calls = u32::try_from(total).map_err(|_| Error::InvalidArgument {
+            name: "inputs",
+            message: format!("{total} calls is more than one job can hold ({})", u32::MAX),
+        })?;
+        let timeout_s = options
+            .timeout
+            .map(|t| t.as_secs_f64())
+            .unwrap_or(config.execution.timeout);
+        if !(timeout_s.is_finite() && timeout_s > 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "timeout",
+                message: format!("must be a positive duration, got {timeout_s} s"),
+            });
+        }
+        let chunksize = options.chunksize.unwrap_or(config.execution.chunksize);
+        if chunksize == 0 {
+            return Err(Error::InvalidArgument {
+                name: "chunksize",
+                message: "must be at least 1".into(),
+            });
+        }
+        let memory_limit_mb = options.memory_limit_mb.or(config.execution.memory_limit_mb);
+        if memory_limit_mb == Some(0) {
+            return Err(Error::InvalidArgument {
+                name: "memory_limit_mb",
+                message: "must be at least 1".into(),
+            });
+        }
+        let spec = JobSpec {
+            executor_id: self.inner.id.clone(),
+            job_id,
+            function: function.clone(),
+            total_calls,
+            chunksize,
+            timeout_s,
+            memory_limit_mb,
+            submit_ts: now_ts(),
+        };
+        let keys = JobKeys::new(&self.inner.id, job_id);
+        let job = Arc::new(JobState::new(
+            spec,
+            keys,
+            self.inner.notifier.clone(),
+            CallState::New,
+        ));
+        lock(&self.inner.jobs).push(job.clone());
+        Ok(job)
+    }
+
+    fn submit_job(
+        &self,
+        kind: JobKind,
+        function: ShippedFunction,
+        inputs: Vec<Vec<u8>>,
+        options: &MapOptions,
+    ) -> Result<Arc<JobState>> {
+        let job_id = JobId::new(kind, self.inner.job_counter.fetch_add(1, Ordering::Relaxed));
+        let job = self.create_job(job_id, &function.spec, inputs.len(), options)?;
+        self.inner.launch(&job, &function, inputs)?;
+        Ok(job)
+    }
+}
+
+impl Inner {
+    /// Writes the job's objects and hands its Invocations to the backend.
+    fn launch(
+        &self,
+        job: &Arc<JobState>,
+        function: &ShippedFunction,
+        inputs: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let config = &self.config;
+        let spec = &job.spec;
+        if lock(&self.stored_functions).insert(function.spec.hash.clone()) {
+            let key = keys::function(&self.id, &function.spec.hash);
+            if let Err(e) = self.storage.put_blocking(&key, function.payload.clone()) {
+                lock(&self.stored_functions).remove(&function.spec.hash);
+                return Err(e.into());
+            }
+        }
+        self.storage.put_blocking(
+            &job.keys.spec(),
+            serde_json::to_vec(spec).expect("job specs serialize"),
+        )?;
+
+        // Small inputs travel inside the Invocation; if any is large, all go
+        // into one data object and each call gets its byte range.
+        let inline = inputs
+            .iter()
+            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes);
+        let mut data = None;
+        let call_inputs: Vec<CallInput> = if inline {
+            inputs.into_iter().map(CallInput::Inline).collect()
+        } else {
+            let mut blob = Vec::with_capacity(inputs.iter().map(Vec::len).sum());
+            let mut ranges = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                let start = blob.len() as u64;
+                blob.extend_from_slice(input);
+                ranges.push(CallInput::Range {
+                    start,
+                    end: blob.len() as u64,
+                });
+            }
+            self.storage.put_blocking(&job.keys.data(), blob.clone())?;
+            data = Some(blob);
+            ranges
+        };
+
+        let mut invocations =
+            Vec::with_capacity(call_inputs.len().div_ceil(spec.chunksize as usize));
+        let mut calls = call_inputs.into_iter().enumerate().peekable();
+        while calls.peek().is_some() {
+            let batch: Vec<InvokedCall> = calls
+                .by_ref()
+                .take(spec.chunksize as usize)
+                .map(|(i, input)| InvokedCall {
+                    call_id: CallId(i as u32),
+                    input,
+                })
+                .collect();
+            invocations.push(Invocation {
+                executor_id: spec.executor_id.clone(),
+                job_id: spec.job_id,
+                function: spec.function.clone(),
+                calls: batch,
+                timeout_s: spec.timeout_s,
+                memory_limit_mb: spec.memory_limit_mb,
+                submit_ts: spec.submit_ts,
+            });
+        }
+        {
+            let mut records = job.calls();
+            for record in records.iter_mut() {
+                record.state = CallState::Invoked;
+            }
+        }
+        let target = Arc::new(JobTarget::new(
+            job.keys.clone(),
+            self.storage.clone(),
+            config.execution.inline_result_bytes,
+        ));
+        self.backend.submit(Submission {
+            job,
+            function_payload: &function.payload,
+            invocations,
+            data: data.as_deref(),
+            target,
+        })
+    }
+
+    fn clean(&self) -> Result<usize> {
+        let _ = self.backend.writer().flush();
+        let finished: Vec<Arc<JobState>> = {
+            let mut jobs = lock(&self.jobs);
+            let (done, running): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|j| j.is_complete());
+            *jobs = running;
+            done
+        };
+        let mut deleted = 0;
+        for job in finished {
+            deleted += self.storage.delete_prefix_blocking(job.keys.prefix())?;
+        }
+        if lock(&self.jobs).is_empty() {
+            deleted += self.storage.delete_prefix_blocking(&format!(
+                "{}functions/",
+                keys::executor_prefix(&self.id)
+            ))?;
+            lock(&self.stored_functions).clear();
+        }
+        Ok(deleted)
+    }
+}
+
+fn run_reducer(
+    weak: Weak<Inner>,
+    map_job: Arc<JobState>,
+    reduce_job: Arc<JobState>,
+    function: ShippedFunction,
+    options: MapOptions,
+) {
+    let _ = options;
+    let map_calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
+        .map(|i| (map_job.clone(), CallId(i)))
+        .collect();
+    let fail = |message: String, reason: FailureReason| {
+        reduce_job.fail_unfinished(|_| CallError {
+            reason,
+            error_type: "ReduceNotRun".into(),
+            message: message.clone(),
+            traceback: String::new(),
+            payload: None,
+        });
+    };
+    if let Err(e) = wait_calls(&map_calls, ReturnWhen::AllCompleted, None) {
+        fail(
+            format!("the map job {} did not finish: {e}", map_job.job_key()),
+            FailureReason::Cancelled,
+        );
+        return;
+    }
+    // The reducer's input is the JSON array of the map results, in call order.
+    let mut input = Vec::from(&b"["[..]);
+    let failure = {
+        let records = map_job.calls();
+        let mut failure = None;
+        for (i, record) in records.iter().enumerate() {
+            match &record.outcome {
+                Some(Ok(bytes)) => {
+                    if i > 0 {
+                        input.push(b',');
+                    }
+                    input.extend_from_slice(bytes);
+                }
+                Some(Err(error)) => {
+                    let message = format!(
+                        "map call {} of {} failed: {error}",
+                        CallId(i as u32),
+                        map_job.job_key()
+                    );
+                    failure = Some((message, error.reason));
+                    break;
+                }
+                None => unreachable!("the map job is complete"),
+            }
+        }
+        failure
+    };
+    if let Some((message, reason)) = failure {
+        fail(message, reason);
+        return;
+    }
+    input.push(b']');
+    let Some(inner) = weak.upgrade() else {
+        fail(
+            "the executor was dropped before the reduce could start".into(),
+            FailureReason::Cancelled,
+        );
+        return;
+    };
+    if let Err(e) = inner.launch(&reduce_job, &function, vec![input]) {
+        fail(
+            format!("cannot start the reduce: {e}"),
+            FailureReason::WorkerCrashed,
+        );
+    }
+}
+
+pub(crate) fn get_result<O: DeserializeOwned>(
+    futures: &FuturesList<O>,
+    timeout: Option<Duration>,
+) -> Result<Vec<O>> {
+    wait_calls(&futures.calls(), ReturnWhen::AllCompleted, timeout)?;
+    futures
+        .futures
+        .iter()
+        .map(|f| crate::future::decode(&f.job, f.call))
+        .collect()
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Reducers finish (or fail) once their map jobs end; pools stop below.
+        let inner = &self.inner;
+        for job in lock(&inner.jobs).iter() {
+            if !job.is_complete() {
+                job.cancel("the executor was dropped");
+                job.run_cancel_hook();
+            }
+        }
+        for thread in lock(&inner.reducers).drain(..) {
+            let _ = thread.join();
+        }
+        if inner.config.execution.data_cleaner {
+            if let Err(e) = inner.clean() {
+                eprintln!("quelea: cleaning executor {} failed: {e}", inner.id);
+            }
+        } else {
+            let _ = inner.backend.writer().flush();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The client's view of a job: every call's state, stats and outcome, fed by
+//! the backend's push channel or by the storage monitor.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quelea_core::ids::CallId;
+use quelea_core::keys::JobKeys;
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, JobSpec};
+
+/// Wakes waiters when calls complete. Shared by the jobs of one executor.
+#[derive(Default)]
+pub(crate) struct Notifier {
+    generation: Mutex<u64>,
+    cond: Condvar,
+    /// Waiters that want to hear of every completion, not only of whole jobs.
+    eager_waiters: AtomicU32,
+}
+
+impl Notifier {
+    pub fn notify(&self) {
+        *lock(&self.generation) += 1;
+        self.cond.notify_all();
+    }
+
+    pub fn generation(&self) -> u64 {
+        *lock(&self.generation)
+    }
+
+    /// Sleeps until a notification after `seen` or `timeout`.
+    pub fn wait(&self, seen: u64, timeout: Duration) {
+        let guard = lock(&self.generation);
+        if *guard == seen {
+            let _ = self.cond.wait_timeout(guard, timeout);
+        }
+    }
+
+    pub fn eager(&self) -> EagerGuard<'_> {
+        self.eager_waiters.fetch_add(1, Ordering::AcqRel);
+        EagerGuard(self)
+    }
+}
+
+pub(crate) struct EagerGuard<'a>(&'a Notifier);
+
+impl Drop for EagerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.eager_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) struct CallRecord {
+    pub state: CallState,
+    pub stats: CallStats,
+    pub outcome: Option<Result<Vec<u8>, Box<CallError>>>,
+}
+
+/// One job as the client sees it.
+pub(crate) struct JobState {
+    pub spec: JobSpec,
+    pub keys: JobKeys,
+    calls: Mutex<Vec<CallRecord>>,
+    done: AtomicU32,
+    notifier: Arc<Notifier>,
+    cancel_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl JobState {
+    pub fn new(spec: JobSpec, keys: JobKeys, notifier: Arc<Notifier>, initial: CallState) -> Self {
+        let submit_ts = spec.submit_ts;
+        let calls = (0..spec.total_calls)
+            .map(|_| CallRecord {
+                state: initial,
+                stats: CallStats {
+                    submit_ts,
+                    ..CallStats::default()
+                },
+                outcome: None,
+            })
+            .collect();
+        JobState {
+            spec,
+            keys,
+            calls: Mutex::new(calls),
+            done: AtomicU32::new(0),
+            notifier,
+            cancel_hook: Mutex::new(None),
+        }
+    }
+
+    pub fn job_key(&self) -> String {
+        self.spec.job_key()
+    }
+
+    pub fn total(&self) -> u32 {
+        self.spec.total_calls
+    }
+
+    pub fn done_count(&self) -> u32 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done_count() >= self.total()
+    }
+
+    pub fn calls(&self) -> MutexGuard<'_, Vec<CallRecord>> {
+        lock(&self.calls)
+    }
+
+    pub fn state(&self, call: CallId) -> CallState {
+        self.calls()[call.index()].state
+    }
+
+    pub fn mark_running(&self, call: CallId, worker_id: Option<u32>, start_ts: f64) {
+        let mut calls = self.calls();
+        let record = &mut calls[call.index()];
+        if record.state < CallState::Running {
+            record.state = CallState::Running;
+            record.stats.start_ts = Some(start_ts);
+            record.stats.worker_id = worker_id;
+        }
+    }
+
+    /// Records a call's end; a second end for the same call is ignored (a
+    /// cancelled call may still report from its runner).
+    pub fn complete(
+        &self,
+        call: CallId,
+        stats: CallStats,
+        outcome: Result<Vec<u8>, Box<CallError>>,
+    ) -> bool {
+        {
+            let mut calls = self.calls();
+            let Some(record) = calls.get_mut(call.index()) else {
+                return false;
+            };
+            if record.state.is_terminal() {
+                return false;
+            }
+            record.state = if outcome.is_ok() {
+                CallState::Success
+            } else {
+                CallState::Error
+            };
+            record.stats = stats;
+            record.outcome = Some(outcome);
+        }
+        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
+        let finished = done >= self.total();
+        if finished || self.notifier.eager_waiters.load(Ordering::Acquire) > 0 {
+            self.notifier.notify();
+        }
+        true
+    }
+
+    /// Marks every unfinished call with `error`; returns how many.
+    pub fn fail_unfinished(&self, make_error: impl Fn(CallId) -> CallError) -> usize {
+        let pending: Vec<CallId> = self
+            .calls()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.state.is_terminal())
+            .map(|(i, _)| CallId(i as u32))
+            .collect();
+        let now = now_ts();
+        let mut failed = 0;
+        for call in pending {
+            let stats = {
+                let calls = self.calls();
+                let mut stats = calls[call.index()].stats.clone();
+                stats.end_ts = Some(now);
+                stats
+            };
+            if self.complete(call, stats, Err(Box::new(make_error(call)))) {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    pub fn cancel(&self, why: &str) -> usize {
+        self.fail_unfinished(|call| CallError {
+            reason: FailureReason::Cancelled,
+            error_type: "Cancelled".into(),
+            message: format!("call {call} was cancelled: {why}"),
+            traceback: String::new(),
+            payload: None,
+        })
+    }
+}
+
+impl JobState {
+    pub fn notifier(&self) -> Arc<Notifier> {
+        self.notifier.clone()
+    }
+
+    /// Sets what stops the job's remote work (the backend's cancel).
+    pub fn set_cancel_hook(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        *lock(&self.cancel_hook) = Some(hook);
+    }
+
+    pub fn run_cancel_hook(&self) {
+        if let Some(hook) = lock(&self.cancel_hook).as_ref() {
+            hook();
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! quelea: run ordinary functions a thousand at a time and bring the results
+//! back in order.
+//!
+//! ```no_run
+//! let mut functions = quelea::Functions::new();
+//! let add7 = functions.register("add7", |x: i64| x + 7);
+//! // Started by the pool as a runner, the binary serves calls and exits here.
+//! quelea::serve_if_runner(&functions);
+//!
+//! let executor = quelea::Executor::new()?;
+//! let futures = executor.map(&add7, [1, 2, 3, 4], quelea::MapOptions::default())?;
+//! assert_eq!(executor.get_result(&futures, None)?, vec![8, 9, 10, 11]);
+//! # Ok::<(), quelea::Error>(())
+//! ```
+
+mod backend;
+mod error;
+mod executor;
+mod future;
+mod handle;
+pub mod interrupt;
+mod job;
+mod monitor;
+
+pub use error::{Error, Result};
+pub use executor::{Executor, ExecutorBuilder, MapOptions};
+pub use future::{FuturesList, ResponseFuture, ReturnWhen};
+pub use handle::JobHandle;
+pub use monitor::{attach, attach_with};
+pub use quelea_core::config::{Config, ConfigBuilder};
+pub use quelea_core::ids::{CallId, ExecutorId, JobId};
+pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason};
+pub use quelea_worker::pool::RunnerCommand;
+pub use quelea_worker::rust_runner::{is_runner, serve_if_runner, FunctionRef, Functions};
+
+/// The layers below, for tools that need them (the CLI, benchmarks).
+pub mod core {
+    pub use quelea_core::*;
+}
+pub mod storage {
+    pub use quelea_storage::*;
+}

@@ -1,0 +1,194 @@
+//! Following a job through storage, from any process: the attach path.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use quelea_core::config::ConfigBuilder;
+use quelea_core::keys::JobKeys;
+use quelea_core::model::{now_ts, CallError, CallState, FailureReason, JobSpec, ResultRef};
+use quelea_core::protocol::Message;
+use quelea_storage::Storage;
+
+use crate::error::{Error, Result};
+use crate::future::FuturesList;
+use crate::handle::JobHandle;
+use crate::job::{JobState, Notifier};
+
+const FAST: Duration = Duration::from_millis(20);
+const SLOW: Duration = Duration::from_millis(500);
+/// A running call with no final status this long past its timeout is failed:
+/// platforms can kill workers silently.
+const GRACE_S: f64 = 5.0;
+
+/// Attaches to a job started elsewhere, with credentials from this process's
+/// own config and environment.
+pub fn attach<O>(handle: &JobHandle) -> Result<FuturesList<O>> {
+    attach_with(ConfigBuilder::new(), handle)
+}
+
+/// Like [`attach`], taking credentials from `base`.
+pub fn attach_with<O>(base: ConfigBuilder, handle: &JobHandle) -> Result<FuturesList<O>> {
+    let config = handle.storage.to_config(base)?;
+    let storage = Storage::from_config(&config)?;
+    let keys = JobKeys::new(&handle.executor_id, handle.job_id);
+    let spec_bytes = storage.get_blocking(&keys.spec()).map_err(|e| match e {
+        quelea_storage::Error::NotFound { .. } => Error::Handle(format!(
+            "job {}-{} has no objects in {} (finished and cleaned, or never started)",
+            handle.executor_id,
+            handle.job_id,
+            storage.location().describe()
+        )),
+        other => other.into(),
+    })?;
+    let spec: JobSpec = serde_json::from_slice(&spec_bytes)
+        .map_err(|e| Error::Handle(format!("unreadable job spec: {e}")))?;
+    if spec.total_calls != handle.total_calls {
+        return Err(Error::Handle(format!(
+            "the handle says {} calls but the job has {}",
+            handle.total_calls, spec.total_calls
+        )));
+    }
+    let job = Arc::new(JobState::new(
+        spec,
+        keys,
+        Arc::new(Notifier::default()),
+        CallState::Invoked,
+    ));
+    let weak = Arc::downgrade(&job);
+    let deadline = handle.deadline_ts;
+    std::thread::Builder::new()
+        .name(format!("quelea-monitor-{}", handle.job_id))
+        .spawn(move || monitor_main(weak, storage, deadline))
+        .map_err(|e| Error::Handle(format!("cannot start the monitor thread: {e}")))?;
+    Ok(FuturesList::for_job(&job))
+}
+
+fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut interval = FAST;
+    let mut last_overdue_check = 0.0;
+    loop {
+        let Some(job) = job.upgrade() else { return };
+        if job.is_complete() {
+            return;
+        }
+        let mut progressed = false;
+        if let Ok(objects) = storage.list_blocking(&job.keys.status_prefix()) {
+            for object in objects {
+                if seen.contains(&object.key) {
+                    continue;
+                }
+                let Ok(body) = storage.get_blocking(&object.key) else {
+                    continue;
+                };
+                seen.insert(object.key.clone());
+                if let Ok(Message::StatusBatch(batch)) = Message::decode(&body) {
+                    for status in batch.statuses {
+                        progressed = true;
+                        apply(&job, &storage, status);
+                    }
+                }
+            }
+        }
+        if !progressed && storage.head_blocking(&job.keys.cancelled()).is_ok() {
+            job.cancel("the job was cancelled by its owner");
+        }
+        let now = now_ts();
+        if now > deadline_ts {
+            job.fail_unfinished(|call| {
+                timeout_error(format!(
+                    "call {call} has no final status by the job's deadline"
+                ))
+            });
+        } else if now - last_overdue_check > 1.0 {
+            last_overdue_check = now;
+            fail_overdue(&job, now);
+        }
+        drop(job);
+        interval = if progressed {
+            FAST
+        } else {
+            (interval * 2).min(SLOW)
+        };
+        std::thread::sleep(interval);
+    }
+}
+
+fn timeout_error(message: String) -> CallError {
+    CallError {
+        reason: FailureReason::Timeout,
+        error_type: "TimeoutError".into(),
+        message,
+        traceback: String::new(),
+        payload: None,
+    }
+}
+
+fn fail_overdue(job: &JobState, now: f64) {
+    let limit = job.spec.timeout_s + GRACE_S;
+    let overdue: Vec<_> = job
+        .calls()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.state == CallState::Running && r.stats.start_ts.is_some_and(|s| now - s > limit)
+        })
+        .map(|(i, r)| (quelea_core::ids::CallId(i as u32), r.stats.clone()))
+        .collect();
+    for (call, stats) in overdue {
+        job.complete(
+            call,
+            stats,
+            Err(Box::new(timeout_error(format!(
+                "call {call} ran past its timeout of {} s with no final status",
+                job.spec.timeout_s
+            )))),
+        );
+    }
+}
+
+fn apply(job: &JobState, storage: &Storage, status: quelea_core::model::CallStatus) {
+    if status.call_id.index() >= job.total() as usize {
+        return;
+    }
+    match status.state {
+        CallState::Running => {
+            if let Some(start) = status.stats.start_ts {
+                job.mark_running(status.call_id, status.stats.worker_id, start);
+            }
+        }
+        CallState::Success => {
+            let outcome = match status.result {
+                Some(ResultRef::Inline(bytes)) => Ok(bytes),
+                Some(ResultRef::Object { key, .. }) => {
+                    storage.get_blocking(&key).map(|b| b.to_vec()).map_err(|e| {
+                        Box::new(CallError {
+                            reason: FailureReason::WorkerCrashed,
+                            error_type: "ResultLost".into(),
+                            message: format!(
+                                "the result of call {} could not be read: {e}",
+                                status.call_id
+                            ),
+                            traceback: String::new(),
+                            payload: None,
+                        })
+                    })
+                }
+                None => Ok(b"null".to_vec()),
+            };
+            job.complete(status.call_id, status.stats, outcome);
+        }
+        CallState::Error => {
+            let error = status.error.unwrap_or_else(|| CallError {
+                reason: FailureReason::WorkerCrashed,
+                error_type: "UnknownError".into(),
+                message: "the call failed without an error report".into(),
+                traceback: String::new(),
+                payload: None,
+            });
+            job.complete(status.call_id, status.stats, Err(Box::new(error)));
+        }
+        CallState::New | CallState::Invoked => {}
+    }
+}
