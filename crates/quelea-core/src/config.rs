@@ -329,9 +329,15 @@ impl Config {
         })
     }
 
-    /// The config as YAML-ready JSON, with secrets redacted.
+    /// The config as YAML-ready JSON, with defaults resolved and secrets
+    /// redacted.
     pub fn redacted(&self) -> Value {
-        serde_json::to_value(self).expect("config always serializes")
+        let mut resolved = self.clone();
+        resolved.local.workers = Some(self.local_workers());
+        if self.storage == StorageKind::Localdisk {
+            resolved.localdisk.root = Some(self.localdisk_root());
+        }
+        serde_json::to_value(&resolved).expect("config always serializes")
     }
 
     fn validate(&self) -> Result<()> {

@@ -616,21 +616,19 @@ fn slot_main(shared: &Shared, slot: &Slot) {
         }
 
         let mut cold = true;
-        loop {
-            match runner_protocol::read_from_runner(&mut stdout) {
-                Ok(Some(FromRunner::Done {
-                    call_id,
-                    ok,
-                    peak_rss,
-                    payload,
-                })) => {
-                    if !on_done(shared, slot, call_id, ok, peak_rss, payload, cold) {
-                        break;
-                    }
-                    cold = false;
-                }
-                Ok(Some(FromRunner::Ready { .. })) | Ok(None) | Err(_) => break,
+        // Anything but an answer (end of stream, a stray frame, garbage)
+        // ends this runner.
+        while let Ok(Some(FromRunner::Done {
+            call_id,
+            ok,
+            peak_rss,
+            payload,
+        })) = runner_protocol::read_from_runner(&mut stdout)
+        {
+            if !on_done(shared, slot, call_id, ok, peak_rss, payload, cold) {
+                break;
             }
+            cold = false;
         }
 
         // The runner is gone or misbehaved: make sure it is dead, then reap it.

@@ -55,6 +55,9 @@ impl MapOptions {
     }
 }
 
+/// `(done, not_done)` futures, as `wait` returns them.
+pub type DoneAndPending<O> = (Vec<ResponseFuture<O>>, Vec<ResponseFuture<O>>);
+
 /// Builds an [`Executor`].
 #[derive(Default)]
 pub struct ExecutorBuilder {
@@ -285,7 +288,7 @@ impl Executor {
         futures: &FuturesList<O>,
         return_when: ReturnWhen,
         timeout: Option<Duration>,
-    ) -> Result<(Vec<ResponseFuture<O>>, Vec<ResponseFuture<O>>)> {
+    ) -> Result<DoneAndPending<O>> {
         wait_calls(&futures.calls(), return_when, timeout)?;
         Ok(futures.futures.iter().cloned().partition(|f| f.done()))
     }

@@ -173,6 +173,11 @@ impl<O> FuturesList<O> {
         self.futures.get(index)
     }
 
+    /// How many of these calls have finished (cheap for whole jobs).
+    pub fn done_count(&self) -> usize {
+        Groups::new(&self.calls()).done()
+    }
+
     pub(crate) fn calls(&self) -> Vec<(Arc<JobState>, CallId)> {
         self.futures
             .iter()

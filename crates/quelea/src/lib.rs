@@ -23,7 +23,7 @@ mod job;
 mod monitor;
 
 pub use error::{Error, Result};
-pub use executor::{Executor, ExecutorBuilder, MapOptions};
+pub use executor::{DoneAndPending, Executor, ExecutorBuilder, MapOptions};
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
 pub use monitor::{attach, attach_with};

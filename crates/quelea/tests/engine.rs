@@ -752,6 +752,8 @@ fn driver(mode: &str) -> ! {
     }
 }
 
+type TestFn = fn() -> Result<(), Failed>;
+
 fn main() {
     let fns = functions();
     quelea::serve_if_runner(&fns.functions);
@@ -761,7 +763,7 @@ fn main() {
     let mut args = Arguments::from_args();
     // Runner pools and timing-sensitive supervision: one test at a time.
     args.test_threads.get_or_insert(1);
-    let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
+    let tests: Vec<(&str, TestFn)> = vec![
         ("map_10k_ordered", map_10k_ordered),
         ("statuses_land_in_storage", statuses_land_in_storage),
         ("map_reduce_in_call_order", map_reduce_in_call_order),
