@@ -121,25 +121,38 @@ pub struct Executor {
     inner: Arc<Inner>,
 }
 
-/// A function as the executor ships it.
-struct ShippedFunction {
+/// A function as the executor ships it: an opaque payload for runners of
+/// one kind (a Rust function's name; a cloudpickled Python function).
+#[derive(Clone, Debug)]
+pub struct RawFunction {
     spec: FunctionSpec,
     payload: Vec<u8>,
 }
 
-impl ShippedFunction {
-    fn rust(name: &str) -> Self {
-        let payload = name.as_bytes().to_vec();
-        ShippedFunction {
+impl RawFunction {
+    pub fn new(runner: RunnerKind, name: &str, payload: Vec<u8>) -> Self {
+        RawFunction {
             spec: FunctionSpec {
-                runner: RunnerKind::Rust,
+                runner,
                 name: name.to_owned(),
-                hash: content_hash(RunnerKind::Rust, &payload),
+                hash: content_hash(runner, &payload),
             },
             payload,
         }
     }
+
+    fn rust(name: &str) -> Self {
+        Self::new(RunnerKind::Rust, name, name.as_bytes().to_vec())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
 }
+
+/// Marks futures whose results stay serialized bytes (front ends that
+/// decode results themselves, such as the Python package).
+pub enum Raw {}
 
 fn content_hash(kind: RunnerKind, payload: &[u8]) -> String {
     let mut hasher = Sha256::new();
@@ -205,7 +218,7 @@ impl Executor {
         let inputs = vec![serialize_input(&input, 0)?];
         let job = self.submit_job(
             JobKind::CallAsync,
-            ShippedFunction::rust(function.name()),
+            RawFunction::rust(function.name()),
             inputs,
             &options,
         )?;
@@ -226,7 +239,7 @@ impl Executor {
             .collect::<Result<Vec<_>>>()?;
         let job = self.submit_job(
             JobKind::Map,
-            ShippedFunction::rust(function.name()),
+            RawFunction::rust(function.name()),
             inputs,
             &options,
         )?;
@@ -248,7 +261,7 @@ impl Executor {
             .collect::<Result<Vec<_>>>()?;
         let job = self.submit_job(
             JobKind::Map,
-            ShippedFunction::rust(function.name()),
+            RawFunction::rust(function.name()),
             inputs,
             &options,
         )?;
@@ -264,22 +277,62 @@ impl Executor {
         reducer: &FunctionRef<Vec<O>, R>,
         options: MapOptions,
     ) -> Result<ResponseFuture<R>> {
-        let map_futures = self.map(map_function, inputs, options.clone())?;
-        let map_job = map_futures.futures[0].job.clone();
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| serialize_input(&input, i))
+            .collect::<Result<Vec<_>>>()?;
+        let (_, reduce) = self.map_reduce_raw(
+            &RawFunction::rust(map_function.name()),
+            inputs,
+            &RawFunction::rust(reducer.name()),
+            options,
+        )?;
+        Ok(ResponseFuture::new(reduce.job, reduce.call))
+    }
+
+    /// Runs calls of an opaque function on serialized inputs.
+    pub fn submit_raw(
+        &self,
+        kind: JobKind,
+        function: &RawFunction,
+        inputs: Vec<Vec<u8>>,
+        options: &MapOptions,
+    ) -> Result<FuturesList<Raw>> {
+        if kind == JobKind::Reduce {
+            return Err(Error::InvalidArgument {
+                name: "kind",
+                message: "reduce jobs are created by map_reduce".into(),
+            });
+        }
+        let job = self.submit_job(kind, function.clone(), inputs, options)?;
+        Ok(FuturesList::for_job(&job))
+    }
+
+    /// The map and the reduce future of a map-reduce of opaque functions.
+    /// The reducer's input combines the map results in call order: a JSON
+    /// array for Rust runners, a framed list of pickles for Python runners.
+    pub fn map_reduce_raw(
+        &self,
+        map_function: &RawFunction,
+        inputs: Vec<Vec<u8>>,
+        reducer: &RawFunction,
+        options: MapOptions,
+    ) -> Result<(FuturesList<Raw>, ResponseFuture<Raw>)> {
+        let map_job = self.submit_job(JobKind::Map, map_function.clone(), inputs, &options)?;
         let reduce_id = map_job.spec.job_id.reduce_of();
-        let function = ShippedFunction::rust(reducer.name());
-        let reduce_job = self.create_job(reduce_id, &function.spec, 1, &options)?;
+        let reduce_job = self.create_job(reduce_id, &reducer.spec, 1, &options)?;
         let weak = Arc::downgrade(&self.inner);
-        let job = reduce_job.clone();
+        let (map, job, function) = (map_job.clone(), reduce_job.clone(), reducer.clone());
         let thread = std::thread::Builder::new()
             .name(format!("quelea-reduce-{reduce_id}"))
-            .spawn(move || run_reducer(weak, map_job, job, function, options))
+            .spawn(move || run_reducer(weak, map, job, function))
             .map_err(|e| Error::InvalidArgument {
                 name: "map_reduce",
                 message: format!("cannot start the reducer thread: {e}"),
             })?;
         lock(&self.inner.reducers).push(thread);
-        Ok(ResponseFuture::new(reduce_job, CallId(0)))
+        Ok((FuturesList::for_job(&map_job), ResponseFuture::new(reduce_job, CallId(0))))
     }
 
     /// Waits on futures; returns `(done, not_done)`.
@@ -289,8 +342,7 @@ impl Executor {
         return_when: ReturnWhen,
         timeout: Option<Duration>,
     ) -> Result<DoneAndPending<O>> {
-        wait_calls(&futures.calls(), return_when, timeout)?;
-        Ok(futures.futures.iter().cloned().partition(|f| f.done()))
+        wait(futures, return_when, timeout)
     }
 
     /// Waits for every call and returns the results in call order; the first
@@ -427,7 +479,7 @@ impl Executor {
     fn submit_job(
         &self,
         kind: JobKind,
-        function: ShippedFunction,
+        function: RawFunction,
         inputs: Vec<Vec<u8>>,
         options: &MapOptions,
     ) -> Result<Arc<JobState>> {
@@ -443,7 +495,7 @@ impl Inner {
     fn launch(
         &self,
         job: &Arc<JobState>,
-        function: &ShippedFunction,
+        function: &RawFunction,
         inputs: Vec<Vec<u8>>,
     ) -> Result<()> {
         let config = &self.config;
@@ -553,10 +605,8 @@ fn run_reducer(
     weak: Weak<Inner>,
     map_job: Arc<JobState>,
     reduce_job: Arc<JobState>,
-    function: ShippedFunction,
-    options: MapOptions,
+    function: RawFunction,
 ) {
-    let _ = options;
     let map_calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
         .map(|i| (map_job.clone(), CallId(i)))
         .collect();
@@ -576,38 +626,28 @@ fn run_reducer(
         );
         return;
     }
-    // The reducer's input is the JSON array of the map results, in call order.
-    let mut input = Vec::from(&b"["[..]);
     let failure = {
         let records = map_job.calls();
-        let mut failure = None;
-        for (i, record) in records.iter().enumerate() {
-            match &record.outcome {
-                Some(Ok(bytes)) => {
-                    if i > 0 {
-                        input.push(b',');
-                    }
-                    input.extend_from_slice(bytes);
-                }
-                Some(Err(error)) => {
-                    let message = format!(
-                        "map call {} of {} failed: {error}",
-                        CallId(i as u32),
-                        map_job.job_key()
-                    );
-                    failure = Some((message, error.reason));
-                    break;
-                }
-                None => unreachable!("the map job is complete"),
-            }
-        }
-        failure
+        records.iter().enumerate().find_map(|(i, record)| match &record.outcome {
+            Some(Err(error)) => Some((
+                format!("map call {} of {} failed: {error}", CallId(i as u32), map_job.job_key()),
+                error.reason,
+            )),
+            _ => None,
+        })
     };
     if let Some((message, reason)) = failure {
         fail(message, reason);
         return;
     }
-    input.push(b']');
+    let input = {
+        let records = map_job.calls();
+        let results = records.iter().map(|r| match &r.outcome {
+            Some(Ok(bytes)) => bytes.as_slice(),
+            _ => unreachable!("every map call succeeded"),
+        });
+        combine_results(function.spec.runner, results)
+    };
     let Some(inner) = weak.upgrade() else {
         fail(
             "the executor was dropped before the reduce could start".into(),
@@ -623,7 +663,54 @@ fn run_reducer(
     }
 }
 
-pub(crate) fn get_result<O: DeserializeOwned>(
+/// The reducer's input: every map result, in call order, in the form the
+/// reducer's runner reads. Rust: a JSON array of the JSON results. Python:
+/// `QRED`, a u32 count, then each pickled result as u32 length + bytes.
+fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    match runner {
+        RunnerKind::Rust => {
+            let mut input = Vec::from(&b"["[..]);
+            for (i, bytes) in results.enumerate() {
+                if i > 0 {
+                    input.push(b',');
+                }
+                input.extend_from_slice(bytes);
+            }
+            input.push(b']');
+            input
+        }
+        RunnerKind::Python => {
+            let results: Vec<&[u8]> = results.collect();
+            let mut input = Vec::from(&b"QRED"[..]);
+            input.extend_from_slice(&(results.len() as u32).to_le_bytes());
+            for bytes in results {
+                input.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                input.extend_from_slice(bytes);
+            }
+            input
+        }
+    }
+}
+
+/// Waits on futures from any executor (or attached jobs); `(done, not_done)`.
+pub fn wait<O>(futures: &FuturesList<O>, return_when: ReturnWhen, timeout: Option<Duration>) -> Result<DoneAndPending<O>> {
+    wait_calls(&futures.calls(), return_when, timeout)?;
+    Ok(futures.futures.iter().cloned().partition(|f| f.done()))
+}
+
+/// Cancels the jobs of these futures without an executor at hand (the
+/// cancelled marker in storage is written by [`Executor::cancel`]).
+pub fn cancel<O>(futures: &FuturesList<O>) {
+    for future in &futures.futures {
+        if !future.job.is_complete() {
+            future.job.cancel("cancelled by the client");
+            future.job.run_cancel_hook();
+        }
+    }
+}
+
+/// Waits for every call and returns the results in call order.
+pub fn get_result<O: DeserializeOwned>(
     futures: &FuturesList<O>,
     timeout: Option<Duration>,
 ) -> Result<Vec<O>> {

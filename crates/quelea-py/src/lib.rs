@@ -1,0 +1,418 @@
+//! `quelea._engine`: the Rust engine as a Python extension module. The
+//! Python package (`python/quelea`) builds the Lithops-compatible API on it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use quelea::{
+    ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Raw, RawFunction, ResponseFuture, ReturnWhen,
+    RunnerCommand, RunnerKind,
+};
+
+mod error;
+mod storage;
+
+use error::{to_py_err, type_error, value_error};
+
+fn config_builder(overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<ConfigBuilder> {
+    let mut builder = ConfigBuilder::new();
+    if let Some(path) = config_file {
+        builder = builder.file(path);
+    }
+    if let Some(text) = overrides {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| value_error(format!("config is not valid JSON: {e}")))?;
+        builder = builder.overrides(value);
+    }
+    Ok(builder)
+}
+
+/// The Rust runner of the CLI's built-in functions, in this interpreter.
+fn rust_runner(python: &PathBuf) -> RunnerCommand {
+    RunnerCommand {
+        program: python.clone(),
+        args: vec!["-c".into(), "from quelea import _engine; _engine.serve_rust_runner()".into()],
+        env: vec![("QUELEA_RUNNER".into(), "rust".into())],
+    }
+}
+
+/// An executor of the engine; the Python `FunctionExecutor` wraps it.
+#[pyclass(module = "quelea._engine", frozen)]
+struct Executor {
+    inner: Mutex<Option<quelea::Executor>>,
+    id: String,
+}
+
+impl Executor {
+    fn with<T>(&self, f: impl FnOnce(&quelea::Executor) -> PyResult<T>) -> PyResult<T> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(exec) => f(exec),
+            None => Err(value_error(format!("executor {} is closed", self.id))),
+        }
+    }
+}
+
+fn options(chunksize: Option<u32>, timeout: Option<f64>, memory_limit_mb: Option<u64>) -> PyResult<MapOptions> {
+    let mut options = MapOptions::default();
+    options.chunksize = chunksize;
+    if let Some(t) = timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(value_error(format!("timeout must be a positive number of seconds, got {t}")));
+        }
+        options.timeout = Some(Duration::from_secs_f64(t));
+    }
+    options.memory_limit_mb = memory_limit_mb;
+    Ok(options)
+}
+
+fn bytes_list(inputs: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.cast::<PyBytes>()
+                .map(|b| b.as_bytes().to_vec())
+                .map_err(|_| type_error(format!("input {i} is not bytes")))
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Executor {
+    #[new]
+    #[pyo3(signature = (python, overrides=None, config_file=None))]
+    fn new(python: PathBuf, overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<Self> {
+        let config = config_builder(overrides, config_file)?.build().map_err(to_py_err_core)?;
+        let mut python_env: Vec<(OsString, OsString)> = Vec::new();
+        if let Some(text) = overrides {
+            // Runners are this machine's own child processes: they get the
+            // explicit config the way they get the rest of the environment.
+            python_env.push(("QUELEA_RUNNER_CONFIG".into(), text.into()));
+        }
+        let exec = quelea::Executor::builder()
+            .config(config)
+            .runner(
+                RunnerKind::Python,
+                RunnerCommand {
+                    program: python.clone(),
+                    args: vec!["-m".into(), "quelea.worker".into()],
+                    env: python_env,
+                },
+            )
+            .runner(RunnerKind::Rust, rust_runner(&python))
+            .build()
+            .map_err(to_py_err)?;
+        Ok(Executor {
+            id: exec.id().to_string(),
+            inner: Mutex::new(Some(exec)),
+        })
+    }
+
+    #[getter]
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    /// The resolved config as JSON, secrets redacted.
+    fn config_json(&self) -> PyResult<String> {
+        self.with(|e| Ok(e.config().redacted().to_string()))
+    }
+
+    /// `(storage location JSON, bucket)` of the job storage.
+    fn storage_location(&self) -> PyResult<String> {
+        self.with(|e| Ok(serde_json::to_string(e.storage().location()).expect("locations serialize")))
+    }
+
+    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        name: &str,
+        payload: &[u8],
+        inputs: &Bound<'_, PyList>,
+        chunksize: Option<u32>,
+        timeout: Option<f64>,
+        memory_limit_mb: Option<u64>,
+    ) -> PyResult<Job> {
+        let kind = match kind {
+            "call_async" => JobKind::CallAsync,
+            "map" => JobKind::Map,
+            other => return Err(value_error(format!("unknown job kind `{other}`"))),
+        };
+        let inputs = bytes_list(inputs)?;
+        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
+        let futures = self.with(|e| py.detach(|| e.submit_raw(kind, &function, inputs, &options)).map_err(to_py_err))?;
+        Ok(Job::new(futures))
+    }
+
+    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, chunksize=None, timeout=None, memory_limit_mb=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn map_reduce(
+        &self,
+        py: Python<'_>,
+        map_name: &str,
+        map_payload: &[u8],
+        inputs: &Bound<'_, PyList>,
+        reduce_name: &str,
+        reduce_payload: &[u8],
+        chunksize: Option<u32>,
+        timeout: Option<f64>,
+        memory_limit_mb: Option<u64>,
+    ) -> PyResult<(Job, Job)> {
+        let inputs = bytes_list(inputs)?;
+        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
+        let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
+        let (map_futures, reduce_future) = self.with(|e| {
+            py.detach(|| e.map_reduce_raw(&map, inputs, &reduce, options))
+                .map_err(to_py_err)
+        })?;
+        Ok((Job::new(map_futures), Job::new(FuturesList::from(vec![reduce_future]))))
+    }
+
+    /// Cancels a job: queued calls never run, running ones are stopped.
+    fn cancel(&self, job: &Job) -> PyResult<()> {
+        self.with(|e| e.cancel(&job.futures).map_err(to_py_err))
+    }
+
+    /// Deletes the objects of finished jobs; returns how many.
+    fn clean(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(|e| py.detach(|| e.clean()).map_err(to_py_err))
+    }
+
+    fn job_handle(&self, job: &Job) -> PyResult<String> {
+        self.with(|e| {
+            let first = job.futures.get(0).ok_or_else(|| value_error("empty job".to_string()))?;
+            Ok(e.job_handle(first).to_json())
+        })
+    }
+
+    fn runner_pids(&self) -> PyResult<Vec<u32>> {
+        self.with(|e| Ok(e.runner_pids()))
+    }
+
+    fn flush_statuses(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(|e| py.detach(|| e.flush_statuses()).map_err(to_py_err))
+    }
+
+    /// Stops the runners; with `data_cleaner`, deletes finished jobs' objects.
+    fn close(&self, py: Python<'_>) {
+        let exec = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        py.detach(move || drop(exec));
+    }
+}
+
+fn to_py_err_core(e: quelea::core::Error) -> PyErr {
+    to_py_err(quelea::Error::Config(e))
+}
+
+/// The futures of one job, addressed by call index.
+#[pyclass(module = "quelea._engine", frozen)]
+struct Job {
+    futures: FuturesList<Raw>,
+    executor_id: String,
+    job_id: String,
+}
+
+impl Job {
+    fn new(futures: FuturesList<Raw>) -> Self {
+        let first = futures.get(0).expect("jobs have calls");
+        Job {
+            executor_id: first.executor_id().to_string(),
+            job_id: first.job_id().to_string(),
+            futures,
+        }
+    }
+
+    fn future(&self, index: usize) -> PyResult<&ResponseFuture<Raw>> {
+        self.futures
+            .get(index)
+            .ok_or_else(|| value_error(format!("call {index} is out of range ({} calls)", self.futures.len())))
+    }
+}
+
+fn state_name(state: quelea::CallState) -> &'static str {
+    match state {
+        quelea::CallState::New => "new",
+        quelea::CallState::Invoked => "invoked",
+        quelea::CallState::Running => "running",
+        quelea::CallState::Success => "success",
+        quelea::CallState::Error => "error",
+    }
+}
+
+fn outcome<'py>(py: Python<'py>, future: &ResponseFuture<Raw>) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(bytes) = future.raw_result() {
+        return Ok(PyTuple::new(py, [true.into_pyobject(py)?.to_owned().into_any(), PyBytes::new(py, &bytes).into_any()])?.into_any());
+    }
+    if let Some(error) = future.call_error() {
+        let dict = PyDict::new(py);
+        dict.set_item("reason", serde_json::to_value(error.reason).ok().and_then(|v| v.as_str().map(str::to_owned)))?;
+        dict.set_item("error_type", &error.error_type)?;
+        dict.set_item("message", &error.message)?;
+        dict.set_item("traceback", &error.traceback)?;
+        dict.set_item("payload", error.payload.as_deref().map(|p| PyBytes::new(py, p)))?;
+        return Ok(PyTuple::new(py, [false.into_pyobject(py)?.to_owned().into_any(), dict.into_any()])?.into_any());
+    }
+    Ok(py.None().into_bound(py))
+}
+
+#[pymethods]
+impl Job {
+    #[getter]
+    fn executor_id(&self) -> String {
+        self.executor_id.clone()
+    }
+    #[getter]
+    fn job_id(&self) -> String {
+        self.job_id.clone()
+    }
+    #[getter]
+    fn total(&self) -> usize {
+        self.futures.len()
+    }
+    fn done_count(&self) -> usize {
+        self.futures.done_count()
+    }
+    fn state(&self, index: usize) -> PyResult<&'static str> {
+        Ok(state_name(self.future(index)?.state()))
+    }
+    fn states(&self) -> Vec<&'static str> {
+        self.futures.iter().map(|f| state_name(f.state())).collect()
+    }
+    /// The call's stats as a dict (Lithops-style key names where they exist).
+    fn stats<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.future(index)?.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("host_submit_tstamp", stats.submit_ts)?;
+        dict.set_item("worker_start_tstamp", stats.start_ts)?;
+        dict.set_item("worker_end_tstamp", stats.end_ts)?;
+        dict.set_item(
+            "worker_exec_time",
+            stats.start_ts.zip(stats.end_ts).map(|(s, e)| e - s),
+        )?;
+        dict.set_item("worker_id", stats.worker_id)?;
+        dict.set_item("worker_cold_start", stats.cold_start)?;
+        dict.set_item("worker_peak_memory", stats.peak_memory_bytes)?;
+        dict.set_item("func_result_size", stats.result_size)?;
+        Ok(dict)
+    }
+    /// `None` while running, `(True, bytes)` on success, `(False, error dict)`.
+    fn outcome<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyAny>> {
+        outcome(py, self.future(index)?)
+    }
+    fn outcomes<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        indices.into_iter().map(|i| outcome(py, self.future(i)?)).collect()
+    }
+}
+
+/// Waits until `return_when` holds for the given calls: `items` pairs a job
+/// with call indices (`None`: all). Releases the GIL, and stops on Ctrl-C
+/// (cancelling the jobs) or after `timeout` seconds (`TimeoutError`).
+#[pyfunction]
+#[pyo3(signature = (items, return_when, timeout=None))]
+fn wait(py: Python<'_>, items: Vec<(Py<Job>, Option<Vec<usize>>)>, return_when: f64, timeout: Option<f64>) -> PyResult<()> {
+    let when = if return_when == 100.0 {
+        ReturnWhen::AllCompleted
+    } else if return_when == -1.0 {
+        ReturnWhen::AnyCompleted
+    } else if return_when == 0.0 {
+        ReturnWhen::Always
+    } else if (0.0..=100.0).contains(&return_when) {
+        ReturnWhen::Percentage(return_when)
+    } else {
+        return Err(value_error(format!(
+            "return_when must be ALWAYS (0), ANY_COMPLETED (-1), ALL_COMPLETED (100) or a percentage, got {return_when}"
+        )));
+    };
+    let mut selected = Vec::new();
+    for (job, indices) in &items {
+        let job = job.get();
+        match indices {
+            None => selected.extend(job.futures.iter().cloned()),
+            Some(indices) => {
+                for &i in indices {
+                    selected.push(job.future(i)?.clone());
+                }
+            }
+        }
+    }
+    let futures = FuturesList::from(selected);
+    let started = Instant::now();
+    let limit = match timeout {
+        Some(t) if !(t.is_finite() && t >= 0.0) => {
+            return Err(value_error(format!("timeout must be a non-negative number of seconds, got {t}")))
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    loop {
+        let mut slice = quelea::interrupt::POLL;
+        if let Some(limit) = limit {
+            slice = slice.min(limit.saturating_sub(started.elapsed()));
+        }
+        match py.detach(|| quelea::wait(&futures, when, Some(slice))) {
+            Ok(_) => return Ok(()),
+            Err(quelea::Error::Timeout { pending, .. }) => {
+                if let Err(interrupt) = py.check_signals() {
+                    quelea::cancel(&futures);
+                    return Err(interrupt);
+                }
+                if let Some(limit) = limit {
+                    if started.elapsed() >= limit {
+                        return Err(to_py_err(quelea::Error::Timeout {
+                            waited: started.elapsed(),
+                            pending,
+                        }));
+                    }
+                }
+            }
+            Err(other) => return Err(to_py_err(other)),
+        }
+    }
+}
+
+/// Follows a job started elsewhere, from its handle.
+#[pyfunction]
+#[pyo3(signature = (handle, overrides=None, config_file=None))]
+fn attach(handle: &str, overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<Job> {
+    let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
+    let futures = quelea::attach_with::<Raw>(config_builder(overrides, config_file)?, &handle).map_err(to_py_err)?;
+    Ok(Job::new(futures))
+}
+
+/// Serves the CLI's built-in Rust functions on this process's pipes and exits
+/// (how `quelea hello` gets Rust runners when it runs inside Python).
+#[pyfunction]
+fn serve_rust_runner() {
+    quelea::serve_if_runner(&quelea_cli::builtins().functions);
+}
+
+/// Runs the `quelea` command line; returns its exit code.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> u8 {
+    let python = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("python3"));
+    py.detach(|| quelea_cli::run_cli(argv.into_iter().map(OsString::from), Some(rust_runner(&python))))
+}
+
+#[pymodule]
+fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Executor>()?;
+    m.add_class::<Job>()?;
+    m.add_class::<storage::Storage>()?;
+    m.add_function(wrap_pyfunction!(wait, m)?)?;
+    m.add_function(wrap_pyfunction!(attach, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

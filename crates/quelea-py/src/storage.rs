@@ -1,0 +1,87 @@
+//! `quelea._engine.Storage`: one bucket of the configured object store.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::error::{storage_err, to_py_err, value_error};
+
+#[pyclass(module = "quelea._engine", frozen)]
+pub struct Storage {
+    inner: quelea::storage::Storage,
+}
+
+#[pymethods]
+impl Storage {
+    #[new]
+    #[pyo3(signature = (overrides=None, config_file=None, bucket=None))]
+    fn new(overrides: Option<&str>, config_file: Option<PathBuf>, bucket: Option<&str>) -> PyResult<Self> {
+        let mut builder = crate::config_builder(overrides, config_file)?;
+        if let Some(bucket) = bucket {
+            builder = builder.set("bucket", bucket);
+        }
+        let config = builder.build().map_err(|e| to_py_err(quelea::Error::Config(e)))?;
+        let inner = quelea::storage::Storage::from_config(&config).map_err(storage_err)?;
+        Ok(Storage { inner })
+    }
+
+    #[getter]
+    fn bucket(&self) -> String {
+        self.inner.location().bucket.clone()
+    }
+
+    #[getter]
+    fn backend(&self) -> String {
+        serde_json::to_value(self.inner.location().kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.location().describe()
+    }
+
+    fn put(&self, py: Python<'_>, key: &str, data: &[u8]) -> PyResult<()> {
+        let data = data.to_vec();
+        py.detach(|| self.inner.put_blocking(key, data)).map_err(storage_err)
+    }
+
+    /// The object's bytes, or `[start, end)` of them.
+    #[pyo3(signature = (key, start=None, end=None))]
+    fn get<'py>(&self, py: Python<'py>, key: &str, start: Option<u64>, end: Option<u64>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = match (start, end) {
+            (None, None) => py.detach(|| self.inner.get_blocking(key)),
+            (start, end) => {
+                let start = start.unwrap_or(0);
+                let end = match end {
+                    Some(end) => end,
+                    None => py.detach(|| self.inner.head_blocking(key)).map_err(storage_err)?.size,
+                };
+                if end < start {
+                    return Err(value_error(format!("byte range {start}..{end} is backwards")));
+                }
+                py.detach(|| self.inner.get_range_blocking(key, start..end))
+            }
+        }
+        .map_err(storage_err)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    fn head(&self, py: Python<'_>, key: &str) -> PyResult<u64> {
+        py.detach(|| self.inner.head_blocking(key)).map(|o| o.size).map_err(storage_err)
+    }
+
+    /// `[(key, size), ...]` under `prefix`, sorted by key.
+    #[pyo3(signature = (prefix=""))]
+    fn list(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<(String, u64)>> {
+        py.detach(|| self.inner.list_blocking(prefix))
+            .map(|objects| objects.into_iter().map(|o| (o.key, o.size)).collect())
+            .map_err(storage_err)
+    }
+
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        py.detach(|| self.inner.delete_blocking(key)).map_err(storage_err)
+    }
+}

@@ -1,0 +1,118 @@
+"""How functions, arguments and results travel: shared by client and worker.
+
+- A function goes once per job, cloudpickled inside a :class:`FunctionPayload`
+  (with the job's ``extra_env`` and which reserved parameters it takes).
+  Functions from ``__main__`` and from modules a worker could not import (not
+  installed: a script's neighbour, an Airflow DAG file) go by value.
+- A call's input is ``(args, kwargs)``, pickled with the C pickler (fast), or
+  with cloudpickle when the data holds lambdas or local classes.
+- A result is pickled the same way; a result with captured output is
+  prefixed ``b"\\x01"`` and pickled with its logs, otherwise ``b"\\x00"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import sys
+import sysconfig
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .exceptions import SerializationError
+
+RESERVED = ("id", "storage")
+PROTOCOL = 5
+
+
+@dataclass
+class FunctionPayload:
+    func: Any
+    name: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    reserved: tuple[str, ...] = ()
+    # Set for reducers: call `func(results, *extra_args)`.
+    reduce_extra_args: tuple | None = None
+
+
+def function_name(func: Any) -> str:
+    module = getattr(func, "__module__", None) or ""
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(sorted(r for r in roots if r))
+
+
+_ROOTS = _installed_roots()
+
+
+def _ship_modules_by_value(func: Any) -> None:
+    """Registers the function's module for pickling by value when a worker
+    could not import it by name."""
+    name = getattr(func, "__module__", None)
+    if not name or name == "__main__" or name.split(".")[0] in ("quelea", "cloudpickle"):
+        return
+    module = sys.modules.get(name)
+    if not isinstance(module, types.ModuleType):
+        return
+    path = getattr(module, "__file__", None)
+    importable = False
+    if path:
+        importable = path.startswith(_ROOTS)
+    if name.startswith("unusual_prefix_") or not importable:
+        # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`.
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except (ValueError, TypeError):
+            pass
+
+
+def dump_function(payload: FunctionPayload) -> bytes:
+    _ship_modules_by_value(payload.func)
+    try:
+        return cloudpickle.dumps(payload, protocol=PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - any pickling failure is the user's to see
+        raise SerializationError(f"cannot pickle function {payload.name}: {type(e).__name__}: {e}") from e
+
+
+def dump_input(args: tuple, kwargs: dict, index: int) -> bytes:
+    value = (args, kwargs)
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
+        pass
+    try:
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    except Exception as e:  # noqa: BLE001
+        raise SerializationError(f"cannot pickle the input of call {index}: {type(e).__name__}: {e}") from e
+
+
+def dumps_value(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:  # noqa: BLE001
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+
+
+def reserved_params(func: Any) -> tuple[str, ...]:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(name for name in RESERVED if name in params)
+
+
+def call_signature(func: Any) -> inspect.Signature | None:
+    """The signature without reserved parameters (what iterdata must fill)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    return sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in RESERVED])

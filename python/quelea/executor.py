@@ -1,0 +1,510 @@
+"""``FunctionExecutor``: the Lithops/PyWren executor API on quelea's engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _engine
+from . import _serialize as ser
+from .exceptions import ConfigError
+from .future import ALL_COMPLETED, FuturesList, ResponseFuture
+from .wait import _check_return_when, _group, collect_results
+from .wait import wait as _wait_futures
+
+_LITHOPS_BACKENDS = {"localhost": "local", "local": "local"}
+_LITHOPS_STORAGES = {
+    "localhost": "localdisk",
+    "localdisk": "localdisk",
+    "memory": "memory",
+    "s3": "s3",
+    "aws_s3": "s3",
+}
+# Validation of every element costs ~10 us; beyond this many, only a sample
+# is checked here and the rest fail in the worker with the same TypeError.
+_VALIDATE_ALL_UP_TO = 2000
+
+
+def _translate_lithops(config: dict) -> dict:
+    """Accepts a Lithops-shaped config (``{'lithops': {...}, 'localhost': {...}}``)."""
+    config = dict(config)
+    out: dict[str, Any] = {}
+    lithops = config.pop("lithops", None)
+    if lithops is not None:
+        for key, value in lithops.items():
+            if key == "backend":
+                out["backend"] = _name(value, _LITHOPS_BACKENDS, "lithops.backend")
+            elif key == "storage":
+                out["storage"] = _name(value, _LITHOPS_STORAGES, "lithops.storage")
+            elif key == "execution_timeout":
+                out.setdefault("execution", {})["timeout"] = value
+            elif key in ("chunksize", "data_cleaner"):
+                out.setdefault("execution", {})[key] = value
+            elif key in ("log_level", "monitoring", "mode"):
+                continue
+            else:
+                raise ConfigError(f"config `lithops.{key}` is not supported by quelea")
+    localhost = config.pop("localhost", None)
+    if localhost is not None:
+        for key, value in localhost.items():
+            if key == "worker_processes":
+                out.setdefault("local", {})["workers"] = value
+            elif key in ("version", "runtime"):
+                continue
+            else:
+                raise ConfigError(f"config `localhost.{key}` is not supported by quelea")
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _name(value: str, table: dict[str, str], what: str) -> str:
+    if value not in table:
+        raise ConfigError(f"`{what}` = {value!r} is not one of {sorted(table)}")
+    return table[value]
+
+
+def config_overrides(
+    config: dict | None = None,
+    backend: str | None = None,
+    storage: str | None = None,
+    max_workers: int | None = None,
+    **kwargs: Any,
+) -> dict:
+    """The explicit config layer from FunctionExecutor's arguments."""
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"config must be a dict, got {type(config).__name__}")
+    overrides = _translate_lithops(config or {})
+    if backend is not None:
+        overrides["backend"] = _name(backend, _LITHOPS_BACKENDS, "backend")
+    if storage is not None:
+        overrides["storage"] = _name(storage, _LITHOPS_STORAGES, "storage")
+    if max_workers is not None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        overrides.setdefault("local", {})["workers"] = max_workers
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if key in ("runtime", "runtime_memory", "worker_processes", "remote_invoker", "invoke_pool_threads"):
+            continue  # serverless-only Lithops settings: no meaning on the local backend
+        raise TypeError(f"FunctionExecutor() got an unexpected keyword argument {key!r}")
+    return overrides
+
+
+def _to_list(iterdata: Any) -> list:
+    if isinstance(iterdata, list):
+        return iterdata
+    if isinstance(iterdata, range | set | frozenset):
+        return list(iterdata)
+    if isinstance(iterdata, (str, bytes, dict, tuple)) or not isinstance(iterdata, Iterable):
+        return [iterdata]
+    return list(iterdata)  # generators and other iterators
+
+
+def _element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
+    if isinstance(elem, dict):
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(
+                f"map_iterdata[{index}] is a dict, so extra_args must be a dict, "
+                f"got {type(extra_args).__name__}"
+            )
+        return (), {**elem, **(extra_args or {})}
+    if isinstance(elem, tuple):
+        if extra_args is not None and not isinstance(extra_args, tuple):
+            raise TypeError(
+                f"map_iterdata[{index}] is a tuple, so extra_args must be a tuple, "
+                f"got {type(extra_args).__name__}"
+            )
+        return elem + (extra_args or ()), {}
+    if extra_args is None:
+        return (elem,), {}
+    if isinstance(extra_args, dict):
+        raise TypeError(f"extra_args is a dict, so map_iterdata[{index}] must be a dict too")
+    return (elem,) + tuple(extra_args if isinstance(extra_args, tuple) else (extra_args,)), {}
+
+
+class FunctionExecutor:
+    """Runs Python functions on quelea, with the Lithops ``FunctionExecutor`` API.
+
+    ``config`` is a dict shaped like quelea's YAML config (Lithops-shaped dicts
+    with ``lithops``/``localhost`` sections are translated); ``backend``,
+    ``storage`` and ``max_workers`` override it.
+    """
+
+    def __init__(
+        self,
+        mode: str | None = None,
+        config: dict | None = None,
+        config_file: str | None = None,
+        backend: str | None = None,
+        storage: str | None = None,
+        monitoring: str | None = None,
+        log_level: Any = False,
+        max_workers: int | None = None,
+        **kwargs: Any,
+    ):
+        if mode not in (None, "localhost", "local"):
+            raise ConfigError(f"mode {mode!r} is not available: quelea runs the local backend here")
+        self._overrides = config_overrides(config, backend, storage, max_workers, **kwargs)
+        text = json.dumps(self._overrides) if self._overrides else None
+        if _in_worker():
+            # Nested executors keep their jobs' objects: the caller reads them.
+            self._overrides.setdefault("execution", {})["data_cleaner"] = False
+            text = json.dumps(self._overrides)
+        self._config_file = config_file
+        self._engine = _engine.Executor(sys.executable, text, config_file)
+        self.executor_id = self._engine.id
+        self.futures: list[ResponseFuture] = []
+        self._last_call: str | None = None
+        self._storage = None
+        self._jobs: list[Any] = []
+        self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, _in_worker())
+
+    def _engine_executor(self) -> Any:
+        return self._engine
+
+    @property
+    def config(self) -> dict:
+        """The resolved config, secrets redacted."""
+        return json.loads(self._engine.config_json())
+
+    @property
+    def storage(self):
+        from .storage import Storage
+
+        if self._storage is None:
+            self._storage = Storage(config=self._overrides or None, config_file=self._config_file)
+        return self._storage
+
+    # -- submitting --------------------------------------------------------------------------------
+
+    def _prepare(self, func: Callable, iterdata: Any, extra_args: Any, what: str) -> list[bytes]:
+        if not callable(func):
+            raise TypeError(f"{what} must be callable, got {type(func).__name__}")
+        if isinstance(iterdata, FuturesList):
+            # Chaining: the previous calls' results become this map's input.
+            results = collect_results_after_wait(iterdata)
+            iterdata = list(results)
+        elements = _to_list(iterdata)
+        if not elements:
+            raise ValueError("map_iterdata is empty: there is nothing to map")
+        sig = ser.call_signature(func)
+        params = sig.parameters if sig else {}
+        if "obj" in params:
+            raise NotImplementedError(
+                "functions with an `obj` parameter (the data partitioner) are not supported yet"
+            )
+        check = len(elements) <= _VALIDATE_ALL_UP_TO
+        inputs = []
+        for i, elem in enumerate(elements):
+            args, kwargs = _element_args(elem, extra_args, i)
+            if sig is not None and (check or i < 100):
+                try:
+                    sig.bind(*args, **kwargs)
+                except TypeError as e:
+                    raise TypeError(
+                        f"map_iterdata[{i}] does not fit {ser.function_name(func)}{sig}: {e}"
+                    ) from None
+            inputs.append(ser.dump_input(args, kwargs, i))
+        return inputs
+
+    def _payload(
+        self, func: Callable, extra_env: dict | None, reduce_extra_args: tuple | None = None
+    ) -> bytes:
+        env = {}
+        for key, value in (extra_env or {}).items():
+            if not isinstance(key, str):
+                raise TypeError(f"extra_env keys must be strings, got {key!r}")
+            env[key] = str(value)
+        payload = ser.FunctionPayload(
+            func=func,
+            name=ser.function_name(func),
+            extra_env=env,
+            reserved=ser.reserved_params(func),
+            reduce_extra_args=reduce_extra_args,
+        )
+        return ser.dump_function(payload)
+
+    def _futures(self, job: Any, func: Callable) -> FuturesList:
+        name = ser.function_name(func)
+        self._jobs.append(job)
+        futures = FuturesList([ResponseFuture(job, i, self, name) for i in range(job.total)], self)
+        self.futures.extend(futures)
+        return futures
+
+    @staticmethod
+    def _timeout(timeout: Any) -> float | None:
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)
+
+    @staticmethod
+    def _chunksize(chunksize: Any) -> int | None:
+        if chunksize is None:
+            return None
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+        return chunksize
+
+    def call_async(
+        self,
+        func: Callable,
+        data: Any,
+        extra_env: dict | None = None,
+        runtime_memory: int | None = None,
+        timeout: float | None = None,
+        include_modules: list | None = None,
+        exclude_modules: list | None = None,
+    ) -> ResponseFuture:
+        """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs)."""
+        inputs = self._prepare(func, [data], None, "func")
+        job = self._engine.submit(
+            "call_async",
+            ser.function_name(func),
+            self._payload(func, extra_env),
+            inputs,
+            None,
+            self._timeout(timeout),
+            runtime_memory,
+        )
+        self._last_call = "call_async"
+        return self._futures(job, func)[0]
+
+    def map(
+        self,
+        map_function: Callable,
+        map_iterdata: Any,
+        chunksize: int | None = None,
+        extra_args: Any = None,
+        extra_env: dict | None = None,
+        runtime_memory: int | None = None,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
+        obj_newline: str | None = "\n",
+        timeout: float | None = None,
+        include_modules: list | None = None,
+        exclude_modules: list | None = None,
+    ) -> FuturesList:
+        """Runs ``map_function`` once per element of ``map_iterdata``."""
+        _reject_partitioner_args(obj_chunk_size, obj_chunk_number)
+        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function")
+        job = self._engine.submit(
+            "map",
+            ser.function_name(map_function),
+            self._payload(map_function, extra_env),
+            inputs,
+            self._chunksize(chunksize),
+            self._timeout(timeout),
+            runtime_memory,
+        )
+        self._last_call = "map"
+        return self._futures(job, map_function)
+
+    def map_reduce(
+        self,
+        map_function: Callable,
+        map_iterdata: Any,
+        reduce_function: Callable,
+        chunksize: int | None = None,
+        extra_args: Any = None,
+        extra_args_reduce: Any = None,
+        extra_env: dict | None = None,
+        map_runtime_memory: int | None = None,
+        reduce_runtime_memory: int | None = None,
+        timeout: float | None = None,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
+        obj_newline: str | None = "\n",
+        obj_reduce_by_key: bool = False,
+        spawn_reducer: int = 20,
+        include_modules: list | None = None,
+        exclude_modules: list | None = None,
+    ) -> FuturesList:
+        """Maps, then calls ``reduce_function(results, *extra_args_reduce)`` on all
+        map results in call order. ``get_result()`` returns the reducer's result.
+
+        The reducer starts as soon as the map is done (``spawn_reducer`` is
+        accepted for compatibility; locally there is no cold start to hide).
+        """
+        _reject_partitioner_args(obj_chunk_size, obj_chunk_number)
+        if obj_reduce_by_key:
+            raise NotImplementedError(
+                "obj_reduce_by_key needs the data partitioner, which is not supported yet"
+            )
+        _check_return_when(spawn_reducer)
+        if not callable(reduce_function):
+            raise TypeError(f"reduce_function must be callable, got {type(reduce_function).__name__}")
+        if extra_args_reduce is not None and not isinstance(extra_args_reduce, tuple):
+            extra_args_reduce = (extra_args_reduce,)
+        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function")
+        map_job, reduce_job = self._engine.map_reduce(
+            ser.function_name(map_function),
+            self._payload(map_function, extra_env),
+            inputs,
+            ser.function_name(reduce_function),
+            self._payload(reduce_function, extra_env, reduce_extra_args=extra_args_reduce or ()),
+            self._chunksize(chunksize),
+            self._timeout(timeout),
+            map_runtime_memory or reduce_runtime_memory,
+        )
+        self._last_call = "map_reduce"
+        map_futures = self._futures(map_job, map_function)
+        for f in map_futures:
+            f._read = True  # map results feed the reducer; get_result() returns the reduce
+        reduce_futures = self._futures(reduce_job, reduce_function)
+        return FuturesList(list(map_futures) + list(reduce_futures), self)
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    def wait(
+        self,
+        fs: Any = None,
+        throw_except: bool = True,
+        return_when: int = ALL_COMPLETED,
+        download_results: bool = False,
+        timeout: float | None = None,
+        threadpool_size: int = 64,
+        wait_dur_sec: float | None = None,
+        show_progressbar: bool = False,
+    ) -> tuple[FuturesList, FuturesList]:
+        """Waits on futures (default: all of this executor's); returns ``(done, not_done)``."""
+        futures = self.futures if fs is None else fs
+        return _wait_futures(
+            FuturesList(_listify(futures), self),
+            throw_except=throw_except,
+            return_when=return_when,
+            timeout=timeout,
+        )
+
+    def get_result(
+        self,
+        fs: Any = None,
+        throw_except: bool = True,
+        timeout: float | None = None,
+        threadpool_size: int = 64,
+        wait_dur_sec: float | None = None,
+        show_progressbar: bool = False,
+    ) -> Any:
+        """Results in call order. With ``fs=None``: this executor's results not
+        read yet. A ``map`` gives a list; ``call_async`` and ``map_reduce`` a value."""
+        if fs is None:
+            futures = [f for f in self.futures if not f._read]
+        else:
+            futures = _listify(fs)
+        if not futures:
+            return []
+        _engine.wait(_group(futures), float(ALL_COMPLETED), self._timeout(timeout) if timeout else None)
+        results = collect_results(futures, throw_except, timeout)
+        single = fs is None and self._last_call in ("call_async", "map_reduce") and len(results) == 1
+        if single or isinstance(fs, ResponseFuture):
+            return results[0]
+        return results
+
+    def job_summary(self) -> list[dict]:
+        """One row per job: calls, successes, errors, and timing."""
+        jobs: dict[str, list[ResponseFuture]] = {}
+        for f in self.futures:
+            jobs.setdefault(f.job_key, []).append(f)
+        rows = []
+        for key, futures in jobs.items():
+            stats = [f.stats for f in futures]
+            starts = [s["worker_start_tstamp"] for s in stats if s["worker_start_tstamp"]]
+            ends = [s["worker_end_tstamp"] for s in stats if s["worker_end_tstamp"]]
+            exec_times = [s["worker_exec_time"] for s in stats if s["worker_exec_time"] is not None]
+            rows.append(
+                {
+                    "job_key": key,
+                    "function": futures[0].function_name,
+                    "calls": len(futures),
+                    "success": sum(f.success for f in futures),
+                    "error": sum(f.error for f in futures),
+                    "submitted": min(s["host_submit_tstamp"] for s in stats),
+                    "wall_time": (max(ends) - min(starts)) if starts and ends else None,
+                    "total_exec_time": sum(exec_times),
+                }
+            )
+        return rows
+
+    def job_handle(self, fs: Any) -> str:
+        """A JSON handle another process can ``quelea.attach``."""
+        future = fs if isinstance(fs, ResponseFuture) else _listify(fs)[0]
+        return self._engine.job_handle(future._job)
+
+    def cancel(self, fs: Any = None) -> None:
+        """Cancels the jobs of these futures (default: all unfinished)."""
+        futures = self.futures if fs is None else _listify(fs)
+        seen = set()
+        for f in futures:
+            if id(f._job) not in seen:
+                seen.add(id(f._job))
+                self._engine.cancel(f._job)
+
+    def clean(
+        self,
+        fs: Any = None,
+        cs: Any = None,
+        clean_cloudobjects: bool = True,
+        clean_fn: bool = False,
+        force: bool = False,
+        on_exit: bool = False,
+    ) -> int:
+        """Deletes the storage objects of finished jobs; returns how many."""
+        return self._engine.clean()
+
+    def runner_pids(self) -> list[int]:
+        return self._engine.runner_pids()
+
+    def close(self) -> None:
+        """Stops the runners (and, with ``data_cleaner``, deletes finished jobs' objects)."""
+        self._finalizer()
+
+    def __enter__(self) -> FunctionExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<quelea.FunctionExecutor {self.executor_id}>"
+
+
+def _close_engine(engine: Any, jobs: list, in_worker: bool) -> None:
+    if in_worker and jobs:
+        # A nested executor in a worker lets its jobs finish: the caller may be
+        # following them through storage (futures a function returned).
+        _engine.wait([(job, None) for job in jobs], float(ALL_COMPLETED), None)
+        engine.flush_statuses()
+    engine.close()
+
+
+def _in_worker() -> bool:
+    from . import worker
+
+    return worker.in_worker
+
+
+def _listify(fs: Any) -> list[ResponseFuture]:
+    if isinstance(fs, ResponseFuture):
+        return [fs]
+    return list(fs)
+
+
+def collect_results_after_wait(futures: FuturesList) -> list:
+    _engine.wait(_group(list(futures)), float(ALL_COMPLETED), None)
+    return collect_results(list(futures), True, None)
+
+
+def _reject_partitioner_args(obj_chunk_size: Any, obj_chunk_number: Any) -> None:
+    if obj_chunk_size is not None or obj_chunk_number is not None:
+        raise NotImplementedError(
+            "obj_chunk_size/obj_chunk_number need the data partitioner, which is not supported yet"
+        )

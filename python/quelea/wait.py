@@ -1,0 +1,116 @@
+"""Module-level ``wait`` and ``get_result``: work on futures of any executor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import _engine
+from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
+
+__all__ = ["wait", "get_result", "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED"]
+
+
+def _as_list(fs: ResponseFuture | Iterable[ResponseFuture]) -> list[ResponseFuture]:
+    if isinstance(fs, ResponseFuture):
+        return [fs]
+    futures = list(fs)
+    for i, f in enumerate(futures):
+        if not isinstance(f, ResponseFuture):
+            raise TypeError(f"fs[{i}] is a {type(f).__name__}, not a ResponseFuture")
+    return futures
+
+
+def _group(futures: list[ResponseFuture]) -> list[tuple[Any, list[int] | None]]:
+    groups: dict[int, tuple[Any, list[int]]] = {}
+    for f in futures:
+        groups.setdefault(id(f._job), (f._job, []))[1].append(f._index)
+    return [(job, None if len(idx) == job.total else idx) for job, idx in groups.values()]
+
+
+def _check_return_when(return_when: int) -> float:
+    if isinstance(return_when, bool) or not isinstance(return_when, int | float):
+        raise TypeError(
+            f"return_when must be ALWAYS, ANY_COMPLETED, ALL_COMPLETED or a percentage, got {return_when!r}"
+        )
+    if return_when != ANY_COMPLETED and not 0 <= return_when <= 100:
+        raise ValueError(
+            f"return_when must be ALWAYS, ANY_COMPLETED, ALL_COMPLETED or 0-100, got {return_when}"
+        )
+    return float(return_when)
+
+
+def wait(
+    fs,
+    throw_except: bool = True,
+    return_when: int = ALL_COMPLETED,
+    download_results: bool = False,
+    timeout: float | None = None,
+    threadpool_size: int = 64,
+    wait_dur_sec: float | None = None,
+    show_progressbar: bool = False,
+) -> tuple[FuturesList, FuturesList]:
+    """Waits on futures; returns ``(done, not_done)``. With ``throw_except``, a
+    failed call's exception is raised once the wait is over."""
+    futures = _as_list(fs)
+    executor = getattr(fs, "executor", None)
+    if futures:
+        _engine.wait(_group(futures), _check_return_when(return_when), timeout)
+    done = FuturesList([f for f in futures if f.done], executor)
+    not_done = FuturesList([f for f in futures if not f.done], executor)
+    if throw_except:
+        for f in done:
+            if f.error:
+                f._load()
+                raise f._value[1]
+    return done, not_done
+
+
+def get_result(
+    fs,
+    throw_except: bool = True,
+    timeout: float | None = None,
+    threadpool_size: int = 64,
+    wait_dur_sec: float | None = None,
+    show_progressbar: bool = False,
+) -> list:
+    """Waits for every call and returns the results in call order."""
+    futures = _as_list(fs)
+    if futures:
+        _engine.wait(_group(futures), float(ALL_COMPLETED), timeout)
+    return collect_results(futures, throw_except, timeout)
+
+
+def collect_results(futures: list[ResponseFuture], throw_except: bool, timeout: float | None) -> list:
+    """Results of finished futures in order; futures a call returned are
+    resolved in its place (flattened, as Lithops does)."""
+    by_job: dict[int, list[ResponseFuture]] = {}
+    for f in futures:
+        if f._value is _not_loaded():
+            by_job.setdefault(id(f._job), []).append(f)
+    for group in by_job.values():
+        outcomes = group[0]._job.outcomes([f._index for f in group])
+        for f, outcome in zip(group, outcomes, strict=True):
+            if outcome is not None:
+                f._apply(outcome)
+    results = []
+    for f in futures:
+        f._read = True
+        ok, value = f._value
+        if not ok:
+            if throw_except:
+                raise value
+            results.append(None)
+        elif isinstance(f._new_futures, ResponseFuture):
+            results.append(value.result(throw_except=throw_except, timeout=timeout))
+        elif f._new_futures is not None:
+            results.extend(get_result(value, throw_except=throw_except, timeout=timeout))
+        else:
+            results.append(value)
+    return results
+
+
+def _not_loaded():
+    from .future import _NOT_LOADED
+
+    return _NOT_LOADED

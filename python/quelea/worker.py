@@ -1,0 +1,257 @@
+"""A warm Python runner: ``python -m quelea.worker``.
+
+Started by the engine's local pool (or the HTTP/Lambda runtimes). It speaks
+the runner pipe protocol of ``quelea_worker::runner_protocol`` on its stdin
+and its original stdout: frames of ``u32 length | u8 tag | body``. It answers
+every call in order and flushes each answer at once, so the runtime always
+knows which call is running.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import io
+import json
+import os
+import pickle
+import resource
+import struct
+import sys
+import traceback
+from typing import Any
+
+VERSION = 1
+_HEADER = struct.Struct("<IB")
+_U32 = struct.Struct("<I")
+_CALL = struct.Struct("<II")
+_DONE = struct.Struct("<IBBQ")  # length, tag, call_id... built by hand below
+
+in_worker = False
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, 9)
+    except (OSError, AttributeError):
+        pass
+    parent = os.environ.get("QUELEA_RUNNER_PARENT")
+    if parent and os.getppid() != int(parent):
+        os._exit(3)
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Tee(io.TextIOBase):
+    """Passes output through to the real stream and keeps a copy for the call's logs."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        return text
+
+
+class _Function:
+    """A loaded function and what it needs per call."""
+
+    def __init__(self, payload: bytes):
+        import cloudpickle  # noqa: F401 - payloads reference it
+
+        self.payload = pickle.loads(payload)
+        self.func = self.payload.func
+        self.reserved = self.payload.reserved
+        self.sig = None
+        if self.reserved:
+            import inspect
+
+            self.sig = inspect.signature(self.func)
+        self._storage = None
+
+    def storage(self) -> Any:
+        if self._storage is None:
+            from .storage import Storage
+
+            self._storage = Storage(config=json.loads(os.environ.get("QUELEA_RUNNER_CONFIG") or "null"))
+        return self._storage
+
+    def call(self, call_id: int, args: tuple, kwargs: dict) -> Any:
+        if self.payload.reduce_extra_args is not None:
+            args = tuple(args) + tuple(self.payload.reduce_extra_args)
+        if not self.reserved:
+            return self.func(*args, **kwargs)
+        values = {}
+        if "id" in self.reserved:
+            values["id"] = call_id
+        if "storage" in self.reserved:
+            values["storage"] = self.storage()
+        return _call_with_reserved(self.func, self.sig, args, kwargs, values)
+
+
+def _call_with_reserved(func: Any, sig: Any, args: tuple, kwargs: dict, reserved: dict) -> Any:
+    """Calls `func` with iterdata bound to its other parameters and the
+    reserved ones filled by name, wherever they stand in the signature."""
+    import inspect
+
+    plain = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in reserved])
+    bound = plain.bind(*args, **kwargs)
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    has_var_positional = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+    for name, param in sig.parameters.items():
+        if name in reserved:
+            value = reserved[name]
+        elif name in bound.arguments:
+            value = bound.arguments[name]
+        else:
+            continue
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            positional.extend(value)
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif param.kind is inspect.Parameter.POSITIONAL_ONLY or (
+            has_var_positional and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ):
+            positional.append(value)
+        else:
+            named[name] = value
+    return func(*positional, **named)
+
+
+def _error_report(exc: BaseException, error_type: str | None = None) -> bytes:
+    import cloudpickle
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    payload = None
+    try:
+        exc.__traceback__ = None
+        blob = cloudpickle.dumps(exc)
+        pickle.loads(blob)  # an exception that cannot be re-created arrives as text
+        payload = base64.b64encode(blob).decode()
+    except Exception:  # noqa: BLE001
+        payload = None
+    report = {
+        "error_type": error_type or type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb,
+    }
+    if payload is not None:
+        report["payload"] = payload
+    return json.dumps(report).encode()
+
+
+def _decode_reduce_input(data: bytes) -> tuple[tuple, dict]:
+    (count,) = _U32.unpack_from(data, 4)
+    pos = 8
+    results = []
+    for _ in range(count):
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        results.append(_load_result(data[pos : pos + length]))
+        pos += length
+    return (results,), {}
+
+
+def _load_result(blob: bytes) -> Any:
+    if blob[:1] == b"\x01":
+        return pickle.loads(blob[1:])[0]
+    return pickle.loads(blob[1:])
+
+
+def serve() -> int:
+    global in_worker
+    in_worker = True
+    _die_with_parent()
+    # Keep the protocol stream to ourselves; user prints go to stderr.
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
+    out = os.fdopen(proto_fd, "wb", buffering=0)
+    inp = os.fdopen(0, "rb", buffering=1 << 16)
+    out.write(_HEADER.pack(9, ord("R")) + struct.pack("<II", VERSION, os.getpid()))
+
+    from ._serialize import dumps_value
+
+    functions: dict[int, _Function | bytes] = {}
+    stdout_tee, stderr_tee = _Tee(sys.stdout), _Tee(sys.stderr)
+    sys.stdout, sys.stderr = stdout_tee, stderr_tee
+    read = inp.read
+    write = out.write
+    while True:
+        head = read(5)
+        if len(head) < 5:
+            return 0
+        length, tag = _HEADER.unpack(head)
+        body = read(length - 1)
+        if len(body) < length - 1:
+            return 0
+        if tag == 70:  # F
+            (function_id,) = _U32.unpack_from(body)
+            functions[function_id] = body[4:]
+            continue
+        if tag != 67:  # C
+            sys.__stderr__.write(f"quelea worker: unexpected frame tag {tag}\n")
+            return 2
+        function_id, call_id = _CALL.unpack_from(body)
+        ok = True
+        try:
+            function = functions[function_id]
+            if isinstance(function, bytes):
+                function = functions[function_id] = _Function(function)
+            data = body[8:]
+            if data[:4] == b"QRED":
+                args, kwargs = _decode_reduce_input(data)
+            else:
+                args, kwargs = pickle.loads(data)
+            env = function.payload.extra_env
+            saved = {k: os.environ.get(k) for k in env} if env else None
+            if env:
+                os.environ.update(env)
+            try:
+                result = function.call(call_id, args, kwargs)
+            finally:
+                if saved:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+            logs = stdout_tee.take() + stderr_tee.take()
+            try:
+                payload = b"\x01" + dumps_value((result, logs)) if logs else b"\x00" + dumps_value(result)
+            except Exception as e:  # noqa: BLE001
+                from .exceptions import SerializationError
+
+                name = getattr(function.payload, "name", "the function")
+                raise SerializationError(
+                    f"cannot pickle the result of {name} (call {call_id:05d}, a {type(result).__name__}): "
+                    f"{type(e).__name__}: {e}"
+                ) from None
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)) and not isinstance(exc, Exception):
+                # A function that calls sys.exit() is reported, not obeyed.
+                pass
+            ok = False
+            stdout_tee.take()
+            stderr_tee.take()
+            payload = _error_report(exc)
+        body_out = struct.pack("<IBQ", call_id, 0 if ok else 1, _peak_rss()) + payload
+        write(_HEADER.pack(len(body_out) + 1, ord("D")) + body_out)
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
