@@ -8,7 +8,7 @@ import sys
 def main() -> int:
     from . import _engine
 
-    return _engine.cli_main(["quelea", *sys.argv[1:]])
+    return _engine.cli_main(["quelea", *sys.argv[1:]], sys.executable)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class FunctionPayload:
     reserved: tuple[str, ...] = ()
     # Set for reducers: call `func(results, *extra_args)`.
     reduce_extra_args: tuple | None = None
+    # module name -> (file name, source) of modules shipped by value, so remote
+    # tracebacks can name the file and show the line (cloudpickle drops both).
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def function_name(func: Any) -> str:
@@ -53,29 +56,36 @@ def _installed_roots() -> tuple[str, ...]:
 _ROOTS = _installed_roots()
 
 
-def _ship_modules_by_value(func: Any) -> None:
+def _ship_modules_by_value(func: Any) -> dict[str, tuple[str, str]]:
     """Registers the function's module for pickling by value when a worker
-    could not import it by name."""
+    could not import it by name; returns the sources of by-value modules."""
     name = getattr(func, "__module__", None)
-    if not name or name == "__main__" or name.split(".")[0] in ("quelea", "cloudpickle"):
-        return
+    if not name or name.split(".")[0] in ("quelea", "cloudpickle"):
+        return {}
     module = sys.modules.get(name)
     if not isinstance(module, types.ModuleType):
-        return
+        return {}
     path = getattr(module, "__file__", None)
-    importable = False
-    if path:
-        importable = path.startswith(_ROOTS)
-    if name.startswith("unusual_prefix_") or not importable:
+    # Built-in and frozen modules have no file: every interpreter has them.
+    importable = not path or path.startswith(_ROOTS)
+    if name == "__main__" or name.startswith("unusual_prefix_") or not importable:
         # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`.
-        try:
-            cloudpickle.register_pickle_by_value(module)
-        except (ValueError, TypeError):
-            pass
+        if name != "__main__":
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):
+                return {}
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return {name: (path, f.read())}
+            except OSError:
+                return {}
+    return {}
 
 
 def dump_function(payload: FunctionPayload) -> bytes:
-    _ship_modules_by_value(payload.func)
+    payload.sources.update(_ship_modules_by_value(payload.func))
     try:
         return cloudpickle.dumps(payload, protocol=PROTOCOL)
     except Exception as e:  # noqa: BLE001 - any pickling failure is the user's to see
@@ -116,3 +126,44 @@ def call_signature(func: Any) -> inspect.Signature | None:
     except (TypeError, ValueError):
         return None
     return sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in RESERVED])
+
+
+def rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:
+    """Re-creates an exception whose ``__init__`` does not take its ``args``
+    back (a custom signature), as pickle's default path would need."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class ExceptionCarrier:
+    """Pickles as a call to :func:`rebuild_exception`."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self):
+        state = {k: v for k, v in vars(self.exc).items() if k not in ("__traceback__",)}
+        return (rebuild_exception, (type(self.exc), self.exc.args, state))
+
+
+def format_remote_traceback(exc: BaseException, sources: dict[str, tuple[str, str]]) -> str:
+    """Formats a traceback, naming the real file and line of code shipped by value."""
+    import traceback
+
+    frames = []
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        filename, line = code.co_filename, None
+        if filename == "<dynamic-code>":
+            found = sources.get(frame.f_globals.get("__name__", ""))
+            if found:
+                filename = found[0]
+                lines = found[1].splitlines()
+                line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+        frames.append(traceback.FrameSummary(filename, lineno, code.co_name, line=line))
+    parts = ["Traceback (most recent call last):\n"]
+    parts.extend(traceback.StackSummary.from_list(frames).format())
+    parts.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(parts)

@@ -197,7 +197,7 @@ class FunctionExecutor:
             raise ValueError("map_iterdata is empty: there is nothing to map")
         sig = ser.call_signature(func)
         params = sig.parameters if sig else {}
-        if "obj" in params:
+        if "obj" in params and params["obj"].kind is not params["obj"].POSITIONAL_ONLY:
             raise NotImplementedError(
                 "functions with an `obj` parameter (the data partitioner) are not supported yet"
             )

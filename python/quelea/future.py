@@ -237,6 +237,10 @@ class FuturesList(list):
         super().__init__(futures)
         self.executor = executor
 
+    def __reduce__(self):
+        # The executor stays behind: the futures re-attach through their handles.
+        return (FuturesList, (list(self),))
+
     def _executor_or_new(self) -> FunctionExecutor:
         if self.executor is None:
             from .executor import FunctionExecutor

@@ -95,9 +95,10 @@ class Storage:
     def list_objects(
         self, bucket: str, prefix: str | None = None, match_pattern: str | None = None
     ) -> list[dict]:
-        objects = [{"Key": k, "Size": s} for k, s in self._store(bucket).list(prefix or "")]
-        if prefix and not prefix.endswith("/"):
-            objects = [o for o in objects if o["Key"].startswith(prefix)]
+        prefix = prefix or ""
+        # Stores list whole path segments: list the parent, then match the rest.
+        parent = prefix[: prefix.rfind("/") + 1]
+        objects = [{"Key": k, "Size": s} for k, s in self._store(bucket).list(parent) if k.startswith(prefix)]
         if match_pattern:
             import fnmatch
 

@@ -132,20 +132,29 @@ def _call_with_reserved(func: Any, sig: Any, args: tuple, kwargs: dict, reserved
     return func(*positional, **named)
 
 
-def _error_report(exc: BaseException, error_type: str | None = None) -> bytes:
+def _error_report(exc: BaseException, sources: dict) -> bytes:
     import cloudpickle
 
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    payload = None
+    from ._serialize import format_remote_traceback
+
     try:
-        exc.__traceback__ = None
-        blob = cloudpickle.dumps(exc)
-        pickle.loads(blob)  # an exception that cannot be re-created arrives as text
+        tb = format_remote_traceback(exc, sources)
+    except Exception:  # noqa: BLE001 - fall back to the plain format
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    from ._serialize import ExceptionCarrier
+
+    payload = None
+    exc.__traceback__ = None
+    for candidate in (exc, ExceptionCarrier(exc)):
+        try:
+            blob = cloudpickle.dumps(candidate)
+            pickle.loads(blob)  # an exception that cannot be re-created arrives as text
+        except Exception:  # noqa: BLE001
+            continue
         payload = base64.b64encode(blob).decode()
-    except Exception:  # noqa: BLE001
-        payload = None
+        break
     report = {
-        "error_type": error_type or type(exc).__name__,
+        "error_type": type(exc).__name__,
         "message": str(exc),
         "traceback": tb,
     }
@@ -208,6 +217,7 @@ def serve() -> int:
             return 2
         function_id, call_id = _CALL.unpack_from(body)
         ok = True
+        function = None
         try:
             function = functions[function_id]
             if isinstance(function, bytes):
@@ -248,7 +258,8 @@ def serve() -> int:
             ok = False
             stdout_tee.take()
             stderr_tee.take()
-            payload = _error_report(exc)
+            sources = function.payload.sources if isinstance(function, _Function) else {}
+            payload = _error_report(exc, sources)
         body_out = struct.pack("<IBQ", call_id, 0 if ok else 1, _peak_rss()) + payload
         write(_HEADER.pack(len(body_out) + 1, ord("D")) + body_out)
 

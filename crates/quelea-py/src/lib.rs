@@ -397,10 +397,10 @@ fn serve_rust_runner() {
     quelea::serve_if_runner(&quelea_cli::builtins().functions);
 }
 
-/// Runs the `quelea` command line; returns its exit code.
+/// Runs the `quelea` command line; returns its exit code. `python` is
+/// `sys.executable` (a venv's python, which `current_exe` would resolve away).
 #[pyfunction]
-fn cli_main(py: Python<'_>, argv: Vec<String>) -> u8 {
-    let python = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("python3"));
+fn cli_main(py: Python<'_>, argv: Vec<String>, python: PathBuf) -> u8 {
     py.detach(|| quelea_cli::run_cli(argv.into_iter().map(OsString::from), Some(rust_runner(&python))))
 }
 
