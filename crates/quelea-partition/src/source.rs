@@ -225,8 +225,9 @@ impl HttpSource {
             url: url.to_owned(),
             reason,
         };
+        // The request is built inside the runtime: its timeout needs a timer.
         let response = io_runtime()
-            .block_on(http_client().head(url).send())
+            .block_on(async { http_client().head(url).send().await })
             .map_err(|e| http_error(error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(http_error(format!("status {}", response.status())));
