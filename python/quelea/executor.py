@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 import weakref
 from collections.abc import Callable, Iterable
@@ -130,6 +131,16 @@ def _element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
     return (elem,) + tuple(extra_args if isinstance(extra_args, tuple) else (extra_args,)), {}
 
 
+_NO_KWARGS: dict = {}
+
+
+def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"map_iterdata[{index}] does not fit {ser.function_name(func)}{sig}: {e}") from None
+
+
 class FunctionExecutor:
     """Runs Python functions on quelea, with the Lithops ``FunctionExecutor`` API.
 
@@ -201,17 +212,21 @@ class FunctionExecutor:
             raise NotImplementedError(
                 "functions with an `obj` parameter (the data partitioner) are not supported yet"
             )
+        if extra_args is None and not any(isinstance(e, dict | tuple) for e in elements):
+            # The common case, one plain argument per call: one pickle each.
+            if sig is not None:
+                _bind_or_raise(sig, func, (elements[0],), {}, 0)
+            dumps = pickle.dumps
+            try:
+                return [dumps(((e,), _NO_KWARGS), ser.PROTOCOL) for e in elements]
+            except Exception:  # noqa: BLE001 - the general path names the bad element
+                pass
         check = len(elements) <= _VALIDATE_ALL_UP_TO
         inputs = []
         for i, elem in enumerate(elements):
             args, kwargs = _element_args(elem, extra_args, i)
             if sig is not None and (check or i < 100):
-                try:
-                    sig.bind(*args, **kwargs)
-                except TypeError as e:
-                    raise TypeError(
-                        f"map_iterdata[{i}] does not fit {ser.function_name(func)}{sig}: {e}"
-                    ) from None
+                _bind_or_raise(sig, func, args, kwargs, i)
             inputs.append(ser.dump_input(args, kwargs, i))
         return inputs
 

@@ -25,7 +25,8 @@ VERSION = 1
 _HEADER = struct.Struct("<IB")
 _U32 = struct.Struct("<I")
 _CALL = struct.Struct("<II")
-_DONE = struct.Struct("<IBBQ")  # length, tag, call_id... built by hand below
+# length, tag "D", call_id, ok (0) or error (1), peak RSS bytes; the payload follows.
+_DONE_HEAD = struct.Struct("<IBIBQ")
 
 in_worker = False
 
@@ -81,6 +82,8 @@ class _Function:
 
             self.sig = inspect.signature(self.func)
         self._storage = None
+        plain = not self.reserved and not self.payload.extra_env and self.payload.reduce_extra_args is None
+        self.run = self._run_plain if plain else self._run_general
 
     def storage(self) -> Any:
         if self._storage is None:
@@ -88,6 +91,27 @@ class _Function:
 
             self._storage = Storage(config=json.loads(os.environ.get("QUELEA_RUNNER_CONFIG") or "null"))
         return self._storage
+
+    def _run_plain(self, call_id: int, data: Any) -> Any:
+        args, kwargs = pickle.loads(data)
+        return self.func(*args, **kwargs)
+
+    def _run_general(self, call_id: int, data: Any) -> Any:
+        if self.payload.reduce_extra_args is not None and bytes(data[:4]) == b"QRED":
+            args, kwargs = _decode_reduce_input(bytes(data))
+        else:
+            args, kwargs = pickle.loads(data)
+        env = self.payload.extra_env
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return self.call(call_id, args, kwargs)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def call(self, call_id: int, args: tuple, kwargs: dict) -> Any:
         if self.payload.reduce_extra_args is not None:
@@ -130,6 +154,13 @@ def _call_with_reserved(func: Any, sig: Any, args: tuple, kwargs: dict, reserved
         else:
             named[name] = value
     return func(*positional, **named)
+
+
+def _result_error(function: _Function, call_id: int, result: Any, error: Exception) -> Exception:
+    from .exceptions import SerializationError
+
+    what = f"{function.payload.name} (call {call_id:05d}, a {type(result).__name__})"
+    return SerializationError(f"cannot pickle the result of {what}: {type(error).__name__}: {error}")
 
 
 def _error_report(exc: BaseException, sources: dict) -> bytes:
@@ -199,12 +230,17 @@ def serve() -> int:
     stdout_tee, stderr_tee = _Tee(sys.stdout), _Tee(sys.stderr)
     sys.stdout, sys.stderr = stdout_tee, stderr_tee
     read = inp.read
-    write = out.write
+    writev = os.writev
+    out_fd = out.fileno()
+    unpack_head = _HEADER.unpack
+    unpack_call = _CALL.unpack_from
+    pack_done = _DONE_HEAD.pack
+    getrusage, RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
     while True:
         head = read(5)
         if len(head) < 5:
             return 0
-        length, tag = _HEADER.unpack(head)
+        length, tag = unpack_head(head)
         body = read(length - 1)
         if len(body) < length - 1:
             return 0
@@ -215,53 +251,31 @@ def serve() -> int:
         if tag != 67:  # C
             sys.__stderr__.write(f"quelea worker: unexpected frame tag {tag}\n")
             return 2
-        function_id, call_id = _CALL.unpack_from(body)
-        ok = True
+        function_id, call_id = unpack_call(body)
+        ok = 0
         function = None
         try:
             function = functions[function_id]
-            if isinstance(function, bytes):
+            if type(function) is bytes:
                 function = functions[function_id] = _Function(function)
-            data = body[8:]
-            if data[:4] == b"QRED":
-                args, kwargs = _decode_reduce_input(data)
-            else:
-                args, kwargs = pickle.loads(data)
-            env = function.payload.extra_env
-            saved = {k: os.environ.get(k) for k in env} if env else None
-            if env:
-                os.environ.update(env)
+            result = function.run(call_id, memoryview(body)[8:])
             try:
-                result = function.call(call_id, args, kwargs)
-            finally:
-                if saved:
-                    for k, v in saved.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
-            logs = stdout_tee.take() + stderr_tee.take()
-            try:
-                payload = b"\x01" + dumps_value((result, logs)) if logs else b"\x00" + dumps_value(result)
+                if stdout_tee.parts or stderr_tee.parts:
+                    logs = stdout_tee.take() + stderr_tee.take()
+                    payload = b"\x01" + dumps_value((result, logs))
+                else:
+                    payload = b"\x00" + dumps_value(result)
             except Exception as e:  # noqa: BLE001
-                from .exceptions import SerializationError
-
-                name = getattr(function.payload, "name", "the function")
-                raise SerializationError(
-                    f"cannot pickle the result of {name} (call {call_id:05d}, a {type(result).__name__}): "
-                    f"{type(e).__name__}: {e}"
-                ) from None
+                raise _result_error(function, call_id, result, e) from None
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
-            if isinstance(exc, (SystemExit, KeyboardInterrupt)) and not isinstance(exc, Exception):
-                # A function that calls sys.exit() is reported, not obeyed.
-                pass
-            ok = False
+            ok = 1
             stdout_tee.take()
             stderr_tee.take()
             sources = function.payload.sources if isinstance(function, _Function) else {}
             payload = _error_report(exc, sources)
-        body_out = struct.pack("<IBQ", call_id, 0 if ok else 1, _peak_rss()) + payload
-        write(_HEADER.pack(len(body_out) + 1, ord("D")) + body_out)
+        rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
+        # One write per answer, flushed at once (the pipe is unbuffered).
+        writev(out_fd, [pack_done(len(payload) + 14, 68, call_id, ok, rss), payload])
 
 
 if __name__ == "__main__":

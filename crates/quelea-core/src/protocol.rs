@@ -46,6 +46,25 @@ pub struct Invocation {
     pub submit_ts: f64,
 }
 
+/// Groups a job's calls `chunksize` per Invocation, as remote backends send them.
+pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) -> Vec<Invocation> {
+    let chunk = spec.chunksize.max(1) as usize;
+    let mut invocations = Vec::with_capacity(calls.len().div_ceil(chunk));
+    let mut calls = calls.into_iter().peekable();
+    while calls.peek().is_some() {
+        invocations.push(Invocation {
+            executor_id: spec.executor_id.clone(),
+            job_id: spec.job_id,
+            function: spec.function.clone(),
+            calls: calls.by_ref().take(chunk).collect(),
+            timeout_s: spec.timeout_s,
+            memory_limit_mb: spec.memory_limit_mb,
+            submit_ts: spec.submit_ts,
+        });
+    }
+    invocations
+}
+
 /// Statuses of several calls of one job, written as one storage object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusBatch {
@@ -161,6 +180,30 @@ mod tests {
             }],
         });
         assert_eq!(Message::decode(&batch.encode()).unwrap(), batch);
+    }
+
+    #[test]
+    fn calls_are_grouped_chunksize_per_invocation() {
+        let spec = crate::model::JobSpec {
+            executor_id: "abcdef-0".parse().unwrap(),
+            job_id: JobId::new(JobKind::Map, 0),
+            function: invocation().function,
+            total_calls: 7,
+            chunksize: 3,
+            timeout_s: 1.0,
+            memory_limit_mb: None,
+            submit_ts: 0.0,
+        };
+        let calls = (0..7)
+            .map(|i| InvokedCall {
+                call_id: CallId(i),
+                input: CallInput::Inline(vec![i as u8]),
+            })
+            .collect();
+        let grouped = group_invocations(&spec, calls);
+        let sizes: Vec<usize> = grouped.iter().map(|i| i.calls.len()).collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        assert_eq!(grouped[2].calls[0].call_id, CallId(6));
     }
 
     #[test]

@@ -310,6 +310,34 @@ impl Job {
     fn outcome<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyAny>> {
         outcome(py, self.future(index)?)
     }
+    /// The result bytes of these calls (`None`: all), or `None` if any of
+    /// them has not succeeded: the fast path of `get_result`.
+    #[pyo3(signature = (indices=None))]
+    fn result_blobs<'py>(&self, py: Python<'py>, indices: Option<Vec<usize>>) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
+        let mut blobs = Vec::with_capacity(indices.as_ref().map_or(self.futures.len(), Vec::len));
+        let mut push = |future: &ResponseFuture<Raw>| match future.raw_result() {
+            Some(bytes) => {
+                blobs.push(PyBytes::new(py, &bytes));
+                true
+            }
+            None => false,
+        };
+        let complete = match indices {
+            None => self.futures.iter().all(&mut push),
+            Some(indices) => {
+                let mut all = true;
+                for i in indices {
+                    if !push(self.future(i)?) {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
+        };
+        Ok(complete.then_some(blobs))
+    }
+
     fn outcomes<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         indices.into_iter().map(|i| outcome(py, self.future(i)?)).collect()
     }

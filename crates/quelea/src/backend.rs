@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quelea_core::ids::CallId;
 use quelea_core::model::{CallState, CallStats, CallStatus, RunnerKind};
-use quelea_core::protocol::{CallInput, Invocation};
+use quelea_core::protocol::{CallInput, InvokedCall};
 use quelea_worker::pool::{
     Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
 };
@@ -21,7 +21,7 @@ use crate::job::{lock, JobState};
 pub(crate) struct Submission<'a> {
     pub job: &'a Arc<JobState>,
     pub function_payload: &'a [u8],
-    pub invocations: Vec<Invocation>,
+    pub calls: Vec<InvokedCall>,
     /// The job's concatenated data object, when inputs are not inline.
     pub data: Option<&'a [u8]>,
     pub target: Arc<JobTarget>,
@@ -186,28 +186,26 @@ impl LocalBackend {
         }));
 
         let mut tasks = Vec::with_capacity(spec.total_calls as usize);
-        for invocation in submission.invocations {
-            for call in invocation.calls {
-                let input = match call.input {
-                    CallInput::Inline(bytes) => bytes,
-                    CallInput::Range { start, end } => submission
-                        .data
-                        .and_then(|data| data.get(start as usize..end as usize))
-                        .map(<[u8]>::to_vec)
-                        .ok_or_else(|| Error::InvalidArgument {
-                            name: "data",
-                            message: format!(
-                                "call {} names bytes {start}..{end} outside the job's data",
-                                call.call_id
-                            ),
-                        })?,
-                };
-                tasks.push(Task {
-                    ctx: ctx.clone(),
-                    call_id: call.call_id,
-                    input,
-                });
-            }
+        for call in submission.calls {
+            let input = match call.input {
+                CallInput::Inline(bytes) => bytes,
+                CallInput::Range { start, end } => submission
+                    .data
+                    .and_then(|data| data.get(start as usize..end as usize))
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| Error::InvalidArgument {
+                        name: "data",
+                        message: format!(
+                            "call {} names bytes {start}..{end} outside the job's data",
+                            call.call_id
+                        ),
+                    })?,
+            };
+            tasks.push(Task {
+                ctx: ctx.clone(),
+                call_id: call.call_id,
+                input,
+            });
         }
         pool.submit(tasks);
         Ok(())

@@ -17,7 +17,7 @@ use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
     now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
 };
-use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
+use quelea_core::protocol::{CallInput, InvokedCall};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
 use quelea_worker::rust_runner::FunctionRef;
@@ -531,33 +531,22 @@ impl Inner {
                     end: blob.len() as u64,
                 });
             }
+            let blob = bytes::Bytes::from(blob);
             self.storage.put_blocking(&job.keys.data(), blob.clone())?;
             data = Some(blob);
             ranges
         };
 
-        let mut invocations =
-            Vec::with_capacity(call_inputs.len().div_ceil(spec.chunksize as usize));
-        let mut calls = call_inputs.into_iter().enumerate().peekable();
-        while calls.peek().is_some() {
-            let batch: Vec<InvokedCall> = calls
-                .by_ref()
-                .take(spec.chunksize as usize)
-                .map(|(i, input)| InvokedCall {
-                    call_id: CallId(i as u32),
-                    input,
-                })
-                .collect();
-            invocations.push(Invocation {
-                executor_id: spec.executor_id.clone(),
-                job_id: spec.job_id,
-                function: spec.function.clone(),
-                calls: batch,
-                timeout_s: spec.timeout_s,
-                memory_limit_mb: spec.memory_limit_mb,
-                submit_ts: spec.submit_ts,
-            });
-        }
+        // Locally the calls go straight to the pool; remote backends group
+        // them `chunksize` per Invocation (`protocol::group_invocations`).
+        let calls: Vec<InvokedCall> = call_inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| InvokedCall {
+                call_id: CallId(i as u32),
+                input,
+            })
+            .collect();
         {
             let mut records = job.calls();
             for record in records.iter_mut() {
@@ -572,7 +561,7 @@ impl Inner {
         self.backend.submit(Submission {
             job,
             function_payload: &function.payload,
-            invocations,
+            calls,
             data: data.as_deref(),
             target,
         })
