@@ -1,0 +1,327 @@
+//! One set of checks, run against every storage backend: local directory,
+//! memory, and (with the `s3-tests` feature) an S3 server started by
+//! `scripts/s3-server.sh`.
+
+use std::time::{Duration, Instant};
+
+use quelea_core::config::ConfigBuilder;
+use quelea_storage::{Error, Storage, MULTIPART_PART_SIZE};
+
+fn check_store(storage: &Storage, prefix: &str) {
+    let key = |k: &str| format!("{prefix}{k}");
+    storage
+        .put_blocking(&key("a"), &b"hello world"[..])
+        .unwrap();
+    storage.put_blocking(&key("b/c"), &b"xyz"[..]).unwrap();
+    assert_eq!(
+        &storage.get_blocking(&key("a")).unwrap()[..],
+        b"hello world"
+    );
+    assert_eq!(
+        &storage.get_range_blocking(&key("a"), 6..11).unwrap()[..],
+        b"world"
+    );
+    assert_eq!(
+        &storage.get_range_blocking(&key("a"), 0..1).unwrap()[..],
+        b"h"
+    );
+    assert!(storage
+        .get_range_blocking(&key("a"), 4..4)
+        .unwrap()
+        .is_empty());
+    assert_eq!(storage.head_blocking(&key("a")).unwrap().size, 11);
+    let keys: Vec<_> = storage
+        .list_blocking(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, vec![key("a"), key("b/c")]);
+    assert!(matches!(
+        storage.get_blocking(&key("zz")),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        storage.head_blocking(&key("zz")),
+        Err(Error::NotFound { .. })
+    ));
+    let err = storage.get_blocking(&key("zz")).unwrap_err().to_string();
+    assert!(err.contains(&key("zz")), "{err}");
+    assert!(storage.list_blocking(&key("nothing/")).unwrap().is_empty());
+
+    // A zero-byte object is an object like any other.
+    storage.put_blocking(&key("empty"), &b""[..]).unwrap();
+    assert_eq!(storage.head_blocking(&key("empty")).unwrap().size, 0);
+    assert!(storage.get_blocking(&key("empty")).unwrap().is_empty());
+
+    assert_eq!(storage.delete_prefix_blocking(prefix).unwrap(), 3);
+    assert!(storage.list_blocking(prefix).unwrap().is_empty());
+    storage.delete_blocking(&key("a")).unwrap();
+}
+
+/// Bytes that differ from part to part, so a part out of place shows.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect()
+}
+
+/// A 20 MiB object over a lowered threshold goes up in three parts and reads
+/// back identical, across part boundaries too.
+fn check_multipart(storage: &Storage, prefix: &str) -> String {
+    let key = format!("{prefix}large");
+    let data = patterned(20 * 1024 * 1024);
+    let storage = storage.clone().with_multipart_threshold(6 * 1024 * 1024);
+    storage.put_blocking(&key, data.clone()).unwrap();
+    assert_eq!(storage.head_blocking(&key).unwrap().size, data.len() as u64);
+    let back = storage.get_blocking(&key).unwrap();
+    assert!(back[..] == data[..], "multipart object differs");
+    let boundary = MULTIPART_PART_SIZE as u64;
+    assert_eq!(
+        &storage
+            .get_range_blocking(&key, boundary - 3..boundary + 3)
+            .unwrap()[..],
+        &data[boundary as usize - 3..boundary as usize + 3]
+    );
+    // Under the threshold, a plain put still works.
+    storage.put_blocking(&key, &b"small"[..]).unwrap();
+    assert_eq!(&storage.get_blocking(&key).unwrap()[..], b"small");
+    storage.put_blocking(&key, data).unwrap();
+    key
+}
+
+fn localdisk(dir: &std::path::Path) -> Storage {
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("localdisk.root", dir.to_str().unwrap())
+        .build()
+        .unwrap();
+    Storage::from_config(&config).unwrap()
+}
+
+fn memory(bucket: &str) -> Storage {
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("storage", "memory")
+        .set("bucket", bucket)
+        .build()
+        .unwrap();
+    Storage::from_config(&config).unwrap()
+}
+
+#[test]
+fn localdisk_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = localdisk(dir.path());
+    check_store(&storage, "quelea/t/");
+    assert!(storage
+        .location()
+        .describe()
+        .contains(dir.path().to_str().unwrap()));
+}
+
+#[test]
+fn memory_conformance() {
+    check_store(&memory("conformance"), "quelea/t/");
+}
+
+#[test]
+fn localdisk_multipart() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = localdisk(dir.path());
+    let key = check_multipart(&storage, "quelea/m/");
+    assert_eq!(
+        storage.list_blocking("quelea/m/").unwrap().len(),
+        1,
+        "{key}"
+    );
+}
+
+#[test]
+fn memory_multipart() {
+    check_multipart(&memory("conformance-multipart"), "quelea/m/");
+}
+
+/// A closed port on 127.0.0.1: every request is refused.
+fn closed_local_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[test]
+fn s3_server_down_is_an_error_in_bounded_time() {
+    let endpoint = closed_local_endpoint();
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("storage", "s3")
+        .set("bucket", "quelea-test")
+        .set("s3.endpoint", endpoint.clone())
+        .set("s3.access_key_id", "testkey")
+        .set("s3.secret_access_key", "testsecret")
+        .set("s3.path_style", true)
+        .set("s3.allow_http", true)
+        .build()
+        .unwrap();
+    let storage = Storage::from_config(&config).unwrap();
+    let started = Instant::now();
+    let err = storage
+        .put_blocking("quelea/down/x", &b"x"[..])
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    assert!(
+        err.contains("put") && err.contains("quelea/down/x") && err.contains(&endpoint),
+        "{err}"
+    );
+    let started = Instant::now();
+    let err = storage
+        .list_blocking("quelea/down/")
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    assert!(err.contains("list"), "{err}");
+}
+
+#[cfg(feature = "s3-tests")]
+mod s3 {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use object_store::ObjectStoreExt;
+    use quelea_core::config::Config;
+
+    /// Differs between runs and processes, so runs against a shared server
+    /// cannot see each other's objects.
+    fn unique(name: &str) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("{name}-{}-{nanos}", std::process::id())
+    }
+
+    fn unique_prefix(name: &str) -> String {
+        format!("quelea-conformance/{}/", unique(name))
+    }
+
+    /// The test bucket `scripts/s3-server.sh` creates.
+    const BUCKET: &str = "quelea-test";
+
+    /// `bucket` on the S3 server from the process environment
+    /// (`QUELEA_S3_*`), with `builder`'s settings.
+    fn s3_config(bucket: &str, builder: ConfigBuilder) -> Config {
+        assert!(
+            std::env::var_os("QUELEA_S3_ENDPOINT").is_some(),
+            "QUELEA_S3_ENDPOINT is not set: the `s3-tests` feature needs a running S3 server. \
+             Start one with `eval \"$(scripts/s3-server.sh start /tmp/quelea-s3)\"`, and stop it \
+             afterwards with `scripts/s3-server.sh stop /tmp/quelea-s3`."
+        );
+        builder
+            .no_file()
+            .set("storage", "s3")
+            .set("bucket", bucket)
+            .build()
+            .unwrap()
+    }
+
+    fn s3_storage() -> Storage {
+        Storage::from_config(&s3_config(BUCKET, ConfigBuilder::new())).unwrap()
+    }
+
+    #[test]
+    fn s3_conformance() {
+        let storage = s3_storage();
+        check_store(&storage, &unique_prefix("store"));
+        assert!(storage.location().describe().contains(BUCKET));
+    }
+
+    #[test]
+    fn s3_multipart_upload_uses_parts() {
+        let storage = s3_storage();
+        let prefix = unique_prefix("multipart");
+        let key = check_multipart(&storage, &prefix);
+
+        // Ask S3 itself: a multipart object's ETag ends in `-<parts>`.
+        let config = s3_config(BUCKET, ConfigBuilder::new());
+        let s3 = &config.s3;
+        let raw = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(s3.endpoint.clone().unwrap())
+            .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_access_key_id(s3.access_key_id.clone().unwrap())
+            .with_secret_access_key(s3.secret_access_key.as_ref().unwrap().expose())
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap();
+        let meta = quelea_storage::io_runtime()
+            .block_on(raw.head(&object_store::path::Path::from(key.as_str())))
+            .unwrap();
+        let etag = meta.e_tag.unwrap_or_default();
+        assert!(etag.trim_matches('"').ends_with("-3"), "ETag {etag}");
+        storage.delete_prefix_blocking(&prefix).unwrap();
+    }
+
+    #[test]
+    fn s3_wrong_secret_is_a_clear_error() {
+        let config = s3_config(
+            BUCKET,
+            ConfigBuilder::new().set("s3.secret_access_key", "not-the-secret"),
+        );
+        let storage = Storage::from_config(&config).unwrap();
+        let key = format!("{}x", unique_prefix("wrong-secret"));
+        let started = Instant::now();
+        let err = storage.put_blocking(&key, &b"x"[..]).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    operation: "put",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&key) && message.contains("SignatureDoesNotMatch"),
+            "{message}"
+        );
+        let err = storage.get_blocking(&key).unwrap_err();
+        assert!(!matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("get"), "{err}");
+    }
+
+    #[test]
+    fn s3_missing_bucket_is_a_clear_error() {
+        // A fresh name each run: SeaweedFS creates a missing bucket on PUT
+        // (AWS answers NoSuchBucket), so only reads are checked here.
+        let bucket = unique("quelea-missing");
+        let config = s3_config(&bucket, ConfigBuilder::new());
+        let storage = Storage::from_config(&config).unwrap();
+        let started = Instant::now();
+        let err = storage.list_blocking("quelea/").unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    operation: "list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&bucket) && message.contains("NoSuchBucket"),
+            "{message}"
+        );
+        let err = storage.get_blocking("quelea/x").unwrap_err().to_string();
+        assert!(err.contains(&bucket) && err.contains("quelea/x"), "{err}");
+    }
+}
