@@ -64,6 +64,10 @@ start() {
         log "already running with PID $(cat "$pidfile") (stop it first: $0 stop $dir)"
         exit 1
     fi
+    command -v curl >/dev/null || {
+        log "curl is needed to check that the server is up"
+        exit 1
+    }
     ensure_weed
 
     # `mini` re-applies the options saved in its data dir: start fresh each time.
@@ -130,6 +134,13 @@ stop() {
     fi
     rm -f "$pidfile"
     log "stopped PID $pid"
+    # The run's data dir is ours alone (see start): drop it.
+    if [[ -f "$dir/weed.run" ]]; then
+        local run
+        run="$(cat "$dir/weed.run")"
+        [[ "$run" == "$dir"/run-* && -d "$run" ]] && rm -rf "$run"
+        rm -f "$dir/weed.run"
+    fi
 }
 
 [[ $# -eq 2 ]] || usage
