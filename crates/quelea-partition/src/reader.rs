@@ -330,6 +330,21 @@ mod tests {
     }
 
     #[test]
+    fn lines_longer_than_any_look_ahead_stay_whole() {
+        // Lithops reads 128 KiB past a chunk's end and breaks past that.
+        let mut text = b"head\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 300 * 1024));
+        text.extend_from_slice(b"\ntail\n");
+        let size = text.len() as u64;
+        let nl = Some(&b"\n"[..]);
+        let block = 64 * 1024;
+        let first = chunk(&text, 0..100 * 1024, nl, block);
+        assert_eq!(first.len(), 5 + 300 * 1024 + 1);
+        assert_eq!(chunk(&text, 100 * 1024..200 * 1024, nl, block), b"");
+        assert_eq!(chunk(&text, 200 * 1024..size, nl, block), b"tail\n");
+    }
+
+    #[test]
     fn no_final_newline_keeps_the_last_byte() {
         let text = b"one\ntwo";
         let nl = Some(&b"\n"[..]);
