@@ -132,6 +132,7 @@ def _element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
 
 
 _NO_KWARGS: dict = {}
+_DEFAULT_OBJ = {"chunk_size": None, "chunk_number": None, "newline": "\n", "header": False}
 
 
 def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
@@ -196,7 +197,53 @@ class FunctionExecutor:
 
     # -- submitting --------------------------------------------------------------------------------
 
-    def _prepare(self, func: Callable, iterdata: Any, extra_args: Any, what: str) -> list[bytes]:
+    def _prepare_objects(
+        self, func: Callable, iterdata: Any, extra_args: Any, obj: dict
+    ) -> tuple[list[bytes], list]:
+        """Expands elements whose ``obj`` names data into one call per chunk;
+        returns the inputs and the chunk count of each object."""
+        from .partition import ChunkObject
+
+        newline = obj["newline"]
+        if newline is not None:
+            if isinstance(newline, str):
+                newline = newline.encode()
+            if not isinstance(newline, bytes) or not newline:
+                raise ValueError(
+                    f"obj_newline must be a non-empty str or bytes, or None; got {obj['newline']!r}"
+                )
+        size, number = obj["chunk_size"], obj["chunk_number"]
+        for name, value in (("obj_chunk_size", size), ("obj_chunk_number", number)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        inputs: list[bytes] = []
+        parts: list[int] = []
+        for i, elem in enumerate(_to_list(iterdata)):
+            if isinstance(elem, str):
+                elem = {"obj": elem}
+            if not isinstance(elem, dict) or "obj" not in elem:
+                raise TypeError(f"map_iterdata[{i}] must name data: a str, or a dict with an 'obj' key")
+            others = {k: v for k, v in elem.items() if k != "obj"}
+            if extra_args is not None:
+                if not isinstance(extra_args, dict):
+                    raise TypeError("with an `obj` parameter, extra_args must be a dict")
+                others.update(extra_args)
+            names = elem["obj"] if isinstance(elem["obj"], list) else [elem["obj"]]
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError(
+                    f"map_iterdata[{i}]['obj'] must be a str (or list of str), got {elem['obj']!r}"
+                )
+            chunks, counts = self._engine.partition(names, size, number, newline, obj["header"])
+            parts.extend(counts)
+            for chunk in chunks:
+                inputs.append(ser.dump_input((), {"obj": ChunkObject(chunk), **others}, len(inputs)))
+        if not inputs:
+            raise ValueError("map_iterdata is empty: there is nothing to map")
+        return inputs, parts
+
+    def _prepare(
+        self, func: Callable, iterdata: Any, extra_args: Any, what: str, obj: dict | None = None
+    ) -> Any:
         if not callable(func):
             raise TypeError(f"{what} must be callable, got {type(func).__name__}")
         if isinstance(iterdata, FuturesList):
@@ -209,9 +256,7 @@ class FunctionExecutor:
         sig = ser.call_signature(func)
         params = sig.parameters if sig else {}
         if "obj" in params and params["obj"].kind is not params["obj"].POSITIONAL_ONLY:
-            raise NotImplementedError(
-                "functions with an `obj` parameter (the data partitioner) are not supported yet"
-            )
+            return self._prepare_objects(func, elements, extra_args, obj or _DEFAULT_OBJ)
         if extra_args is None and not any(isinstance(e, dict | tuple) for e in elements):
             # The common case, one plain argument per call: one pickle each.
             if sig is not None:
@@ -308,10 +353,18 @@ class FunctionExecutor:
         timeout: float | None = None,
         include_modules: list | None = None,
         exclude_modules: list | None = None,
+        obj_header: bool = False,
     ) -> FuturesList:
-        """Runs ``map_function`` once per element of ``map_iterdata``."""
-        _reject_partitioner_args(obj_chunk_size, obj_chunk_number)
-        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function")
+        """Runs ``map_function`` once per element of ``map_iterdata``.
+
+        A function with an ``obj`` parameter runs once per chunk of the data
+        each element names (see :mod:`quelea.partition`); ``obj_header=True``
+        gives every chunk the object's first line as ``obj.header``.
+        """
+        obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
+        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
+        if isinstance(inputs, tuple):
+            inputs = inputs[0]
         job = self._engine.submit(
             "map",
             ser.function_name(map_function),
@@ -343,6 +396,7 @@ class FunctionExecutor:
         spawn_reducer: int = 20,
         include_modules: list | None = None,
         exclude_modules: list | None = None,
+        obj_header: bool = False,
     ) -> FuturesList:
         """Maps, then calls ``reduce_function(results, *extra_args_reduce)`` on all
         map results in call order. ``get_result()`` returns the reducer's result.
@@ -350,23 +404,24 @@ class FunctionExecutor:
         The reducer starts as soon as the map is done (``spawn_reducer`` is
         accepted for compatibility; locally there is no cold start to hide).
         """
-        _reject_partitioner_args(obj_chunk_size, obj_chunk_number)
-        if obj_reduce_by_key:
-            raise NotImplementedError(
-                "obj_reduce_by_key needs the data partitioner, which is not supported yet"
-            )
+        obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
         _check_return_when(spawn_reducer)
         if not callable(reduce_function):
             raise TypeError(f"reduce_function must be callable, got {type(reduce_function).__name__}")
         if extra_args_reduce is not None and not isinstance(extra_args_reduce, tuple):
             extra_args_reduce = (extra_args_reduce,)
-        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function")
-        map_job, reduce_job = self._engine.map_reduce(
+        prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
+        inputs, parts = prepared if isinstance(prepared, tuple) else (prepared, None)
+        if obj_reduce_by_key and parts is None:
+            raise ValueError("obj_reduce_by_key needs a map function with an `obj` parameter")
+        groups = parts if obj_reduce_by_key else [len(inputs)]
+        map_job, reduce_job = self._engine.map_reduce_grouped(
             ser.function_name(map_function),
             self._payload(map_function, extra_env),
             inputs,
             ser.function_name(reduce_function),
             self._payload(reduce_function, extra_env, reduce_extra_args=extra_args_reduce or ()),
+            groups,
             self._chunksize(chunksize),
             self._timeout(timeout),
             map_runtime_memory or reduce_runtime_memory,
@@ -374,7 +429,8 @@ class FunctionExecutor:
         self._last_call = "map_reduce"
         map_futures = self._futures(map_job, map_function)
         for f in map_futures:
-            f._read = True  # map results feed the reducer; get_result() returns the reduce
+            f._read = True
+            f._produce_output = False
         reduce_futures = self._futures(reduce_job, reduce_function)
         return FuturesList(list(map_futures) + list(reduce_futures), self)
 
@@ -414,12 +470,12 @@ class FunctionExecutor:
         if fs is None:
             futures = [f for f in self.futures if not f._read]
         else:
-            futures = _listify(fs)
+            futures = [f for f in _listify(fs) if f._produce_output]
         if not futures:
             return []
         _engine.wait(_group(futures), float(ALL_COMPLETED), self._timeout(timeout) if timeout else None)
         results = collect_results(futures, throw_except, timeout)
-        single = fs is None and self._last_call in ("call_async", "map_reduce") and len(results) == 1
+        single = self._last_call in ("call_async", "map_reduce") and len(results) == 1
         if single or isinstance(fs, ResponseFuture):
             return results[0]
         return results
@@ -518,8 +574,7 @@ def collect_results_after_wait(futures: FuturesList) -> list:
     return collect_results(list(futures), True, None)
 
 
-def _reject_partitioner_args(obj_chunk_size: Any, obj_chunk_number: Any) -> None:
-    if obj_chunk_size is not None or obj_chunk_number is not None:
-        raise NotImplementedError(
-            "obj_chunk_size/obj_chunk_number need the data partitioner, which is not supported yet"
-        )
+def _obj_options(chunk_size: Any, chunk_number: Any, newline: Any, header: Any) -> dict:
+    if not isinstance(header, bool):
+        raise TypeError(f"obj_header must be a bool, got {header!r}")
+    return {"chunk_size": chunk_size, "chunk_number": chunk_number, "newline": newline, "header": header}

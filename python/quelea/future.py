@@ -72,6 +72,7 @@ class ResponseFuture:
     """The future result of one call."""
 
     __slots__ = (
+        "_produce_output",
         "_job",
         "_index",
         "_executor",
@@ -100,6 +101,9 @@ class ResponseFuture:
         self.function_name = function_name
         self._handle = handle
         self._new_futures = None
+        # False for the map calls of a map_reduce: they feed the reducer, and
+        # get_result() returns only the reducer's results (as in Lithops).
+        self._produce_output = True
 
     # ids, Lithops-style
     @property

@@ -79,7 +79,7 @@ def get_result(
     futures = _as_list(fs)
     if futures:
         _engine.wait(_group(futures), float(ALL_COMPLETED), timeout)
-    return collect_results(futures, throw_except, timeout)
+    return collect_results([f for f in futures if f._produce_output], throw_except, timeout)
 
 
 def collect_results(futures: list[ResponseFuture], throw_except: bool, timeout: float | None) -> list:

@@ -21,6 +21,11 @@ def storage_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def config(storage_root) -> dict:
+    """Local-directory job storage; with QTEST_STORAGE=s3, the S3 server that
+    scripts/s3-server.sh started (its QUELEA_S3_* variables are in the env)."""
+    if os.environ.get("QTEST_STORAGE") == "s3":
+        assert os.environ.get("QUELEA_S3_ENDPOINT"), "start the S3 server with scripts/s3-server.sh first"
+        return {"storage": "s3", "bucket": "quelea-test", "local": {"workers": 2}}
     return {"localdisk": {"root": str(storage_root)}, "local": {"workers": 2}}
 
 

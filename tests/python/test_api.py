@@ -115,8 +115,9 @@ def nested_map(n):
     return inner.map(square, range(n))
 
 
-def test_a_function_that_returns_futures(executor, config, monkeypatch):
-    monkeypatch.setenv("QUELEA_STORAGE_DIR", config["localdisk"]["root"])
+def test_a_function_that_returns_futures(executor, storage_root, monkeypatch):
+    # The nested executor in the worker uses its default config: local storage.
+    monkeypatch.setenv("QUELEA_STORAGE_DIR", str(storage_root))
     futures = executor.map(nested_map, [2, 3])
     assert executor.get_result(futures) == [0, 1, 0, 1, 4]
 

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use quelea::{ConfigBuilder, Executor, FunctionRef, Functions, FuturesList, MapOptions, RunnerCommand, RunnerKind};
+use quelea::{
+    ConfigBuilder, Executor, FunctionRef, Functions, FuturesList, MapOptions, RunnerCommand,
+    RunnerKind,
+};
 
 #[derive(Parser)]
 #[command(
@@ -137,7 +140,13 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
     }
 }
 
-fn hello(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>, calls: u32, sleep_ms: u64) -> Result<()> {
+fn hello(
+    cli: &Cli,
+    builtins: &Builtins,
+    rust_runner: Option<RunnerCommand>,
+    calls: u32,
+    sleep_ms: u64,
+) -> Result<()> {
     anyhow::ensure!(calls > 0, "--calls must be at least 1");
     quelea::interrupt::install_ctrl_c_handler();
     let config = config_builder(cli)

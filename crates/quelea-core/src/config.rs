@@ -213,6 +213,17 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (EnvVars::S3_ALLOW_HTTP, "s3.allow_http", Kind::Bool),
 ];
 
+/// The standard AWS variables, applied below the `QUELEA_S3_*` ones.
+const AWS_ENV_KEYS: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "s3.access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "s3.secret_access_key"),
+    ("AWS_SESSION_TOKEN", "s3.session_token"),
+    ("AWS_DEFAULT_REGION", "s3.region"),
+    ("AWS_REGION", "s3.region"),
+    ("AWS_ENDPOINT_URL_S3", "s3.endpoint"),
+    ("AWS_ENDPOINT_URL", "s3.endpoint"),
+];
+
 /// Variables with the `QUELEA_` prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &[EnvVars::CONFIG_FILE, EnvVars::RUNNER, "QUELEA_LOG"];
 
@@ -340,6 +351,21 @@ impl Config {
         serde_json::to_value(&resolved).expect("config always serializes")
     }
 
+    /// The whole config as JSON, credentials included: only for the
+    /// executor's own runner processes on this machine (their environment),
+    /// never for payloads, handles or logs.
+    pub fn runner_json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("config always serializes");
+        let s3 = &mut value["s3"];
+        if let Some(secret) = &self.s3.secret_access_key {
+            s3["secret_access_key"] = Value::String(secret.expose().to_owned());
+        }
+        if let Some(token) = &self.s3.session_token {
+            s3["session_token"] = Value::String(token.expose().to_owned());
+        }
+        value.to_string()
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
             origin: "resolved config".into(),
@@ -423,6 +449,12 @@ fn read_file_layer(path: &Path) -> Result<Value> {
 
 fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
     let mut layer = Value::Object(Map::new());
+    // Later entries win: AWS_REGION over AWS_DEFAULT_REGION, and so on.
+    for (var, path) in AWS_ENV_KEYS.iter().rev() {
+        if let Some(value) = env.get(*var).filter(|v| !v.is_empty()) {
+            merge(&mut layer, nest(path, Value::String(value.clone())));
+        }
+    }
     for (name, raw) in env {
         if !name.starts_with("QUELEA_") || NON_CONFIG_ENV.contains(&name.as_str()) {
             continue;
@@ -637,6 +669,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/quelea.yaml"), "{err}");
+    }
+
+    #[test]
+    fn aws_variables_fill_the_s3_section_below_quelea_ones() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[
+                ("AWS_ACCESS_KEY_ID", "AKIA"),
+                ("AWS_SECRET_ACCESS_KEY", "shh"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("AWS_REGION", "eu-south-2"),
+                ("QUELEA_S3_ACCESS_KEY_ID", "override"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(config.s3.access_key_id.as_deref(), Some("override"));
+        assert_eq!(
+            config.s3.secret_access_key.as_ref().unwrap().expose(),
+            "shh"
+        );
+        assert_eq!(config.s3.region.as_deref(), Some("eu-south-2"));
+        let runner: serde_json::Value = serde_json::from_str(&config.runner_json()).unwrap();
+        assert_eq!(runner["s3"]["secret_access_key"], "shh");
+        let rebuilt = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .overrides(runner)
+            .build()
+            .unwrap();
+        assert_eq!(rebuilt, config);
     }
 
     #[test]

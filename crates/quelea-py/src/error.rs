@@ -21,7 +21,9 @@ pub fn to_py_err(error: quelea::Error) -> PyErr {
     let message = error.to_string();
     match error {
         quelea::Error::Config(_) => raise("ConfigError", message),
-        quelea::Error::Storage(quelea::storage::Error::NotFound { .. }) => raise("StorageNoSuchKeyError", message),
+        quelea::Error::Storage(quelea::storage::Error::NotFound { .. }) => {
+            raise("StorageNoSuchKeyError", message)
+        }
         quelea::Error::Storage(_) => raise("StorageError", message),
         quelea::Error::Timeout { .. } => raise("WaitTimeoutError", message),
         quelea::Error::Interrupted => raise("CancelledError", message),

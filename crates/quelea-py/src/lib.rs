@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use quelea::{
-    ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Raw, RawFunction, ResponseFuture, ReturnWhen,
-    RunnerCommand, RunnerKind,
+    ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Raw, RawFunction, ResponseFuture,
+    ReturnWhen, RunnerCommand, RunnerKind,
 };
 
 mod error;
@@ -19,24 +19,30 @@ mod storage;
 
 use error::{to_py_err, type_error, value_error};
 
-fn config_builder(overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<ConfigBuilder> {
+fn config_builder(
+    overrides: Option<&str>,
+    config_file: Option<PathBuf>,
+) -> PyResult<ConfigBuilder> {
     let mut builder = ConfigBuilder::new();
     if let Some(path) = config_file {
         builder = builder.file(path);
     }
     if let Some(text) = overrides {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| value_error(format!("config is not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| value_error(format!("config is not valid JSON: {e}")))?;
         builder = builder.overrides(value);
     }
     Ok(builder)
 }
 
 /// The Rust runner of the CLI's built-in functions, in this interpreter.
-fn rust_runner(python: &PathBuf) -> RunnerCommand {
+fn rust_runner(python: &std::path::Path) -> RunnerCommand {
     RunnerCommand {
-        program: python.clone(),
-        args: vec!["-c".into(), "from quelea import _engine; _engine.serve_rust_runner()".into()],
+        program: python.to_path_buf(),
+        args: vec![
+            "-c".into(),
+            "from quelea import _engine; _engine.serve_rust_runner()".into(),
+        ],
         env: vec![("QUELEA_RUNNER".into(), "rust".into())],
     }
 }
@@ -58,17 +64,25 @@ impl Executor {
     }
 }
 
-fn options(chunksize: Option<u32>, timeout: Option<f64>, memory_limit_mb: Option<u64>) -> PyResult<MapOptions> {
-    let mut options = MapOptions::default();
-    options.chunksize = chunksize;
-    if let Some(t) = timeout {
-        if !(t.is_finite() && t > 0.0) {
-            return Err(value_error(format!("timeout must be a positive number of seconds, got {t}")));
+fn options(
+    chunksize: Option<u32>,
+    timeout: Option<f64>,
+    memory_limit_mb: Option<u64>,
+) -> PyResult<MapOptions> {
+    let timeout = match timeout {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            return Err(value_error(format!(
+                "timeout must be a positive number of seconds, got {t}"
+            )));
         }
-        options.timeout = Some(Duration::from_secs_f64(t));
-    }
-    options.memory_limit_mb = memory_limit_mb;
-    Ok(options)
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    Ok(MapOptions {
+        chunksize,
+        timeout,
+        memory_limit_mb,
+    })
 }
 
 fn bytes_list(inputs: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
@@ -87,14 +101,14 @@ fn bytes_list(inputs: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
 impl Executor {
     #[new]
     #[pyo3(signature = (python, overrides=None, config_file=None))]
-    fn new(python: PathBuf, overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<Self> {
-        let config = config_builder(overrides, config_file)?.build().map_err(to_py_err_core)?;
-        let mut python_env: Vec<(OsString, OsString)> = Vec::new();
-        if let Some(text) = overrides {
-            // Runners are this machine's own child processes: they get the
-            // explicit config the way they get the rest of the environment.
-            python_env.push(("QUELEA_RUNNER_CONFIG".into(), text.into()));
-        }
+    fn new(
+        python: PathBuf,
+        overrides: Option<&str>,
+        config_file: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let config = config_builder(overrides, config_file)?
+            .build()
+            .map_err(to_py_err_core)?;
         let exec = quelea::Executor::builder()
             .config(config)
             .runner(
@@ -102,7 +116,7 @@ impl Executor {
                 RunnerCommand {
                     program: python.clone(),
                     args: vec!["-m".into(), "quelea.worker".into()],
-                    env: python_env,
+                    env: Vec::new(),
                 },
             )
             .runner(RunnerKind::Rust, rust_runner(&python))
@@ -126,7 +140,9 @@ impl Executor {
 
     /// `(storage location JSON, bucket)` of the job storage.
     fn storage_location(&self) -> PyResult<String> {
-        self.with(|e| Ok(serde_json::to_string(e.storage().location()).expect("locations serialize")))
+        self.with(|e| {
+            Ok(serde_json::to_string(e.storage().location()).expect("locations serialize"))
+        })
     }
 
     #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None))]
@@ -150,7 +166,10 @@ impl Executor {
         let inputs = bytes_list(inputs)?;
         let options = options(chunksize, timeout, memory_limit_mb)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
-        let futures = self.with(|e| py.detach(|| e.submit_raw(kind, &function, inputs, &options)).map_err(to_py_err))?;
+        let futures = self.with(|e| {
+            py.detach(|| e.submit_raw(kind, &function, inputs, &options))
+                .map_err(to_py_err)
+        })?;
         Ok(Job::new(futures))
     }
 
@@ -176,7 +195,72 @@ impl Executor {
             py.detach(|| e.map_reduce_raw(&map, inputs, &reduce, options))
                 .map_err(to_py_err)
         })?;
-        Ok((Job::new(map_futures), Job::new(FuturesList::from(vec![reduce_future]))))
+        Ok((
+            Job::new(map_futures),
+            Job::new(FuturesList::from(vec![reduce_future])),
+        ))
+    }
+
+    /// Expands inputs that name data into chunks: `(chunk JSON list, chunks
+    /// per object)`.
+    #[pyo3(signature = (inputs, chunk_size=None, chunk_number=None, newline=Some(b"\n".to_vec()), header=false))]
+    fn partition(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<String>,
+        chunk_size: Option<u64>,
+        chunk_number: Option<u32>,
+        newline: Option<Vec<u8>>,
+        header: bool,
+    ) -> PyResult<(Vec<String>, Vec<u32>)> {
+        let chunking = match (chunk_number, chunk_size) {
+            (Some(n), _) => quelea::objects::Chunking::Number(n),
+            (None, Some(size)) => quelea::objects::Chunking::Size(size),
+            (None, None) => quelea::objects::Chunking::Whole,
+        };
+        let options = quelea::objects::ObjOptions {
+            chunking,
+            newline,
+            header,
+        };
+        self.with(|e| {
+            let (chunks, parts) = py
+                .detach(|| quelea::objects::partition(e.config(), &inputs, &options))
+                .map_err(to_py_err)?;
+            let chunks = chunks
+                .iter()
+                .map(|c| serde_json::to_string(c).expect("chunks serialize"))
+                .collect();
+            Ok((chunks, parts))
+        })
+    }
+
+    /// A map-reduce with one reducer per group of consecutive map calls.
+    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, groups, chunksize=None, timeout=None, memory_limit_mb=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn map_reduce_grouped(
+        &self,
+        py: Python<'_>,
+        map_name: &str,
+        map_payload: &[u8],
+        inputs: &Bound<'_, PyList>,
+        reduce_name: &str,
+        reduce_payload: &[u8],
+        groups: Vec<u32>,
+        chunksize: Option<u32>,
+        timeout: Option<f64>,
+        memory_limit_mb: Option<u64>,
+    ) -> PyResult<(Job, Job)> {
+        let inputs = bytes_list(inputs)?;
+        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
+        let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
+        let groups = quelea::groups_of(&groups);
+        let (map_futures, reduce_futures) = self.with(|e| {
+            py.detach(|| e.map_reduce_grouped_raw(&map, inputs, &reduce, options, groups))
+                .map_err(to_py_err)
+        })?;
+        Ok((Job::new(map_futures), Job::new(reduce_futures)))
     }
 
     /// Cancels a job: queued calls never run, running ones are stopped.
@@ -191,7 +275,10 @@ impl Executor {
 
     fn job_handle(&self, job: &Job) -> PyResult<String> {
         self.with(|e| {
-            let first = job.futures.get(0).ok_or_else(|| value_error("empty job".to_string()))?;
+            let first = job
+                .futures
+                .get(0)
+                .ok_or_else(|| value_error("empty job".to_string()))?;
             Ok(e.job_handle(first).to_json())
         })
     }
@@ -234,9 +321,12 @@ impl Job {
     }
 
     fn future(&self, index: usize) -> PyResult<&ResponseFuture<Raw>> {
-        self.futures
-            .get(index)
-            .ok_or_else(|| value_error(format!("call {index} is out of range ({} calls)", self.futures.len())))
+        self.futures.get(index).ok_or_else(|| {
+            value_error(format!(
+                "call {index} is out of range ({} calls)",
+                self.futures.len()
+            ))
+        })
     }
 }
 
@@ -252,16 +342,38 @@ fn state_name(state: quelea::CallState) -> &'static str {
 
 fn outcome<'py>(py: Python<'py>, future: &ResponseFuture<Raw>) -> PyResult<Bound<'py, PyAny>> {
     if let Some(bytes) = future.raw_result() {
-        return Ok(PyTuple::new(py, [true.into_pyobject(py)?.to_owned().into_any(), PyBytes::new(py, &bytes).into_any()])?.into_any());
+        return Ok(PyTuple::new(
+            py,
+            [
+                true.into_pyobject(py)?.to_owned().into_any(),
+                PyBytes::new(py, &bytes).into_any(),
+            ],
+        )?
+        .into_any());
     }
     if let Some(error) = future.call_error() {
         let dict = PyDict::new(py);
-        dict.set_item("reason", serde_json::to_value(error.reason).ok().and_then(|v| v.as_str().map(str::to_owned)))?;
+        dict.set_item(
+            "reason",
+            serde_json::to_value(error.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned)),
+        )?;
         dict.set_item("error_type", &error.error_type)?;
         dict.set_item("message", &error.message)?;
         dict.set_item("traceback", &error.traceback)?;
-        dict.set_item("payload", error.payload.as_deref().map(|p| PyBytes::new(py, p)))?;
-        return Ok(PyTuple::new(py, [false.into_pyobject(py)?.to_owned().into_any(), dict.into_any()])?.into_any());
+        dict.set_item(
+            "payload",
+            error.payload.as_deref().map(|p| PyBytes::new(py, p)),
+        )?;
+        return Ok(PyTuple::new(
+            py,
+            [
+                false.into_pyobject(py)?.to_owned().into_any(),
+                dict.into_any(),
+            ],
+        )?
+        .into_any());
     }
     Ok(py.None().into_bound(py))
 }
@@ -313,7 +425,11 @@ impl Job {
     /// The result bytes of these calls (`None`: all), or `None` if any of
     /// them has not succeeded: the fast path of `get_result`.
     #[pyo3(signature = (indices=None))]
-    fn result_blobs<'py>(&self, py: Python<'py>, indices: Option<Vec<usize>>) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
+    fn result_blobs<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Option<Vec<usize>>,
+    ) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
         let mut blobs = Vec::with_capacity(indices.as_ref().map_or(self.futures.len(), Vec::len));
         let mut push = |future: &ResponseFuture<Raw>| match future.raw_result() {
             Some(bytes) => {
@@ -338,8 +454,15 @@ impl Job {
         Ok(complete.then_some(blobs))
     }
 
-    fn outcomes<'py>(&self, py: Python<'py>, indices: Vec<usize>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        indices.into_iter().map(|i| outcome(py, self.future(i)?)).collect()
+    fn outcomes<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<usize>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        indices
+            .into_iter()
+            .map(|i| outcome(py, self.future(i)?))
+            .collect()
     }
 }
 
@@ -348,7 +471,12 @@ impl Job {
 /// (cancelling the jobs) or after `timeout` seconds (`TimeoutError`).
 #[pyfunction]
 #[pyo3(signature = (items, return_when, timeout=None))]
-fn wait(py: Python<'_>, items: Vec<(Py<Job>, Option<Vec<usize>>)>, return_when: f64, timeout: Option<f64>) -> PyResult<()> {
+fn wait(
+    py: Python<'_>,
+    items: Vec<(Py<Job>, Option<Vec<usize>>)>,
+    return_when: f64,
+    timeout: Option<f64>,
+) -> PyResult<()> {
     let when = if return_when == 100.0 {
         ReturnWhen::AllCompleted
     } else if return_when == -1.0 {
@@ -378,7 +506,9 @@ fn wait(py: Python<'_>, items: Vec<(Py<Job>, Option<Vec<usize>>)>, return_when: 
     let started = Instant::now();
     let limit = match timeout {
         Some(t) if !(t.is_finite() && t >= 0.0) => {
-            return Err(value_error(format!("timeout must be a non-negative number of seconds, got {t}")))
+            return Err(value_error(format!(
+                "timeout must be a non-negative number of seconds, got {t}"
+            )))
         }
         Some(t) => Some(Duration::from_secs_f64(t)),
         None => None,
@@ -409,12 +539,72 @@ fn wait(py: Python<'_>, items: Vec<(Py<Job>, Option<Vec<usize>>)>, return_when: 
     }
 }
 
+/// A chunk's bytes, streamed (what `obj.data_stream` reads through).
+#[pyclass(module = "quelea._engine")]
+struct ChunkStream {
+    reader: quelea::partition::ChunkReader<Box<dyn quelea::partition::RangeSource>>,
+    header: Option<Vec<u8>>,
+}
+
+#[pymethods]
+impl ChunkStream {
+    #[new]
+    fn new(py: Python<'_>, chunk: &str) -> PyResult<Self> {
+        let chunk: quelea::objects::ChunkObject = serde_json::from_str(chunk)
+            .map_err(|e| value_error(format!("not a chunk descriptor: {e}")))?;
+        py.detach(|| {
+            let header = chunk.header_line()?.map(|h| h.to_vec());
+            Ok(ChunkStream {
+                reader: chunk.data_stream()?,
+                header,
+            })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// The object's header line, when the chunk was made with `header`.
+    fn header<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.header.as_deref().map(|h| PyBytes::new(py, h))
+    }
+
+    /// Up to `size` bytes (`-1`: the rest of the chunk); `b""` at the end.
+    #[pyo3(signature = (size=-1))]
+    fn read<'py>(&mut self, py: Python<'py>, size: i64) -> PyResult<Bound<'py, PyBytes>> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let result = py.detach(|| {
+            if size < 0 {
+                self.reader.read_to_end(&mut buf).map(|_| ())
+            } else {
+                buf.resize(size as usize, 0);
+                let mut filled = 0;
+                // Fill the request unless the chunk ends first.
+                while filled < buf.len() {
+                    match self.reader.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(())
+            }
+        });
+        result.map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("reading the chunk failed: {e}"))
+        })?;
+        Ok(PyBytes::new(py, &buf))
+    }
+}
+
 /// Follows a job started elsewhere, from its handle.
 #[pyfunction]
 #[pyo3(signature = (handle, overrides=None, config_file=None))]
 fn attach(handle: &str, overrides: Option<&str>, config_file: Option<PathBuf>) -> PyResult<Job> {
     let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
-    let futures = quelea::attach_with::<Raw>(config_builder(overrides, config_file)?, &handle).map_err(to_py_err)?;
+    let futures = quelea::attach_with::<Raw>(config_builder(overrides, config_file)?, &handle)
+        .map_err(to_py_err)?;
     Ok(Job::new(futures))
 }
 
@@ -429,7 +619,12 @@ fn serve_rust_runner() {
 /// `sys.executable` (a venv's python, which `current_exe` would resolve away).
 #[pyfunction]
 fn cli_main(py: Python<'_>, argv: Vec<String>, python: PathBuf) -> u8 {
-    py.detach(|| quelea_cli::run_cli(argv.into_iter().map(OsString::from), Some(rust_runner(&python))))
+    py.detach(|| {
+        quelea_cli::run_cli(
+            argv.into_iter().map(OsString::from),
+            Some(rust_runner(&python)),
+        )
+    })
 }
 
 #[pymodule]
@@ -437,6 +632,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Executor>()?;
     m.add_class::<Job>()?;
     m.add_class::<storage::Storage>()?;
+    m.add_class::<ChunkStream>()?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(attach, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;

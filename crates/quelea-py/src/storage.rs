@@ -16,12 +16,18 @@ pub struct Storage {
 impl Storage {
     #[new]
     #[pyo3(signature = (overrides=None, config_file=None, bucket=None))]
-    fn new(overrides: Option<&str>, config_file: Option<PathBuf>, bucket: Option<&str>) -> PyResult<Self> {
+    fn new(
+        overrides: Option<&str>,
+        config_file: Option<PathBuf>,
+        bucket: Option<&str>,
+    ) -> PyResult<Self> {
         let mut builder = crate::config_builder(overrides, config_file)?;
         if let Some(bucket) = bucket {
             builder = builder.set("bucket", bucket);
         }
-        let config = builder.build().map_err(|e| to_py_err(quelea::Error::Config(e)))?;
+        let config = builder
+            .build()
+            .map_err(|e| to_py_err(quelea::Error::Config(e)))?;
         let inner = quelea::storage::Storage::from_config(&config).map_err(storage_err)?;
         Ok(Storage { inner })
     }
@@ -45,22 +51,35 @@ impl Storage {
 
     fn put(&self, py: Python<'_>, key: &str, data: &[u8]) -> PyResult<()> {
         let data = data.to_vec();
-        py.detach(|| self.inner.put_blocking(key, data)).map_err(storage_err)
+        py.detach(|| self.inner.put_blocking(key, data))
+            .map_err(storage_err)
     }
 
     /// The object's bytes, or `[start, end)` of them.
     #[pyo3(signature = (key, start=None, end=None))]
-    fn get<'py>(&self, py: Python<'py>, key: &str, start: Option<u64>, end: Option<u64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let bytes = match (start, end) {
             (None, None) => py.detach(|| self.inner.get_blocking(key)),
             (start, end) => {
                 let start = start.unwrap_or(0);
                 let end = match end {
                     Some(end) => end,
-                    None => py.detach(|| self.inner.head_blocking(key)).map_err(storage_err)?.size,
+                    None => {
+                        py.detach(|| self.inner.head_blocking(key))
+                            .map_err(storage_err)?
+                            .size
+                    }
                 };
                 if end < start {
-                    return Err(value_error(format!("byte range {start}..{end} is backwards")));
+                    return Err(value_error(format!(
+                        "byte range {start}..{end} is backwards"
+                    )));
                 }
                 py.detach(|| self.inner.get_range_blocking(key, start..end))
             }
@@ -70,7 +89,9 @@ impl Storage {
     }
 
     fn head(&self, py: Python<'_>, key: &str) -> PyResult<u64> {
-        py.detach(|| self.inner.head_blocking(key)).map(|o| o.size).map_err(storage_err)
+        py.detach(|| self.inner.head_blocking(key))
+            .map(|o| o.size)
+            .map_err(storage_err)
     }
 
     /// `[(key, size), ...]` under `prefix`, sorted by key.
@@ -82,6 +103,7 @@ impl Storage {
     }
 
     fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
-        py.detach(|| self.inner.delete_blocking(key)).map_err(storage_err)
+        py.detach(|| self.inner.delete_blocking(key))
+            .map_err(storage_err)
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Submission<'a> {
 /// first use and reused by every job of the executor).
 pub(crate) struct LocalBackend {
     workers: u32,
+    /// The executor's config for its runners (see `objects::RUNNER_CONFIG_ENV`).
+    runner_config: String,
     commands: HashMap<RunnerKind, RunnerCommand>,
     pools: Mutex<HashMap<RunnerKind, Arc<Pool>>>,
     functions: Mutex<HashMap<(RunnerKind, String), Arc<PoolFunction>>>,
@@ -99,11 +101,13 @@ impl JobSink for LocalSink {
 impl LocalBackend {
     pub fn new(
         workers: u32,
+        runner_config: String,
         commands: HashMap<RunnerKind, RunnerCommand>,
         writer: Arc<StatusWriter>,
     ) -> Self {
         LocalBackend {
             workers,
+            runner_config,
             commands,
             pools: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -131,6 +135,11 @@ impl LocalBackend {
                 })
             }
         };
+        let mut command = command;
+        command.env.push((
+            crate::objects::RUNNER_CONFIG_ENV.into(),
+            self.runner_config.clone().into(),
+        ));
         let pool = Arc::new(Pool::new(PoolConfig {
             workers: self.workers,
             command,

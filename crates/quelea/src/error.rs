@@ -38,6 +38,8 @@ pub enum Error {
     InvalidArgument { name: &'static str, message: String },
     #[error("invalid job handle: {0}")]
     Handle(String),
+    #[error(transparent)]
+    Partition(Box<quelea_partition::Error>),
 }
 
 fn traceback_suffix(error: &CallError) -> String {

@@ -2,6 +2,7 @@
 //! for and reads their results.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
 use crate::job::{lock, JobState, Notifier};
+use crate::objects::{partition, ChunkObject, ObjOptions};
 
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]
@@ -86,7 +88,12 @@ impl ExecutorBuilder {
         };
         let storage = Storage::from_config(&config)?;
         let writer = Arc::new(StatusWriter::new());
-        let backend = LocalBackend::new(config.local_workers(), self.runners, writer);
+        let backend = LocalBackend::new(
+            config.local_workers(),
+            config.runner_json(),
+            self.runners,
+            writer,
+        );
         Ok(Executor {
             inner: Arc::new(Inner {
                 id: ExecutorId::next(),
@@ -319,20 +326,118 @@ impl Executor {
         reducer: &RawFunction,
         options: MapOptions,
     ) -> Result<(FuturesList<Raw>, ResponseFuture<Raw>)> {
+        let all = 0..inputs.len() as u32;
+        let (map, reduce) =
+            self.map_reduce_grouped_raw(map_function, inputs, reducer, options, vec![all])?;
+        let reduce = reduce
+            .futures
+            .into_iter()
+            .next()
+            .expect("one group, one reduce call");
+        Ok((map, reduce))
+    }
+
+    /// A map-reduce with one reduce call per group of consecutive map calls
+    /// (one reducer per input object, for instance).
+    pub fn map_reduce_grouped_raw(
+        &self,
+        map_function: &RawFunction,
+        inputs: Vec<Vec<u8>>,
+        reducer: &RawFunction,
+        options: MapOptions,
+        groups: Vec<Range<u32>>,
+    ) -> Result<(FuturesList<Raw>, FuturesList<Raw>)> {
+        let total = inputs.len() as u32;
+        let mut expected = 0;
+        for group in &groups {
+            if group.start != expected || group.end < group.start || group.end > total {
+                return Err(Error::InvalidArgument {
+                    name: "groups",
+                    message: format!(
+                        "reduce groups must cover calls 0..{total} in order, got {groups:?}"
+                    ),
+                });
+            }
+            expected = group.end;
+        }
+        if expected != total || groups.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "groups",
+                message: format!(
+                    "reduce groups must cover calls 0..{total} in order, got {groups:?}"
+                ),
+            });
+        }
         let map_job = self.submit_job(JobKind::Map, map_function.clone(), inputs, &options)?;
         let reduce_id = map_job.spec.job_id.reduce_of();
-        let reduce_job = self.create_job(reduce_id, &reducer.spec, 1, &options)?;
+        let reduce_job = self.create_job(reduce_id, &reducer.spec, groups.len(), &options)?;
         let weak = Arc::downgrade(&self.inner);
         let (map, job, function) = (map_job.clone(), reduce_job.clone(), reducer.clone());
         let thread = std::thread::Builder::new()
             .name(format!("quelea-reduce-{reduce_id}"))
-            .spawn(move || run_reducer(weak, map, job, function))
+            .spawn(move || run_reducer(weak, map, job, function, groups))
             .map_err(|e| Error::InvalidArgument {
                 name: "map_reduce",
                 message: format!("cannot start the reducer thread: {e}"),
             })?;
         lock(&self.inner.reducers).push(thread);
-        Ok((FuturesList::for_job(&map_job), ResponseFuture::new(reduce_job, CallId(0))))
+        Ok((
+            FuturesList::for_job(&map_job),
+            FuturesList::for_job(&reduce_job),
+        ))
+    }
+
+    /// Runs `function` once per chunk of the data the inputs name (see
+    /// [`crate::objects`]).
+    pub fn map_objects<O>(
+        &self,
+        function: &FunctionRef<ChunkObject, O>,
+        inputs: impl IntoIterator<Item = impl Into<String>>,
+        obj: &ObjOptions,
+        options: MapOptions,
+    ) -> Result<FuturesList<O>> {
+        let inputs: Vec<String> = inputs.into_iter().map(Into::into).collect();
+        let (chunks, _) = partition(&self.inner.config, &inputs, obj)?;
+        self.map(function, chunks, options)
+    }
+
+    /// Maps over chunks, then reduces: once over all results, or with
+    /// `reduce_by_key`, once per input object (its chunks' results in order).
+    pub fn map_reduce_objects<O, R>(
+        &self,
+        function: &FunctionRef<ChunkObject, O>,
+        inputs: impl IntoIterator<Item = impl Into<String>>,
+        reducer: &FunctionRef<Vec<O>, R>,
+        obj: &ObjOptions,
+        reduce_by_key: bool,
+        options: MapOptions,
+    ) -> Result<FuturesList<R>> {
+        let inputs: Vec<String> = inputs.into_iter().map(Into::into).collect();
+        let (chunks, parts) = partition(&self.inner.config, &inputs, obj)?;
+        let groups = if reduce_by_key {
+            groups_of(&parts)
+        } else {
+            std::iter::once(0..chunks.len() as u32).collect()
+        };
+        let inputs = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| serialize_input(chunk, i))
+            .collect::<Result<Vec<_>>>()?;
+        let (_, reduce) = self.map_reduce_grouped_raw(
+            &RawFunction::rust(function.name()),
+            inputs,
+            &RawFunction::rust(reducer.name()),
+            options,
+            groups,
+        )?;
+        Ok(FuturesList {
+            futures: reduce
+                .futures
+                .into_iter()
+                .map(|f| ResponseFuture::new(f.job, f.call))
+                .collect(),
+        })
     }
 
     /// Waits on futures; returns `(done, not_done)`.
@@ -590,11 +695,25 @@ impl Inner {
     }
 }
 
+/// Consecutive call ranges, one per object, from each object's chunk count.
+pub fn groups_of(parts_per_object: &[u32]) -> Vec<Range<u32>> {
+    let mut start = 0;
+    parts_per_object
+        .iter()
+        .map(|&n| {
+            let range = start..start + n;
+            start += n;
+            range
+        })
+        .collect()
+}
+
 fn run_reducer(
     weak: Weak<Inner>,
     map_job: Arc<JobState>,
     reduce_job: Arc<JobState>,
     function: RawFunction,
+    groups: Vec<Range<u32>>,
 ) {
     let map_calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
         .map(|i| (map_job.clone(), CallId(i)))
@@ -617,25 +736,39 @@ fn run_reducer(
     }
     let failure = {
         let records = map_job.calls();
-        records.iter().enumerate().find_map(|(i, record)| match &record.outcome {
-            Some(Err(error)) => Some((
-                format!("map call {} of {} failed: {error}", CallId(i as u32), map_job.job_key()),
-                error.reason,
-            )),
-            _ => None,
-        })
+        records
+            .iter()
+            .enumerate()
+            .find_map(|(i, record)| match &record.outcome {
+                Some(Err(error)) => Some((
+                    format!(
+                        "map call {} of {} failed: {error}",
+                        CallId(i as u32),
+                        map_job.job_key()
+                    ),
+                    error.reason,
+                )),
+                _ => None,
+            })
     };
     if let Some((message, reason)) = failure {
         fail(message, reason);
         return;
     }
-    let input = {
+    let inputs: Vec<Vec<u8>> = {
         let records = map_job.calls();
-        let results = records.iter().map(|r| match &r.outcome {
-            Some(Ok(bytes)) => bytes.as_slice(),
-            _ => unreachable!("every map call succeeded"),
-        });
-        combine_results(function.spec.runner, results)
+        groups
+            .iter()
+            .map(|group| {
+                let results = records[group.start as usize..group.end as usize]
+                    .iter()
+                    .map(|r| match &r.outcome {
+                        Some(Ok(bytes)) => bytes.as_slice(),
+                        _ => unreachable!("every map call succeeded"),
+                    });
+                combine_results(function.spec.runner, results)
+            })
+            .collect()
     };
     let Some(inner) = weak.upgrade() else {
         fail(
@@ -644,7 +777,7 @@ fn run_reducer(
         );
         return;
     };
-    if let Err(e) = inner.launch(&reduce_job, &function, vec![input]) {
+    if let Err(e) = inner.launch(&reduce_job, &function, inputs) {
         fail(
             format!("cannot start the reduce: {e}"),
             FailureReason::WorkerCrashed,
@@ -682,7 +815,11 @@ fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a [u8
 }
 
 /// Waits on futures from any executor (or attached jobs); `(done, not_done)`.
-pub fn wait<O>(futures: &FuturesList<O>, return_when: ReturnWhen, timeout: Option<Duration>) -> Result<DoneAndPending<O>> {
+pub fn wait<O>(
+    futures: &FuturesList<O>,
+    return_when: ReturnWhen,
+    timeout: Option<Duration>,
+) -> Result<DoneAndPending<O>> {
     wait_calls(&futures.calls(), return_when, timeout)?;
     Ok(futures.futures.iter().cloned().partition(|f| f.done()))
 }

@@ -21,9 +21,13 @@ mod handle;
 pub mod interrupt;
 mod job;
 mod monitor;
+pub mod objects;
 
 pub use error::{Error, Result};
-pub use executor::{cancel, get_result, wait, DoneAndPending, Executor, ExecutorBuilder, MapOptions, Raw, RawFunction};
+pub use executor::{
+    cancel, get_result, groups_of, wait, DoneAndPending, Executor, ExecutorBuilder, MapOptions,
+    Raw, RawFunction,
+};
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
 pub use monitor::{attach, attach_with};
@@ -39,4 +43,7 @@ pub mod core {
 }
 pub mod storage {
     pub use quelea_storage::*;
+}
+pub mod partition {
+    pub use quelea_partition::*;
 }

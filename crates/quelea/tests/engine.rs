@@ -9,7 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+
 use libtest_mimic::{Arguments, Failed, Trial};
+use quelea::objects::{ChunkObject, ObjOptions};
 use quelea::{
     CallState, Config, ConfigBuilder, Error, Executor, FailureReason, Functions, JobHandle,
     MapOptions, ReturnWhen,
@@ -36,6 +39,9 @@ struct Fns {
     add_extra: quelea::FunctionRef<(i64, i64), i64>,
     echo_len: quelea::FunctionRef<String, usize>,
     plus_100: quelea::FunctionRef<i64, u64>,
+    chunk_text: quelea::FunctionRef<ChunkObject, (String, u32, String)>,
+    line_count: quelea::FunctionRef<ChunkObject, usize>,
+    total: quelea::FunctionRef<Vec<usize>, usize>,
 }
 
 fn functions() -> Fns {
@@ -90,8 +96,32 @@ fn functions() -> Fns {
         std::thread::sleep(Duration::from_millis(50));
         (100 + x) as u64
     });
+    let chunk_text = functions.register_fallible("chunk_text", |obj: ChunkObject| {
+        let mut text = String::new();
+        obj.data_stream()
+            .map_err(|e| e.to_string())?
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        let header = obj
+            .header_line()
+            .map_err(|e| e.to_string())?
+            .map(|h| String::from_utf8_lossy(&h).into_owned());
+        Ok::<_, String>((
+            obj.key(),
+            obj.part,
+            text + &header.map(|h| format!("|{h}")).unwrap_or_default(),
+        ))
+    });
+    let line_count = functions.register_fallible("line_count", |obj: ChunkObject| {
+        let reader = obj.data_stream().map_err(|e| e.to_string())?;
+        Ok::<_, String>(std::io::BufRead::lines(reader).count())
+    });
+    let total = functions.register("total", |xs: Vec<usize>| xs.iter().sum::<usize>());
     Fns {
         functions,
+        chunk_text,
+        line_count,
+        total,
         square,
         sum,
         picky,
@@ -106,10 +136,18 @@ fn functions() -> Fns {
     }
 }
 
+/// Local-directory job storage; with `QTEST_STORAGE=s3`, the S3 server of
+/// scripts/s3-server.sh (its `QUELEA_S3_*` variables come from the env).
 fn config(dir: &std::path::Path) -> Config {
-    ConfigBuilder::new()
-        .no_file()
-        .env(Vec::new())
+    let builder = if std::env::var("QTEST_STORAGE").as_deref() == Ok("s3") {
+        ConfigBuilder::new()
+            .no_file()
+            .set("storage", "s3")
+            .set("bucket", "quelea-test")
+    } else {
+        ConfigBuilder::new().no_file().env(Vec::new())
+    };
+    builder
         .set("localdisk.root", dir.to_str().unwrap())
         .set("local.workers", 2)
         .build()
@@ -583,6 +621,91 @@ fn warm_pool_is_reused_and_cancel_works() -> Result<(), Failed> {
     Ok(())
 }
 
+fn objects_are_chunked_by_lines_and_reduced_by_key() -> Result<(), Failed> {
+    let fns = functions();
+    let dir = tempfile::tempdir()?;
+    let data = tempfile::tempdir()?;
+    std::fs::write(data.path().join("a.txt"), "alpha\nbeta\ngamma\n")?;
+    std::fs::write(data.path().join("b.txt"), "one\ntwo")?;
+    let exec = executor(dir.path());
+    let input = data.path().to_str().unwrap().to_owned();
+    let options = ObjOptions {
+        chunking: quelea::objects::Chunking::Size(4),
+        ..ObjOptions::default()
+    };
+    let chunks = exec.get_result(
+        &exec.map_objects(
+            &fns.chunk_text,
+            [input.clone()],
+            &options,
+            MapOptions::default(),
+        )?,
+        None,
+    )?;
+    let mut rebuilt = std::collections::BTreeMap::<String, String>::new();
+    for (key, _, text) in &chunks {
+        rebuilt.entry(key.clone()).or_default().push_str(text);
+    }
+    check(
+        rebuilt["a.txt"] == "alpha\nbeta\ngamma\n" && rebuilt["b.txt"] == "one\ntwo",
+        format!("{rebuilt:?}"),
+    )?;
+    let per_file = exec.get_result(
+        &exec.map_reduce_objects(
+            &fns.line_count,
+            [input.clone()],
+            &fns.total,
+            &options,
+            true,
+            MapOptions::default(),
+        )?,
+        None,
+    )?;
+    check(per_file == vec![3, 2], format!("per object: {per_file:?}"))?;
+    let all = exec.get_result(
+        &exec.map_reduce_objects(
+            &fns.line_count,
+            [input.clone()],
+            &fns.total,
+            &options,
+            false,
+            MapOptions::default(),
+        )?,
+        None,
+    )?;
+    check(all == vec![5], format!("all: {all:?}"))?;
+
+    // The header option hands every chunk the first line and keeps it out of the data.
+    let header = ObjOptions {
+        header: true,
+        ..options.clone()
+    };
+    let a = format!("{input}/a.txt");
+    let chunks = exec.get_result(
+        &exec.map_objects(&fns.chunk_text, [a], &header, MapOptions::default())?,
+        None,
+    )?;
+    let (data, headers): (Vec<&str>, Vec<&str>) =
+        chunks.iter().filter_map(|c| c.2.split_once('|')).unzip();
+    check(data.concat() == "beta\ngamma\n", format!("{chunks:?}"))?;
+    check(
+        headers.len() == chunks.len() && headers.iter().all(|h| *h == "alpha\n"),
+        format!("{chunks:?}"),
+    )?;
+
+    let err = exec
+        .map_objects(
+            &fns.chunk_text,
+            [format!("{input}/missing.txt")],
+            &options,
+            MapOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    check(err.contains("missing.txt"), err)?;
+    Ok(())
+}
+
 fn attach_from_a_second_process() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let mut driver = Command::new(std::env::current_exe()?)
@@ -789,6 +912,10 @@ fn main() {
         (
             "warm_pool_is_reused_and_cancel_works",
             warm_pool_is_reused_and_cancel_works,
+        ),
+        (
+            "objects_are_chunked_by_lines_and_reduced_by_key",
+            objects_are_chunked_by_lines_and_reduced_by_key,
         ),
         ("attach_from_a_second_process", attach_from_a_second_process),
         (
