@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Tests of the Airflow provider against a real Airflow 3.3 (SQLite metadata DB).
+#
+#   providers/airflow/scripts/test.sh [pytest args...]
+#
+# Uses (or creates) the venv ${AIRFLOW_VENV:-<repo>/.venv-airflow}, apart from the
+# project's .venv because Airflow pins many packages. quelea goes into it from
+# this checkout: when python/quelea already holds a built engine (a `maturin
+# develop` checkout), a .pth file points at python/; otherwise a wheel is
+# built with maturin (CARGO_TARGET_DIR is honoured). Starts no server.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROVIDER="$(cd "$HERE/.." && pwd)"
+ROOT="$(cd "$PROVIDER/../.." && pwd)"
+VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
+AIRFLOW_VERSION="${AIRFLOW_VERSION:-3.3.2}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import airflow, sys; sys.exit(airflow.__version__ != '$AIRFLOW_VERSION')" 2>/dev/null; then
+    echo "== installing apache-airflow==$AIRFLOW_VERSION"
+    "$VENV/bin/pip" install -q "apache-airflow==$AIRFLOW_VERSION"
+fi
+"$VENV/bin/pip" install -q "pytest>=8" "wtforms>=3" "cloudpickle>=3" "maturin>=1.7,<2"
+
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if ls "$ROOT"/python/quelea/_engine*.so >/dev/null 2>&1; then
+    echo "== quelea from $ROOT/python (engine already built there)"
+    "$VENV/bin/pip" uninstall -q -y quelea >/dev/null 2>&1 || true
+    echo "$ROOT/python" > "$SITE/quelea-checkout.pth"
+else
+    echo "== building quelea (maturin build) into $VENV"
+    rm -f "$SITE/quelea-checkout.pth"
+    WHEELS="$(mktemp -d)"
+    (cd "$ROOT" && "$VENV/bin/maturin" build --quiet --out "$WHEELS")
+    "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEELS"/quelea-*.whl
+    rm -rf "$WHEELS"
+fi
+"$PY" -c "import quelea" || { echo "quelea does not import in $VENV" >&2; exit 1; }
+# --no-deps: quelea is not on PyPI (a different package may have the name).
+"$VENV/bin/pip" install -q --no-deps -e "$PROVIDER"
+
+SCRATCH="$(mktemp -d -t quelea-airflow-test.XXXXXX)"
+trap 'rm -rf "$SCRATCH"' EXIT
+export AIRFLOW_HOME="$SCRATCH/airflow"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__UNIT_TEST_MODE=True
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$SCRATCH/airflow/airflow.db"
+export AIRFLOW__CORE__DAGS_FOLDER="$PROVIDER/tests/e2e/dags"
+export AIRFLOW_PROVIDER_TEST_STORAGE="$SCRATCH/storage"
+mkdir -p "$AIRFLOW_HOME"
+echo "== airflow db migrate"
+"$VENV/bin/airflow" db migrate >"$SCRATCH/migrate.log" 2>&1 || { cat "$SCRATCH/migrate.log"; exit 1; }
+"$VENV/bin/airflow" providers list 2>/dev/null | grep -q airflow-provider-quelea \
+    || { echo "airflow providers list does not show airflow-provider-quelea" >&2; exit 1; }
+echo "== pytest"
+cd "$PROVIDER"
+"$PY" -m pytest tests "$@"

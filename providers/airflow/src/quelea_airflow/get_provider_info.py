@@ -1,0 +1,42 @@
+"""What Airflow's ProvidersManager reads (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    # Imported lazily so that listing providers does not import Airflow's hook machinery.
+    from quelea_airflow import __version__
+    from quelea_airflow._connection_form import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
+
+    integration = "Quelea"
+    return {
+        "package-name": "airflow-provider-quelea",
+        "name": "Quelea",
+        "description": "Run Python functions as quelea map, map-reduce and single calls "
+        "(the Lithops/PyWren API on a Rust engine).",
+        "versions": [__version__],
+        "integrations": [
+            {"integration-name": integration, "external-doc-url": "https://example.invalid/quelea"}
+        ],
+        "operators": [
+            {"integration-name": integration, "python-modules": ["quelea_airflow.operators.quelea"]}
+        ],
+        "hooks": [{"integration-name": integration, "python-modules": ["quelea_airflow.hooks.quelea"]}],
+        "sensors": [{"integration-name": integration, "python-modules": ["quelea_airflow.sensors.quelea"]}],
+        "triggers": [{"integration-name": integration, "python-modules": ["quelea_airflow.triggers.quelea"]}],
+        "connection-types": [
+            {
+                "connection-type": CONN_TYPE,
+                "hook-class-name": "quelea_airflow.hooks.quelea.QueleaHook",
+                "hook-name": "Quelea",
+                "conn-fields": {name: dict(field) for name, field in CONN_FIELDS.items()},
+                "ui-field-behaviour": {
+                    "hidden-fields": list(UI_FIELD_BEHAVIOUR["hidden_fields"]),
+                    "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+                    "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+                },
+            }
+        ],
+    }

@@ -1,0 +1,115 @@
+"""``QueleaJobSensor``: waits for a quelea job started elsewhere."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from quelea_airflow import _job
+from quelea_airflow._compat import AirflowException, BaseSensorOperator, Context, default_deferrable
+from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
+from quelea_airflow.triggers.quelea import QueleaJobTrigger
+
+
+def job_from(value: Any) -> dict:
+    """A job dict from what users have: a job dict (the ``quelea_job`` XCom of an
+    operator), one handle (``FunctionExecutor.job_handle``, JSON text or dict),
+    or a list of handles (map then reduce)."""
+    if isinstance(value, dict) and "handles" in value:
+        return value
+    handles = value if isinstance(value, list) else [value]
+    out = []
+    for h in handles:
+        if isinstance(h, dict):
+            h = json.dumps(h)
+        if not isinstance(h, str):
+            raise TypeError(f"a quelea job handle must be JSON text or a dict, got {type(h).__name__}")
+        try:
+            parsed = json.loads(h)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"a quelea job handle is not valid JSON: {e}") from None
+        if not isinstance(parsed, dict) or "executor_id" not in parsed or "job_id" not in parsed:
+            raise ValueError(
+                "a quelea job handle needs `executor_id` and `job_id` (see FunctionExecutor.job_handle)"
+            )
+        out.append(h)
+    if not out:
+        raise ValueError("no quelea job handle given")
+    executor_id = json.loads(out[0])["executor_id"]
+    return {"kind": "map", "handles": out, "executor_id": executor_id}
+
+
+class QueleaJobSensor(BaseSensorOperator):
+    """Succeeds when every call of a quelea job has succeeded; fails on the first failed call
+    with its remote exception.
+
+    :param job: a job dict, a job handle, or a list of handles (templated).
+    :param quelea_conn_id: connection giving the storage the job uses.
+    :param quelea_config: quelea config merged over the connection's.
+    :param deferrable: wait in the triggerer instead of poking.
+    """
+
+    template_fields: Sequence[str] = ("job", "quelea_config")
+    ui_color = "#c4daff"
+
+    def __init__(
+        self,
+        *,
+        job: Any,
+        quelea_conn_id: str = DEFAULT_CONN_ID,
+        quelea_config: dict | None = None,
+        deferrable: bool | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.job = job
+        self.quelea_conn_id = quelea_conn_id
+        self.quelea_config = quelea_config
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    def _hook(self) -> QueleaHook:
+        return QueleaHook(self.quelea_conn_id, config=self.quelea_config)
+
+    def poke(self, context: Context) -> bool:
+        job = job_from(self.job)
+        config = self._hook().get_config()
+        progress = _job.Watcher(job, config).progress()
+        self.log.info(
+            "quelea job %s: %d/%d calls done, %d failed",
+            job["executor_id"],
+            progress["done"],
+            progress["total"],
+            progress["failed"],
+        )
+        if progress["failed"]:
+            _job.raise_failed_call(job, config, progress["first_failed"])
+        return progress["done"] == progress["total"]
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        job = job_from(self.job)
+        if self.poke(context):
+            return None
+        self.defer(
+            trigger=QueleaJobTrigger(
+                job=job,
+                quelea_conn_id=self.quelea_conn_id,
+                quelea_config=self.quelea_config,
+                poll_interval=self.poke_interval,
+                end_time=time.time() + self.timeout if self.timeout else None,
+                cancel_on_kill=False,  # the job is not this task's
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict | None = None) -> None:
+        if not event:
+            raise AirflowException(f"task {self.task_id!r} resumed without a trigger event")
+        if event["status"] == "success":
+            return None
+        if event["status"] == "error" and event.get("first_failed"):
+            _job.raise_failed_call(job_from(self.job), self._hook().get_config(), event["first_failed"])
+        raise AirflowException(f"task {self.task_id!r}: quelea job {event['status']}: {event.get('message')}")

@@ -1,0 +1,190 @@
+"""``QueleaJobTrigger``: waits for a quelea job by polling its status in storage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quelea_airflow import _job
+from quelea_airflow._compat import AIRFLOW_V_3_3_PLUS, BaseTrigger, TriggerEvent
+from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
+
+# How long statuses may take to show once the job's process has exited.
+EXIT_GRACE_S = 10.0
+
+
+class QueleaJobTrigger(BaseTrigger):
+    """Fires when a quelea job (see ``quelea_airflow._job``) is finished.
+
+    Only status is polled here (through storage, off the event loop); results
+    are read by the resumed task. Events: ``{"status": "success" | "error" |
+    "timeout", "message", "job", "done", "failed", "total", "first_failed"}``.
+    A failed call fires ``error`` at once; so does the job's detached process
+    exiting before the job is finished.
+
+    :param job: the job dict (handles, detached pid; JSON, no secrets).
+    :param quelea_conn_id: connection giving the storage config (and secrets).
+    :param quelea_config: quelea config merged over the connection's.
+    :param poll_interval: seconds between polls.
+    :param end_time: epoch seconds after which the job is cancelled and ``timeout`` fires.
+    :param cancel_on_kill: cancel the job when the task is killed while deferred.
+    """
+
+    def __init__(
+        self,
+        job: dict,
+        quelea_conn_id: str = DEFAULT_CONN_ID,
+        quelea_config: dict | None = None,
+        poll_interval: float = 2.0,
+        end_time: float | None = None,
+        cancel_on_kill: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(job, dict) or not job.get("handles"):
+            raise ValueError(f"job must be a quelea job dict with `handles`, got {job!r}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        self.job = job
+        self.quelea_conn_id = quelea_conn_id
+        self.quelea_config = quelea_config or {}
+        self.poll_interval = float(poll_interval)
+        self.end_time = end_time
+        self.cancel_on_kill = cancel_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job": self.job,
+                "quelea_conn_id": self.quelea_conn_id,
+                "quelea_config": self.quelea_config,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    def _config(self) -> dict:
+        return QueleaHook(self.quelea_conn_id, config=self.quelea_config).get_config()
+
+    def _event(self, status: str, message: str, progress: dict | None = None) -> TriggerEvent:
+        progress = progress or {}
+        return TriggerEvent(
+            {
+                "status": status,
+                "message": message,
+                "job": self.job,
+                "done": progress.get("done"),
+                "failed": progress.get("failed"),
+                "total": progress.get("total"),
+                "first_failed": progress.get("first_failed"),
+            }
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            config = await asyncio.to_thread(self._config)
+            watcher = _job.Watcher(self.job, config)
+            watch_pid = self.job.get("pid") and _job.same_host(self.job)
+            last = None
+            while True:
+                progress = await asyncio.to_thread(watcher.progress)
+                seen = (progress["done"], progress["failed"])
+                if seen != last:
+                    self.log.info(
+                        "quelea job %s: %d/%d calls done, %d failed",
+                        self.job.get("executor_id"),
+                        progress["done"],
+                        progress["total"],
+                        progress["failed"],
+                    )
+                    last = seen
+                if progress["failed"]:
+                    yield self._event("error", "a call failed", progress)
+                    return
+                if progress["done"] == progress["total"]:
+                    yield self._event("success", "the job finished", progress)
+                    return
+                if watch_pid and not _job.process_alive(self.job["pid"], self.job.get("pid_start")):
+                    # It may have finished the job just before exiting: its last statuses
+                    # can take a moment to show through storage.
+                    limit = time.monotonic() + EXIT_GRACE_S
+                    while True:
+                        progress = await asyncio.to_thread(watcher.progress)
+                        complete = progress["done"] == progress["total"]
+                        if complete or progress["failed"] or time.monotonic() > limit:
+                            break
+                        await asyncio.sleep(0.2)
+                    if progress["failed"]:
+                        yield self._event("error", "a call failed", progress)
+                    elif complete:
+                        yield self._event("success", "the job finished", progress)
+                    else:
+                        yield self._event(
+                            "error",
+                            f"the process that ran the job (pid {self.job['pid']}) exited before the job "
+                            f"finished ({progress['done']}/{progress['total']} calls done); see "
+                            f"{self.job.get('workdir')}/detached.log",
+                            progress,
+                        )
+                    return
+                if self.end_time is not None and time.time() >= self.end_time:
+                    await asyncio.to_thread(self._cancel)
+                    yield self._event(
+                        "timeout", "the job did not finish before end_time; cancelled", progress
+                    )
+                    return
+                await asyncio.sleep(self.poll_interval)
+        except asyncio.CancelledError:
+            if not AIRFLOW_V_3_3_PLUS and self.cancel_on_kill and await self._task_was_killed():
+                await asyncio.to_thread(self._cancel)
+            raise
+        except Exception as e:  # noqa: BLE001 - the task fails with this message
+            self.log.exception("quelea job trigger failed")
+            yield self._event("error", f"{type(e).__name__}: {e}")
+
+    def _cancel(self) -> None:
+        """Stops the detached process (which cancels the job) and deletes the job's objects."""
+        self.log.info("Cancelling quelea job %s", self.job.get("executor_id"))
+        try:
+            config = self._config()
+        except Exception as e:  # noqa: BLE001
+            self.log.warning("no config to clean the job's storage: %s", e)
+            config = None
+        if config is None:
+            if _job.same_host(self.job):
+                _job.stop_process(self.job.get("pid"), self.job.get("pid_start"))
+            return
+        _job.finish(self.job, config, self.log)
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: the user killed the deferred task (mark failed/success, clear)."""
+        if self.cancel_on_kill:
+            await asyncio.to_thread(self._cancel)
+
+    async def _task_was_killed(self) -> bool:
+        """Before Airflow 3.3 a trigger is also cancelled on triggerer restarts: cancel
+        the job only when the task instance is no longer deferred."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return False
+        try:
+            from airflow.models.taskinstance import TaskInstance
+            from airflow.utils.session import create_session
+            from airflow.utils.state import TaskInstanceState
+
+            def state() -> Any:
+                with create_session() as session:
+                    return (
+                        session.query(TaskInstance.state)
+                        .filter_by(
+                            dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index
+                        )
+                        .scalar()
+                    )
+
+            return await asyncio.to_thread(state) != TaskInstanceState.DEFERRED
+        except Exception:  # noqa: BLE001 - unknown: keep the job
+            return False

@@ -1,0 +1,90 @@
+"""DAGs of the end-to-end tests (loaded by Airflow under its mangled module name)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, task
+
+from quelea_airflow.operators.quelea import (
+    QueleaCallAsyncOperator,
+    QueleaMapOperator,
+    QueleaMapReduceOperator,
+)
+
+N = 200
+
+
+def square(x):
+    # Defined in the DAG file: it reaches quelea's runners by value.
+    return x * x
+
+
+def add_all(results):
+    return sum(results)
+
+
+def hypot2(a, b):
+    return a * a + b * b
+
+
+def unlucky(x):
+    if x == 13:
+        raise ValueError(f"unlucky number {x}")
+    return x
+
+
+def pipeline(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+
+        @task
+        def numbers():
+            return list(range(N))
+
+        nums = numbers()
+        squares = QueleaMapOperator(
+            task_id="squares",
+            map_function=square,
+            map_iterdata=nums,
+            deferrable=deferrable,
+            poll_interval=0.5,
+        )
+        total = QueleaMapReduceOperator(
+            task_id="total",
+            map_function=square,
+            map_iterdata=nums,
+            reduce_function=add_all,
+            deferrable=deferrable,
+            poll_interval=0.5,
+        )
+        one = QueleaCallAsyncOperator(
+            task_id="one", func=hypot2, data=(3, 4), deferrable=deferrable, poll_interval=0.5
+        )
+
+        @task
+        def check(squares, total, one):
+            assert squares == [x * x for x in range(N)], squares[:10]
+            assert total == sum(x * x for x in range(N)), total
+            assert one == 25, one
+            return {"squares": len(squares), "total": total, "one": one}
+
+        check(squares.output, total.output, one.output)
+    return dag
+
+
+def failing(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        QueleaMapOperator(
+            task_id="fails",
+            map_function=unlucky,
+            map_iterdata=list(range(50)),
+            deferrable=deferrable,
+            poll_interval=0.5,
+        )
+    return dag
+
+
+e2e_sync = pipeline("quelea_e2e_sync", deferrable=False)
+e2e_deferrable = pipeline("quelea_e2e_deferrable", deferrable=True)
+e2e_fail_sync = failing("quelea_e2e_fail_sync", deferrable=False)
+e2e_fail_deferrable = failing("quelea_e2e_fail_deferrable", deferrable=True)

@@ -1,0 +1,71 @@
+"""End to end: real DAGs under ``dag.test()`` in Airflow 3.3 with a SQLite metadata DB."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+N = 200
+
+
+def _xcom(dag_run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value")
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def _objects(root: str) -> list[str]:
+    return [str(p) for p in Path(root).rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("dag_id", ["quelea_e2e_sync", "quelea_e2e_deferrable"])
+def test_pipeline(dagbag, dag_id, storage_root):
+    dag = dagbag.get_dag(dag_id)
+    # Airflow imports DAG files under a mangled name; the map function lives there.
+    assert dag.get_task("squares").map_function.__module__.startswith("unusual_prefix_")
+    started = time.monotonic()
+    run = dag.test()
+    elapsed = time.monotonic() - started
+    assert _states(run) == {t: "success" for t in ("numbers", "squares", "total", "one", "check")}, _states(
+        run
+    )
+    assert run.state == "success"
+    assert _xcom(run, "squares") == [x * x for x in range(N)]
+    assert _xcom(run, "total") == sum(x * x for x in range(N))
+    assert _xcom(run, "one") == 25
+    assert _xcom(run, "check") == {"squares": N, "total": sum(x * x for x in range(N)), "one": 25}
+    assert elapsed < 120
+    # Every job's objects were deleted after its results were read.
+    assert _objects(storage_root) == []
+
+
+@pytest.mark.parametrize("dag_id", ["quelea_e2e_fail_sync", "quelea_e2e_fail_deferrable"])
+def test_failing_map_fails_the_task_with_the_remote_traceback(dagbag, dag_id, capfd, caplog, storage_root):
+    dag = dagbag.get_dag(dag_id)
+    run = dag.test()
+    assert run.state == "failed"
+    assert _states(run) == {"fails": "failed"}
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "ValueError" in text and "unlucky number 13" in text, text[-3000:]
+    assert "Remote traceback" in text, text[-3000:]
+    # The remote traceback names the DAG file and the line that raised.
+    dag_file = os.path.join(os.path.dirname(__file__), "dags", "quelea_e2e.py")
+    assert dag_file in text, text[-3000:]
+    assert 'raise ValueError(f"unlucky number {x}")' in text
+    if dag_id.endswith("deferrable"):
+        assert _objects(storage_root) == []
