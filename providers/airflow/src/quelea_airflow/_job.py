@@ -32,6 +32,8 @@ import cloudpickle
 KINDS = ("call_async", "map", "map_reduce")
 SUBMIT_DEADLINE_S = 120.0
 STOP_GRACE_S = 10.0
+# How long a fresh attach may take to show calls that are already finished.
+FIRST_LISTING_S = 1.0
 # `quelea_core::keys` (docs/architecture.md): every object of an executor's jobs.
 JOBS_PREFIX = "quelea/jobs/{executor_id}/"
 
@@ -245,14 +247,23 @@ class Watcher:
     def _part(self, i: int) -> Any:
         if self.parts[i] is None:
             import quelea
-            from quelea.exceptions import JobHandleError
+            from quelea.exceptions import JobHandleError, WaitTimeoutError
 
             try:
-                self.parts[i] = quelea.attach(self.job["handles"][i], config=self.config)
+                futures = quelea.attach(self.job["handles"][i], config=self.config)
             except JobHandleError:
                 if i == 0:
                     raise  # the first part exists as soon as it is submitted
                 return None
+            # An attached job's states fill in from storage a moment after attach():
+            # wait (briefly) for them so that one-shot checks are not stale.
+            try:
+                quelea.wait(
+                    futures, return_when=quelea.ALL_COMPLETED, timeout=FIRST_LISTING_S, throw_except=False
+                )
+            except WaitTimeoutError:
+                pass
+            self.parts[i] = futures
         return self.parts[i]
 
     def progress(self) -> dict:

@@ -1,0 +1,322 @@
+"""Operators: every argument reaches the executor, templating, results and errors.
+
+The argument-passing tests use a spy executor (it records the call instead of
+running it) because some arguments (obj_*) are not runnable yet; everything
+else runs on a real quelea executor with localdisk storage.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from quelea_airflow._compat import AirflowException
+from quelea_airflow.hooks.quelea import QueleaHook
+from quelea_airflow.operators.quelea import (
+    QueleaCallAsyncOperator,
+    QueleaMapOperator,
+    QueleaMapReduceOperator,
+)
+
+
+def inc(x):
+    return x + 1
+
+
+def total(results, offset=0):
+    return sum(results) + offset
+
+
+class SpyExecutor:
+    """Records the FunctionExecutor call the operator makes (a test double)."""
+
+    def __init__(self, **executor_kwargs):
+        self.executor_kwargs = executor_kwargs
+        self.calls = []
+        self.closed = False
+
+    def _record(self, method, *args, **kwargs):
+        self.calls.append((method, args, kwargs))
+        return ["future"]
+
+    def call_async(self, *args, **kwargs):
+        return self._record("call_async", *args, **kwargs)
+
+    def map(self, *args, **kwargs):
+        return self._record("map", *args, **kwargs)
+
+    def map_reduce(self, *args, **kwargs):
+        return self._record("map_reduce", *args, **kwargs)
+
+    def get_result(self):
+        return "spy-result"
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    made = []
+
+    def get_executor(self, config=None, **overrides):
+        executor = SpyExecutor(config=config, **overrides)
+        made.append(executor)
+        return executor
+
+    monkeypatch.setattr(QueleaHook, "get_executor", get_executor)
+    return made
+
+
+def _run(op):
+    return op.execute(context={})
+
+
+def test_call_async_arguments_reach_the_executor(spy):
+    op = QueleaCallAsyncOperator(
+        task_id="t",
+        func=inc,
+        data={"x": 1},
+        extra_env={"A": "1"},
+        runtime_memory=256,
+        timeout=12,
+        include_modules=["m1"],
+        exclude_modules=["m2"],
+        max_workers=3,
+        deferrable=False,
+    )
+    assert _run(op) == "spy-result"
+    (executor,) = spy
+    assert executor.executor_kwargs == {"config": None, "max_workers": 3}
+    assert executor.calls == [
+        (
+            "call_async",
+            (inc, {"x": 1}),
+            {
+                "extra_env": {"A": "1"},
+                "runtime_memory": 256,
+                "timeout": 12,
+                "include_modules": ["m1"],
+                "exclude_modules": ["m2"],
+            },
+        )
+    ]
+    assert executor.closed
+
+
+def test_map_arguments_reach_the_executor(spy):
+    op = QueleaMapOperator(
+        task_id="t",
+        map_function=inc,
+        map_iterdata=[1, 2],
+        chunksize=5,
+        extra_args=(7,),
+        extra_env={"B": "2"},
+        runtime_memory=512,
+        obj_chunk_size=1024,
+        obj_chunk_number=4,
+        obj_newline="\r\n",
+        timeout=9,
+        include_modules=["a"],
+        exclude_modules=["b"],
+        deferrable=False,
+    )
+    _run(op)
+    (executor,) = spy
+    assert executor.calls == [
+        (
+            "map",
+            (inc, [1, 2]),
+            {
+                "chunksize": 5,
+                "extra_args": (7,),
+                "extra_env": {"B": "2"},
+                "runtime_memory": 512,
+                "obj_chunk_size": 1024,
+                "obj_chunk_number": 4,
+                "obj_newline": "\r\n",
+                "timeout": 9,
+                "include_modules": ["a"],
+                "exclude_modules": ["b"],
+            },
+        )
+    ]
+
+
+def test_map_reduce_arguments_reach_the_executor(spy):
+    op = QueleaMapReduceOperator(
+        task_id="t",
+        map_function=inc,
+        map_iterdata=[1, 2],
+        reduce_function=total,
+        chunksize=2,
+        extra_args=(1,),
+        extra_args_reduce=(10,),
+        extra_env={"C": "3"},
+        map_runtime_memory=128,
+        reduce_runtime_memory=1024,
+        timeout=3,
+        obj_chunk_size=10,
+        obj_chunk_number=2,
+        obj_newline="|",
+        obj_reduce_by_key=True,
+        spawn_reducer=50,
+        include_modules=["x"],
+        exclude_modules=["y"],
+        deferrable=False,
+    )
+    _run(op)
+    (executor,) = spy
+    assert executor.calls == [
+        (
+            "map_reduce",
+            (inc, [1, 2], total),
+            {
+                "chunksize": 2,
+                "extra_args": (1,),
+                "extra_args_reduce": (10,),
+                "extra_env": {"C": "3"},
+                "map_runtime_memory": 128,
+                "reduce_runtime_memory": 1024,
+                "timeout": 3,
+                "obj_chunk_size": 10,
+                "obj_chunk_number": 2,
+                "obj_newline": "|",
+                "obj_reduce_by_key": True,
+                "spawn_reducer": 50,
+                "include_modules": ["x"],
+                "exclude_modules": ["y"],
+            },
+        )
+    ]
+
+
+def test_every_init_argument_is_passed_on():
+    """No executor argument of an operator's signature is forgotten in executor_call()."""
+    import inspect
+
+    base = set(inspect.signature(QueleaCallAsyncOperator.__mro__[1].__init__).parameters)
+    for cls, required in (
+        (QueleaCallAsyncOperator, {"func": inc, "data": 1}),
+        (QueleaMapOperator, {"map_function": inc, "map_iterdata": [1]}),
+        (QueleaMapReduceOperator, {"map_function": inc, "map_iterdata": [1], "reduce_function": total}),
+    ):
+        own = set(inspect.signature(cls.__init__).parameters) - base - {"self", "kwargs"}
+        args, kwargs = cls(task_id="t", **required).executor_call()
+        assert own == set(kwargs) | set(required), cls
+        assert list(args) == list(required.values())
+
+
+def test_data_arguments_are_templated():
+    assert set(QueleaMapOperator.template_fields) >= {"map_iterdata", "extra_args", "extra_env"}
+    assert set(QueleaMapReduceOperator.template_fields) >= {"map_iterdata", "extra_args_reduce"}
+    assert "data" in QueleaCallAsyncOperator.template_fields
+    op = QueleaMapOperator(
+        task_id="t",
+        map_function=inc,
+        map_iterdata=["{{ params.a }}", "{{ ds }}"],
+        extra_env={"RUN": "{{ params.a }}"},
+        quelea_config={"bucket": "{{ params.bucket }}"},
+    )
+    op.render_template_fields(context={"params": {"a": "A", "bucket": "bkt"}, "ds": "2026-01-01"})
+    assert op.map_iterdata == ["A", "2026-01-01"]
+    assert op.extra_env == {"RUN": "A"}
+    assert op.quelea_config == {"bucket": "bkt"}
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="map_function must be callable"):
+        QueleaMapOperator(task_id="t", map_function=3, map_iterdata=[1])
+    with pytest.raises(TypeError, match="reduce_function must be callable"):
+        QueleaMapReduceOperator(task_id="t", map_function=inc, map_iterdata=[1], reduce_function=None)
+    with pytest.raises(TypeError, match="quelea_config must be a dict"):
+        QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1], quelea_config="x")
+    with pytest.raises(ValueError, match="poll_interval"):
+        QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1], poll_interval=0)
+
+
+def test_deferrable_default_comes_from_airflow_config(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    assert QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1]).deferrable is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1]).deferrable is False
+
+
+# -- real executor ---------------------------------------------------------------------------------
+
+
+def test_results_shapes(quelea_conn):
+    assert _run(QueleaMapOperator(task_id="m", map_function=inc, map_iterdata=[1, 2, 3])) == [2, 3, 4]
+    assert _run(QueleaMapOperator(task_id="m1", map_function=inc, map_iterdata=[1])) == [2]
+    op = QueleaMapReduceOperator(
+        task_id="mr",
+        map_function=inc,
+        map_iterdata=[1, 2, 3],
+        reduce_function=total,
+        extra_args_reduce=(100,),
+    )
+    assert _run(op) == 109
+    assert _run(QueleaCallAsyncOperator(task_id="c", func=inc, data=41)) == 42
+
+
+def test_result_that_cannot_go_to_xcom_names_the_task(quelea_conn):
+    op = QueleaCallAsyncOperator(task_id="makes_a_lock", func=_returns_unserializable, data=None)
+    with pytest.raises(AirflowException, match="task 'makes_a_lock'.*cannot be stored in XCom"):
+        _run(op)
+    op = QueleaCallAsyncOperator(
+        task_id="no_push", func=_returns_unserializable, data=None, do_xcom_push=False
+    )
+    assert type(_run(op)).__name__ == "Unserializable"
+
+
+class Unserializable:
+    pass
+
+
+def _returns_unserializable(_):
+    return Unserializable()
+
+
+def test_remote_error_keeps_its_type_and_is_logged(quelea_conn, capfd, caplog):
+    op = QueleaMapOperator(task_id="boom", map_function=_fails_on_3, map_iterdata=[1, 2, 3, 4])
+    with pytest.raises(KeyError) as e:
+        _run(op)
+    assert "missing-3" in str(e.value)
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "Remote traceback" in logged and 'raise KeyError("missing-3")' in logged
+
+
+def _fails_on_3(x):
+    if x == 3:
+        raise KeyError("missing-3")
+    return x
+
+
+def test_execution_timeout_bounds_the_deferral(quelea_conn, monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    op = QueleaMapOperator(
+        task_id="d",
+        map_function=inc,
+        map_iterdata=[1],
+        deferrable=True,
+        execution_timeout=datetime.timedelta(seconds=30),
+    )
+    with pytest.raises(TaskDeferred) as e:
+        _run(op)
+    assert e.value.timeout == datetime.timedelta(seconds=30)
+    trigger = e.value.trigger
+    assert trigger.end_time is not None and trigger.cancel_on_kill
+    job = e.value.kwargs["job"]
+    assert op.execute_complete({}, event={"status": "success", "job": job}) == [2]
+
+
+def test_memory_storage_cannot_defer(monkeypatch):
+    from helpers import set_conn
+
+    set_conn(monkeypatch, "quelea_default", conn_type="quelea", extra={"storage": "memory"})
+    op = QueleaMapOperator(task_id="d", map_function=inc, map_iterdata=[1], deferrable=True)
+    with pytest.raises(ValueError, match="storage `memory` cannot be followed from another process"):
+        _run(op)
