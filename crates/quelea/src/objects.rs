@@ -131,7 +131,14 @@ impl ChunkObject {
             range.start = range.start.max(header.len() as u64).min(self.object_size);
             range.end = range.end.max(range.start);
         }
-        ChunkReader::new(source, range, self.newline.as_deref()).map_err(partition_error)
+        // Object stores charge per request (SeaweedFS here: ~19 MiB/s with
+        // 1 MiB ranges, ~135 MiB/s with 64 MiB): read in blocks as large as
+        // the chunk, between 1 and 16 MiB.
+        let block = (range.end - range.start + (64 << 10)).clamp(1 << 20, 16 << 20) as usize;
+        let block = std::num::NonZeroUsize::new(block).expect("clamped to at least 1 MiB");
+        Ok(ChunkReader::new(source, range, self.newline.as_deref())
+            .map_err(partition_error)?
+            .with_block_size(block))
     }
 }
 
