@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Airflow provider against a real Airflow 3.3 (SQLite metadata DB).
 #
-#   providers/airflow/scripts/test.sh [pytest args...]
+#   providers/airflow/scripts/test.sh [pytest args...]   (default: all of providers/airflow/tests)
 #
 # Uses (or creates) the venv ${AIRFLOW_VENV:-<repo>/.venv-airflow}, apart from the
 # project's .venv because Airflow pins many packages. quelea goes into it from
@@ -62,4 +62,5 @@ echo "== airflow db migrate"
     || { echo "airflow providers list does not show airflow-provider-quelea" >&2; exit 1; }
 echo "== pytest"
 cd "$PROVIDER"
-"$PY" -m pytest tests "$@"
+if [ "$#" -eq 0 ]; then set -- tests; fi
+"$PY" -m pytest "$@"

@@ -161,17 +161,21 @@ def submit_detached(
             with open(failed, encoding="utf-8") as f:
                 err = json.load(f)
             proc.wait(timeout=STOP_GRACE_S)
+            _remove(workdir)
             raise DetachedSubmitError(f"{err['error_type']}: {err['message']}\n{err['traceback']}")
         code = proc.poll()
         if code is not None:
+            tail = _tail(log_path)
+            _remove(workdir)
             raise DetachedSubmitError(
-                f"the detached quelea process exited with code {code} before submitting:\n{_tail(log_path)}"
+                f"the detached quelea process exited with code {code} before submitting:\n{tail}"
             )
         if time.monotonic() > limit:
             stop_process(proc.pid, process_start_time(proc.pid), grace=STOP_GRACE_S)
+            tail = _tail(log_path)
+            _remove(workdir)
             raise DetachedSubmitError(
-                f"the detached quelea process did not submit within {submit_deadline:.0f} s:\n"
-                f"{_tail(log_path)}"
+                f"the detached quelea process did not submit within {submit_deadline:.0f} s:\n{tail}"
             )
         time.sleep(0.02)
     return {
@@ -194,6 +198,12 @@ def _reap() -> None:
     for proc in list(_CHILDREN):
         if proc.poll() is not None:
             _CHILDREN.remove(proc)
+
+
+def _remove(workdir: str) -> None:
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _tail(path: str, limit: int = 4000) -> str:

@@ -12,7 +12,7 @@ from quelea_airflow._compat import AIRFLOW_V_3_3_PLUS, BaseTrigger, TriggerEvent
 from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
 
 # How long statuses may take to show once the job's process has exited.
-EXIT_GRACE_S = 10.0
+EXIT_GRACE_S = 5.0
 
 
 class QueleaJobTrigger(BaseTrigger):

@@ -1,0 +1,1 @@
+../../../../../examples/airflow/quelea_example_dag.py
