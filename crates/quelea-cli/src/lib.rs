@@ -43,8 +43,36 @@ enum Command {
     },
     /// Delete the objects of jobs left in storage
     Clean,
+    /// The worker runtime as a service
+    Worker {
+        #[command(subcommand)]
+        action: WorkerAction,
+    },
     /// Print the version
     Version,
+}
+
+#[derive(Subcommand)]
+enum WorkerAction {
+    /// Serve signed Invocations over HTTP (`POST /invoke`, `GET /health`):
+    /// the front door of the `http` backend
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (`0.0.0.0` in a container)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on; 0 picks a free one
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Runner processes per runner kind (default: `local.workers`, one per CPU)
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Python interpreter with the `quelea` package, to serve Python functions
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -53,12 +81,30 @@ enum ConfigAction {
     Show,
 }
 
-/// The functions `quelea hello` runs; any process that runs the CLI must be
-/// able to serve them as a Rust runner.
+/// The functions `quelea hello` runs, and a few more that let tests and
+/// benchmarks exercise a worker server; any process that runs the CLI must
+/// be able to serve them as a Rust runner.
 pub struct Builtins {
     pub functions: Functions,
-    square: FunctionRef<(u64, u64), u64>,
-    sum: FunctionRef<Vec<u64>, u64>,
+    /// `(x, sleep_ms)` → `x * x`, after sleeping.
+    pub square: FunctionRef<(u64, u64), u64>,
+    pub sum: FunctionRef<Vec<u64>, u64>,
+    /// Sleeps this many milliseconds and returns them.
+    pub sleep_ms: FunctionRef<u64, u64>,
+    /// Fails with a user error whose message names the input.
+    pub fail: FunctionRef<String, String>,
+    /// Ends the runner process with this exit code (0 returns normally).
+    pub exit_with: FunctionRef<i32, i32>,
+}
+
+/// The error of the builtin `fail`.
+#[derive(Debug)]
+pub struct BuiltinFailure(String);
+
+impl std::fmt::Display for BuiltinFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused input `{}`", self.0)
+    }
 }
 
 pub fn builtins() -> Builtins {
@@ -70,10 +116,26 @@ pub fn builtins() -> Builtins {
         x * x
     });
     let sum = functions.register("hello_sum", |xs: Vec<u64>| xs.iter().sum::<u64>());
+    let sleep_ms = functions.register("sleep_ms", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    });
+    let fail = functions.register_fallible("fail", |input: String| {
+        Err::<String, _>(BuiltinFailure(input))
+    });
+    let exit_with = functions.register("exit_with", |code: i32| {
+        if code != 0 {
+            std::process::exit(code);
+        }
+        code
+    });
     Builtins {
         functions,
         square,
         sum,
+        sleep_ms,
+        fail,
+        exit_with,
     }
 }
 
@@ -137,7 +199,73 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
             Ok(())
         }
         Command::Hello { calls, sleep_ms } => hello(cli, builtins, rust_runner, *calls, *sleep_ms),
+        Command::Worker {
+            action: WorkerAction::Serve(args),
+        } => serve(cli, args, rust_runner),
     }
+}
+
+fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Result<()> {
+    use quelea::worker::http_server::{Server, ServerConfig};
+    use std::io::Write;
+
+    let config = config_builder(cli).build()?;
+    let secret = config
+        .http
+        .secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes().to_vec())
+        .unwrap_or_default();
+    let storage = quelea::storage::Storage::from_config(&config)?;
+    // The server's own config (its credentials included) reaches its runners
+    // through their environment, never through a request.
+    let runner_env = (
+        quelea::objects::RUNNER_CONFIG_ENV.into(),
+        config.runner_json().into(),
+    );
+    let mut rust = match rust_runner {
+        Some(command) => command,
+        None => RunnerCommand::current_exe()
+            .context("cannot find this executable to start Rust runners")?,
+    };
+    rust.env.push(runner_env.clone());
+    let mut commands = std::collections::HashMap::from([(RunnerKind::Rust, rust)]);
+    if let Some(python) = &args.python {
+        commands.insert(
+            RunnerKind::Python,
+            RunnerCommand {
+                program: python.clone(),
+                args: vec!["-m".into(), "quelea.worker".into()],
+                env: vec![runner_env],
+            },
+        );
+    }
+    let workers = args.workers.unwrap_or_else(|| config.local_workers());
+    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    let server = Server::bind(
+        ServerConfig {
+            addr: std::net::SocketAddr::new(args.host, args.port),
+            secret,
+            replay_window: Duration::from_secs_f64(config.http.replay_window),
+            max_body_bytes: config.http.max_body_bytes,
+            max_queued_calls: config.http.max_queued_calls,
+            workers,
+            inline_result_bytes: config.execution.inline_result_bytes,
+            commands,
+        },
+        storage.clone(),
+    )?;
+    let addr = server.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "quelea worker listening on http://{addr} ({workers} runners per kind, storage {})",
+        storage.location().describe()
+    )?;
+    out.flush()?;
+    drop(out);
+    server.run()?;
+    Ok(())
 }
 
 fn hello(

@@ -22,6 +22,8 @@ pub enum BackendKind {
     /// A pool of warm runner processes on this machine.
     #[default]
     Local,
+    /// Signed `POST /invoke` to one or more `quelea worker serve` servers.
+    Http,
 }
 
 /// Where job objects live.
@@ -102,6 +104,44 @@ pub struct LocalConfig {
     pub workers: Option<u32>,
 }
 
+/// The `http` backend (client side) and `quelea worker serve` (server side).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Worker server base URLs (`http://host:port`); Invocations are spread
+    /// over them round-robin.
+    pub urls: Vec<String>,
+    /// The shared secret Invocations are signed with (HMAC-SHA256). Both the
+    /// client and the server need it; the server refuses to start without it.
+    pub secret: Option<Secret>,
+    /// Invocations in flight at once from one client.
+    pub max_workers: u32,
+    /// How long the client keeps retrying one Invocation (throttled, server
+    /// unreachable) before failing its calls, in seconds.
+    pub invoke_deadline: f64,
+    /// Server: a signed request is accepted this many seconds either side of
+    /// the server's clock, and its signature is remembered as long.
+    pub replay_window: f64,
+    /// Server: the largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+    /// Server: calls queued or running at once before the server answers 503.
+    pub max_queued_calls: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            urls: Vec::new(),
+            secret: None,
+            max_workers: 64,
+            invoke_deadline: 60.0,
+            replay_window: 300.0,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_queued_calls: 100_000,
+        }
+    }
+}
+
 /// Local-directory storage.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,6 +176,7 @@ pub struct Config {
     pub bucket: String,
     pub execution: ExecutionConfig,
     pub local: LocalConfig,
+    pub http: HttpConfig,
     pub localdisk: LocalDiskConfig,
     pub s3: S3Config,
 }
@@ -148,6 +189,7 @@ impl Default for Config {
             bucket: "quelea".into(),
             execution: ExecutionConfig::default(),
             local: LocalConfig::default(),
+            http: HttpConfig::default(),
             localdisk: LocalDiskConfig::default(),
             s3: S3Config::default(),
         }
@@ -176,6 +218,10 @@ impl EnvVars {
     pub const S3_SECRET_ACCESS_KEY: &'static str = "QUELEA_S3_SECRET_ACCESS_KEY";
     pub const S3_PATH_STYLE: &'static str = "QUELEA_S3_PATH_STYLE";
     pub const S3_ALLOW_HTTP: &'static str = "QUELEA_S3_ALLOW_HTTP";
+    /// Comma-separated worker server URLs.
+    pub const HTTP_URLS: &'static str = "QUELEA_HTTP_URLS";
+    pub const HTTP_SECRET: &'static str = "QUELEA_HTTP_SECRET";
+    pub const HTTP_MAX_WORKERS: &'static str = "QUELEA_HTTP_MAX_WORKERS";
 }
 
 #[derive(Clone, Copy)]
@@ -184,6 +230,8 @@ enum Kind {
     Int,
     Num,
     Bool,
+    /// Comma-separated strings.
+    List,
 }
 
 /// Each config variable: its config path and the kind of value it takes.
@@ -211,17 +259,21 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     (EnvVars::S3_PATH_STYLE, "s3.path_style", Kind::Bool),
     (EnvVars::S3_ALLOW_HTTP, "s3.allow_http", Kind::Bool),
+    (EnvVars::HTTP_URLS, "http.urls", Kind::List),
+    (EnvVars::HTTP_SECRET, "http.secret", Kind::Str),
+    (EnvVars::HTTP_MAX_WORKERS, "http.max_workers", Kind::Int),
 ];
 
-/// The standard AWS variables, applied below the `QUELEA_S3_*` ones.
+/// The standard AWS variables, applied below the `QUELEA_S3_*` ones, lowest
+/// precedence first (the service-specific endpoint wins over the generic one).
 const AWS_ENV_KEYS: &[(&str, &str)] = &[
     ("AWS_ACCESS_KEY_ID", "s3.access_key_id"),
     ("AWS_SECRET_ACCESS_KEY", "s3.secret_access_key"),
     ("AWS_SESSION_TOKEN", "s3.session_token"),
     ("AWS_DEFAULT_REGION", "s3.region"),
     ("AWS_REGION", "s3.region"),
-    ("AWS_ENDPOINT_URL_S3", "s3.endpoint"),
     ("AWS_ENDPOINT_URL", "s3.endpoint"),
+    ("AWS_ENDPOINT_URL_S3", "s3.endpoint"),
 ];
 
 /// Variables with the `QUELEA_` prefix that are not config keys.
@@ -363,6 +415,9 @@ impl Config {
         if let Some(token) = &self.s3.session_token {
             s3["session_token"] = Value::String(token.expose().to_owned());
         }
+        if let Some(secret) = &self.http.secret {
+            value["http"]["secret"] = Value::String(secret.expose().to_owned());
+        }
         value.to_string()
     }
 
@@ -390,6 +445,7 @@ impl Config {
         if self.local.workers == Some(0) {
             return Err(bad("local.workers", "must be at least 1".into()));
         }
+        self.validate_http()?;
         let bucket_ok = !self.bucket.is_empty()
             && self.bucket.len() <= 63
             && self
@@ -404,6 +460,72 @@ impl Config {
                     self.bucket
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_http(&self) -> Result<()> {
+        let bad = |key: &str, message: String| Error::Config {
+            origin: "resolved config".into(),
+            message: format!("`{key}` {message}"),
+        };
+        let http = &self.http;
+        if http.max_workers == 0 {
+            return Err(bad("http.max_workers", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("http.invoke_deadline", http.invoke_deadline),
+            ("http.replay_window", http.replay_window),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(bad(
+                    key,
+                    format!("must be a positive number of seconds, got {value}"),
+                ));
+            }
+        }
+        if http.max_body_bytes == 0 {
+            return Err(bad("http.max_body_bytes", "must be at least 1".into()));
+        }
+        for url in &http.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    "http.urls",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if self.backend == BackendKind::Http {
+            if http.urls.is_empty() {
+                return Err(bad(
+                    "http.urls",
+                    format!(
+                        "must list at least one worker server URL for `backend: http` \
+                         (or set `{}`)",
+                        EnvVars::HTTP_URLS
+                    ),
+                ));
+            }
+            if http.secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+                return Err(bad(
+                    "http.secret",
+                    format!(
+                        "must be set for `backend: http`: Invocations are signed with it \
+                         (or set `{}`)",
+                        EnvVars::HTTP_SECRET
+                    ),
+                ));
+            }
+            if self.storage == StorageKind::Memory {
+                return Err(bad(
+                    "storage",
+                    "is `memory`, which worker servers cannot read: use `localdisk` \
+                     (servers on this machine) or `s3` with `backend: http`"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -450,7 +572,7 @@ fn read_file_layer(path: &Path) -> Result<Value> {
 fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
     let mut layer = Value::Object(Map::new());
     // Later entries win: AWS_REGION over AWS_DEFAULT_REGION, and so on.
-    for (var, path) in AWS_ENV_KEYS.iter().rev() {
+    for (var, path) in AWS_ENV_KEYS {
         if let Some(value) = env.get(*var).filter(|v| !v.is_empty()) {
             merge(&mut layer, nest(path, Value::String(value.clone())));
         }
@@ -481,6 +603,13 @@ fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
                     .map_err(|_| bad("a non-negative integer"))?,
             ),
             Kind::Num => Value::from(raw.trim().parse::<f64>().map_err(|_| bad("a number"))?),
+            Kind::List => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect(),
+            ),
             Kind::Bool => Value::Bool(match raw.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" => false,
@@ -699,6 +828,60 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(rebuilt, config);
+    }
+
+    #[test]
+    fn http_backend_needs_urls_a_secret_and_shared_storage() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[
+                ("QUELEA_BACKEND", "http"),
+                ("QUELEA_HTTP_URLS", "http://127.0.0.1:1, http://127.0.0.1:2"),
+                ("QUELEA_HTTP_SECRET", "s3cret"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(config.backend, BackendKind::Http);
+        assert_eq!(
+            config.http.urls,
+            vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert!(!config.redacted().to_string().contains("s3cret"));
+        let runner: serde_json::Value = serde_json::from_str(&config.runner_json()).unwrap();
+        assert_eq!(runner["http"]["secret"], "s3cret");
+
+        let build = |pairs: &[(&str, &str)]| {
+            ConfigBuilder::new()
+                .no_file()
+                .env(env(pairs))
+                .build()
+                .unwrap_err()
+                .to_string()
+        };
+        let err = build(&[("QUELEA_BACKEND", "http"), ("QUELEA_HTTP_SECRET", "x")]);
+        assert!(err.contains("http.urls"), "{err}");
+        let err = build(&[
+            ("QUELEA_BACKEND", "http"),
+            ("QUELEA_HTTP_URLS", "http://127.0.0.1:1"),
+        ]);
+        assert!(err.contains("http.secret"), "{err}");
+        let err = build(&[
+            ("QUELEA_BACKEND", "http"),
+            ("QUELEA_HTTP_URLS", "http://127.0.0.1:1"),
+            ("QUELEA_HTTP_SECRET", "x"),
+            ("QUELEA_STORAGE", "memory"),
+        ]);
+        assert!(err.contains("memory"), "{err}");
+        let err = build(&[("QUELEA_HTTP_URLS", "127.0.0.1:1")]);
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("http.max_worker", 3)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_worker"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! call states and stats, the storage key layout, the versioned wire protocol
 //! and the layered configuration.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ids;

@@ -8,7 +8,10 @@
 //!   supervision (timeouts, memory limits, crashes, cancellation).
 //! - [`status_writer`]: writes call statuses and large results to storage in
 //!   batches, so any process can follow a job.
+//! - [`http_server`]: the runtime as an HTTP service (`quelea worker serve`),
+//!   taking signed Invocations and running them on a [`pool::Pool`].
 
+pub mod http_server;
 pub mod pool;
 pub mod runner_protocol;
 pub mod rust_runner;
@@ -26,6 +29,14 @@ pub enum Error {
     },
     #[error("runner protocol: {0}")]
     Protocol(String),
+    #[error("the worker server needs a shared secret (`QUELEA_HTTP_SECRET` or `http.secret`): it runs code it is sent, so it must never be open")]
+    NoSecret,
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

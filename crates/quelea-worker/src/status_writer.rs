@@ -20,6 +20,8 @@ use quelea_core::model::{CallState, CallStats, CallStatus, ResultRef};
 use quelea_core::protocol::{Message, StatusBatch};
 use quelea_storage::Storage;
 
+use crate::pool::Completion;
+
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 pub const FLUSH_STATUSES: usize = 10_000;
 
@@ -28,17 +30,51 @@ pub struct JobTarget {
     pub keys: JobKeys,
     pub storage: Storage,
     pub inline_result_bytes: u64,
+    /// Unique in this process: several targets may write for one job (a
+    /// worker server sees a job in many Invocations, possibly after it
+    /// forgot the previous target), and their batch keys must never collide.
+    serial: u64,
     batches: AtomicU64,
 }
 
 impl JobTarget {
     pub fn new(keys: JobKeys, storage: Storage, inline_result_bytes: u64) -> Self {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         JobTarget {
             keys,
             storage,
             inline_result_bytes,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             batches: AtomicU64::new(0),
         }
+    }
+}
+
+/// The stored status of a finished call; a successful result travels
+/// separately to [`StatusWriter::finished`], which inlines or stores it.
+pub fn finished_status(submit_ts: f64, completion: &Completion) -> CallStatus {
+    CallStatus {
+        call_id: completion.call_id,
+        state: if completion.outcome.is_ok() {
+            CallState::Success
+        } else {
+            CallState::Error
+        },
+        stats: CallStats {
+            submit_ts,
+            start_ts: completion.start_ts,
+            end_ts: Some(completion.end_ts),
+            worker_id: completion.worker_id,
+            cold_start: completion.cold_start,
+            peak_memory_bytes: completion.peak_memory_bytes,
+            result_size: completion
+                .outcome
+                .as_ref()
+                .map(|r| r.len() as u64)
+                .unwrap_or(0),
+        },
+        result: None,
+        error: completion.outcome.as_ref().err().cloned(),
     }
 }
 
@@ -223,9 +259,10 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
         }));
         // Running calls are written once; their end comes in a later batch.
         buffer.running.clear();
-        let key = job
-            .keys
-            .status_batch(writer_name(), job.batches.fetch_add(1, Ordering::Relaxed));
+        let key = job.keys.status_batch(
+            &format!("{}-{}", writer_name(), job.serial),
+            job.batches.fetch_add(1, Ordering::Relaxed),
+        );
         let body = Message::StatusBatch(StatusBatch { statuses }).encode();
         if let Err(e) = job.storage.put_blocking(&key, body) {
             errors.push(e.to_string());

@@ -36,6 +36,11 @@ pub enum Error {
     },
     #[error("invalid argument `{name}`: {message}")]
     InvalidArgument { name: &'static str, message: String },
+    #[error("the {backend} backend cannot deliver Invocations: {message}")]
+    Invoke {
+        backend: &'static str,
+        message: String,
+    },
     #[error("invalid job handle: {0}")]
     Handle(String),
     #[error(transparent)]

@@ -22,9 +22,9 @@ use quelea_core::protocol::{CallInput, InvokedCall};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
 use quelea_worker::rust_runner::FunctionRef;
-use quelea_worker::status_writer::{JobTarget, StatusWriter};
+use quelea_worker::status_writer::JobTarget;
 
-use crate::backend::{LocalBackend, Submission};
+use crate::backend::{Backend, Submission};
 use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
@@ -87,13 +87,7 @@ impl ExecutorBuilder {
             None => Config::load()?,
         };
         let storage = Storage::from_config(&config)?;
-        let writer = Arc::new(StatusWriter::new());
-        let backend = LocalBackend::new(
-            config.local_workers(),
-            config.runner_json(),
-            self.runners,
-            writer,
-        );
+        let backend = Backend::new(&config, self.runners)?;
         Ok(Executor {
             inner: Arc::new(Inner {
                 id: ExecutorId::next(),
@@ -114,7 +108,7 @@ struct Inner {
     id: ExecutorId,
     config: Config,
     storage: Storage,
-    backend: LocalBackend,
+    backend: Backend,
     notifier: Arc<Notifier>,
     job_counter: AtomicU32,
     stored_functions: Mutex<HashSet<String>>,
@@ -205,14 +199,22 @@ impl Executor {
         &self.inner.storage
     }
 
-    /// The pids of the running runner processes.
+    /// The pids of the running runner processes (none for remote backends).
     pub fn runner_pids(&self) -> Vec<u32> {
-        self.inner.backend.runner_pids()
+        self.inner
+            .backend
+            .local()
+            .map(|local| local.runner_pids())
+            .unwrap_or_default()
     }
 
-    /// Starts the Rust runner pool now instead of on the first job.
+    /// Starts the Rust runner pool now instead of on the first job (remote
+    /// backends' servers start their own).
     pub fn warm_up(&self) -> Result<()> {
-        self.inner.backend.warm_up(RunnerKind::Rust)
+        match self.inner.backend.local() {
+            Some(local) => local.warm_up(RunnerKind::Rust),
+            None => Ok(()),
+        }
     }
 
     /// Runs one call.
@@ -464,16 +466,13 @@ impl Executor {
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
         let spec = &future.job.spec;
-        let rounds = spec
-            .total_calls
-            .div_ceil(self.inner.config.local_workers().max(1)) as f64;
         JobHandle {
             version: JobHandle::VERSION,
             storage: self.inner.storage.location().clone(),
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             total_calls: spec.total_calls,
-            deadline_ts: spec.submit_ts + spec.timeout_s * rounds + 60.0,
+            deadline_ts: self.inner.deadline_ts(spec),
         }
     }
 
@@ -503,7 +502,7 @@ impl Executor {
 
     /// Waits until every status so far is in storage.
     pub fn flush_statuses(&self) -> Result<()> {
-        let errors = self.inner.backend.writer().flush();
+        let errors = self.inner.flush_statuses();
         match errors.first() {
             None => Ok(()),
             Some(first) => Err(Error::InvalidArgument {
@@ -596,6 +595,25 @@ impl Executor {
 }
 
 impl Inner {
+    /// When a job's unfinished calls are failed as lost: every call's
+    /// timeout for each round of calls the backend runs at once, plus a
+    /// minute.
+    fn deadline_ts(&self, spec: &JobSpec) -> f64 {
+        let rounds = spec
+            .total_calls
+            .div_ceil(self.backend.capacity(&self.config).max(1)) as f64;
+        spec.submit_ts + spec.timeout_s * rounds + 60.0
+    }
+
+    /// Statuses this process writes itself (the local backend's) are in
+    /// storage once this returns; the errors met since the last flush.
+    fn flush_statuses(&self) -> Vec<String> {
+        self.backend
+            .local()
+            .map(|local| local.writer().flush())
+            .unwrap_or_default()
+    }
+
     /// Writes the job's objects and hands its Invocations to the backend.
     fn launch(
         &self,
@@ -642,7 +660,7 @@ impl Inner {
             ranges
         };
 
-        // Locally the calls go straight to the pool; remote backends group
+        // Locally the calls go straight to the pool; the http backend groups
         // them `chunksize` per Invocation (`protocol::group_invocations`).
         let calls: Vec<InvokedCall> = call_inputs
             .into_iter()
@@ -669,11 +687,13 @@ impl Inner {
             calls,
             data: data.as_deref(),
             target,
+            storage: &self.storage,
+            deadline_ts: self.deadline_ts(spec),
         })
     }
 
     fn clean(&self) -> Result<usize> {
-        let _ = self.backend.writer().flush();
+        let _ = self.flush_statuses();
         let finished: Vec<Arc<JobState>> = {
             let mut jobs = lock(&self.jobs);
             let (done, running): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|j| j.is_complete());
@@ -866,7 +886,7 @@ impl Drop for Executor {
                 eprintln!("quelea: cleaning executor {} failed: {e}", inner.id);
             }
         } else {
-            let _ = inner.backend.writer().flush();
+            let _ = inner.flush_statuses();
         }
     }
 }

@@ -47,3 +47,6 @@ pub mod storage {
 pub mod partition {
     pub use quelea_partition::*;
 }
+pub mod worker {
+    pub use quelea_worker::*;
+}

@@ -1,4 +1,11 @@
-//! Following a job through storage, from any process: the attach path.
+//! Following a job through storage, from any process: the attach path, and
+//! the jobs the `http` backend runs on remote worker servers.
+//!
+//! One thread per followed job lists the job's status prefix once per
+//! interval (20 ms while statuses keep arriving, doubling to 500 ms when
+//! nothing changes), reads the batches it has not seen, and applies them.
+//! A call `running` past its timeout plus a grace, and every unfinished call
+//! past the job's deadline, fail as timeouts: a follower never hangs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -55,16 +62,28 @@ pub fn attach_with<O>(base: ConfigBuilder, handle: &JobHandle) -> Result<Futures
         Arc::new(Notifier::default()),
         CallState::Invoked,
     ));
-    let weak = Arc::downgrade(&job);
-    let deadline = handle.deadline_ts;
-    std::thread::Builder::new()
-        .name(format!("quelea-monitor-{}", handle.job_id))
-        .spawn(move || monitor_main(weak, storage, deadline))
-        .map_err(|e| Error::Handle(format!("cannot start the monitor thread: {e}")))?;
+    follow(&job, storage, handle.deadline_ts, true)?;
     Ok(FuturesList::for_job(&job))
 }
 
-fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64) {
+/// Follows `job` through `storage` on a thread of its own until the job is
+/// complete or dropped. `watch_cancel`: also look for the cancelled marker
+/// (an owner that cancels its own job already knows).
+pub(crate) fn follow(
+    job: &Arc<JobState>,
+    storage: Storage,
+    deadline_ts: f64,
+    watch_cancel: bool,
+) -> Result<()> {
+    let weak = Arc::downgrade(job);
+    std::thread::Builder::new()
+        .name(format!("quelea-monitor-{}", job.spec.job_id))
+        .spawn(move || monitor_main(weak, storage, deadline_ts, watch_cancel))
+        .map_err(|e| Error::Handle(format!("cannot start the monitor thread: {e}")))?;
+    Ok(())
+}
+
+fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64, watch_cancel: bool) {
     let mut seen: HashSet<String> = HashSet::new();
     let mut interval = FAST;
     let mut last_overdue_check = 0.0;
@@ -91,7 +110,7 @@ fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64) {
                 }
             }
         }
-        if !progressed && storage.head_blocking(&job.keys.cancelled()).is_ok() {
+        if watch_cancel && !progressed && storage.head_blocking(&job.keys.cancelled()).is_ok() {
             job.cancel("the job was cancelled by its owner");
         }
         let now = now_ts();

@@ -1,31 +1,22 @@
-//! Backends: how an Invocation reaches the worker runtime. `local` (the
-//! default) hands it to an in-process runtime driving a pool of warm runner
-//! processes; remote backends deliver it over the network.
+//! The local backend: calls go straight to an in-process worker runtime
+//! driving pools of warm runner processes, and completions come back through
+//! the pool's pipes (statuses still go to storage for other readers).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use quelea_core::ids::CallId;
-use quelea_core::model::{CallState, CallStats, CallStatus, RunnerKind};
-use quelea_core::protocol::{CallInput, InvokedCall};
+use quelea_core::model::{CallStats, RunnerKind};
+use quelea_core::protocol::CallInput;
 use quelea_worker::pool::{
     Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
 };
-use quelea_worker::status_writer::{JobTarget, StatusWriter};
+use quelea_worker::status_writer::{finished_status, JobTarget, StatusWriter};
 
+use super::Submission;
 use crate::error::{Error, Result};
 use crate::job::{lock, JobState};
-
-/// What a backend needs to run one job.
-pub(crate) struct Submission<'a> {
-    pub job: &'a Arc<JobState>,
-    pub function_payload: &'a [u8],
-    pub calls: Vec<InvokedCall>,
-    /// The job's concatenated data object, when inputs are not inline.
-    pub data: Option<&'a [u8]>,
-    pub target: Arc<JobTarget>,
-}
 
 /// The local backend: warm runner pools (one per runner kind, started on
 /// first use and reused by every job of the executor).
@@ -61,30 +52,8 @@ impl JobSink for LocalSink {
     }
 
     fn completed(&self, completion: Completion) {
-        let stats = CallStats {
-            submit_ts: self.job.spec.submit_ts,
-            start_ts: completion.start_ts,
-            end_ts: Some(completion.end_ts),
-            worker_id: completion.worker_id,
-            cold_start: completion.cold_start,
-            peak_memory_bytes: completion.peak_memory_bytes,
-            result_size: completion
-                .outcome
-                .as_ref()
-                .map(|r| r.len() as u64)
-                .unwrap_or(0),
-        };
-        let status = CallStatus {
-            call_id: completion.call_id,
-            state: if completion.outcome.is_ok() {
-                CallState::Success
-            } else {
-                CallState::Error
-            },
-            stats: stats.clone(),
-            result: None,
-            error: completion.outcome.as_ref().err().cloned(),
-        };
+        let status = finished_status(self.job.spec.submit_ts, &completion);
+        let stats = status.stats.clone();
         self.writer.finished(
             &self.target,
             status,

@@ -1,0 +1,646 @@
+//! The `http` backend against real worker servers (`quelea worker serve`)
+//! on 127.0.0.1: the conformance set, and the front door's security.
+//!
+//! The servers are started once for the whole binary and killed by PID at
+//! the end. Job storage is a local directory shared with the servers; with
+//! `QTEST_STORAGE=s3` it is the S3 server of scripts/s3-server.sh (its
+//! `QUELEA_S3_*` variables come from the environment).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use quelea::core::auth;
+use quelea::core::ids::{CallId, ExecutorId, JobId, JobKind};
+use quelea::core::keys::{self, JobKeys};
+use quelea::core::model::{FunctionSpec, RunnerKind};
+use quelea::core::protocol::{CallInput, Invocation, InvokedCall, Message};
+use quelea::storage::Storage;
+use quelea::{CallState, Config, ConfigBuilder, Error, Executor, FailureReason, MapOptions};
+
+const SECRET: &str = "test-secret-of-the-http-front-door";
+const WAIT: Option<Duration> = Some(Duration::from_secs(120));
+
+fn s3() -> bool {
+    std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
+}
+
+/// The storage settings servers and clients share.
+fn storage_builder(dir: &std::path::Path) -> ConfigBuilder {
+    let builder = if s3() {
+        ConfigBuilder::new()
+            .no_file()
+            .set("storage", "s3")
+            .set("bucket", "quelea-test")
+    } else {
+        ConfigBuilder::new().no_file().env(Vec::new())
+    };
+    builder.set("localdisk.root", dir.to_str().unwrap())
+}
+
+struct WorkerServer {
+    child: Child,
+    url: String,
+}
+
+impl WorkerServer {
+    /// Starts `quelea worker serve` on a free port; `config_yaml` is its
+    /// config file.
+    fn start(dir: &std::path::Path, name: &str, config_yaml: &str) -> WorkerServer {
+        let config_file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_file, config_yaml).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
+        cmd.args(["worker", "serve", "--port", "0", "--workers", "2"])
+            .env("QUELEA_CONFIG_FILE", &config_file)
+            .env("QUELEA_HTTP_SECRET", SECRET)
+            .env("QUELEA_STORAGE_DIR", dir)
+            .env_remove("PORT")
+            .stdout(Stdio::piped());
+        if s3() {
+            cmd.env("QUELEA_STORAGE", "s3")
+                .env("QUELEA_BUCKET", "quelea-test");
+        }
+        let mut child = cmd.spawn().expect("the quelea binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("worker server {name} did not say where it listens"));
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in `{line}`"))
+            .to_owned();
+        WorkerServer { child, url }
+    }
+
+    fn stop(mut self) {
+        // By PID, then reaped: runners follow through their parent-death signal.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    /// The conformance servers.
+    urls: Vec<String>,
+    /// A server with a small body limit, for the security tests.
+    guarded: String,
+}
+
+impl Fixture {
+    fn config(&self) -> Config {
+        storage_builder(self.dir.path())
+            .set("backend", "http")
+            .set("http.urls", self.urls.clone())
+            .set("http.secret", SECRET)
+            .set("execution.data_cleaner", false)
+            .build()
+            .unwrap()
+    }
+
+    fn executor(&self) -> Executor {
+        Executor::with_config(self.config()).unwrap()
+    }
+
+    fn storage(&self) -> Storage {
+        Storage::from_config(&self.config()).unwrap()
+    }
+}
+
+fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+/// Every final status in storage for a job, by call: (count, state).
+fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
+    let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();
+    for object in storage.list_blocking(&keys.status_prefix()).unwrap() {
+        let body = storage.get_blocking(&object.key).unwrap();
+        let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
+            panic!("unreadable status batch {}", object.key);
+        };
+        for status in batch.statuses {
+            if status.state.is_terminal() {
+                calls
+                    .entry(status.call_id.0)
+                    .or_default()
+                    .push(status.state);
+            }
+        }
+    }
+    calls
+}
+
+/// One HTTP/1.1 request on its own connection; (status, body).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) before reading the whole body.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in `{text}`"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+fn signed(body: &[u8], now: u64) -> Vec<(&'static str, String)> {
+    let headers = auth::sign(SECRET.as_bytes(), now, body);
+    vec![
+        (auth::TIMESTAMP_HEADER, headers.timestamp),
+        (auth::NONCE_HEADER, headers.nonce),
+        (auth::SIGNATURE_HEADER, headers.signature),
+    ]
+}
+
+fn now() -> u64 {
+    quelea::core::model::now_ts() as u64
+}
+
+/// A valid Invocation of `hello_square` for a job of its own, with the
+/// function object in storage, so that only the front door decides whether
+/// it runs.
+fn own_invocation(fx: &Fixture, executor: &str) -> (Vec<u8>, JobKeys) {
+    let executor: ExecutorId = executor.parse().unwrap();
+    let job_id = JobId::new(JobKind::Map, 0);
+    let hash = format!("{executor}-square");
+    fx.storage()
+        .put_blocking(&keys::function(&executor, &hash), b"hello_square".to_vec())
+        .unwrap();
+    let invocation = Invocation {
+        executor_id: executor.clone(),
+        job_id,
+        function: FunctionSpec {
+            runner: RunnerKind::Rust,
+            name: "hello_square".into(),
+            hash,
+        },
+        calls: vec![InvokedCall {
+            call_id: CallId(0),
+            input: CallInput::Inline(b"[7,0]".to_vec()),
+        }],
+        timeout_s: 10.0,
+        memory_limit_mb: None,
+        submit_ts: quelea::core::model::now_ts(),
+    };
+    (
+        Message::Invocation(invocation).encode(),
+        JobKeys::new(&executor, job_id),
+    )
+}
+
+/// Nothing of the job reached storage, well after a status flush would have.
+fn nothing_ran(fx: &Fixture, keys: &JobKeys) -> Result<(), Failed> {
+    std::thread::sleep(Duration::from_millis(400));
+    let statuses = fx.storage().list_blocking(&keys.status_prefix())?;
+    check(
+        statuses.is_empty(),
+        format!("statuses appeared: {statuses:?}"),
+    )
+}
+
+fn map_1000_in_order_spread_over_servers(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let futures = exec.map(
+        &b.square,
+        (0..1000u64).map(|x| (x, 0)),
+        MapOptions::default(),
+    )?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(
+        results == (0..1000u64).map(|x| x * x).collect::<Vec<_>>(),
+        "results in call order",
+    )?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let statuses = final_statuses(exec.storage(), &keys);
+    check(
+        statuses.len() == 1000,
+        format!("{} calls have a status", statuses.len()),
+    )?;
+    check(
+        statuses.values().all(|s| s == &[CallState::Success]),
+        "every call has exactly one final status",
+    )?;
+    for url in &fx.urls {
+        let (code, body) = request(
+            url.trim_start_matches("http://"),
+            "GET",
+            "/health",
+            &[],
+            b"",
+        );
+        let health: serde_json::Value = serde_json::from_str(&body)?;
+        check(
+            code == 200 && health["calls"].as_u64().unwrap_or(0) > 0,
+            format!("{url} ran calls: {body}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn map_reduce_and_chunked_ranged_inputs(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let total = exec
+        .map_reduce(
+            &b.square,
+            (0..200u64).map(|x| (x, 0)),
+            &b.sum,
+            MapOptions::default().chunksize(7),
+        )?
+        .result(WAIT)?;
+    check(
+        total == (0..200u64).map(|x| x * x).sum::<u64>(),
+        format!("sum {total}"),
+    )?;
+
+    // Inputs over `inline_input_bytes` travel as byte ranges of one data object.
+    let config = storage_builder(fx.dir.path())
+        .set("backend", "http")
+        .set("http.urls", fx.urls.clone())
+        .set("http.secret", SECRET)
+        .set("execution.inline_input_bytes", 2)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let futures = exec.map(
+        &b.square,
+        (0..50u64).map(|x| (x, 0)),
+        MapOptions::default().chunksize(4),
+    )?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(
+        results == (0..50u64).map(|x| x * x).collect::<Vec<_>>(),
+        format!("{results:?}"),
+    )?;
+    check(
+        exec.storage()
+            .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data())
+            .is_ok(),
+        "the inputs went through the data object",
+    )
+}
+
+fn user_error_carries_the_remote_message(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
+    let err = exec.get_result(&futures, WAIT).unwrap_err();
+    let Error::CallFailed { error, .. } = &err else {
+        return Err(format!("expected a call failure, got {err}").into());
+    };
+    check(
+        error.reason == FailureReason::UserError
+            && error.error_type == "BuiltinFailure"
+            && error.message == "refused input `apple`",
+        format!("{error:?}"),
+    )
+}
+
+fn timeout_fails_only_that_call(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let started = Instant::now();
+    let futures = exec.map(
+        &b.sleep_ms,
+        [30_000u64, 10],
+        MapOptions::default().timeout(Duration::from_secs(1)),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    check(
+        started.elapsed() < Duration::from_secs(15),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    let error = futures
+        .get(0)
+        .unwrap()
+        .call_error()
+        .ok_or("call 0 failed")?;
+    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
+    check(futures.get(1).unwrap().success(), "call 1 succeeds")
+}
+
+fn crashed_runner_fails_only_its_call(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let futures = exec.map(&b.exit_with, [0, 3, 0, 0], MapOptions::default())?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let error = futures
+        .get(1)
+        .unwrap()
+        .call_error()
+        .ok_or("call 1 failed")?;
+    check(
+        error.reason == FailureReason::WorkerCrashed
+            && error.message.contains("exited with code 3"),
+        format!("{error:?}"),
+    )?;
+    check(
+        [0, 2, 3].iter().all(|&i| futures.get(i).unwrap().success()),
+        "the other calls succeed",
+    )
+}
+
+fn attach_follows_an_http_job(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    let futures = exec.map(&b.square, (0..20u64).map(|x| (x, 5)), MapOptions::default())?;
+    let handle = exec.job_handle(futures.get(0).unwrap());
+    let attached = quelea::attach_with::<u64>(storage_builder(fx.dir.path()), &handle)?;
+    let results: Vec<u64> = attached
+        .iter()
+        .map(|f| f.result(WAIT))
+        .collect::<Result<_, _>>()?;
+    check(
+        results == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
+        format!("{results:?}"),
+    )
+}
+
+fn unreachable_servers_are_a_clear_error(fx: &Fixture) -> Result<(), Failed> {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = storage_builder(fx.dir.path())
+        .set("backend", "http")
+        .set("http.urls", vec![format!("http://127.0.0.1:{port}")])
+        .set("http.secret", SECRET)
+        .set("http.invoke_deadline", 0.5)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let b = quelea_cli::builtins();
+    let err = exec
+        .map(&b.square, [(1u64, 0u64)], MapOptions::default())
+        .unwrap_err()
+        .to_string();
+    check(
+        err.contains(&port.to_string()) && err.contains("retries"),
+        err,
+    )?;
+
+    let config = storage_builder(fx.dir.path())
+        .set("backend", "http")
+        .set("http.urls", fx.urls.clone())
+        .set("http.secret", "not-the-secret")
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let err = exec
+        .map(&b.square, [(1u64, 0u64)], MapOptions::default())
+        .unwrap_err()
+        .to_string();
+    check(err.contains("401") && err.contains("signature"), err)
+}
+
+fn unsigned_and_forged_requests_run_nothing(fx: &Fixture) -> Result<(), Failed> {
+    let (body, keys) = own_invocation(fx, "e0e0e0-1");
+    let addr = fx.guarded.trim_start_matches("http://");
+    let (code, text) = request(addr, "POST", "/invoke", &[], &body);
+    check(
+        code == 401 && text.contains("not signed"),
+        format!("{code} {text}"),
+    )?;
+
+    let mut forged = signed(&body, now());
+    forged[2].1 = format!("v1={}", "0".repeat(64));
+    let (code, text) = request(addr, "POST", "/invoke", &forged, &body);
+    check(
+        code == 401 && text.contains("signature"),
+        format!("{code} {text}"),
+    )?;
+
+    // Signed for another body.
+    let headers = signed(b"{}", now());
+    let (code, _) = request(addr, "POST", "/invoke", &headers, &body);
+    check(code == 401, format!("{code}"))?;
+
+    // Signed with another secret.
+    let other = auth::sign(b"guess", now(), &body);
+    let headers = [
+        (auth::TIMESTAMP_HEADER, other.timestamp),
+        (auth::NONCE_HEADER, other.nonce),
+        (auth::SIGNATURE_HEADER, other.signature),
+    ];
+    let (code, _) = request(addr, "POST", "/invoke", &headers, &body);
+    check(code == 401, format!("{code}"))?;
+    nothing_ran(fx, &keys)
+}
+
+fn old_timestamps_are_refused(fx: &Fixture) -> Result<(), Failed> {
+    let (body, keys) = own_invocation(fx, "e0e0e0-2");
+    let addr = fx.guarded.trim_start_matches("http://");
+    for ts in [now() - 3600, now() + 3600] {
+        let (code, text) = request(addr, "POST", "/invoke", &signed(&body, ts), &body);
+        check(
+            code == 401 && text.contains("clock"),
+            format!("{code} {text}"),
+        )?;
+    }
+    nothing_ran(fx, &keys)
+}
+
+fn replayed_requests_are_refused(fx: &Fixture) -> Result<(), Failed> {
+    let (body, keys) = own_invocation(fx, "e0e0e0-3");
+    let addr = fx.guarded.trim_start_matches("http://");
+    let headers = signed(&body, now());
+    let (code, text) = request(addr, "POST", "/invoke", &headers, &body);
+    check(code == 202, format!("first delivery: {code} {text}"))?;
+    let (code, text) = request(addr, "POST", "/invoke", &headers, &body);
+    check(
+        code == 401 && text.contains("replay"),
+        format!("{code} {text}"),
+    )?;
+    // The one accepted delivery ran once, and only once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let storage = fx.storage();
+    while final_statuses(&storage, &keys).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let statuses = final_statuses(&storage, &keys);
+    check(
+        statuses.get(&0).map(Vec::len) == Some(1) && statuses.len() == 1,
+        format!("{statuses:?}"),
+    )
+}
+
+fn oversized_bodies_get_413(fx: &Fixture) -> Result<(), Failed> {
+    let (_, keys) = own_invocation(fx, "e0e0e0-4");
+    let addr = fx.guarded.trim_start_matches("http://");
+    let body = vec![b' '; 200_000];
+    let (code, _) = request(addr, "POST", "/invoke", &signed(&body, now()), &body);
+    check(code == 413, format!("{code}"))?;
+    nothing_ran(fx, &keys)
+}
+
+fn wrong_protocol_version_is_a_clear_400(fx: &Fixture) -> Result<(), Failed> {
+    let (body, keys) = own_invocation(fx, "e0e0e0-5");
+    let mut value: serde_json::Value = serde_json::from_slice(&body)?;
+    value["version"] = 99.into();
+    let body = serde_json::to_vec(&value)?;
+    let addr = fx.guarded.trim_start_matches("http://");
+    let (code, text) = request(addr, "POST", "/invoke", &signed(&body, now()), &body);
+    check(
+        code == 400 && text.contains("version 99"),
+        format!("{code} {text}"),
+    )?;
+    let body = b"{\"version\": 1, \"type\": \"invocation\"}";
+    let (code, text) = request(addr, "POST", "/invoke", &signed(body, now()), body);
+    check(
+        code == 400 && text.contains("malformed"),
+        format!("{code} {text}"),
+    )?;
+    nothing_ran(fx, &keys)
+}
+
+fn health_needs_no_signature(fx: &Fixture) -> Result<(), Failed> {
+    let (code, body) = request(
+        fx.guarded.trim_start_matches("http://"),
+        "GET",
+        "/health",
+        &[],
+        b"",
+    );
+    let health: serde_json::Value = serde_json::from_str(&body)?;
+    check(
+        code == 200 && health["status"] == "ok" && health["pool_size"] == 2,
+        body.clone(),
+    )?;
+    check(!body.contains(SECRET), "no secret in the health answer")
+}
+
+fn server_refuses_to_start_without_a_secret(fx: &Fixture) -> Result<(), Failed> {
+    let out = Command::new(env!("CARGO_BIN_EXE_quelea"))
+        .args(["worker", "serve", "--port", "0"])
+        .env_remove("QUELEA_HTTP_SECRET")
+        .env_remove("QUELEA_CONFIG_FILE")
+        .env("QUELEA_STORAGE_DIR", fx.dir.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        !out.status.success() && stderr.contains("QUELEA_HTTP_SECRET"),
+        stderr.into_owned(),
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<WorkerServer> = (0..2)
+        .map(|i| WorkerServer::start(dir.path(), &format!("w{i}"), "{}\n"))
+        .collect();
+    let guarded = WorkerServer::start(
+        dir.path(),
+        "guarded",
+        "http:\n  max_body_bytes: 65536\n  replay_window: 60\n",
+    );
+    let fx = std::sync::Arc::new(Fixture {
+        urls: servers.iter().map(|s| s.url.clone()).collect(),
+        guarded: guarded.url.clone(),
+        dir,
+    });
+    type Test = fn(&Fixture) -> Result<(), Failed>;
+    let tests: &[(&str, Test)] = &[
+        (
+            "map_1000_in_order_spread_over_servers",
+            map_1000_in_order_spread_over_servers,
+        ),
+        (
+            "map_reduce_and_chunked_ranged_inputs",
+            map_reduce_and_chunked_ranged_inputs,
+        ),
+        (
+            "user_error_carries_the_remote_message",
+            user_error_carries_the_remote_message,
+        ),
+        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
+        (
+            "crashed_runner_fails_only_its_call",
+            crashed_runner_fails_only_its_call,
+        ),
+        ("attach_follows_an_http_job", attach_follows_an_http_job),
+        (
+            "unreachable_servers_are_a_clear_error",
+            unreachable_servers_are_a_clear_error,
+        ),
+        (
+            "security_unsigned_and_forged_requests_run_nothing",
+            unsigned_and_forged_requests_run_nothing,
+        ),
+        (
+            "security_old_timestamps_are_refused",
+            old_timestamps_are_refused,
+        ),
+        (
+            "security_replayed_requests_are_refused",
+            replayed_requests_are_refused,
+        ),
+        (
+            "security_oversized_bodies_get_413",
+            oversized_bodies_get_413,
+        ),
+        (
+            "wrong_protocol_version_is_a_clear_400",
+            wrong_protocol_version_is_a_clear_400,
+        ),
+        ("health_needs_no_signature", health_needs_no_signature),
+        (
+            "server_refuses_to_start_without_a_secret",
+            server_refuses_to_start_without_a_secret,
+        ),
+    ];
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| {
+            let fx = fx.clone();
+            Trial::test(name, move || test(&fx))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    for server in servers {
+        server.stop();
+    }
+    guarded.stop();
+    drop(fx);
+    conclusion.exit();
+}

@@ -1,0 +1,81 @@
+//! Backends: how an Invocation reaches the worker runtime. `local` (the
+//! default) hands calls to an in-process runtime driving a pool of warm
+//! runner processes; `http` signs Invocations and POSTs them to worker
+//! servers (`quelea worker serve`), and follows the calls through storage.
+
+mod http;
+mod local;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use quelea_core::config::{BackendKind, Config};
+use quelea_core::model::RunnerKind;
+use quelea_core::protocol::InvokedCall;
+use quelea_storage::Storage;
+use quelea_worker::pool::RunnerCommand;
+use quelea_worker::status_writer::{JobTarget, StatusWriter};
+
+pub(crate) use self::http::HttpBackend;
+pub(crate) use self::local::LocalBackend;
+use crate::error::Result;
+use crate::job::JobState;
+
+/// What a backend needs to run one job.
+pub(crate) struct Submission<'a> {
+    pub job: &'a Arc<JobState>,
+    pub function_payload: &'a [u8],
+    pub calls: Vec<InvokedCall>,
+    /// The job's concatenated data object, when inputs are not inline.
+    pub data: Option<&'a [u8]>,
+    pub target: Arc<JobTarget>,
+    /// Where the job's objects are (remote calls are followed there).
+    pub storage: &'a Storage,
+    /// After this Unix time, calls with no final status are failed as timeouts.
+    pub deadline_ts: f64,
+}
+
+/// The configured backend.
+pub(crate) enum Backend {
+    Local(LocalBackend),
+    Http(HttpBackend),
+}
+
+impl Backend {
+    /// The one place a backend is chosen.
+    pub fn new(config: &Config, runners: HashMap<RunnerKind, RunnerCommand>) -> Result<Backend> {
+        Ok(match config.backend {
+            BackendKind::Local => Backend::Local(LocalBackend::new(
+                config.local_workers(),
+                config.runner_json(),
+                runners,
+                Arc::new(StatusWriter::new()),
+            )),
+            BackendKind::Http => Backend::Http(HttpBackend::new(&config.http)?),
+        })
+    }
+
+    pub fn submit(&self, submission: Submission<'_>) -> Result<()> {
+        match self {
+            Backend::Local(local) => local.submit(submission),
+            Backend::Http(http) => http.submit(submission),
+        }
+    }
+
+    /// The local runtime, for what only it has (runner pids, warm-up, the
+    /// client-side status writer).
+    pub fn local(&self) -> Option<&LocalBackend> {
+        match self {
+            Backend::Local(local) => Some(local),
+            Backend::Http(_) => None,
+        }
+    }
+
+    /// How many calls run at once, for a job's deadline.
+    pub fn capacity(&self, config: &Config) -> u32 {
+        match self {
+            Backend::Local(_) => config.local_workers(),
+            Backend::Http(_) => config.http.max_workers,
+        }
+    }
+}
