@@ -544,6 +544,8 @@ fn wait(
 struct ChunkStream {
     reader: quelea::partition::ChunkReader<Box<dyn quelea::partition::RangeSource>>,
     header: Option<Vec<u8>>,
+    /// Nominal chunk size: what a whole read should reserve up front.
+    size_hint: usize,
 }
 
 #[pymethods]
@@ -557,6 +559,7 @@ impl ChunkStream {
             Ok(ChunkStream {
                 reader: chunk.data_stream()?,
                 header,
+                size_hint: (chunk.end - chunk.start) as usize + (64 << 10),
             })
         })
         .map_err(to_py_err)
@@ -574,7 +577,19 @@ impl ChunkStream {
         let mut buf = Vec::new();
         let result = py.detach(|| {
             if size < 0 {
-                self.reader.read_to_end(&mut buf).map(|_| ())
+                use std::io::BufRead;
+                // Whole-chunk reads copy each fetched block once, into a
+                // buffer reserved for the chunk.
+                buf.reserve(self.size_hint);
+                loop {
+                    let block = self.reader.fill_buf()?;
+                    if block.is_empty() {
+                        return Ok(());
+                    }
+                    let n = block.len();
+                    buf.extend_from_slice(block);
+                    self.reader.consume(n);
+                }
             } else {
                 buf.resize(size as usize, 0);
                 let mut filled = 0;

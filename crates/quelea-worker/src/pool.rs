@@ -297,6 +297,29 @@ impl Pool {
         self.shared.cond.notify_all();
     }
 
+    /// Waits until every runner has said ready; false if that did not happen
+    /// within `timeout` or runners cannot start at all.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if lock(&self.shared.broken).is_some() {
+                return false;
+            }
+            if self
+                .shared
+                .slots
+                .iter()
+                .all(|s| s.ready.load(Ordering::Acquire))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// The pids of the current runner processes.
     pub fn runner_pids(&self) -> Vec<u32> {
         self.shared
@@ -452,6 +475,16 @@ fn feeder_main(shared: &Shared, slot: &Slot) {
         let generation;
         {
             let mut input = lock(&slot.input);
+            if input.stdin.is_none() {
+                // The runner died after these were taken and its successor is
+                // not up yet: nothing could send them, so they go back.
+                drop(input);
+                let mut queue = lock(&shared.queue);
+                for task in tasks.into_iter().rev() {
+                    queue.push_front(task);
+                }
+                continue;
+            }
             for task in &tasks {
                 let function = &task.ctx.function;
                 if input.loaded.insert(function.id) {

@@ -117,9 +117,20 @@ impl LocalBackend {
         Ok(pool)
     }
 
-    /// Starts the pool for `kind` now rather than on the first job.
+    /// Starts the pool for `kind` now rather than on the first job, and
+    /// waits until its runners are ready.
     pub fn warm_up(&self, kind: RunnerKind) -> Result<()> {
-        self.pool(kind).map(|_| ())
+        let pool = self.pool(kind)?;
+        if pool.wait_ready(Duration::from_secs(60)) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                name: "runner",
+                message:
+                    "the runner pool did not become ready within 60 s (see the runners' stderr)"
+                        .into(),
+            })
+        }
     }
 
     pub fn runner_pids(&self) -> Vec<u32> {
