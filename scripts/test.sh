@@ -8,8 +8,8 @@ echo "== lint =="
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p quelea-storage --all-targets --features s3-tests -- -D warnings
-"$VENV/bin/ruff" check python tests examples
-"$VENV/bin/ruff" format --check python tests examples
+"$VENV/bin/ruff" check python tests examples providers
+"$VENV/bin/ruff" format --check python tests examples providers
 
 echo "== rust tests =="
 cargo test --workspace --exclude quelea-py
@@ -17,6 +17,9 @@ cargo test --workspace --exclude quelea-py
 echo "== python tests =="
 "$VENV/bin/maturin" develop --quiet
 "$VENV/bin/python" -m pytest tests/python -q
+
+echo "== airflow provider: a real Airflow 3.3 (SQLite), in its own venv =="
+bash providers/airflow/scripts/test.sh -q
 
 echo "== the same against a real S3 server (SeaweedFS on 127.0.0.1) =="
 S3_DIR="$(mktemp -d)"
