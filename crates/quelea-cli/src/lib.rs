@@ -73,6 +73,9 @@ struct ServeArgs {
     /// Python interpreter with the `quelea` package, to serve Python functions
     #[arg(long)]
     python: Option<std::path::PathBuf>,
+    /// On SIGTERM or Ctrl-C, seconds to let accepted calls finish
+    #[arg(long, default_value_t = 30.0)]
+    drain_seconds: f64,
 }
 
 #[derive(Subcommand)]
@@ -264,7 +267,25 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
     )?;
     out.flush()?;
     drop(out);
-    server.run()?;
+    anyhow::ensure!(
+        args.drain_seconds.is_finite() && args.drain_seconds >= 0.0,
+        "--drain-seconds must be a non-negative number"
+    );
+    // SIGTERM (a platform scaling down) and Ctrl-C stop it gracefully.
+    quelea::interrupt::install_ctrl_c_handler();
+    let stop = server.stop_handle();
+    std::thread::Builder::new()
+        .name("quelea-serve-signal".into())
+        .spawn(move || {
+            while !quelea::interrupt::is_interrupted() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stop.stop();
+        })?;
+    let unfinished = server.run(Duration::from_secs_f64(args.drain_seconds))?;
+    if unfinished > 0 {
+        eprintln!("quelea worker: stopped with {unfinished} accepted call(s) unfinished");
+    }
     Ok(())
 }
 

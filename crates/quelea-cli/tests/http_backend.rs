@@ -563,6 +563,39 @@ fn server_refuses_to_start_without_a_secret(fx: &Fixture) -> Result<(), Failed> 
     )
 }
 
+fn sigterm_drains_accepted_calls(fx: &Fixture) -> Result<(), Failed> {
+    let server = WorkerServer::start(fx.dir.path(), "draining", "{}\n");
+    let config = storage_builder(fx.dir.path())
+        .set("backend", "http")
+        .set("http.urls", vec![server.url.clone()])
+        .set("http.secret", SECRET)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let b = quelea_cli::builtins();
+    let futures = exec.map(&b.sleep_ms, [400u64, 400, 400], MapOptions::default())?;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()?;
+    check(status.success(), "kill -TERM")?;
+    let mut child = server.child;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the server did not stop within 30 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    check(exit.success(), format!("server exit: {exit}"))?;
+    // Every accepted call finished and its status was written before exit.
+    let results = exec.get_result(&futures, Some(Duration::from_secs(10)))?;
+    check(results == vec![400, 400, 400], format!("{results:?}"))
+}
+
 fn main() {
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
@@ -627,6 +660,10 @@ fn main() {
         (
             "server_refuses_to_start_without_a_secret",
             server_refuses_to_start_without_a_secret,
+        ),
+        (
+            "sigterm_drains_accepted_calls",
+            sigterm_drains_accepted_calls,
         ),
     ];
     let trials = tests

@@ -92,10 +92,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A bound worker server; [`Server::run`] serves until the process ends.
+/// A bound worker server; [`Server::run`] serves until stopped through its
+/// [`StopHandle`].
 pub struct Server {
     state: Arc<State>,
     listener: std::net::TcpListener,
+    stop: StopHandle,
+}
+
+/// Stops a running [`Server`] gracefully (a platform's SIGTERM): it stops
+/// accepting, lets accepted calls finish for up to the drain time, and
+/// writes every status before `run` returns.
+#[derive(Clone, Default)]
+pub struct StopHandle(Arc<tokio::sync::Notify>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl Server {
@@ -121,24 +135,36 @@ impl Server {
                 counters: Arc::new(Counters::default()),
             }),
             listener,
+            stop: StopHandle::default(),
         })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves requests; returns only if the listener fails.
-    pub fn run(self) -> Result<()> {
+    /// Serves requests until stopped; then drains for up to `drain`.
+    /// Returns how many accepted calls had not finished by then.
+    pub fn run(self, drain: Duration) -> Result<u64> {
         let runtime = io_runtime();
         let listener = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(self.listener)?
         };
         let state = self.state;
+        let stop = self.stop.0;
+        let serving = state.clone();
         runtime.block_on(async move {
             loop {
-                let stream = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = stop.notified() => break,
+                };
+                let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -148,7 +174,7 @@ impl Server {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
+                let state = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
@@ -161,7 +187,15 @@ impl Server {
                         .await;
                 });
             }
-        })
+        });
+        let deadline = Instant::now() + drain;
+        while state.counters.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for error in state.writer.flush() {
+            eprintln!("quelea worker: status write failed: {error}");
+        }
+        Ok(state.counters.queued.load(Ordering::Relaxed))
     }
 }
 
