@@ -98,6 +98,8 @@ pub struct Builtins {
     pub fail: FunctionRef<String, String>,
     /// Ends the runner process with this exit code (0 returns normally).
     pub exit_with: FunctionRef<i32, i32>,
+    /// The number of lines in a chunk of data (the partitioner's `obj`).
+    pub count_lines: FunctionRef<quelea::objects::ChunkObject, u64>,
 }
 
 /// The error of the builtin `fail`.
@@ -132,6 +134,11 @@ pub fn builtins() -> Builtins {
         }
         code
     });
+    let count_lines =
+        functions.register_fallible("count_lines", |obj: quelea::objects::ChunkObject| {
+            let reader = obj.data_stream().map_err(|e| e.to_string())?;
+            Ok::<_, String>(std::io::BufRead::lines(reader).count() as u64)
+        });
     Builtins {
         functions,
         square,
@@ -139,6 +146,7 @@ pub fn builtins() -> Builtins {
         sleep_ms,
         fail,
         exit_with,
+        count_lines,
     }
 }
 

@@ -107,7 +107,6 @@ impl Fixture {
             .set("backend", "http")
             .set("http.urls", self.urls.clone())
             .set("http.secret", SECRET)
-            .set("execution.data_cleaner", false)
             .build()
             .unwrap()
     }
@@ -197,11 +196,11 @@ fn now() -> u64 {
     quelea::core::model::now_ts() as u64
 }
 
-/// A valid Invocation of `hello_square` for a job of its own, with the
-/// function object in storage, so that only the front door decides whether
-/// it runs.
-fn own_invocation(fx: &Fixture, executor: &str) -> (Vec<u8>, JobKeys) {
-    let executor: ExecutorId = executor.parse().unwrap();
+/// A valid Invocation of `hello_square` for a job of its own (a fresh
+/// executor id: S3 buckets outlive test runs), with the function object in
+/// storage, so that only the front door decides whether it runs.
+fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
+    let executor = ExecutorId::next();
     let job_id = JobId::new(JobKind::Map, 0);
     let hash = format!("{executor}-square");
     fx.storage()
@@ -321,6 +320,38 @@ fn map_reduce_and_chunked_ranged_inputs(fx: &Fixture) -> Result<(), Failed> {
     )
 }
 
+fn partitioned_objects_are_read_by_the_servers(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    // Objects in the shared storage; the servers' runners read their chunks
+    // with the servers' own storage settings.
+    let prefix = format!("inputs/{}/", exec.id());
+    let storage = exec.storage();
+    storage.put_blocking(
+        &format!("{prefix}a.txt"),
+        "alpha\nbeta\ngamma\n".as_bytes().to_vec(),
+    )?;
+    storage.put_blocking(&format!("{prefix}b.txt"), "one\ntwo".as_bytes().to_vec())?;
+    let input = format!("{}/{prefix}", exec.config().bucket);
+    let options = quelea::objects::ObjOptions {
+        chunking: quelea::objects::Chunking::Size(4),
+        ..quelea::objects::ObjOptions::default()
+    };
+    let per_object = exec.get_result(
+        &exec.map_reduce_objects(
+            &b.count_lines,
+            [input],
+            &b.sum,
+            &options,
+            true,
+            MapOptions::default(),
+        )?,
+        WAIT,
+    )?;
+    storage.delete_prefix_blocking(&prefix)?;
+    check(per_object == vec![3, 2], format!("{per_object:?}"))
+}
+
 fn user_error_carries_the_remote_message(fx: &Fixture) -> Result<(), Failed> {
     let b = quelea_cli::builtins();
     let exec = fx.executor();
@@ -433,7 +464,7 @@ fn unreachable_servers_are_a_clear_error(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn unsigned_and_forged_requests_run_nothing(fx: &Fixture) -> Result<(), Failed> {
-    let (body, keys) = own_invocation(fx, "e0e0e0-1");
+    let (body, keys) = own_invocation(fx);
     let addr = fx.guarded.trim_start_matches("http://");
     let (code, text) = request(addr, "POST", "/invoke", &[], &body);
     check(
@@ -467,7 +498,7 @@ fn unsigned_and_forged_requests_run_nothing(fx: &Fixture) -> Result<(), Failed> 
 }
 
 fn old_timestamps_are_refused(fx: &Fixture) -> Result<(), Failed> {
-    let (body, keys) = own_invocation(fx, "e0e0e0-2");
+    let (body, keys) = own_invocation(fx);
     let addr = fx.guarded.trim_start_matches("http://");
     for ts in [now() - 3600, now() + 3600] {
         let (code, text) = request(addr, "POST", "/invoke", &signed(&body, ts), &body);
@@ -480,7 +511,7 @@ fn old_timestamps_are_refused(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn replayed_requests_are_refused(fx: &Fixture) -> Result<(), Failed> {
-    let (body, keys) = own_invocation(fx, "e0e0e0-3");
+    let (body, keys) = own_invocation(fx);
     let addr = fx.guarded.trim_start_matches("http://");
     let headers = signed(&body, now());
     let (code, text) = request(addr, "POST", "/invoke", &headers, &body);
@@ -505,7 +536,7 @@ fn replayed_requests_are_refused(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn oversized_bodies_get_413(fx: &Fixture) -> Result<(), Failed> {
-    let (_, keys) = own_invocation(fx, "e0e0e0-4");
+    let (_, keys) = own_invocation(fx);
     let addr = fx.guarded.trim_start_matches("http://");
     let body = vec![b' '; 200_000];
     let (code, _) = request(addr, "POST", "/invoke", &signed(&body, now()), &body);
@@ -514,7 +545,7 @@ fn oversized_bodies_get_413(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn wrong_protocol_version_is_a_clear_400(fx: &Fixture) -> Result<(), Failed> {
-    let (body, keys) = own_invocation(fx, "e0e0e0-5");
+    let (body, keys) = own_invocation(fx);
     let mut value: serde_json::Value = serde_json::from_slice(&body)?;
     value["version"] = 99.into();
     let body = serde_json::to_vec(&value)?;
@@ -660,6 +691,10 @@ fn main() {
         (
             "server_refuses_to_start_without_a_secret",
             server_refuses_to_start_without_a_secret,
+        ),
+        (
+            "partitioned_objects_are_read_by_the_servers",
+            partitioned_objects_are_read_by_the_servers,
         ),
         (
             "sigterm_drains_accepted_calls",
