@@ -16,7 +16,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+try:  # Airflow 3
+    from airflow.sdk import DAG, task
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
+    from airflow.decorators import task
 
 from quelea_airflow.operators.quelea import (
     QueleaCallAsyncOperator,

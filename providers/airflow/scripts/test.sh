@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Tests of the Airflow provider against a real Airflow 3.3 (SQLite metadata DB).
+# Tests of the Airflow provider against a real Airflow (SQLite metadata DB).
 #
-#   providers/airflow/scripts/test.sh [pytest args...]   (default: all of providers/airflow/tests)
+#   providers/airflow/scripts/test.sh [pytest args...]                          Airflow 3.3 (3.3.2)
+#   AIRFLOW_VERSION=2.11.x providers/airflow/scripts/test.sh [pytest args...]   Airflow 2.11 (2.11.2)
 #
-# Uses (or creates) the venv ${AIRFLOW_VENV:-<repo>/.venv-airflow}, apart from the
-# project's .venv because Airflow pins many packages. quelea goes into it from
+# AIRFLOW_VERSION is 3.3.x / 2.11.x (the release tested here: 3.3.2 / 2.11.2) or
+# an exact release. pytest args default to all of providers/airflow/tests.
+#
+# Uses (or creates) the venv ${AIRFLOW_VENV:-<repo>/.venv-airflow} (3.x) or
+# <repo>/.venv-airflow-<major.minor> (2.x), apart from the project's .venv
+# because Airflow pins many packages; a `*` .gitignore keeps it out of git. quelea goes into it from
 # this checkout: when python/quelea already holds a built engine (a `maturin
 # develop` checkout), a .pth file points at python/; otherwise a wheel is
 # built with maturin (CARGO_TARGET_DIR is honoured). Starts no server.
@@ -13,8 +18,18 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROVIDER="$(cd "$HERE/.." && pwd)"
 ROOT="$(cd "$PROVIDER/../.." && pwd)"
-VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
-AIRFLOW_VERSION="${AIRFLOW_VERSION:-3.3.2}"
+AIRFLOW_VERSION="${AIRFLOW_VERSION:-3.3.x}"
+case "$AIRFLOW_VERSION" in
+    3.3 | 3.3.x) AIRFLOW_VERSION=3.3.2 ;;
+    2.11 | 2.11.x) AIRFLOW_VERSION=2.11.2 ;;
+    [0-9]*.[0-9]*.[0-9]*) ;;
+    *) echo "AIRFLOW_VERSION must be 3.3.x, 2.11.x or a release like 3.3.2, got $AIRFLOW_VERSION" >&2; exit 2 ;;
+esac
+case "$AIRFLOW_VERSION" in
+    2.*) DEFAULT_VENV="$ROOT/.venv-airflow-${AIRFLOW_VERSION%.*}" ;;
+    *) DEFAULT_VENV="$ROOT/.venv-airflow" ;;
+esac
+VENV="${AIRFLOW_VENV:-$DEFAULT_VENV}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
@@ -23,6 +38,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
 fi
+[ -e "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
 PY="$VENV/bin/python"
 if ! "$PY" -c "import airflow, sys; sys.exit(airflow.__version__ != '$AIRFLOW_VERSION')" 2>/dev/null; then
     echo "== installing apache-airflow==$AIRFLOW_VERSION"
@@ -60,7 +76,7 @@ echo "== airflow db migrate"
 "$VENV/bin/airflow" db migrate >"$SCRATCH/migrate.log" 2>&1 || { cat "$SCRATCH/migrate.log"; exit 1; }
 "$VENV/bin/airflow" providers list 2>/dev/null | grep -q airflow-provider-quelea \
     || { echo "airflow providers list does not show airflow-provider-quelea" >&2; exit 1; }
-echo "== pytest"
+echo "== pytest (Airflow $AIRFLOW_VERSION, $VENV)"
 cd "$PROVIDER"
 if [ "$#" -eq 0 ]; then set -- tests; fi
 "$PY" -m pytest "$@"

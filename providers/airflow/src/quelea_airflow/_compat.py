@@ -47,6 +47,7 @@ conf = _first(("airflow.sdk.configuration", "conf"), ("airflow.configuration", "
 AirflowException = _first(
     ("airflow.sdk.exceptions", "AirflowException"), ("airflow.exceptions", "AirflowException")
 )
+TaskDeferred = _first(("airflow.sdk.exceptions", "TaskDeferred"), ("airflow.exceptions", "TaskDeferred"))
 # The trigger base classes stayed in airflow-core on both majors.
 BaseTrigger = _first(("airflow.triggers.base", "BaseTrigger"))
 TriggerEvent = _first(("airflow.triggers.base", "TriggerEvent"))
@@ -92,6 +93,7 @@ __all__ = [
     "BaseSensorOperator",
     "BaseTrigger",
     "Context",
+    "TaskDeferred",
     "TriggerEvent",
     "conf",
     "default_deferrable",

@@ -29,7 +29,10 @@ def quelea_connection(storage_root):
 
 @pytest.fixture(scope="session")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
+    try:  # Airflow 3
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2.11
+        from airflow.models.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
     assert not bag.import_errors, bag.import_errors

@@ -1,4 +1,4 @@
-"""End to end: real DAGs under ``dag.test()`` in Airflow 3.3 with a SQLite metadata DB."""
+"""End to end: real DAGs under ``dag.test()`` in Airflow (3.3 or 2.11) with a SQLite metadata DB."""
 
 from __future__ import annotations
 
@@ -8,20 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from e2e_helpers import xcom_value
+
 N = 200
 
 
 def _xcom(dag_run, task_id: str):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value")
-            .one()
-        )
-        return XComModel.deserialize_value(row)
+    return xcom_value(dag_run, task_id)
 
 
 def _states(dag_run) -> dict[str, str]:

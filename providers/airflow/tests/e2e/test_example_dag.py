@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from e2e_helpers import xcom_value
+
 EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "airflow" / "quelea_example_dag.py"
 
 
@@ -13,11 +15,6 @@ def test_example_dag_runs(dagbag):
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states == {t: "success" for t in ("read_lines", "line_lengths", "top_words", "summary")}, states
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(run_id=run.run_id, task_id="summary").one()
-    summary = XComModel.deserialize_value(row)
+    summary = xcom_value(run, "summary")
     assert summary.startswith("300 lines, ")
     assert "'the': 300" in summary

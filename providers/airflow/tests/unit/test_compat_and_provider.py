@@ -26,12 +26,27 @@ def test_first_names_every_location_when_none_imports():
     assert "BaseThing" in str(e.value) and "airflow.no_such_module" in str(e.value)
 
 
-def test_airflow_3_resolves_to_the_task_sdk():
-    assert _compat.AIRFLOW_V_3_0_PLUS and _compat.AIRFLOW_V_3_3_PLUS
-    assert _compat.BaseOperator.__module__.startswith("airflow.sdk")
-    assert _compat.BaseHook.__module__.startswith("airflow.sdk")
-    assert _compat.BaseSensorOperator.__module__.startswith("airflow.sdk")
+def test_names_resolve_to_this_airflows_locations():
+    import airflow
+
+    major_minor = tuple(int(p) for p in airflow.__version__.split(".")[:2])
+    assert _compat.AIRFLOW_V_3_0_PLUS == (major_minor >= (3, 0))
+    assert _compat.AIRFLOW_V_3_3_PLUS == (major_minor >= (3, 3))
+    if _compat.AIRFLOW_V_3_0_PLUS:  # the Task SDK
+        assert _compat.BaseOperator.__module__.startswith("airflow.sdk")
+        assert _compat.BaseHook.__module__.startswith("airflow.sdk")
+        assert _compat.BaseSensorOperator.__module__.startswith("airflow.sdk")
+        assert _compat.TaskDeferred.__module__.startswith("airflow.sdk")
+    else:  # Airflow 2.11: no airflow.sdk, the 2.x homes
+        assert major_minor == (2, 11), airflow.__version__
+        assert _compat.BaseOperator.__module__ == "airflow.models.baseoperator"
+        assert _compat.BaseHook.__module__ == "airflow.hooks.base"
+        assert _compat.BaseSensorOperator.__module__ == "airflow.sensors.base"
+        assert _compat.TaskDeferred.__module__ == "airflow.exceptions"
+        assert _compat.Context.__module__ == "airflow.utils.context"
+    # The trigger base classes stayed in airflow-core on both majors.
     assert _compat.BaseTrigger.__module__ == "airflow.triggers.base"
+    assert _compat.TriggerEvent.__module__ == "airflow.triggers.base"
 
 
 def test_xcom_serialize_rejects_what_xcom_cannot_hold():

@@ -11,7 +11,7 @@ import datetime
 
 import pytest
 
-from quelea_airflow._compat import AirflowException
+from quelea_airflow._compat import AirflowException, TaskDeferred
 from quelea_airflow.hooks.quelea import QueleaHook
 from quelea_airflow.operators.quelea import (
     QueleaCallAsyncOperator,
@@ -295,8 +295,6 @@ def _fails_on_3(x):
 
 
 def test_execution_timeout_bounds_the_deferral(quelea_conn, monkeypatch):
-    from airflow.sdk.exceptions import TaskDeferred
-
     op = QueleaMapOperator(
         task_id="d",
         map_function=inc,

@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
 import quelea
 from helpers import objects
 from quelea_airflow import _job
-from quelea_airflow._compat import TriggerEvent
+from quelea_airflow._compat import AIRFLOW_V_3_3_PLUS, TriggerEvent
 from quelea_airflow.triggers.quelea import QueleaJobTrigger
 
 JOB = {
@@ -203,3 +204,80 @@ def test_map_reduce_job_has_two_parts(quelea_conn):
     assert event.payload["status"] == "success" and event.payload["total"] == 11
     assert _job.results(job, quelea_conn) == sum(x * x for x in range(10))
     _job.finish(job, quelea_conn)
+
+
+def _cancel_while_polling(trigger: QueleaJobTrigger) -> None:
+    """What the triggerer does to a trigger it drops: cancel the task running ``run()``."""
+
+    async def go():
+        task = asyncio.create_task(trigger.run().__anext__())
+        await asyncio.sleep(0.5)
+        assert not task.done()  # still polling
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+
+
+def _task_instance_in_db(state: str | None) -> types.SimpleNamespace:
+    """The key of a task instance as the triggerer gives it (``trigger.task_instance``);
+    in the metadata DB with ``state``, or absent (a cleared run) when ``state`` is None."""
+    key = types.SimpleNamespace(
+        dag_id="quelea_trigger_cancel", task_id="wait", run_id=f"r{time.time_ns()}", map_index=-1
+    )
+    if state is None:
+        return key
+    import pendulum
+    from airflow.models.dag import DAG
+    from airflow.operators.empty import EmptyOperator
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
+
+    dag = DAG(key.dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1))
+    EmptyOperator(task_id=key.task_id, dag=dag)
+    now = pendulum.now("UTC")
+    with create_session() as session:
+        run = dag.create_dagrun(
+            run_id=key.run_id,
+            run_type=DagRunType.MANUAL,
+            state=DagRunState.RUNNING,
+            execution_date=now,
+            data_interval=(now, now),
+            session=session,
+        )
+        run.get_task_instance(key.task_id, session=session).state = state
+    return key
+
+
+@pytest.mark.skipif(
+    AIRFLOW_V_3_3_PLUS, reason="before 3.3 only: 3.3+ never cancels a job on a trigger cancellation"
+)
+def test_before_3_3_a_triggerer_restart_keeps_the_job(quelea_conn):
+    """Before 3.3 the triggerer cancels a trigger both when its task is killed and when the
+    triggerer restarts. After a restart the task instance is still ``deferred`` (another
+    triggerer picks the trigger up), so the job must go on."""
+    job = _job.submit_detached("map", (sleepy, [1, 2]), {}, quelea_conn)
+    trigger = QueleaJobTrigger(job=job, poll_interval=0.1)
+    trigger.task_instance = _task_instance_in_db("deferred")
+    _cancel_while_polling(trigger)
+    assert _job.process_alive(job["pid"], job["pid_start"])
+    _job.finish(job, quelea_conn)
+
+
+def test_cancelling_the_trigger_of_a_killed_task(quelea_conn, storage_dir):
+    """The task instance is gone from ``deferred`` (cleared, marked failed) and the triggerer
+    cancels the trigger: before 3.3 that is the only sign of a kill, so the job is cancelled;
+    from 3.3 on the kill comes through ``on_kill`` and a cancellation leaves the job alone."""
+    job = _job.submit_detached("map", (sleepy, [1, 2]), {}, quelea_conn)
+    trigger = QueleaJobTrigger(job=job, poll_interval=0.1)
+    trigger.task_instance = _task_instance_in_db(None)  # the task was cleared
+    _cancel_while_polling(trigger)
+    if AIRFLOW_V_3_3_PLUS:
+        # A cancellation is a triggerer restart or a redistribution: on_kill is the kill.
+        assert _job.process_alive(job["pid"], job["pid_start"])
+        _job.finish(job, quelea_conn)
+    else:
+        assert not _job.process_alive(job["pid"], job["pid_start"])
+    assert objects(storage_dir) == []
