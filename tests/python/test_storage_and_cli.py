@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,8 +52,9 @@ def test_cloudobjects_and_other_buckets(storage):
 
 
 def test_console_script_runs_the_cli(storage_root):
-    exe = shutil.which("quelea")
-    assert exe, "the quelea console script is installed"
+    # The console script sits next to this interpreter (the venv's bin).
+    exe = str(Path(sys.executable).parent / "quelea")
+    assert Path(exe).exists(), f"the quelea console script is installed at {exe}"
     out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("quelea ")
     env = {"QUELEA_STORAGE_DIR": str(storage_root), "PATH": "/usr/bin:/bin"}
