@@ -77,6 +77,15 @@ def task_decorator_factory(*args: Any, **kwargs: Any) -> Any:
     return factory(*args, **kwargs)
 
 
+def get_unique_task_id(task_id: str, dag: Any = None, task_group: Any = None) -> str:
+    """``task_id``, or ``task_id__<n>`` when the DAG has it already (as ``@task`` names tasks)."""
+    unique = _first(
+        ("airflow.sdk.bases.decorator", "get_unique_task_id"),
+        ("airflow.decorators.base", "get_unique_task_id"),
+    )
+    return unique(task_id, dag, task_group)
+
+
 def decorated_operator_class() -> type:
     return _first(
         ("airflow.sdk.bases.decorator", "DecoratedOperator"),
@@ -97,6 +106,7 @@ __all__ = [
     "TriggerEvent",
     "conf",
     "default_deferrable",
+    "get_unique_task_id",
     "task_decorator_factory",
     "xcom_serialize",
 ]

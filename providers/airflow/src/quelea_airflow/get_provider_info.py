@@ -26,6 +26,9 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [{"integration-name": integration, "python-modules": ["quelea_airflow.hooks.quelea"]}],
         "sensors": [{"integration-name": integration, "python-modules": ["quelea_airflow.sensors.quelea"]}],
         "triggers": [{"integration-name": integration, "python-modules": ["quelea_airflow.triggers.quelea"]}],
+        "task-decorators": [
+            {"name": "quelea_map", "class-name": "quelea_airflow.decorators.quelea.quelea_map_task"}
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

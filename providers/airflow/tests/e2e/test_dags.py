@@ -62,3 +62,24 @@ def test_failing_map_fails_the_task_with_the_remote_traceback(dagbag, dag_id, ca
     assert 'raise ValueError(f"unlucky number {x}")' in text
     if dag_id.endswith("deferrable"):
         assert _objects(storage_root) == []
+
+
+@pytest.mark.parametrize("dag_id", ["quelea_e2e_decorator_sync", "quelea_e2e_decorator_deferrable"])
+def test_task_quelea_map_decorator(dagbag, dag_id, storage_root):
+    dag = dagbag.get_dag(dag_id)
+    cube = dag.get_task("cube")
+    assert type(cube).__name__ == "QueleaMapDecoratedOperator"
+    assert cube.map_function.__name__ == "cube"
+    assert cube.deferrable is dag_id.endswith("deferrable")
+    assert {t.task_id for t in dag.tasks} == {"numbers", "cube", "cube__1", "hypot2_of", "check"}
+    # The XComArg argument made numbers an upstream of cube.
+    assert cube.upstream_task_ids == {"numbers"}
+    run = dag.test()
+    assert _states(run) == {t: "success" for t in ("numbers", "cube", "cube__1", "hypot2_of", "check")}, (
+        _states(run)
+    )
+    assert _xcom(run, "cube") == [x**3 for x in range(N)]
+    assert _xcom(run, "cube__1") == [8, 27]
+    assert _xcom(run, "hypot2_of") == [25, 169]
+    assert _xcom(run, "check") == N
+    assert _objects(storage_root) == []

@@ -88,7 +88,38 @@ def failing(dag_id: str, deferrable: bool) -> DAG:
     return dag
 
 
+def decorated(dag_id: str, deferrable: bool) -> DAG:
+    """``@task.quelea_map``: the decorated function is the map function, the call's argument
+    the iterdata."""
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+
+        @task
+        def numbers():
+            return list(range(N))
+
+        @task.quelea_map(deferrable=deferrable, poll_interval=0.5)
+        def cube(x):
+            return x**3
+
+        @task.quelea_map(map_iterdata=[{"a": 3, "b": 4}, {"a": 5, "b": 12}], deferrable=deferrable)
+        def hypot2_of(a, b):
+            return a * a + b * b
+
+        @task
+        def check(cubes, small_cubes, hyps):
+            assert cubes == [x**3 for x in range(N)], cubes[:10]
+            assert small_cubes == [8, 27], small_cubes
+            assert hyps == [25, 169], hyps
+            return len(cubes)
+
+        # The same decorated function used twice gets a second task id (cube__1).
+        check(cube(numbers()), cube([2, 3]), hypot2_of())
+    return dag
+
+
 e2e_sync = pipeline("quelea_e2e_sync", deferrable=False)
 e2e_deferrable = pipeline("quelea_e2e_deferrable", deferrable=True)
 e2e_fail_sync = failing("quelea_e2e_fail_sync", deferrable=False)
 e2e_fail_deferrable = failing("quelea_e2e_fail_deferrable", deferrable=True)
+e2e_decorator_sync = decorated("quelea_e2e_decorator_sync", deferrable=False)
+e2e_decorator_deferrable = decorated("quelea_e2e_decorator_deferrable", deferrable=True)
