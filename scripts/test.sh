@@ -18,8 +18,9 @@ echo "== python tests =="
 "$VENV/bin/maturin" develop --quiet
 "$VENV/bin/python" -m pytest tests/python -q
 
-echo "== airflow provider: a real Airflow 3.3 (SQLite), in its own venv =="
+echo "== airflow provider: a real Airflow 3.3, then 2.11 (SQLite), each in its own venv =="
 bash providers/airflow/scripts/test.sh -q
+AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
 
 echo "== the same against a real S3 server (SeaweedFS on 127.0.0.1) =="
 S3_DIR="$(mktemp -d)"
