@@ -13,7 +13,7 @@ from . import _engine
 from . import _serialize as ser
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
-from .wait import _check_return_when, _group, collect_results
+from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results
 from .wait import wait as _wait_futures
 
 _LITHOPS_BACKENDS = {"localhost": "local", "local": "local"}
@@ -467,14 +467,21 @@ class FunctionExecutor:
     ) -> Any:
         """Results in call order. With ``fs=None``: this executor's results not
         read yet. A ``map`` gives a list; ``call_async`` and ``map_reduce`` a value."""
-        if fs is None:
-            futures = [f for f in self.futures if not f._read]
-        else:
-            futures = [f for f in _listify(fs) if f._produce_output]
-        if not futures:
-            return []
-        _engine.wait(_group(futures), float(ALL_COMPLETED), self._timeout(timeout) if timeout else None)
-        results = collect_results(futures, throw_except, timeout)
+        futures: list[ResponseFuture] = []
+        try:
+            if fs is None:
+                futures = [f for f in self.futures if not f._read]
+            else:
+                futures = [f for f in _listify(fs) if f._produce_output]
+            if not futures:
+                return []
+            _engine.wait(_group(futures), float(ALL_COMPLETED), self._timeout(timeout) if timeout else None)
+            results = collect_results(futures, throw_except, timeout)
+        except KeyboardInterrupt:
+            # Wherever Ctrl-C lands, the jobs waited on (or all of this
+            # executor's unfinished ones) are cancelled.
+            cancel_on_interrupt(futures or [f for f in self.futures if not f.done])
+            raise
         single = self._last_call in ("call_async", "map_reduce") and len(results) == 1
         if single or isinstance(fs, ResponseFuture):
             return results[0]

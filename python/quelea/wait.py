@@ -29,6 +29,15 @@ def _group(futures: list[ResponseFuture]) -> list[tuple[Any, list[int] | None]]:
     return [(job, None if len(idx) == job.total else idx) for job, idx in groups.values()]
 
 
+def cancel_on_interrupt(futures: list[ResponseFuture]) -> None:
+    """Ctrl-C while waiting cancels the jobs waited on, wherever it lands."""
+    seen = set()
+    for f in futures:
+        if id(f._job) not in seen:
+            seen.add(id(f._job))
+            f._job.cancel()
+
+
 def _check_return_when(return_when: int) -> float:
     if isinstance(return_when, bool) or not isinstance(return_when, int | float):
         raise TypeError(
@@ -56,7 +65,11 @@ def wait(
     futures = _as_list(fs)
     executor = getattr(fs, "executor", None)
     if futures:
-        _engine.wait(_group(futures), _check_return_when(return_when), timeout)
+        try:
+            _engine.wait(_group(futures), _check_return_when(return_when), timeout)
+        except KeyboardInterrupt:
+            cancel_on_interrupt(futures)
+            raise
     done = FuturesList([f for f in futures if f.done], executor)
     not_done = FuturesList([f for f in futures if not f.done], executor)
     if throw_except:
@@ -77,9 +90,13 @@ def get_result(
 ) -> list:
     """Waits for every call and returns the results in call order."""
     futures = _as_list(fs)
-    if futures:
-        _engine.wait(_group(futures), float(ALL_COMPLETED), timeout)
-    return collect_results([f for f in futures if f._produce_output], throw_except, timeout)
+    try:
+        if futures:
+            _engine.wait(_group(futures), float(ALL_COMPLETED), timeout)
+        return collect_results([f for f in futures if f._produce_output], throw_except, timeout)
+    except KeyboardInterrupt:
+        cancel_on_interrupt(futures)
+        raise
 
 
 def collect_results(futures: list[ResponseFuture], throw_except: bool, timeout: float | None) -> list:

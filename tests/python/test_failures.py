@@ -165,14 +165,20 @@ def test_functions_from_main_and_from_a_non_installed_module(tmp_path, storage_r
 
 def test_ctrl_c_cancels_the_job_and_leaves_no_orphans(tmp_path, storage_root):
     source = f"""
-        import time, quelea
+        import threading, time, quelea
         def nap(x):
             time.sleep(60)
         fexec = quelea.FunctionExecutor(config={{"localdisk": {{"root": {str(storage_root)!r}}}}})
         futures = fexec.map(nap, range(6))
-        while not any(f.running for f in futures):
-            time.sleep(0.01)
-        print(" ".join(map(str, fexec.runner_pids())), flush=True)
+
+        def report_runners():
+            # From a thread, so the main thread is already in get_result when
+            # the test sends Ctrl-C.
+            while not any(f.running for f in futures):
+                time.sleep(0.01)
+            print(" ".join(map(str, fexec.runner_pids())), flush=True)
+
+        threading.Thread(target=report_runners, daemon=True).start()
         try:
             fexec.get_result(futures)
         except KeyboardInterrupt:

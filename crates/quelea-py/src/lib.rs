@@ -395,6 +395,10 @@ impl Job {
     fn done_count(&self) -> usize {
         self.futures.done_count()
     }
+    /// Cancels the job: queued calls never run, running ones are stopped.
+    fn cancel(&self) {
+        quelea::cancel(&self.futures);
+    }
     fn state(&self, index: usize) -> PyResult<&'static str> {
         Ok(state_name(self.future(index)?.state()))
     }
