@@ -26,17 +26,26 @@ class Executor:
         timeout: float | None = None,
         memory_limit_mb: int | None = None,
     ) -> Job: ...
-    def map_reduce(
+    def map_reduce_grouped(
         self,
         map_name: str,
         map_payload: bytes,
         inputs: list[bytes],
         reduce_name: str,
         reduce_payload: bytes,
+        groups: list[int],
         chunksize: int | None = None,
         timeout: float | None = None,
         memory_limit_mb: int | None = None,
     ) -> tuple[Job, Job]: ...
+    def partition(
+        self,
+        inputs: list[str],
+        chunk_size: int | None = None,
+        chunk_number: int | None = None,
+        newline: bytes | None = b"\n",
+        header: bool = False,
+    ) -> tuple[list[str], list[int]]: ...
     def cancel(self, job: Job) -> None: ...
     def clean(self) -> int: ...
     def job_handle(self, job: Job) -> str: ...
@@ -59,6 +68,11 @@ class Job:
     def outcome(self, index: int) -> tuple[bool, Any] | None: ...
     def outcomes(self, indices: list[int]) -> list[tuple[bool, Any] | None]: ...
     def result_blobs(self, indices: list[int] | None = None) -> list[bytes] | None: ...
+
+class ChunkStream:
+    def __init__(self, chunk: str) -> None: ...
+    def header(self) -> bytes | None: ...
+    def read(self, size: int = -1) -> bytes: ...
 
 class Storage:
     def __init__(

@@ -173,34 +173,6 @@ impl Executor {
         Ok(Job::new(futures))
     }
 
-    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, chunksize=None, timeout=None, memory_limit_mb=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn map_reduce(
-        &self,
-        py: Python<'_>,
-        map_name: &str,
-        map_payload: &[u8],
-        inputs: &Bound<'_, PyList>,
-        reduce_name: &str,
-        reduce_payload: &[u8],
-        chunksize: Option<u32>,
-        timeout: Option<f64>,
-        memory_limit_mb: Option<u64>,
-    ) -> PyResult<(Job, Job)> {
-        let inputs = bytes_list(inputs)?;
-        let options = options(chunksize, timeout, memory_limit_mb)?;
-        let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
-        let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
-        let (map_futures, reduce_future) = self.with(|e| {
-            py.detach(|| e.map_reduce_raw(&map, inputs, &reduce, options))
-                .map_err(to_py_err)
-        })?;
-        Ok((
-            Job::new(map_futures),
-            Job::new(FuturesList::from(vec![reduce_future])),
-        ))
-    }
-
     /// Expands inputs that name data into chunks: `(chunk JSON list, chunks
     /// per object)`.
     #[pyo3(signature = (inputs, chunk_size=None, chunk_number=None, newline=Some(b"\n".to_vec()), header=false))]
