@@ -29,11 +29,11 @@ def attach(handle: str, config: dict | None = None, config_file: str | None = No
     """Follows a job started elsewhere (``executor.job_handle(futures)``)."""
     import json
 
-    from . import _engine
     from .executor import config_overrides
+    from .future import attach_job
 
     overrides = config_overrides(config)
-    job = _engine.attach(handle, json.dumps(overrides) if overrides else None, config_file)
+    job = attach_job(handle, json.dumps(overrides) if overrides else None, config_file)
     return FuturesList([ResponseFuture(job, i, None, job.job_id, handle=handle) for i in range(job.total)])
 
 

@@ -7,13 +7,14 @@ import pickle
 import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-from . import _engine
+from . import _bundle, _engine
 from . import _serialize as ser
+from ._bundle import BundledJob, engine_wait
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
-from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results
+from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, lazy_results
 from .wait import wait as _wait_futures
 
 _LITHOPS_BACKENDS = {"localhost": "local", "local": "local"}
@@ -135,6 +136,42 @@ _NO_KWARGS: dict = {}
 _DEFAULT_OBJ = {"chunk_size": None, "chunk_number": None, "newline": "\n", "header": False}
 
 
+class _Objects(NamedTuple):
+    """A map over partitioned data: one input per chunk, chunks per object."""
+
+    inputs: list[bytes]
+    parts: list[int]
+
+
+def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[bool, list]:
+    """Checks the elements against the function; returns ``(True, elements)``
+    when each is the single argument, else ``(False, [(args, kwargs), ...])``."""
+    if extra_args is None and not any(issubclass(t, dict | tuple) for t in set(map(type, elements))):
+        # The common case, one plain argument per call.
+        if sig is not None:
+            _bind_or_raise(sig, func, (elements[0],), {}, 0)
+        return True, elements
+    check = len(elements) <= _VALIDATE_ALL_UP_TO
+    items = []
+    for i, elem in enumerate(elements):
+        args, kwargs = _element_args(elem, extra_args, i)
+        if sig is not None and (check or i < 100):
+            _bind_or_raise(sig, func, args, kwargs, i)
+        items.append((args, kwargs))
+    return False, items
+
+
+def _encode_calls(plain: bool, items: list) -> list[bytes]:
+    """One input per call: ``(args, kwargs)`` pickled."""
+    if plain:
+        dumps = pickle.dumps
+        try:
+            return [dumps(((e,), _NO_KWARGS), ser.PROTOCOL) for e in items]
+        except Exception:  # noqa: BLE001 - the general path names the bad element
+            return [ser.dump_input((e,), {}, i) for i, e in enumerate(items)]
+    return [ser.dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
+
+
 def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
     try:
         sig.bind(*args, **kwargs)
@@ -173,7 +210,11 @@ class FunctionExecutor:
         self._config_file = config_file
         self._engine = _engine.Executor(sys.executable, text, config_file)
         self.executor_id = self._engine.id
-        self.futures: list[ResponseFuture] = []
+        resolved = self.config
+        self._backend = resolved.get("backend", "local")
+        self._workers = int((resolved.get("local") or {}).get("workers") or 1)
+        # Every FuturesList this executor made, in order (`futures` flattens them).
+        self._lists: list[FuturesList] = []
         self._last_call: str | None = None
         self._storage = None
         self._jobs: list[Any] = []
@@ -181,6 +222,11 @@ class FunctionExecutor:
 
     def _engine_executor(self) -> Any:
         return self._engine
+
+    @property
+    def futures(self) -> list[ResponseFuture]:
+        """Every future of this executor, in submission order."""
+        return [f for futures in self._lists for f in futures]
 
     @property
     def config(self) -> dict:
@@ -197,9 +243,7 @@ class FunctionExecutor:
 
     # -- submitting --------------------------------------------------------------------------------
 
-    def _prepare_objects(
-        self, func: Callable, iterdata: Any, extra_args: Any, obj: dict
-    ) -> tuple[list[bytes], list]:
+    def _prepare_objects(self, func: Callable, iterdata: Any, extra_args: Any, obj: dict) -> _Objects:
         """Expands elements whose ``obj`` names data into one call per chunk;
         returns the inputs and the chunk count of each object."""
         from .partition import ChunkObject
@@ -239,7 +283,7 @@ class FunctionExecutor:
                 inputs.append(ser.dump_input((), {"obj": ChunkObject(chunk), **others}, len(inputs)))
         if not inputs:
             raise ValueError("map_iterdata is empty: there is nothing to map")
-        return inputs, parts
+        return _Objects(inputs, parts)
 
     def _prepare(
         self, func: Callable, iterdata: Any, extra_args: Any, what: str, obj: dict | None = None
@@ -257,26 +301,15 @@ class FunctionExecutor:
         params = sig.parameters if sig else {}
         if "obj" in params and params["obj"].kind is not params["obj"].POSITIONAL_ONLY:
             return self._prepare_objects(func, elements, extra_args, obj or _DEFAULT_OBJ)
-        if extra_args is None and not any(isinstance(e, dict | tuple) for e in elements):
-            # The common case, one plain argument per call: one pickle each.
-            if sig is not None:
-                _bind_or_raise(sig, func, (elements[0],), {}, 0)
-            dumps = pickle.dumps
-            try:
-                return [dumps(((e,), _NO_KWARGS), ser.PROTOCOL) for e in elements]
-            except Exception:  # noqa: BLE001 - the general path names the bad element
-                pass
-        check = len(elements) <= _VALIDATE_ALL_UP_TO
-        inputs = []
-        for i, elem in enumerate(elements):
-            args, kwargs = _element_args(elem, extra_args, i)
-            if sig is not None and (check or i < 100):
-                _bind_or_raise(sig, func, args, kwargs, i)
-            inputs.append(ser.dump_input(args, kwargs, i))
-        return inputs
+        return _calls(func, sig, elements, extra_args)
 
     def _payload(
-        self, func: Callable, extra_env: dict | None, reduce_extra_args: tuple | None = None
+        self,
+        func: Callable,
+        extra_env: dict | None,
+        reduce_extra_args: tuple | None = None,
+        bundle: bool = False,
+        id_base: int = 0,
     ) -> bytes:
         env = {}
         for key, value in (extra_env or {}).items():
@@ -289,15 +322,26 @@ class FunctionExecutor:
             extra_env=env,
             reserved=ser.reserved_params(func),
             reduce_extra_args=reduce_extra_args,
+            bundle=bundle,
+            id_base=id_base,
         )
         return ser.dump_function(payload)
 
     def _futures(self, job: Any, func: Callable) -> FuturesList:
-        name = ser.function_name(func)
         self._jobs.append(job)
-        futures = FuturesList([ResponseFuture(job, i, self, name) for i in range(job.total)], self)
-        self.futures.extend(futures)
+        futures = FuturesList._of_job(job, ser.function_name(func), self)
+        self._lists.append(futures)
         return futures
+
+    def _bundle_size(self, chunksize: int | None, calls: int, timeout: Any, memory: Any) -> int:
+        """Elements per engine call (see `quelea._bundle`)."""
+        if chunksize is not None:
+            return chunksize
+        if self._backend != "local" or timeout is not None or memory is not None:
+            return 1
+        if calls < _bundle.AUTO_BUNDLE_MIN:
+            return 1
+        return _bundle.auto_size(calls, self._workers)
 
     @staticmethod
     def _timeout(timeout: Any) -> float | None:
@@ -326,7 +370,8 @@ class FunctionExecutor:
         exclude_modules: list | None = None,
     ) -> ResponseFuture:
         """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs)."""
-        inputs = self._prepare(func, [data], None, "func")
+        prepared = self._prepare(func, [data], None, "func")
+        inputs = prepared.inputs if isinstance(prepared, _Objects) else _encode_calls(*prepared)
         job = self._engine.submit(
             "call_async",
             ser.function_name(func),
@@ -362,18 +407,32 @@ class FunctionExecutor:
         gives every chunk the object's first line as ``obj.header``.
         """
         obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
-        inputs = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
-        if isinstance(inputs, tuple):
-            inputs = inputs[0]
-        job = self._engine.submit(
-            "map",
-            ser.function_name(map_function),
-            self._payload(map_function, extra_env),
-            inputs,
-            self._chunksize(chunksize),
-            self._timeout(timeout),
-            runtime_memory,
-        )
+        prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
+        timeout, chunksize = self._timeout(timeout), self._chunksize(chunksize)
+        name = ser.function_name(map_function)
+        if isinstance(prepared, _Objects):
+            size, inputs = 1, prepared.inputs
+        else:
+            plain, items = prepared
+            size = self._bundle_size(chunksize, len(items), timeout, runtime_memory)
+            if size == 1:
+                inputs = _encode_calls(plain, items)
+        if size == 1:
+            job = self._engine.submit(
+                "map", name, self._payload(map_function, extra_env), inputs, None, timeout, runtime_memory
+            )
+        else:
+            inputs = _bundle.encode(items, plain, size)
+            payload = self._payload(map_function, extra_env, bundle=True)
+            engine_job = self._engine.submit("map", name, payload, inputs, None, timeout, runtime_memory)
+
+            def rerun(first: int, element_inputs: list[bytes]) -> Any:
+                payload = self._payload(map_function, extra_env, id_base=first)
+                job = self._engine.submit("map", name, payload, element_inputs, None, timeout, runtime_memory)
+                self._jobs.append(job)
+                return job
+
+            job = BundledJob(engine_job, size, len(items), inputs, rerun)
         self._last_call = "map"
         return self._futures(job, map_function)
 
@@ -411,7 +470,10 @@ class FunctionExecutor:
         if extra_args_reduce is not None and not isinstance(extra_args_reduce, tuple):
             extra_args_reduce = (extra_args_reduce,)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
-        inputs, parts = prepared if isinstance(prepared, tuple) else (prepared, None)
+        if isinstance(prepared, _Objects):
+            inputs, parts = prepared.inputs, prepared.parts
+        else:
+            inputs, parts = _encode_calls(*prepared), None
         if obj_reduce_by_key and parts is None:
             raise ValueError("obj_reduce_by_key needs a map function with an `obj` parameter")
         groups = parts if obj_reduce_by_key else [len(inputs)]
@@ -468,24 +530,49 @@ class FunctionExecutor:
         """Results in call order. With ``fs=None``: this executor's results not
         read yet. A ``map`` gives a list; ``call_async`` and ``map_reduce`` a value."""
         futures: list[ResponseFuture] = []
+        timeout = self._timeout(timeout) if timeout else None
         try:
+            # Whole maps whose futures were never made: results without futures.
+            if fs is None:
+                lazy = self._unread_lists()
+                if len(lazy) != len(self._unread_lists(all_kinds=True)):
+                    lazy = []
+            else:
+                lazy = [fs] if _unread_lazy(fs) else []
+            results = lazy_results(lazy, timeout) if lazy else None
+            if results is not None:
+                return self._shape(fs, results)
             if fs is None:
                 futures = [f for f in self.futures if not f._read]
             else:
                 futures = [f for f in _listify(fs) if f._produce_output]
             if not futures:
                 return []
-            _engine.wait(_group(futures), float(ALL_COMPLETED), self._timeout(timeout) if timeout else None)
+            engine_wait(_group(futures), float(ALL_COMPLETED), timeout)
             results = collect_results(futures, throw_except, timeout)
         except KeyboardInterrupt:
             # Wherever Ctrl-C lands, the jobs waited on (or all of this
             # executor's unfinished ones) are cancelled.
             cancel_on_interrupt(futures or [f for f in self.futures if not f.done])
             raise
+        return self._shape(fs, results)
+
+    def _shape(self, fs: Any, results: list) -> Any:
         single = self._last_call in ("call_async", "map_reduce") and len(results) == 1
         if single or isinstance(fs, ResponseFuture):
             return results[0]
         return results
+
+    def _unread_lists(self, all_kinds: bool = False) -> list:
+        """Lists of futures not made yet and not read; with ``all_kinds``,
+        also every list holding an unread future."""
+        out = []
+        for futures in self._lists:
+            if _unread_lazy(futures):
+                out.append(futures)
+            elif all_kinds and futures._job_source() is None and any(not f._read for f in futures):
+                out.append(futures)
+        return out
 
     def job_summary(self) -> list[dict]:
         """One row per job: calls, successes, errors, and timing."""
@@ -515,7 +602,14 @@ class FunctionExecutor:
     def job_handle(self, fs: Any) -> str:
         """A JSON handle another process can ``quelea.attach``."""
         future = fs if isinstance(fs, ResponseFuture) else _listify(fs)[0]
-        return self._engine.job_handle(future._job)
+        return self._handle_of(future._job)
+
+    def _handle_of(self, job: Any) -> str:
+        if not isinstance(job, BundledJob):
+            return self._engine.job_handle(job)
+        fields = json.loads(self._engine.job_handle(job.engine))
+        fields["python_bundle"] = job.handle_fields()
+        return json.dumps(fields)
 
     def cancel(self, fs: Any = None) -> None:
         """Cancels the jobs of these futures (default: all unfinished)."""
@@ -524,7 +618,7 @@ class FunctionExecutor:
         for f in futures:
             if id(f._job) not in seen:
                 seen.add(id(f._job))
-                self._engine.cancel(f._job)
+                f._job.cancel()
 
     def clean(
         self,
@@ -559,7 +653,7 @@ def _close_engine(engine: Any, jobs: list, in_worker: bool) -> None:
     if in_worker and jobs:
         # A nested executor in a worker lets its jobs finish: the caller may be
         # following them through storage (futures a function returned).
-        _engine.wait([(job, None) for job in jobs], float(ALL_COMPLETED), None)
+        engine_wait([(job, None) for job in jobs], float(ALL_COMPLETED), None)
         engine.flush_statuses()
     engine.close()
 
@@ -577,8 +671,17 @@ def _listify(fs: Any) -> list[ResponseFuture]:
 
 
 def collect_results_after_wait(futures: FuturesList) -> list:
-    _engine.wait(_group(list(futures)), float(ALL_COMPLETED), None)
+    if _unread_lazy(futures) or futures._job_source() is not None:
+        results = lazy_results([futures], None)
+        if results is not None:
+            return results
+    engine_wait(_group(list(futures)), float(ALL_COMPLETED), None)
     return collect_results(list(futures), True, None)
+
+
+def _unread_lazy(fs: Any) -> bool:
+    lazy = fs._job_source() if isinstance(fs, FuturesList) else None
+    return lazy is not None and not lazy[2]
 
 
 def _obj_options(chunk_size: Any, chunk_number: Any, newline: Any, header: Any) -> dict:

@@ -6,9 +6,11 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from . import _engine
+from ._bundle import BundledJob, engine_wait
 from .exceptions import (
     CallTimeoutError,
     CancelledError,
+    JobHandleError,
     RemoteError,
     RemoteTraceback,
     WorkerCrashedError,
@@ -27,8 +29,26 @@ _NOT_LOADED = object()
 
 def _rebuild_future(handle: str, index: int, function_name: str) -> ResponseFuture:
     """Unpickles a future (one a worker returned, say) by attaching to its job."""
-    job = _engine.attach(handle)
-    return ResponseFuture(job, index, None, function_name, handle=handle)
+    return ResponseFuture(attach_job(handle), index, None, function_name, handle=handle)
+
+
+def attach_job(handle: str, overrides: str | None = None, config_file: str | None = None) -> Any:
+    """The job behind a handle (``executor.job_handle``), bundled or not."""
+    import json
+
+    try:
+        fields = json.loads(handle)
+    except (TypeError, ValueError):
+        fields = None  # the engine says what is wrong with it
+    bundle = fields.pop("python_bundle", None) if isinstance(fields, dict) else None
+    if bundle is None:
+        return _engine.attach(handle, overrides, config_file)
+    engine = _engine.attach(json.dumps(fields), overrides, config_file)
+    size, total = (bundle.get("size"), bundle.get("total")) if isinstance(bundle, dict) else (None, None)
+    valid = isinstance(size, int) and isinstance(total, int) and size >= 1
+    if not valid or engine.total != -(-total // size):
+        raise JobHandleError(f"invalid job handle: `python_bundle` = {bundle!r} does not match the job")
+    return BundledJob(engine, size, total, None, None)
 
 
 def _load_result(blob: bytes) -> tuple[Any, str]:
@@ -179,9 +199,12 @@ class ResponseFuture:
         self._apply(outcome)
 
     def _apply(self, outcome: tuple) -> None:
-        ok, data = outcome
+        ok, data = outcome[0], outcome[1]
         if ok:
-            value, self._logs = _load_result(data)
+            if len(outcome) == 3:  # a bundled element, already decoded
+                value, self._logs = data, outcome[2]
+            else:
+                value, self._logs = _load_result(data)
             if _is_futures(value):
                 self._new_futures = value
             self._value = (True, value)
@@ -190,7 +213,7 @@ class ResponseFuture:
 
     def status(self, throw_except: bool = True, timeout: float | None = None) -> dict:
         """Waits for the call and returns its status: state and stats."""
-        _engine.wait([(self._job, [self._index])], ALL_COMPLETED, timeout)
+        engine_wait([(self._job, [self._index])], float(ALL_COMPLETED), timeout)
         self._load()
         if throw_except and self._value is not _NOT_LOADED and not self._value[0]:
             raise self._value[1]
@@ -198,7 +221,7 @@ class ResponseFuture:
 
     def result(self, throw_except: bool = True, timeout: float | None = None) -> Any:
         """Waits for the call and returns its result (or raises its exception)."""
-        _engine.wait([(self._job, [self._index])], ALL_COMPLETED, timeout)
+        engine_wait([(self._job, [self._index])], float(ALL_COMPLETED), timeout)
         self._load()
         ok, value = self._value
         if not ok:
@@ -235,11 +258,44 @@ def _resolve(value: Any, timeout: float | None) -> Any:
 
 class FuturesList(list):
     """A list of futures, with chaining: ``futures.map(g)`` maps ``g`` over
-    their results (a tuple result becomes positional arguments)."""
+    their results (a tuple result becomes positional arguments).
+
+    The list ``map`` returns is filled on first use: creating ten thousand
+    futures costs more than running ten thousand bundled no-op calls, and
+    ``get_result`` does not need them (see :meth:`_job_source`).
+    """
 
     def __init__(self, futures=(), executor: FunctionExecutor | None = None):
         super().__init__(futures)
         self.executor = executor
+        # (job, function name, read) until the futures are made.
+        self._lazy: list | None = None
+
+    @classmethod
+    def _of_job(cls, job: Any, function_name: str, executor: FunctionExecutor | None) -> FuturesList:
+        futures = cls((), executor)
+        futures._lazy = [job, function_name, False]
+        return futures
+
+    def _job_source(self) -> list | None:
+        """``[job, function name, read]`` while no future has been made."""
+        return self._lazy
+
+    def _materialize(self) -> None:
+        lazy = self._lazy
+        if lazy is None:
+            return
+        self._lazy = None
+        job, name, read = lazy
+        made = [ResponseFuture(job, i, self.executor, name) for i in range(job.total)]
+        if read:
+            for f in made:
+                f._read = True
+        list.extend(self, made)
+
+    def __len__(self) -> int:
+        lazy = self._lazy
+        return lazy[0].total if lazy is not None else list.__len__(self)
 
     def __reduce__(self):
         # The executor stays behind: the futures re-attach through their handles.
@@ -267,3 +323,35 @@ class FuturesList(list):
         from .wait import get_result
 
         return get_result(self, **kwargs)
+
+
+def _materializing(name: str):
+    method = getattr(list, name)
+
+    def wrapper(self, *args, **kwargs):
+        self._materialize()
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__ = name
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+# Every list operation sees the futures (C code reading a list subclass's
+# storage directly does so only for exact lists, or through these).
+for _name in (
+    "__iter__", "__getitem__", "__setitem__", "__delitem__", "__contains__", "__reversed__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__add__", "__iadd__",
+    "__mul__", "__rmul__", "__imul__", "__repr__", "append", "extend", "insert", "pop",
+    "remove", "index", "count", "sort", "reverse", "copy", "clear",
+):  # fmt: skip
+    setattr(FuturesList, _name, _materializing(_name))
+
+
+def _radd(self, other):
+    self._materialize()
+    return list(other) + list.copy(self)
+
+
+FuturesList.__radd__ = _radd
+FuturesList.__hash__ = None  # type: ignore[assignment]

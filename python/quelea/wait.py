@@ -6,7 +6,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from . import _engine
+from ._bundle import BundledJob, engine_wait
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
 
 __all__ = ["wait", "get_result", "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED"]
@@ -20,6 +20,15 @@ def _as_list(fs: ResponseFuture | Iterable[ResponseFuture]) -> list[ResponseFutu
         if not isinstance(f, ResponseFuture):
             raise TypeError(f"fs[{i}] is a {type(f).__name__}, not a ResponseFuture")
     return futures
+
+
+def _lazy_job(fs: Any) -> Any:
+    """The job of a FuturesList whose futures were never made, else None."""
+    if isinstance(fs, FuturesList):
+        lazy = fs._job_source()
+        if lazy is not None:
+            return lazy[0]
+    return None
 
 
 def _group(futures: list[ResponseFuture]) -> list[tuple[Any, list[int] | None]]:
@@ -66,7 +75,7 @@ def wait(
     executor = getattr(fs, "executor", None)
     if futures:
         try:
-            _engine.wait(_group(futures), _check_return_when(return_when), timeout)
+            engine_wait(_group(futures), _check_return_when(return_when), timeout)
         except KeyboardInterrupt:
             cancel_on_interrupt(futures)
             raise
@@ -89,14 +98,54 @@ def get_result(
     show_progressbar: bool = False,
 ) -> list:
     """Waits for every call and returns the results in call order."""
+    job = _lazy_job(fs)
+    if job is not None:
+        results = lazy_results([fs], timeout)
+        if results is not None:
+            return results
     futures = _as_list(fs)
     try:
         if futures:
-            _engine.wait(_group(futures), float(ALL_COMPLETED), timeout)
+            engine_wait(_group(futures), float(ALL_COMPLETED), timeout)
         return collect_results([f for f in futures if f._produce_output], throw_except, timeout)
     except KeyboardInterrupt:
         cancel_on_interrupt(futures)
         raise
+
+
+def lazy_results(lists: list[FuturesList], timeout: float | None) -> list | None:
+    """The results of whole map jobs whose futures were never made, when
+    every call succeeded quietly with a plain value; else None (the caller
+    takes the path through futures). Marks them read."""
+    jobs = [fs._job_source()[0] for fs in lists]
+    try:
+        engine_wait([(job, None) for job in jobs], float(ALL_COMPLETED), timeout)
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.cancel()
+        raise
+    results: list = []
+    for job in jobs:
+        values = _job_values(job)
+        if values is None:
+            return None
+        results.extend(values)
+    for fs in lists:
+        fs._job_source()[2] = True
+    return results
+
+
+def _job_values(job: Any) -> list | None:
+    if isinstance(job, BundledJob):
+        values = job.values(None)
+    else:
+        blobs = job.result_blobs(None)
+        if blobs is None:
+            return None
+        values = _decode_plain(blobs)
+    if values is None or _has_futures(values):
+        return None
+    return values
 
 
 def collect_results(futures: list[ResponseFuture], throw_except: bool, timeout: float | None) -> list:
@@ -143,9 +192,37 @@ def _collect_fast(futures: list[ResponseFuture]) -> list | None:
     indices = None if len(futures) == job.total else [f._index for f in futures]
     if indices is not None and indices != sorted(set(indices)):
         return None
-    blobs = job.result_blobs(indices)
-    if blobs is None:
-        return None
+    if isinstance(job, BundledJob):
+        results = job.values(indices)
+        if results is None or _has_futures(results):
+            return None
+    else:
+        blobs = job.result_blobs(indices)
+        if blobs is None:
+            return None
+        results = _decode_plain(blobs)
+        if results is None:
+            return None
+    for f in futures:
+        f._read = True
+    return results
+
+
+def _has_futures(values: list) -> bool:
+    """Whether any value is futures, checked by type first (cheap for many)."""
+    if not any(issubclass(t, (list, ResponseFuture)) for t in set(map(type, values))):
+        return False
+    return any(_is_future_value(v) for v in values)
+
+
+def _is_future_value(value: Any) -> bool:
+    return isinstance(value, ResponseFuture) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], ResponseFuture)
+    )
+
+
+def _decode_plain(blobs: list[bytes]) -> list | None:
+    """Results that carry no logs and are not futures, else None."""
     loads = pickle.loads
     results = []
     append = results.append
@@ -153,13 +230,9 @@ def _collect_fast(futures: list[ResponseFuture]) -> list | None:
         if blob[0] != 0:
             return None
         value = loads(memoryview(blob)[1:])
-        if isinstance(value, ResponseFuture) or (
-            isinstance(value, list) and value and isinstance(value[0], ResponseFuture)
-        ):
+        if _is_future_value(value):
             return None
         append(value)
-    for f in futures:
-        f._read = True
     return results
 
 

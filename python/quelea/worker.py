@@ -82,6 +82,8 @@ class _Function:
 
             self.sig = inspect.signature(self.func)
         self._storage = None
+        self.bundle = getattr(self.payload, "bundle", False)
+        self.id_base = getattr(self.payload, "id_base", 0)
         plain = not self.reserved and not self.payload.extra_env and self.payload.reduce_extra_args is None
         self.run = self._run_plain if plain else self._run_general
 
@@ -120,10 +122,70 @@ class _Function:
             return self.func(*args, **kwargs)
         values = {}
         if "id" in self.reserved:
-            values["id"] = call_id
+            values["id"] = call_id + self.id_base
         if "storage" in self.reserved:
             values["storage"] = self.storage()
         return _call_with_reserved(self.func, self.sig, args, kwargs, values)
+
+    def run_bundle(self, data: Any, out: _Tee, err: _Tee) -> bytes:
+        """Runs every element of a bundle; one element's failure is its own
+        (see `quelea._serialize` for the encodings)."""
+        first, plain, items = pickle.loads(data)
+        func, call = self.func, self.call
+        simple = plain and not self.reserved and self.payload.reduce_extra_args is None
+        env = self.payload.extra_env
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        values: list[Any] = []
+        entries: list[tuple[bool, bytes]] | None = None
+        try:
+            for k, item in enumerate(items):
+                try:
+                    if simple:
+                        value = func(item)
+                    elif plain:
+                        value = call(first + k, (item,), {})
+                    else:
+                        value = call(first + k, item[0], item[1])
+                except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                    if entries is None:
+                        entries = self._entries(first, values)
+                    out.take()
+                    err.take()
+                    entries.append((False, _error_report(exc, self.payload.sources)))
+                    continue
+                if entries is None and not (out.parts or err.parts):
+                    values.append(value)
+                    continue
+                if entries is None:
+                    entries = self._entries(first, values)
+                logs = out.take() + err.take()
+                entries.append(self._entry(first + k, value, logs))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if entries is None:
+            try:
+                return b"\x02" + pickle.dumps(values, protocol=5)
+            except Exception:  # noqa: BLE001 - find the element that does not pickle
+                entries = self._entries(first, values)
+        return b"\x03" + pickle.dumps(entries, protocol=5)
+
+    def _entries(self, first: int, values: list) -> list[tuple[bool, bytes]]:
+        return [self._entry(first + k, value, "") for k, value in enumerate(values)]
+
+    def _entry(self, index: int, value: Any, logs: str) -> tuple[bool, bytes]:
+        from ._serialize import dumps_value
+
+        try:
+            if logs:
+                return True, b"\x01" + dumps_value((value, logs))
+            return True, b"\x00" + dumps_value(value)
+        except Exception as e:  # noqa: BLE001
+            return False, _error_report(_result_error(self, index, value, e), {})
 
 
 def _call_with_reserved(func: Any, sig: Any, args: tuple, kwargs: dict, reserved: dict) -> Any:
@@ -258,6 +320,11 @@ def serve() -> int:
             function = functions[function_id]
             if type(function) is bytes:
                 function = functions[function_id] = _Function(function)
+            if function.bundle:
+                payload = function.run_bundle(memoryview(body)[8:], stdout_tee, stderr_tee)
+                rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
+                writev(out_fd, [pack_done(len(payload) + 14, 68, call_id, 0, rss), payload])
+                continue
             result = function.run(call_id, memoryview(body)[8:])
             try:
                 if stdout_tee.parts or stderr_tee.parts:

@@ -1,0 +1,197 @@
+"""Bundles: many map elements to one runner call (explicit ``chunksize``, or
+automatic for large maps), with every element keeping its own result,
+exception, logs, id and failure reason. Real runner processes throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import quelea
+from conftest import run_script
+from quelea._bundle import AUTO_BUNDLE_MIN, BundledJob, auto_size
+from quelea.exceptions import CallTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
+
+
+def square(x):
+    return x * x
+
+
+def fussy(x):
+    if x % 10 == 3:
+        raise KeyError(f"no threes: {x}")
+    return x
+
+
+def chatty(x):
+    if x % 2:
+        print(f"odd {x}")
+    return x
+
+
+def with_id(id, x):
+    return (id, x)
+
+
+def add(x, y, z=0):
+    return x + y + z
+
+
+def crash_on(x):
+    if x == 15:
+        os._exit(9)
+    return x
+
+
+def sleep_on(x):
+    if x == 7:
+        time.sleep(30)
+    return x
+
+
+def lock_on(x):
+    return threading.Lock() if x == 4 else x
+
+
+def env_var(x):
+    return os.environ.get("BUNDLE_VAR", "") + str(x)
+
+
+def test_large_maps_are_bundled_like_pool_and_keep_call_order(executor):
+    n = 10_000
+    futures = executor.map(square, range(n))
+    job = futures._job_source()[0]
+    assert isinstance(job, BundledJob)
+    assert job.size == auto_size(n, 2) == 1250 and job.engine.total == 8
+    assert len(futures) == n
+    assert executor.get_result(futures) == [x * x for x in range(n)]
+    # The futures are there when asked for, one per element.
+    assert futures[1234].result() == 1234 * 1234 and futures[1234].call_id == "01234"
+    assert futures[-1].success and futures[-1].stats["bundle"] == 7
+    assert [f.result() for f in futures[10:13]] == [100, 121, 144]
+    # Read once: a second get_result() has nothing new.
+    assert executor.get_result() == []
+
+
+def test_small_maps_and_chunksize_1_are_not_bundled(executor):
+    small = executor.map(square, range(AUTO_BUNDLE_MIN - 1))
+    explicit = executor.map(square, range(AUTO_BUNDLE_MIN * 2), chunksize=1)
+    timed = executor.map(square, range(AUTO_BUNDLE_MIN * 2), timeout=60)
+    for futures in (small, explicit, timed):
+        assert not isinstance(futures._job_source()[0], BundledJob)
+    assert executor.get_result(explicit) == [x * x for x in range(AUTO_BUNDLE_MIN * 2)]
+
+
+def test_each_element_keeps_its_exception_and_traceback(executor):
+    futures = executor.map(fussy, range(30), chunksize=8)
+    assert executor.get_result(futures, throw_except=False) == [None if x % 10 == 3 else x for x in range(30)]
+    assert [f.error for f in futures] == [x % 10 == 3 for x in range(30)]
+    with pytest.raises(KeyError, match="no threes: 13") as err:
+        futures[13].result()
+    assert isinstance(err.value.__cause__, RemoteTraceback)
+    assert "in fussy" in err.value.__cause__.tb
+    assert any("call 00013" in note for note in err.value.__notes__)
+    with pytest.raises(KeyError, match="no threes: 3"):
+        executor.get_result(futures)
+
+
+def test_each_element_keeps_its_logs(executor):
+    futures = executor.map(chatty, range(6), chunksize=6)
+    assert executor.get_result(futures) == list(range(6))
+    assert [f.logs for f in futures] == ["" if x % 2 == 0 else f"odd {x}\n" for x in range(6)]
+
+
+def test_reserved_id_argument_forms_and_extra_env(executor):
+    futures = executor.map(with_id, ["a", "b", "c", "d", "e"], chunksize=2)
+    assert executor.get_result(futures) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+    tuples = executor.map(add, [(1, 2), (3, 4), (5, 6)], chunksize=2, extra_args=(100,))
+    assert executor.get_result(tuples) == [103, 107, 111]
+    dicts = executor.map(add, [{"x": 1, "y": 2}, {"x": 3, "y": 4}], chunksize=2, extra_args={"z": 10})
+    assert executor.get_result(dicts) == [13, 17]
+    envs = executor.map(env_var, range(3), chunksize=3, extra_env={"BUNDLE_VAR": "v"})
+    assert executor.get_result(envs) == ["v0", "v1", "v2"]
+
+
+def test_a_result_that_cannot_be_pickled_fails_only_its_element(executor):
+    futures = executor.map(lock_on, range(6), chunksize=6)
+    assert executor.get_result(futures, throw_except=False) == [0, 1, 2, 3, None, 5]
+    with pytest.raises(SerializationError, match=r"result of test_bundles.lock_on \(call 00004"):
+        futures[4].result()
+
+
+def test_a_crash_fails_only_the_element_that_caused_it(fresh_executor):
+    futures = fresh_executor.map(crash_on, range(40), chunksize=10)
+    results = fresh_executor.get_result(futures, throw_except=False)
+    assert results == [None if x == 15 else x for x in range(40)]
+    assert [f.error for f in futures].count(True) == 1
+    with pytest.raises(WorkerCrashedError, match="call 00015 died: exited with code 9"):
+        futures[15].result()
+    # The crashed bundle's elements ran again one per call.
+    job = futures[0]._job
+    assert list(job._reruns) == [1] and job._reruns[1].total == 10
+
+
+def test_a_bundle_timeout_times_out_only_the_slow_element(fresh_executor):
+    started = time.time()
+    futures = fresh_executor.map(sleep_on, range(10), chunksize=5, timeout=1)
+    results = fresh_executor.get_result(futures, throw_except=False)
+    assert results == [None if x == 7 else x for x in range(10)]
+    assert time.time() - started < 20
+    with pytest.raises(CallTimeoutError, match="timeout of 1.000 s") as err:
+        futures[7].result()
+    assert err.value.call_id == "00007"
+    assert futures[6].success and futures[8].success
+
+
+def test_wait_any_and_states_work_per_element(executor):
+    futures = executor.map(square, range(20), chunksize=5)
+    done, not_done = executor.wait(futures, return_when=quelea.ANY_COMPLETED)
+    assert len(done) >= 5 and len(done) + len(not_done) == 20
+    done, not_done = quelea.wait(futures)
+    assert len(done) == 20 and not not_done
+    assert all(f.done and f.success for f in futures)
+    assert futures._job_source() is None  # made when wait needed them
+
+
+def test_the_lazy_list_behaves_as_a_list(executor):
+    futures = executor.map(square, range(12), chunksize=4)
+    assert len(futures) == 12 and bool(futures)
+    made = list(futures)
+    assert len(made) == 12 and all(isinstance(f, quelea.ResponseFuture) for f in made)
+    other = executor.map(square, range(12), chunksize=4)
+    joined = [] + other
+    assert len(joined) == 12 and isinstance(joined[0], quelea.ResponseFuture)
+    chained = executor.map(square, range(3), chunksize=3).map(square)
+    assert executor.get_result(chained) == [0, 1, 16]
+
+
+def test_bundled_futures_pickle_and_attach_by_handle(tmp_path, storage_root):
+    source = f"""
+        import quelea
+        def cube(x):
+            return x ** 3
+        cfg = {{"localdisk": {{"root": {str(storage_root)!r}}}, "execution": {{"data_cleaner": False}}}}
+        with quelea.FunctionExecutor(config=cfg) as fexec:
+            futures = fexec.map(cube, range(25), chunksize=10)
+            fexec.get_result(futures)
+            print(fexec.job_handle(futures), flush=True)
+    """
+    proc = run_script(tmp_path, source)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    handle = out.strip().splitlines()[-1]
+    assert json.loads(handle)["python_bundle"] == {"size": 10, "total": 25}
+    futures = quelea.attach(handle, config={"localdisk": {"root": str(storage_root)}})
+    assert len(futures) == 25
+    assert quelea.get_result(futures, timeout=60) == [x**3 for x in range(25)]
+    again = pickle.loads(pickle.dumps(futures[24]))
+    assert again.result(timeout=60) == 24**3
+    bad = json.loads(handle)
+    bad["python_bundle"] = {"size": 3, "total": 25}
+    with pytest.raises(quelea.exceptions.JobHandleError, match="python_bundle"):
+        quelea.attach(json.dumps(bad), config={"localdisk": {"root": str(storage_root)}})
