@@ -5,7 +5,8 @@ LocalCluster and Lithops 3.8 in local mode (its version 1 and version 2).
 
 Every system runs in its own fresh process, one after another, in one go.
 "cold" includes creating the executor/pool/cluster; "warm" is a second run on
-the same one. Each figure is the best of --repeat runs. The output is a
+the same one. "quelea" is the default (large maps are bundled, as Pool.map
+chunks them); "quelea-chunksize-1" dispatches one runner call per element. Each figure is the best of --repeat runs. The output is a
 Markdown table with ratios against quelea.
 """
 
@@ -24,16 +25,16 @@ def noop(x):
     return x
 
 
-def run_quelea(calls: int, workers: int) -> dict:
+def run_quelea(calls: int, workers: int, chunksize: int | None) -> dict:
     import quelea
 
     root = tempfile.mkdtemp(prefix="quelea-bench-")
     t0 = time.perf_counter()
     fexec = quelea.FunctionExecutor(config={"localdisk": {"root": root}}, max_workers=workers)
-    assert fexec.get_result(fexec.map(noop, range(calls))) == list(range(calls))
+    assert fexec.get_result(fexec.map(noop, range(calls), chunksize=chunksize)) == list(range(calls))
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    assert fexec.get_result(fexec.map(noop, range(calls))) == list(range(calls))
+    assert fexec.get_result(fexec.map(noop, range(calls), chunksize=chunksize)) == list(range(calls))
     warm = time.perf_counter() - t0
     fexec.close()
     return {"cold": cold, "warm": warm}
@@ -92,7 +93,9 @@ def run_lithops(calls: int, workers: int, version: int) -> dict:
 
 def one(system: str, calls: int, workers: int) -> dict:
     if system == "quelea":
-        return run_quelea(calls, workers)
+        return run_quelea(calls, workers, None)
+    if system == "quelea-chunksize-1":
+        return run_quelea(calls, workers, 1)
     if system == "pool":
         return run_pool(calls, workers, None)
     if system == "pool-chunksize-1":
@@ -127,7 +130,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--lithops-v2-calls", type=int, default=200)
-    parser.add_argument("--systems", default="quelea,pool,pool-chunksize-1,dask,lithops-v1,lithops-v2")
+    parser.add_argument("--systems", default="quelea,quelea-chunksize-1,pool,pool-chunksize-1,dask,lithops-v1,lithops-v2")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.calls, args.workers)))

@@ -584,12 +584,20 @@ class FunctionExecutor:
             stats = [f.stats for f in futures]
             starts = [s["worker_start_tstamp"] for s in stats if s["worker_start_tstamp"]]
             ends = [s["worker_end_tstamp"] for s in stats if s["worker_end_tstamp"]]
-            exec_times = [s["worker_exec_time"] for s in stats if s["worker_exec_time"] is not None]
+            # Elements of one bundle share its run: count each run once.
+            runs = {
+                ("bundle", s["bundle"], s["worker_start_tstamp"]) if "bundle" in s else i: s[
+                    "worker_exec_time"
+                ]
+                for i, s in enumerate(stats)
+            }
+            exec_times = [t for t in runs.values() if t is not None]
             rows.append(
                 {
                     "job_key": key,
                     "function": futures[0].function_name,
                     "calls": len(futures),
+                    "runner_calls": len(runs),
                     "success": sum(f.success for f in futures),
                     "error": sum(f.error for f in futures),
                     "submitted": min(s["host_submit_tstamp"] for s in stats),

@@ -76,6 +76,8 @@ def test_large_maps_are_bundled_like_pool_and_keep_call_order(executor):
     assert [f.result() for f in futures[10:13]] == [100, 121, 144]
     # Read once: a second get_result() has nothing new.
     assert executor.get_result() == []
+    row = next(r for r in executor.job_summary() if r["job_key"] == futures[0].job_key)
+    assert row["calls"] == n and row["success"] == n and row["runner_calls"] == 8
 
 
 def test_small_maps_and_chunksize_1_are_not_bundled(executor):
