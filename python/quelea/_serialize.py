@@ -22,6 +22,7 @@ import pickle
 import sys
 import sysconfig
 import types
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,19 +122,39 @@ def dumps_value(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=PROTOCOL)
 
 
-def reserved_params(func: Any) -> tuple[str, ...]:
+# Signatures of functions seen, for maps that call the same function again.
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(func: Any) -> inspect.Signature | None:
+    # What a plain function's signature is made of (besides a rare
+    # assigned __signature__ or __wrapped__).
+    parts = None
+    if type(func) is types.FunctionType:
+        parts = (func.__code__, func.__defaults__, func.__kwdefaults__)
+        cached = _SIGNATURES.get(func)
+        if cached is not None and all(a is b for a, b in zip(cached[0], parts, strict=True)):
+            return cached[1]
     try:
-        params = inspect.signature(func).parameters
+        sig = inspect.signature(func)
     except (TypeError, ValueError):
+        sig = None
+    if parts is not None:
+        _SIGNATURES[func] = (parts, sig)
+    return sig
+
+
+def reserved_params(func: Any) -> tuple[str, ...]:
+    sig = _signature(func)
+    if sig is None:
         return ()
-    return tuple(name for name in RESERVED if name in params)
+    return tuple(name for name in RESERVED if name in sig.parameters)
 
 
 def call_signature(func: Any) -> inspect.Signature | None:
     """The signature without reserved parameters (what iterdata must fill)."""
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
+    sig = _signature(func)
+    if sig is None:
         return None
     return sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in RESERVED])
 

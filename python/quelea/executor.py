@@ -100,10 +100,11 @@ def config_overrides(
     return overrides
 
 
-def _to_list(iterdata: Any) -> list:
-    if isinstance(iterdata, list):
+def _to_list(iterdata: Any) -> list | range:
+    """The elements of iterdata; a range stays one (it pickles as three ints)."""
+    if isinstance(iterdata, list | range):
         return iterdata
-    if isinstance(iterdata, range | set | frozenset):
+    if isinstance(iterdata, set | frozenset):
         return list(iterdata)
     if isinstance(iterdata, (str, bytes, dict, tuple)) or not isinstance(iterdata, Iterable):
         return [iterdata]
@@ -146,7 +147,9 @@ class _Objects(NamedTuple):
 def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[bool, list]:
     """Checks the elements against the function; returns ``(True, elements)``
     when each is the single argument, else ``(False, [(args, kwargs), ...])``."""
-    if extra_args is None and not any(issubclass(t, dict | tuple) for t in set(map(type, elements))):
+    if extra_args is None and (
+        isinstance(elements, range) or not any(issubclass(t, dict | tuple) for t in set(map(type, elements)))
+    ):
         # The common case, one plain argument per call.
         if sig is not None:
             _bind_or_raise(sig, func, (elements[0],), {}, 0)
