@@ -2,7 +2,13 @@
 storage, and in S3), Lithops 3.8 localhost (version 1, its faster mode), and
 `wc -w` as the single-process reference.
 
+    cargo build --release -p quelea-bench --bin wordcount_rust
     python bench/wordcount.py [--size-mb 1024] [--chunk-mb 64] [--workers 2] [--repeat 2]
+
+quelea runs the job twice: with the same Python map function as Lithops
+(`quelea-local`, `quelea-s3`), and with a Rust one (`quelea-rust-*`,
+bench/wordcount_rust.rs), where the user's code no longer bounds what the
+engine and partitioner carry.
 
 S3 runs when `QUELEA_S3_ENDPOINT` and friends are set (scripts/s3-server.sh).
 Each system runs in its own process; the figure is MB/s end to end, executor
@@ -60,6 +66,32 @@ def generate(size_mb: int) -> int:
     return words
 
 
+def local_store() -> str:
+    """A local-storage root whose bucket `bench` holds the dataset (a hard link)."""
+    root = os.path.join(WORK, "quelea-store")
+    os.makedirs(os.path.join(root, "bench"), exist_ok=True)
+    target = os.path.join(root, "bench", "data.txt")
+    if not os.path.exists(target):
+        os.link(DATA, target)
+    return root
+
+
+def rust_binary() -> str:
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "..", "target")
+    path = os.path.join(target, "release", "wordcount_rust")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} is missing: cargo build --release -p quelea-bench --bin wordcount_rust")
+    return path
+
+
+def rust_command(storage: str, chunk: int, workers: int) -> list[str]:
+    if storage == "s3":
+        where = ["s3", "s3://quelea-test/bench/data.txt"]
+    else:
+        where = ["local", local_store(), "bench/data.txt"]
+    return [rust_binary(), *where, str(chunk), str(workers)]
+
+
 def run_quelea(storage: str, chunk: int, workers: int) -> int:
     import quelea
 
@@ -67,12 +99,7 @@ def run_quelea(storage: str, chunk: int, workers: int) -> int:
         config = {"storage": "s3", "bucket": "quelea-test"}
         name = "s3://quelea-test/bench/data.txt"
     else:
-        root = os.path.join(WORK, "quelea-store")
-        os.makedirs(os.path.join(root, "bench"), exist_ok=True)
-        target = os.path.join(root, "bench", "data.txt")
-        if not os.path.exists(target):
-            os.link(DATA, target)
-        config = {"localdisk": {"root": root}, "bucket": "bench"}
+        config = {"localdisk": {"root": local_store()}, "bucket": "bench"}
         name = "bench/data.txt"
     with quelea.FunctionExecutor(config=config, max_workers=workers) as fexec:
         fexec.map_reduce(count_words, [name], total, obj_chunk_size=chunk)
@@ -128,14 +155,14 @@ def main() -> None:
 
     words = generate(args.size_mb)
     size = os.path.getsize(DATA)
-    systems = ["wc", "quelea-local", "lithops-v1"]
+    systems = ["wc", "quelea-local", "quelea-rust-local", "lithops-v1"]
     if os.environ.get("QUELEA_S3_ENDPOINT"):
         import quelea
 
         storage = quelea.Storage(config={"storage": "s3", "bucket": "quelea-test"})
         with open(DATA, "rb") as f:
             storage.put_object("quelea-test", "bench/data.txt", f.read())
-        systems.insert(2, "quelea-s3")
+        systems[3:3] = ["quelea-s3", "quelea-rust-s3"]
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     print(f"{time.strftime('%Y-%m-%d')}: {size / 1e6:.0f} MB, {words} words, {args.chunk_mb} MiB chunks, "
           f"{args.workers} workers, best of {args.repeat}", flush=True)
@@ -143,9 +170,12 @@ def main() -> None:
     for system in systems:
         best = None
         for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, __file__, "--one", system, "--chunk-mb", str(args.chunk_mb),
-                                   "--workers", str(args.workers)], capture_output=True, text=True, env=env,
-                                  timeout=3600)
+            if system.startswith("quelea-rust-"):
+                command = rust_command(system.rsplit("-", 1)[1], chunk, args.workers)
+            else:
+                command = [sys.executable, __file__, "--one", system, "--chunk-mb", str(args.chunk_mb),
+                           "--workers", str(args.workers)]
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
             if proc.returncode != 0:
                 print(f"{system} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                 break

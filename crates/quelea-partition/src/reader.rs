@@ -18,6 +18,10 @@ pub const DEFAULT_BLOCK_SIZE: NonZeroUsize = match NonZeroUsize::new(1 << 20) {
 
 pub const DEFAULT_NEWLINE: &[u8] = b"\n";
 
+/// The first read past the chunk's end, where only the rest of one line is
+/// wanted; each further read there doubles, up to the block size.
+const LINE_PROBE: usize = 64 << 10;
+
 /// Reads one chunk of an object: with a newline, the bytes `[L(s), L(e))` of
 /// the nominal range `[s, e)` (see the crate docs); without one, exactly
 /// `[s, e)`.
@@ -36,6 +40,8 @@ pub struct ChunkReader<S> {
     finished: bool,
     /// Absolute offset of the next byte to fetch.
     pos: u64,
+    /// The next read size past the nominal end.
+    probe: usize,
     /// The (up to) `newline.len()` bytes just before `pos`, so a newline that
     /// straddles two blocks is still found.
     tail: Vec<u8>,
@@ -69,6 +75,7 @@ impl<S: RangeSource> ChunkReader<S> {
             started: false,
             finished: false,
             pos: 0,
+            probe: LINE_PROBE,
             tail: Vec::new(),
             pending: Bytes::new(),
         })
@@ -178,7 +185,19 @@ impl<S: RangeSource> ChunkReader<S> {
             self.finished = true;
             return Ok(());
         }
-        let data = self.fetch(self.pos, self.object_size)?;
+        let end = self.nominal.end;
+        let data = if self.pos < end {
+            // Blocks stop a little past `end`: the last line usually ends there.
+            let limit = end.saturating_add(LINE_PROBE as u64);
+            self.fetch(self.pos, limit.min(self.object_size))?
+        } else {
+            // Past `end` only the line that straddles it is left: small reads
+            // first (a whole block here would be mostly wasted), then larger.
+            let size = self.probe.min(self.block_size);
+            self.probe = size.saturating_mul(2);
+            let to = self.pos.saturating_add(size as u64);
+            self.source.read_range(self.pos..to.min(self.object_size))?
+        };
         self.accept(data)
     }
 
