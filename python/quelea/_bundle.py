@@ -36,6 +36,8 @@ _ISOLATE = ("worker_crashed", "out_of_memory", "timeout")
 BUNDLES_PER_WORKER = 4
 # Below this many elements, per-call dispatch costs too little to bother.
 AUTO_BUNDLE_MIN = 512
+# Automatic bundles of larger inputs than this get fewer elements.
+MAX_AUTO_BUNDLE_BYTES = 4 << 20
 
 
 def auto_size(elements: int, workers: int) -> int:
@@ -44,19 +46,31 @@ def auto_size(elements: int, workers: int) -> int:
     return size + 1 if extra else size
 
 
-def encode(items: list, plain: bool, size: int) -> list[bytes]:
+def encode(items: list | range, plain: bool, size: int, auto: bool = False) -> tuple[int, list[bytes]]:
     """Bundle inputs: ``(first element index, plain, items)``, where a plain
-    item is the single argument and a general one is ``(args, kwargs)``."""
-    inputs = []
-    for first in range(0, len(items), size):
-        value = (first, plain, items[first : first + size])
-        try:
-            inputs.append(pickle.dumps(value, protocol=PROTOCOL))
-        except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle
-            import cloudpickle
+    item is the single argument and a general one is ``(args, kwargs)``.
+    An automatic size shrinks so that a bundle stays near
+    ``MAX_AUTO_BUNDLE_BYTES`` (big elements gain nothing from bundling, and
+    one runner would hold them all); returns the size used and the inputs."""
+    inputs: list[bytes] = []
+    first = 0
+    while first < len(items):
+        blob = _dumps((first, plain, items[first : first + size]))
+        if auto and len(blob) > MAX_AUTO_BUNDLE_BYTES and size > 1 and not inputs:
+            size = max(1, size * MAX_AUTO_BUNDLE_BYTES // len(blob))
+            continue
+        inputs.append(blob)
+        first += size
+    return size, inputs
 
-            inputs.append(cloudpickle.dumps(value, protocol=PROTOCOL))
-    return inputs
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
 
 
 def _element_inputs(bundle_input: bytes) -> list[bytes]:
@@ -89,7 +103,7 @@ class BundledJob:
         engine: Any,
         size: int,
         total: int,
-        inputs: list[bytes] | None,
+        inputs: list[bytes | None] | None,
         rerun: Callable[[int, list[bytes]], Any] | None,
     ):
         self.engine = engine
@@ -123,6 +137,8 @@ class BundledJob:
             tag = blob[0]
             decoded = (tag == 2, pickle.loads(memoryview(blob)[1:]))
             self._decoded[bundle] = decoded
+            if self._inputs is not None:
+                self._inputs[bundle] = None  # it ran as a whole: no re-run needed
         return decoded
 
     def _engine_state(self, bundle: int) -> str:
@@ -240,7 +256,7 @@ class BundledJob:
         to isolate; True if there is one."""
         if bundle in self._reruns:
             return True
-        if self._rerun is None or self._inputs is None:
+        if self._rerun is None or self._inputs is None or self._inputs[bundle] is None:
             return False
         first = bundle * self.size
         count = min(self.size, self.total - first)

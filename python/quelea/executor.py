@@ -425,7 +425,7 @@ class FunctionExecutor:
                 "map", name, self._payload(map_function, extra_env), inputs, None, timeout, runtime_memory
             )
         else:
-            inputs = _bundle.encode(items, plain, size)
+            size, inputs = _bundle.encode(items, plain, size, auto=chunksize is None)
             payload = self._payload(map_function, extra_env, bundle=True)
             engine_job = self._engine.submit("map", name, payload, inputs, None, timeout, runtime_memory)
 

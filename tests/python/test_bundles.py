@@ -14,7 +14,7 @@ import pytest
 
 import quelea
 from conftest import run_script
-from quelea._bundle import AUTO_BUNDLE_MIN, BundledJob, auto_size
+from quelea._bundle import AUTO_BUNDLE_MIN, MAX_AUTO_BUNDLE_BYTES, BundledJob, auto_size
 from quelea.exceptions import CallTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
 
@@ -78,6 +78,20 @@ def test_large_maps_are_bundled_like_pool_and_keep_call_order(executor):
     assert executor.get_result() == []
     row = next(r for r in executor.job_summary() if r["job_key"] == futures[0].job_key)
     assert row["calls"] == n and row["success"] == n and row["runner_calls"] == 8
+
+
+def length(data):
+    return len(data)
+
+
+def test_automatic_bundles_of_big_elements_stay_small(executor):
+    blobs = [bytes([i % 256]) * (64 << 10) for i in range(600)]
+    futures = executor.map(length, blobs)
+    job = futures._job_source()[0]
+    assert auto_size(600, 2) == 75 and 1 < job.size < 75
+    assert job.size * (64 << 10) <= MAX_AUTO_BUNDLE_BYTES
+    assert executor.get_result(futures) == [64 << 10] * 600
+    assert job._inputs == [None] * job.engine.total  # dropped once each bundle ran
 
 
 def test_small_maps_and_chunksize_1_are_not_bundled(executor):
