@@ -17,7 +17,16 @@ from .future import ALL_COMPLETED, FuturesList, ResponseFuture
 from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, lazy_results
 from .wait import wait as _wait_futures
 
-_LITHOPS_BACKENDS = {"localhost": "local", "local": "local"}
+# Lithops' names for a platform map to the quelea backend that serves it:
+# container platforms speak the `http` front door (`quelea worker serve`).
+_LITHOPS_BACKENDS = {
+    "localhost": "local",
+    "local": "local",
+    "http": "http",
+    "knative": "http",
+    "gcp_cloudrun": "http",
+    "code_engine": "http",
+}
 _LITHOPS_STORAGES = {
     "localhost": "localdisk",
     "localdisk": "localdisk",
@@ -202,8 +211,8 @@ class FunctionExecutor:
         max_workers: int | None = None,
         **kwargs: Any,
     ):
-        if mode not in (None, "localhost", "local"):
-            raise ConfigError(f"mode {mode!r} is not available: quelea runs the local backend here")
+        if mode not in (None, "localhost", "local", "serverless"):
+            raise ConfigError(f"mode {mode!r} is not one of 'localhost' or 'serverless'")
         self._overrides = config_overrides(config, backend, storage, max_workers, **kwargs)
         text = json.dumps(self._overrides) if self._overrides else None
         if _in_worker():

@@ -1,0 +1,136 @@
+"""Python functions on the `http` backend: two real `quelea worker serve`
+processes (the console script, serving Python runners of this interpreter),
+signed Invocations, results followed through shared storage (a directory
+here; the S3 server with QTEST_STORAGE=s3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import quelea
+from quelea.exceptions import CallTimeoutError, ConfigError, RemoteTraceback, WorkerCrashedError
+
+SECRET = "python-suite-secret"
+
+
+def _cli() -> list[str]:
+    """The `quelea` console script next to this interpreter."""
+    script = Path(sys.executable).with_name("quelea")
+    assert script.exists(), f"{script} is missing: install the package (maturin develop)"
+    return [str(script)]
+
+
+@pytest.fixture(scope="module")
+def servers(config):
+    env = {**os.environ, "QUELEA_HTTP_SECRET": SECRET}
+    env.pop("PORT", None)
+    if config.get("storage") == "s3":
+        env.update(QUELEA_STORAGE="s3", QUELEA_BUCKET=config["bucket"])
+    else:
+        env["QUELEA_STORAGE_DIR"] = config["localdisk"]["root"]
+    procs, urls = [], []
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [*_cli(), "worker", "serve", "--port", "0", "--workers", "2", "--python", sys.executable],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            procs.append(proc)
+            line = proc.stdout.readline()
+            urls.append(next(w for w in line.split() if w.startswith("http://")))
+        yield urls
+    finally:
+        for proc in procs:  # by PID; runners follow through their parent-death signal
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def remote(config, servers):
+    http = {"urls": servers, "secret": SECRET}
+    with quelea.FunctionExecutor(backend="http", config={**config, "http": http}) as fexec:
+        yield fexec
+
+
+def square(x):
+    return x * x
+
+
+def total(results):
+    return sum(results)
+
+
+def fussy(x):
+    if x == 2:
+        raise ValueError(f"no twos here ({x})")
+    return x
+
+
+def sleepy(x):
+    time.sleep(x)
+    return x
+
+
+def die(x):
+    if x == 1:
+        os._exit(5)
+    return x
+
+
+def with_id(id, x):
+    return (id, x)
+
+
+def test_map_and_map_reduce_run_on_worker_servers(remote):
+    futures = remote.map(square, range(50))
+    assert remote.get_result(futures) == [x * x for x in range(50)]
+    workers = {f.stats["worker_id"] for f in futures}
+    assert len(workers) >= 2  # both servers (or their runners) took calls
+    remote.map_reduce(square, range(20), total)
+    assert remote.get_result() == sum(x * x for x in range(20))
+
+
+def test_remote_errors_keep_type_and_traceback(remote):
+    futures = remote.map(fussy, range(4))
+    with pytest.raises(ValueError, match="no twos here") as err:
+        remote.get_result(futures)
+    assert isinstance(err.value.__cause__, RemoteTraceback) and "in fussy" in err.value.__cause__.tb
+    assert remote.get_result(futures, throw_except=False) == [0, 1, None, 3]
+
+
+def test_timeouts_and_crashes_fail_only_their_call(remote):
+    slow = remote.map(sleepy, [0.01, 20, 0.01], timeout=1)
+    assert remote.get_result(slow, throw_except=False) == [0.01, None, 0.01]
+    with pytest.raises(CallTimeoutError):
+        slow[1].result()
+    crashed = remote.map(die, range(3))
+    assert remote.get_result(crashed, throw_except=False) == [0, None, 2]
+    with pytest.raises(WorkerCrashedError, match="code 5"):
+        crashed[1].result()
+
+
+def test_bundles_and_reserved_id_travel_too(remote):
+    futures = remote.map(with_id, ["a", "b", "c", "d", "e"], chunksize=2)
+    assert remote.get_result(futures) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
+    assert futures._job_source() is not None and futures._job_source()[0].engine.total == 3
+
+
+def test_lithops_backend_names_and_bad_settings(config, servers):
+    http = {"urls": servers, "secret": SECRET}
+    lithops_shaped = {**config, "lithops": {"backend": "knative"}, "http": http}
+    with quelea.FunctionExecutor(mode="serverless", config=lithops_shaped) as fexec:
+        assert fexec.config["backend"] == "http"
+        assert fexec.get_result(fexec.call_async(square, 7)) == 49
+    with pytest.raises(ConfigError, match="http.secret"):
+        quelea.FunctionExecutor(backend="http", config={**config, "http": {"urls": servers}})
+    with pytest.raises(ConfigError, match="backend"):
+        quelea.FunctionExecutor(backend="ibm_cf")
