@@ -24,6 +24,9 @@ pub enum BackendKind {
     Local,
     /// Signed `POST /invoke` to one or more `quelea worker serve` servers.
     Http,
+    /// Asynchronous invocations of an AWS Lambda function (the runtime as
+    /// its bootstrap), through the Lambda Invoke API.
+    AwsLambda,
 }
 
 /// Where job objects live.
@@ -142,6 +145,53 @@ impl Default for HttpConfig {
     }
 }
 
+/// The `aws_lambda` backend (client side), and what the Lambda bootstrap
+/// reads of it (`python`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsLambdaConfig {
+    /// The function to invoke (name or ARN).
+    pub function_name: Option<String>,
+    /// Region of the function, for SigV4 and the default endpoint.
+    pub region: Option<String>,
+    /// Invoke API endpoint override (`http://127.0.0.1:9000` for the
+    /// cargo-lambda emulator); unset is `https://lambda.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// The function's configured memory, for the cost estimate.
+    pub memory_mb: u32,
+    /// Invocations in flight at once from one client.
+    pub max_workers: u32,
+    /// How long the client keeps retrying one Invocation (throttled) before
+    /// failing its calls, in seconds.
+    pub invoke_deadline: f64,
+    /// Credentials of the invoking client (normally `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); they sign requests and
+    /// never travel in an Invocation.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Bootstrap side: the Python interpreter (with the `quelea` package)
+    /// that runs Python functions; unset serves only Rust functions.
+    pub python: Option<PathBuf>,
+}
+
+impl Default for AwsLambdaConfig {
+    fn default() -> Self {
+        AwsLambdaConfig {
+            function_name: None,
+            region: None,
+            endpoint: None,
+            memory_mb: 1024,
+            max_workers: 64,
+            invoke_deadline: 60.0,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            python: None,
+        }
+    }
+}
+
 /// Local-directory storage.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,6 +227,7 @@ pub struct Config {
     pub execution: ExecutionConfig,
     pub local: LocalConfig,
     pub http: HttpConfig,
+    pub aws_lambda: AwsLambdaConfig,
     pub localdisk: LocalDiskConfig,
     pub s3: S3Config,
 }
@@ -190,6 +241,7 @@ impl Default for Config {
             execution: ExecutionConfig::default(),
             local: LocalConfig::default(),
             http: HttpConfig::default(),
+            aws_lambda: AwsLambdaConfig::default(),
             localdisk: LocalDiskConfig::default(),
             s3: S3Config::default(),
         }
@@ -222,6 +274,13 @@ impl EnvVars {
     pub const HTTP_URLS: &'static str = "QUELEA_HTTP_URLS";
     pub const HTTP_SECRET: &'static str = "QUELEA_HTTP_SECRET";
     pub const HTTP_MAX_WORKERS: &'static str = "QUELEA_HTTP_MAX_WORKERS";
+    pub const AWS_LAMBDA_FUNCTION_NAME: &'static str = "QUELEA_AWS_LAMBDA_FUNCTION_NAME";
+    pub const AWS_LAMBDA_REGION: &'static str = "QUELEA_AWS_LAMBDA_REGION";
+    pub const AWS_LAMBDA_ENDPOINT: &'static str = "QUELEA_AWS_LAMBDA_ENDPOINT";
+    pub const AWS_LAMBDA_MEMORY_MB: &'static str = "QUELEA_AWS_LAMBDA_MEMORY_MB";
+    pub const AWS_LAMBDA_MAX_WORKERS: &'static str = "QUELEA_AWS_LAMBDA_MAX_WORKERS";
+    pub const AWS_LAMBDA_INVOKE_DEADLINE: &'static str = "QUELEA_AWS_LAMBDA_INVOKE_DEADLINE";
+    pub const AWS_LAMBDA_PYTHON: &'static str = "QUELEA_AWS_LAMBDA_PYTHON";
 }
 
 #[derive(Clone, Copy)]
@@ -262,9 +321,28 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (EnvVars::HTTP_URLS, "http.urls", Kind::List),
     (EnvVars::HTTP_SECRET, "http.secret", Kind::Str),
     (EnvVars::HTTP_MAX_WORKERS, "http.max_workers", Kind::Int),
+    (
+        EnvVars::AWS_LAMBDA_FUNCTION_NAME,
+        "aws_lambda.function_name",
+        Kind::Str,
+    ),
+    (EnvVars::AWS_LAMBDA_REGION, "aws_lambda.region", Kind::Str),
+    (EnvVars::AWS_LAMBDA_ENDPOINT, "aws_lambda.endpoint", Kind::Str),
+    (EnvVars::AWS_LAMBDA_MEMORY_MB, "aws_lambda.memory_mb", Kind::Int),
+    (
+        EnvVars::AWS_LAMBDA_MAX_WORKERS,
+        "aws_lambda.max_workers",
+        Kind::Int,
+    ),
+    (
+        EnvVars::AWS_LAMBDA_INVOKE_DEADLINE,
+        "aws_lambda.invoke_deadline",
+        Kind::Num,
+    ),
+    (EnvVars::AWS_LAMBDA_PYTHON, "aws_lambda.python", Kind::Str),
 ];
 
-/// The standard AWS variables, applied below the `QUELEA_S3_*` ones, lowest
+/// The standard AWS variables, applied below the `QUELEA_*` ones, lowest
 /// precedence first (the service-specific endpoint wins over the generic one).
 const AWS_ENV_KEYS: &[(&str, &str)] = &[
     ("AWS_ACCESS_KEY_ID", "s3.access_key_id"),
@@ -274,6 +352,13 @@ const AWS_ENV_KEYS: &[(&str, &str)] = &[
     ("AWS_REGION", "s3.region"),
     ("AWS_ENDPOINT_URL", "s3.endpoint"),
     ("AWS_ENDPOINT_URL_S3", "s3.endpoint"),
+    ("AWS_ACCESS_KEY_ID", "aws_lambda.access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "aws_lambda.secret_access_key"),
+    ("AWS_SESSION_TOKEN", "aws_lambda.session_token"),
+    ("AWS_DEFAULT_REGION", "aws_lambda.region"),
+    ("AWS_REGION", "aws_lambda.region"),
+    ("AWS_ENDPOINT_URL", "aws_lambda.endpoint"),
+    ("AWS_ENDPOINT_URL_LAMBDA", "aws_lambda.endpoint"),
 ];
 
 /// Variables with the `QUELEA_` prefix that are not config keys.
@@ -418,6 +503,13 @@ impl Config {
         if let Some(secret) = &self.http.secret {
             value["http"]["secret"] = Value::String(secret.expose().to_owned());
         }
+        let lambda = &mut value["aws_lambda"];
+        if let Some(secret) = &self.aws_lambda.secret_access_key {
+            lambda["secret_access_key"] = Value::String(secret.expose().to_owned());
+        }
+        if let Some(token) = &self.aws_lambda.session_token {
+            lambda["session_token"] = Value::String(token.expose().to_owned());
+        }
         value.to_string()
     }
 
@@ -446,6 +538,7 @@ impl Config {
             return Err(bad("local.workers", "must be at least 1".into()));
         }
         self.validate_http()?;
+        self.validate_aws_lambda()?;
         let bucket_ok = !self.bucket.is_empty()
             && self.bucket.len() <= 63
             && self
@@ -526,6 +619,104 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_aws_lambda(&self) -> Result<()> {
+        let bad = |key: &str, message: String| Error::Config {
+            origin: "resolved config".into(),
+            message: format!("`{key}` {message}"),
+        };
+        let lambda = &self.aws_lambda;
+        if lambda.max_workers == 0 {
+            return Err(bad("aws_lambda.max_workers", "must be at least 1".into()));
+        }
+        if lambda.memory_mb < 128 || lambda.memory_mb > 10_240 {
+            return Err(bad(
+                "aws_lambda.memory_mb",
+                format!(
+                    "must be between 128 and 10240 (Lambda's range), got {}",
+                    lambda.memory_mb
+                ),
+            ));
+        }
+        let deadline = lambda.invoke_deadline;
+        if !(deadline.is_finite() && deadline > 0.0) {
+            return Err(bad(
+                "aws_lambda.invoke_deadline",
+                format!("must be a positive number of seconds, got {deadline}"),
+            ));
+        }
+        if let Some(endpoint) = &lambda.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(bad(
+                    "aws_lambda.endpoint",
+                    format!("`{endpoint}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(region) = &lambda.region {
+            let ok = !region.is_empty()
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(bad(
+                    "aws_lambda.region",
+                    format!("`{region}` is not a region name (like `us-east-1`)"),
+                ));
+            }
+        }
+        if self.backend != BackendKind::AwsLambda {
+            return Ok(());
+        }
+        if lambda.function_name.as_deref().is_none_or(str::is_empty) {
+            return Err(bad(
+                "aws_lambda.function_name",
+                format!(
+                    "must be set for `backend: aws_lambda` (or set `{}`)",
+                    EnvVars::AWS_LAMBDA_FUNCTION_NAME
+                ),
+            ));
+        }
+        if lambda.region.is_none() {
+            return Err(bad(
+                "aws_lambda.region",
+                format!(
+                    "must be set for `backend: aws_lambda` (or set `{}` or `AWS_REGION`)",
+                    EnvVars::AWS_LAMBDA_REGION
+                ),
+            ));
+        }
+        if lambda.access_key_id.as_deref().is_none_or(str::is_empty)
+            || lambda
+                .secret_access_key
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+        {
+            return Err(bad(
+                "aws_lambda.access_key_id",
+                "and `aws_lambda.secret_access_key` must be set for `backend: aws_lambda`: \
+                 Invoke requests are signed with them (set `AWS_ACCESS_KEY_ID` and \
+                 `AWS_SECRET_ACCESS_KEY`)"
+                    .into(),
+            ));
+        }
+        if self.storage != StorageKind::S3 {
+            return Err(bad(
+                "storage",
+                format!(
+                    "is `{}`, which a Lambda function cannot read: use `s3` with \
+                     `backend: aws_lambda`",
+                    serde_json::to_value(self.storage)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+            ));
         }
         Ok(())
     }
@@ -882,6 +1073,112 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_worker"), "{err}");
+    }
+
+    #[test]
+    fn aws_lambda_backend_needs_a_function_region_credentials_and_s3() {
+        let base = [
+            ("QUELEA_BACKEND", "aws_lambda"),
+            ("QUELEA_STORAGE", "s3"),
+            ("QUELEA_AWS_LAMBDA_FUNCTION_NAME", "quelea-runtime"),
+            ("QUELEA_AWS_LAMBDA_ENDPOINT", "http://127.0.0.1:9000"),
+            ("QUELEA_AWS_LAMBDA_MEMORY_MB", "2048"),
+            ("QUELEA_AWS_LAMBDA_MAX_WORKERS", "8"),
+            ("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE", "5.5"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "lambda-secret-key"),
+            ("AWS_SESSION_TOKEN", "lambda-session-token"),
+        ];
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&base))
+            .build()
+            .unwrap();
+        assert_eq!(config.backend, BackendKind::AwsLambda);
+        let lambda = &config.aws_lambda;
+        assert_eq!(lambda.function_name.as_deref(), Some("quelea-runtime"));
+        assert_eq!(lambda.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(lambda.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            (lambda.memory_mb, lambda.max_workers, lambda.invoke_deadline),
+            (2048, 8, 5.5)
+        );
+        assert_eq!(lambda.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
+        assert_eq!(
+            lambda.secret_access_key.as_ref().unwrap().expose(),
+            "lambda-secret-key"
+        );
+        for shown in [config.redacted().to_string(), format!("{config:?}")] {
+            assert!(
+                !shown.contains("lambda-secret-key") && !shown.contains("lambda-session-token"),
+                "{shown}"
+            );
+        }
+        // The runner's copy rebuilds the same config.
+        let runner: serde_json::Value = serde_json::from_str(&config.runner_json()).unwrap();
+        let rebuilt = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .overrides(runner)
+            .build()
+            .unwrap();
+        assert_eq!(rebuilt, config);
+
+        let build_without = |drop: &[&str], extra: &[(&str, &str)]| {
+            let mut pairs: Vec<(&str, &str)> = base
+                .iter()
+                .copied()
+                .filter(|(k, _)| !drop.contains(k))
+                .collect();
+            pairs.extend_from_slice(extra);
+            ConfigBuilder::new()
+                .no_file()
+                .env(env(&pairs))
+                .build()
+                .unwrap_err()
+                .to_string()
+        };
+        let err = build_without(&["QUELEA_AWS_LAMBDA_FUNCTION_NAME"], &[]);
+        assert!(err.contains("aws_lambda.function_name"), "{err}");
+        let err = build_without(&["AWS_REGION"], &[]);
+        assert!(err.contains("aws_lambda.region"), "{err}");
+        let err = build_without(&["AWS_SECRET_ACCESS_KEY"], &[]);
+        assert!(err.contains("aws_lambda.secret_access_key"), "{err}");
+        let err = build_without(&["QUELEA_STORAGE"], &[]);
+        assert!(err.contains("storage") && err.contains("localdisk"), "{err}");
+        let err = build_without(&["QUELEA_STORAGE"], &[("QUELEA_STORAGE", "memory")]);
+        assert!(err.contains("memory"), "{err}");
+        let err = build_without(
+            &["QUELEA_AWS_LAMBDA_ENDPOINT"],
+            &[("QUELEA_AWS_LAMBDA_ENDPOINT", "127.0.0.1:9000")],
+        );
+        assert!(
+            err.contains("aws_lambda.endpoint") && err.contains("127.0.0.1:9000"),
+            "{err}"
+        );
+        let err = build_without(
+            &["QUELEA_AWS_LAMBDA_MEMORY_MB"],
+            &[("QUELEA_AWS_LAMBDA_MEMORY_MB", "64")],
+        );
+        assert!(err.contains("aws_lambda.memory_mb"), "{err}");
+        let err = build_without(
+            &["QUELEA_AWS_LAMBDA_MAX_WORKERS"],
+            &[("QUELEA_AWS_LAMBDA_MAX_WORKERS", "0")],
+        );
+        assert!(err.contains("aws_lambda.max_workers"), "{err}");
+        let err = build_without(&[], &[("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE", "soon")]);
+        assert!(err.contains("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE=soon"), "{err}");
+        let err = build_without(&["AWS_REGION"], &[("AWS_REGION", "EU West")]);
+        assert!(err.contains("aws_lambda.region"), "{err}");
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("aws_lambda.function", "f")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aws_lambda") && err.contains("function"), "{err}");
     }
 
     #[test]

@@ -9,5 +9,6 @@ pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod protocol;
+pub mod sigv4;
 
 pub use error::{Error, Result};

@@ -2,11 +2,10 @@
 //! (`quelea worker serve`).
 //!
 //! `POST /invoke` takes one signed [`Invocation`] (see `quelea_core::auth`),
-//! checks it, loads the function (cached per content hash) and the inputs
-//! from storage, queues the calls on the same supervised [`Pool`] the local
-//! backend uses, and answers `202 Accepted` at once: the client's fan-out is
-//! never held up by how long calls take. Statuses and results go to storage
-//! through the same [`StatusWriter`], which is how the client follows them.
+//! hands it to the shared worker [`Runtime`] (function and inputs from
+//! storage, calls on the same supervised pool the local backend uses,
+//! statuses to storage), and answers `202 Accepted` as soon as the calls are
+//! queued: the client's fan-out is never held up by how long calls take.
 //! `GET /health` needs no signature and tells nothing secret.
 //!
 //! Answers: 202 accepted; 400 not an Invocation this build reads (wrong
@@ -18,7 +17,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,16 +31,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use quelea_core::auth::{self, AuthError, SignedHeaders};
-use quelea_core::ids::CallId;
-use quelea_core::keys::{self, JobKeys};
-use quelea_core::model::{now_ts, CallStats, RunnerKind};
-use quelea_core::protocol::{CallInput, Invocation, Message, PROTOCOL_VERSION};
+use quelea_core::model::{now_ts, RunnerKind};
+use quelea_core::protocol::{Invocation, Message, PROTOCOL_VERSION};
 use quelea_storage::{io_runtime, Storage};
 
-use crate::pool::{
-    Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
-};
-use crate::status_writer::{finished_status, JobTarget, StatusWriter};
+use crate::pool::RunnerCommand;
+use crate::runtime::{Refusal, RefusalKind, Runtime, RuntimeConfig};
 use crate::{Error, Result};
 
 /// How a worker server runs.
@@ -63,29 +58,12 @@ pub struct ServerConfig {
 /// Slow or stalled clients must not hold a connection's task forever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// A job's status target is forgotten after this long without Invocations
-/// (a later one simply gets a new target; batch keys never collide).
-const TARGET_IDLE: Duration = Duration::from_secs(600);
 
 struct State {
     config: ServerConfig,
-    storage: Storage,
-    writer: Arc<StatusWriter>,
-    pools: Mutex<HashMap<RunnerKind, Arc<Pool>>>,
-    functions: Mutex<HashMap<String, Arc<PoolFunction>>>,
-    targets: Mutex<HashMap<String, (Arc<JobTarget>, Instant)>>,
+    runtime: Runtime,
     /// Accepted signatures and their timestamps, kept for the replay window.
     seen: Mutex<(HashMap<String, u64>, Instant)>,
-    counters: Arc<Counters>,
-}
-
-#[derive(Default)]
-struct Counters {
-    /// Accepted calls that have not finished.
-    queued: AtomicU64,
-    running: AtomicU64,
-    invocations: AtomicU64,
-    calls: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,14 +103,17 @@ impl Server {
         listener.set_nonblocking(true)?;
         Ok(Server {
             state: Arc::new(State {
+                runtime: Runtime::new(
+                    RuntimeConfig {
+                        workers: config.workers,
+                        inline_result_bytes: config.inline_result_bytes,
+                        max_queued_calls: config.max_queued_calls,
+                        commands: config.commands.clone(),
+                    },
+                    storage,
+                ),
                 config,
-                storage,
-                writer: Arc::new(StatusWriter::new()),
-                pools: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
-                targets: Mutex::new(HashMap::new()),
                 seen: Mutex::new((HashMap::new(), Instant::now())),
-                counters: Arc::new(Counters::default()),
             }),
             listener,
             stop: StopHandle::default(),
@@ -189,13 +170,14 @@ impl Server {
             }
         });
         let deadline = Instant::now() + drain;
-        while state.counters.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        let queued = || state.runtime.counters().queued.load(Ordering::Relaxed);
+        while queued() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        for error in state.writer.flush() {
+        for error in state.runtime.flush() {
             eprintln!("quelea worker: status write failed: {error}");
         }
-        Ok(state.counters.queued.load(Ordering::Relaxed))
+        Ok(queued())
     }
 }
 
@@ -220,16 +202,12 @@ fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Answer {
     answer
 }
 
-/// Why an Invocation was not accepted; becomes the answer.
-struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-fn refusal(status: StatusCode, message: impl std::fmt::Display) -> Refusal {
-    Refusal {
-        status,
-        message: message.to_string(),
+fn refusal_status(kind: RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+        RefusalKind::Missing => StatusCode::UNPROCESSABLE_ENTITY,
+        RefusalKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        RefusalKind::Storage => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -243,7 +221,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Answer {
 }
 
 fn health(state: &State) -> Answer {
-    let c = &state.counters;
+    let c = state.runtime.counters();
     json(
         StatusCode::OK,
         serde_json::json!({
@@ -251,7 +229,7 @@ fn health(state: &State) -> Answer {
             "version": env!("CARGO_PKG_VERSION"),
             "protocol_version": PROTOCOL_VERSION,
             "pool_size": state.config.workers,
-            "runners": lock(&state.pools).keys().collect::<Vec<_>>(),
+            "runners": state.runtime.running_kinds(),
             "queued_calls": c.queued.load(Ordering::Relaxed),
             "running_calls": c.running.load(Ordering::Relaxed),
             "invocations": c.invocations.load(Ordering::Relaxed),
@@ -327,7 +305,7 @@ async fn invoke(state: &State, req: Request<Incoming>) -> Answer {
             StatusCode::ACCEPTED,
             serde_json::json!({ "accepted_calls": calls }),
         ),
-        Err(refusal) => refuse(refusal.status, refusal.message),
+        Err(refusal) => refuse(refusal_status(refusal.kind), refusal.message),
     }
 }
 
@@ -351,233 +329,5 @@ fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<()
 }
 
 async fn accept(state: &State, invocation: Invocation) -> Result<usize, Refusal> {
-    let n = invocation.calls.len();
-    if n == 0 {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "the invocation has no calls",
-        ));
-    }
-    if !(invocation.timeout_s.is_finite() && invocation.timeout_s > 0.0) {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            format!("`timeout_s` must be positive, got {}", invocation.timeout_s),
-        ));
-    }
-    let counters = &state.counters;
-    if counters.queued.load(Ordering::Relaxed) + n as u64 > state.config.max_queued_calls {
-        return Err(refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} calls are queued, the limit is {}",
-                counters.queued.load(Ordering::Relaxed),
-                state.config.max_queued_calls
-            ),
-        ));
-    }
-    let kind = invocation.function.runner;
-    let pool = pool(state, kind)?;
-    let function = function(state, &pool, &invocation).await?;
-    let inputs = inputs(state, &invocation).await?;
-    let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
-    let target = target(state, keys);
-    let sink = Arc::new(ServerSink {
-        target,
-        writer: state.writer.clone(),
-        submit_ts: invocation.submit_ts,
-        counters: counters.clone(),
-    });
-    let ctx = Arc::new(JobContext::new(
-        pool.next_job_serial(),
-        function,
-        Duration::from_secs_f64(invocation.timeout_s),
-        invocation.memory_limit_mb.map(|mb| mb << 20),
-        sink,
-    ));
-    let tasks: Vec<Task> = invocation
-        .calls
-        .iter()
-        .zip(inputs)
-        .map(|(call, input)| Task {
-            ctx: ctx.clone(),
-            call_id: call.call_id,
-            input,
-        })
-        .collect();
-    counters.queued.fetch_add(n as u64, Ordering::Relaxed);
-    counters.invocations.fetch_add(1, Ordering::Relaxed);
-    counters.calls.fetch_add(n as u64, Ordering::Relaxed);
-    pool.submit(tasks);
-    Ok(n)
-}
-
-fn pool(state: &State, kind: RunnerKind) -> Result<Arc<Pool>, Refusal> {
-    let mut pools = lock(&state.pools);
-    if let Some(pool) = pools.get(&kind) {
-        return Ok(pool.clone());
-    }
-    let Some(command) = state.config.commands.get(&kind) else {
-        return Err(refusal(
-            StatusCode::BAD_REQUEST,
-            format!("this server has no runner for {kind:?} functions"),
-        ));
-    };
-    let pool = Arc::new(Pool::new(PoolConfig {
-        workers: state.config.workers,
-        command: command.clone(),
-    }));
-    pools.insert(kind, pool.clone());
-    Ok(pool)
-}
-
-fn storage_refusal(what: &str, key: &str, e: quelea_storage::Error) -> Refusal {
-    match e {
-        quelea_storage::Error::NotFound { .. } => refusal(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the {what} `{key}` is not in this server's storage"),
-        ),
-        other => refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the {what} `{key}`: {other}"),
-        ),
-    }
-}
-
-async fn function(
-    state: &State,
-    pool: &Pool,
-    invocation: &Invocation,
-) -> Result<Arc<PoolFunction>, Refusal> {
-    let hash = &invocation.function.hash;
-    if let Some(function) = lock(&state.functions).get(hash) {
-        return Ok(function.clone());
-    }
-    let key = keys::function(&invocation.executor_id, hash);
-    let payload = state
-        .storage
-        .get(&key)
-        .await
-        .map_err(|e| storage_refusal("function object", &key, e))?;
-    // Two Invocations may race to load it: the first one in wins.
-    Ok(lock(&state.functions)
-        .entry(hash.clone())
-        .or_insert_with(|| pool.function(payload.to_vec()))
-        .clone())
-}
-
-/// The calls' inputs; ranges are read with one GET spanning them all.
-async fn inputs(state: &State, invocation: &Invocation) -> Result<Vec<Vec<u8>>, Refusal> {
-    let ranges: Vec<(u64, u64)> = invocation
-        .calls
-        .iter()
-        .filter_map(|c| match c.input {
-            CallInput::Range { start, end } => Some((start, end)),
-            CallInput::Inline(_) => None,
-        })
-        .collect();
-    let span = match (
-        ranges.iter().map(|r| r.0).min(),
-        ranges.iter().map(|r| r.1).max(),
-    ) {
-        (Some(lo), Some(hi)) if ranges.iter().all(|(s, e)| s <= e) => Some(lo..hi),
-        (None, None) => None,
-        _ => {
-            return Err(refusal(
-                StatusCode::BAD_REQUEST,
-                "a call has an empty range",
-            ))
-        }
-    };
-    let data = match &span {
-        Some(span) => {
-            let key = JobKeys::new(&invocation.executor_id, invocation.job_id).data();
-            Some(
-                state
-                    .storage
-                    .get_range(&key, span.clone())
-                    .await
-                    .map_err(|e| storage_refusal("data object", &key, e))?,
-            )
-        }
-        None => None,
-    };
-    invocation
-        .calls
-        .iter()
-        .map(|call| match &call.input {
-            CallInput::Inline(bytes) => Ok(bytes.clone()),
-            CallInput::Range { start, end } => {
-                let base = span.as_ref().map_or(0, |s| s.start);
-                data.as_ref()
-                    .and_then(|d| d.get((start - base) as usize..(end - base) as usize))
-                    .map(<[u8]>::to_vec)
-                    .ok_or_else(|| {
-                        refusal(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            format!(
-                                "call {} names bytes {start}..{end} outside the job's data",
-                                call.call_id
-                            ),
-                        )
-                    })
-            }
-        })
-        .collect()
-}
-
-fn target(state: &State, keys: JobKeys) -> Arc<JobTarget> {
-    let mut targets = lock(&state.targets);
-    let now = Instant::now();
-    targets.retain(|_, (_, used)| now.duration_since(*used) < TARGET_IDLE);
-    let entry = targets.entry(keys.prefix().to_owned()).or_insert_with(|| {
-        (
-            Arc::new(JobTarget::new(
-                keys,
-                state.storage.clone(),
-                state.config.inline_result_bytes,
-            )),
-            now,
-        )
-    });
-    entry.1 = now;
-    entry.0.clone()
-}
-
-/// Call events of one Invocation: to storage, and to the health counters.
-struct ServerSink {
-    target: Arc<JobTarget>,
-    writer: Arc<StatusWriter>,
-    submit_ts: f64,
-    counters: Arc<Counters>,
-}
-
-impl JobSink for ServerSink {
-    fn started(&self, call_id: CallId, worker_id: u32, ts: f64) {
-        self.counters.running.fetch_add(1, Ordering::Relaxed);
-        self.writer.started(
-            &self.target,
-            call_id,
-            CallStats {
-                submit_ts: self.submit_ts,
-                start_ts: Some(ts),
-                worker_id: Some(worker_id),
-                ..CallStats::default()
-            },
-        );
-    }
-
-    fn completed(&self, completion: Completion) {
-        let sub = |counter: &AtomicU64| {
-            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-        };
-        sub(&self.counters.queued);
-        if completion.start_ts.is_some() {
-            sub(&self.counters.running);
-        }
-        let status = finished_status(self.submit_ts, &completion);
-        self.writer
-            .finished(&self.target, status, completion.outcome.ok());
-    }
+    state.runtime.accept(invocation).await.map(|a| a.calls)
 }

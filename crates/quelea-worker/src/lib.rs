@@ -8,12 +8,16 @@
 //!   supervision (timeouts, memory limits, crashes, cancellation).
 //! - [`status_writer`]: writes call statuses and large results to storage in
 //!   batches, so any process can follow a job.
+//! - [`runtime`]: runs one Invocation (function and inputs from storage,
+//!   calls on a [`pool::Pool`], statuses to storage); every remote front door
+//!   shares it.
 //! - [`http_server`]: the runtime as an HTTP service (`quelea worker serve`),
-//!   taking signed Invocations and running them on a [`pool::Pool`].
+//!   taking signed Invocations.
 
 pub mod http_server;
 pub mod pool;
 pub mod runner_protocol;
+pub mod runtime;
 pub mod rust_runner;
 pub mod status_writer;
 

@@ -1,0 +1,404 @@
+//! The worker runtime behind every remote front door: takes one decoded
+//! [`Invocation`], loads the function (cached per content hash) and the
+//! inputs from storage, queues the calls on a supervised [`Pool`] per runner
+//! kind, and writes every call's status through one [`StatusWriter`].
+//!
+//! The HTTP server (`http_server`) answers as soon as the calls are queued;
+//! the Lambda bootstrap (`quelea-lambda`) waits for them with
+//! [`Accepted::finished`] and [`Runtime::flush`], because Lambda freezes the
+//! process once the handler returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quelea_core::ids::CallId;
+use quelea_core::keys::{self, JobKeys};
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, CallStatus, FailureReason};
+use quelea_core::model::RunnerKind;
+use quelea_core::protocol::{CallInput, Invocation};
+use quelea_storage::Storage;
+
+use crate::pool::{
+    Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
+};
+use crate::status_writer::{finished_status, JobTarget, StatusWriter};
+
+/// How a runtime runs calls.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Runner processes per runner kind.
+    pub workers: u32,
+    pub inline_result_bytes: u64,
+    /// Calls queued or running at once before Invocations are refused as busy.
+    pub max_queued_calls: u64,
+    /// How to start runners, per kind; a kind without one is refused.
+    pub commands: HashMap<RunnerKind, RunnerCommand>,
+}
+
+/// A job's status target is forgotten after this long without Invocations
+/// (a later one simply gets a new target; batch keys never collide).
+const TARGET_IDLE: Duration = Duration::from_secs(600);
+
+/// Why an Invocation was not run; each front door maps it to its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Not an Invocation this runtime can run (no calls, bad timeout, no
+    /// runner for its kind, an empty range).
+    Invalid,
+    /// The function or data object is not in storage.
+    Missing,
+    /// Too many calls queued; worth retrying later.
+    Busy,
+    /// Storage failed.
+    Storage,
+}
+
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+fn refusal(kind: RefusalKind, message: impl std::fmt::Display) -> Refusal {
+    Refusal {
+        kind,
+        message: message.to_string(),
+    }
+}
+
+/// Calls queued, running and served so far.
+#[derive(Default)]
+pub struct Counters {
+    /// Accepted calls that have not finished.
+    pub queued: AtomicU64,
+    pub running: AtomicU64,
+    pub invocations: AtomicU64,
+    pub calls: AtomicU64,
+}
+
+/// An accepted Invocation.
+pub struct Accepted {
+    pub calls: usize,
+    remaining: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Accepted {
+    /// Resolves once every call of the Invocation has finished (its status
+    /// handed to the writer; [`Runtime::flush`] makes it durable).
+    pub async fn finished(mut self) {
+        // The sender lives in the calls' sink; if it is gone, so are they.
+        let _ = self.remaining.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// The runtime: pools, function cache, status targets, counters.
+pub struct Runtime {
+    config: RuntimeConfig,
+    storage: Storage,
+    writer: Arc<StatusWriter>,
+    pools: Mutex<HashMap<RunnerKind, Arc<Pool>>>,
+    functions: Mutex<HashMap<String, Arc<PoolFunction>>>,
+    targets: Mutex<HashMap<String, (Arc<JobTarget>, Instant)>>,
+    counters: Arc<Counters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig, storage: Storage) -> Runtime {
+        Runtime {
+            config,
+            storage,
+            writer: Arc::new(StatusWriter::new()),
+            pools: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The runner kinds that have a pool running.
+    pub fn running_kinds(&self) -> Vec<RunnerKind> {
+        lock(&self.pools).keys().copied().collect()
+    }
+
+    /// Writes every buffered status now (blocking); returns the storage
+    /// errors met since the last flush.
+    pub fn flush(&self) -> Vec<String> {
+        self.writer.flush()
+    }
+
+    /// Checks the Invocation, loads what it needs and queues its calls.
+    pub async fn accept(&self, invocation: Invocation) -> Result<Accepted, Refusal> {
+        let n = invocation.calls.len();
+        if n == 0 {
+            return Err(refusal(RefusalKind::Invalid, "the invocation has no calls"));
+        }
+        if !(invocation.timeout_s.is_finite() && invocation.timeout_s > 0.0) {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!("`timeout_s` must be positive, got {}", invocation.timeout_s),
+            ));
+        }
+        let counters = &self.counters;
+        let queued = counters.queued.load(Ordering::Relaxed);
+        if queued + n as u64 > self.config.max_queued_calls {
+            return Err(refusal(
+                RefusalKind::Busy,
+                format!(
+                    "{queued} calls are queued, the limit is {}",
+                    self.config.max_queued_calls
+                ),
+            ));
+        }
+        let pool = self.pool(invocation.function.runner)?;
+        let function = self.function(&pool, &invocation).await?;
+        let inputs = self.inputs(&invocation).await?;
+        let target = self.target(JobKeys::new(&invocation.executor_id, invocation.job_id));
+        let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
+        let sink = Arc::new(RuntimeSink {
+            target,
+            writer: self.writer.clone(),
+            submit_ts: invocation.submit_ts,
+            counters: counters.clone(),
+            remaining: remaining_tx,
+        });
+        let ctx = Arc::new(JobContext::new(
+            pool.next_job_serial(),
+            function,
+            Duration::from_secs_f64(invocation.timeout_s),
+            invocation.memory_limit_mb.map(|mb| mb << 20),
+            sink,
+        ));
+        let tasks: Vec<Task> = invocation
+            .calls
+            .iter()
+            .zip(inputs)
+            .map(|(call, input)| Task {
+                ctx: ctx.clone(),
+                call_id: call.call_id,
+                input,
+            })
+            .collect();
+        counters.queued.fetch_add(n as u64, Ordering::Relaxed);
+        counters.invocations.fetch_add(1, Ordering::Relaxed);
+        counters.calls.fetch_add(n as u64, Ordering::Relaxed);
+        pool.submit(tasks);
+        Ok(Accepted {
+            calls: n,
+            remaining,
+        })
+    }
+
+    /// Records a failed status for every call of an Invocation that will not
+    /// run, so that the client learns why at once instead of at its deadline
+    /// (a front door with no synchronous answer, like an async Lambda event).
+    pub fn fail_calls(&self, invocation: &Invocation, error_type: &str, message: &str) {
+        let target = self.target(JobKeys::new(&invocation.executor_id, invocation.job_id));
+        let now = now_ts();
+        for call in &invocation.calls {
+            let status = CallStatus {
+                call_id: call.call_id,
+                state: CallState::Error,
+                stats: CallStats {
+                    submit_ts: invocation.submit_ts,
+                    end_ts: Some(now),
+                    ..CallStats::default()
+                },
+                result: None,
+                error: Some(CallError {
+                    reason: FailureReason::WorkerCrashed,
+                    error_type: error_type.to_owned(),
+                    message: format!("call {} was refused by the worker: {message}", call.call_id),
+                    traceback: String::new(),
+                    payload: None,
+                }),
+            };
+            self.writer.finished(&target, status, None);
+        }
+    }
+
+    fn pool(&self, kind: RunnerKind) -> Result<Arc<Pool>, Refusal> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&kind) {
+            return Ok(pool.clone());
+        }
+        let Some(command) = self.config.commands.get(&kind) else {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!("this worker has no runner for {kind:?} functions"),
+            ));
+        };
+        let pool = Arc::new(Pool::new(PoolConfig {
+            workers: self.config.workers,
+            command: command.clone(),
+        }));
+        pools.insert(kind, pool.clone());
+        Ok(pool)
+    }
+
+    async fn function(
+        &self,
+        pool: &Pool,
+        invocation: &Invocation,
+    ) -> Result<Arc<PoolFunction>, Refusal> {
+        let hash = &invocation.function.hash;
+        if let Some(function) = lock(&self.functions).get(hash) {
+            return Ok(function.clone());
+        }
+        let key = keys::function(&invocation.executor_id, hash);
+        let payload = self
+            .storage
+            .get(&key)
+            .await
+            .map_err(|e| storage_refusal("function object", &key, e))?;
+        // Two Invocations may race to load it: the first one in wins.
+        Ok(lock(&self.functions)
+            .entry(hash.clone())
+            .or_insert_with(|| pool.function(payload.to_vec()))
+            .clone())
+    }
+
+    /// The calls' inputs; ranges are read with one GET spanning them all.
+    async fn inputs(&self, invocation: &Invocation) -> Result<Vec<Vec<u8>>, Refusal> {
+        let ranges: Vec<(u64, u64)> = invocation
+            .calls
+            .iter()
+            .filter_map(|c| match c.input {
+                CallInput::Range { start, end } => Some((start, end)),
+                CallInput::Inline(_) => None,
+            })
+            .collect();
+        let span = match (
+            ranges.iter().map(|r| r.0).min(),
+            ranges.iter().map(|r| r.1).max(),
+        ) {
+            (Some(lo), Some(hi)) if ranges.iter().all(|(s, e)| s <= e) => Some(lo..hi),
+            (None, None) => None,
+            _ => return Err(refusal(RefusalKind::Invalid, "a call has an empty range")),
+        };
+        let data = match &span {
+            Some(span) => {
+                let key = JobKeys::new(&invocation.executor_id, invocation.job_id).data();
+                Some(
+                    self.storage
+                        .get_range(&key, span.clone())
+                        .await
+                        .map_err(|e| storage_refusal("data object", &key, e))?,
+                )
+            }
+            None => None,
+        };
+        invocation
+            .calls
+            .iter()
+            .map(|call| match &call.input {
+                CallInput::Inline(bytes) => Ok(bytes.clone()),
+                CallInput::Range { start, end } => {
+                    let base = span.as_ref().map_or(0, |s| s.start);
+                    data.as_ref()
+                        .and_then(|d| d.get((start - base) as usize..(end - base) as usize))
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| {
+                            refusal(
+                                RefusalKind::Missing,
+                                format!(
+                                    "call {} names bytes {start}..{end} outside the job's data",
+                                    call.call_id
+                                ),
+                            )
+                        })
+                }
+            })
+            .collect()
+    }
+
+    fn target(&self, keys: JobKeys) -> Arc<JobTarget> {
+        let mut targets = lock(&self.targets);
+        let now = Instant::now();
+        targets.retain(|_, (_, used)| now.duration_since(*used) < TARGET_IDLE);
+        let entry = targets.entry(keys.prefix().to_owned()).or_insert_with(|| {
+            (
+                Arc::new(JobTarget::new(
+                    keys,
+                    self.storage.clone(),
+                    self.config.inline_result_bytes,
+                )),
+                now,
+            )
+        });
+        entry.1 = now;
+        entry.0.clone()
+    }
+}
+
+fn storage_refusal(what: &str, key: &str, e: quelea_storage::Error) -> Refusal {
+    match e {
+        quelea_storage::Error::NotFound { .. } => refusal(
+            RefusalKind::Missing,
+            format!("the {what} `{key}` is not in this worker's storage"),
+        ),
+        other => refusal(
+            RefusalKind::Storage,
+            format!("cannot read the {what} `{key}`: {other}"),
+        ),
+    }
+}
+
+/// Call events of one Invocation: to storage, to the counters, and to
+/// whoever waits for the Invocation to finish.
+struct RuntimeSink {
+    target: Arc<JobTarget>,
+    writer: Arc<StatusWriter>,
+    submit_ts: f64,
+    counters: Arc<Counters>,
+    remaining: tokio::sync::watch::Sender<usize>,
+}
+
+impl JobSink for RuntimeSink {
+    fn started(&self, call_id: CallId, worker_id: u32, ts: f64) {
+        self.counters.running.fetch_add(1, Ordering::Relaxed);
+        self.writer.started(
+            &self.target,
+            call_id,
+            CallStats {
+                submit_ts: self.submit_ts,
+                start_ts: Some(ts),
+                worker_id: Some(worker_id),
+                ..CallStats::default()
+            },
+        );
+    }
+
+    fn completed(&self, completion: Completion) {
+        let sub = |counter: &AtomicU64| {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        };
+        sub(&self.counters.queued);
+        if completion.start_ts.is_some() {
+            sub(&self.counters.running);
+        }
+        let status = finished_status(self.submit_ts, &completion);
+        self.writer
+            .finished(&self.target, status, completion.outcome.ok());
+        self.remaining.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
