@@ -327,8 +327,16 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Str,
     ),
     (EnvVars::AWS_LAMBDA_REGION, "aws_lambda.region", Kind::Str),
-    (EnvVars::AWS_LAMBDA_ENDPOINT, "aws_lambda.endpoint", Kind::Str),
-    (EnvVars::AWS_LAMBDA_MEMORY_MB, "aws_lambda.memory_mb", Kind::Int),
+    (
+        EnvVars::AWS_LAMBDA_ENDPOINT,
+        "aws_lambda.endpoint",
+        Kind::Str,
+    ),
+    (
+        EnvVars::AWS_LAMBDA_MEMORY_MB,
+        "aws_lambda.memory_mb",
+        Kind::Int,
+    ),
     (
         EnvVars::AWS_LAMBDA_MAX_WORKERS,
         "aws_lambda.max_workers",
@@ -1146,7 +1154,10 @@ mod tests {
         let err = build_without(&["AWS_SECRET_ACCESS_KEY"], &[]);
         assert!(err.contains("aws_lambda.secret_access_key"), "{err}");
         let err = build_without(&["QUELEA_STORAGE"], &[]);
-        assert!(err.contains("storage") && err.contains("localdisk"), "{err}");
+        assert!(
+            err.contains("storage") && err.contains("localdisk"),
+            "{err}"
+        );
         let err = build_without(&["QUELEA_STORAGE"], &[("QUELEA_STORAGE", "memory")]);
         assert!(err.contains("memory"), "{err}");
         let err = build_without(
@@ -1168,7 +1179,10 @@ mod tests {
         );
         assert!(err.contains("aws_lambda.max_workers"), "{err}");
         let err = build_without(&[], &[("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE", "soon")]);
-        assert!(err.contains("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE=soon"), "{err}");
+        assert!(
+            err.contains("QUELEA_AWS_LAMBDA_INVOKE_DEADLINE=soon"),
+            "{err}"
+        );
         let err = build_without(&["AWS_REGION"], &[("AWS_REGION", "EU West")]);
         assert!(err.contains("aws_lambda.region"), "{err}");
         let err = ConfigBuilder::new()
@@ -1178,7 +1192,10 @@ mod tests {
             .build()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("aws_lambda") && err.contains("function"), "{err}");
+        assert!(
+            err.contains("aws_lambda") && err.contains("function"),
+            "{err}"
+        );
     }
 
     #[test]

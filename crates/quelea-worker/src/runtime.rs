@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use quelea_core::ids::CallId;
 use quelea_core::keys::{self, JobKeys};
-use quelea_core::model::{now_ts, CallError, CallState, CallStats, CallStatus, FailureReason};
 use quelea_core::model::RunnerKind;
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, CallStatus, FailureReason};
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::Storage;
 

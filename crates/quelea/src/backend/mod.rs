@@ -1,10 +1,14 @@
 //! Backends: how an Invocation reaches the worker runtime. `local` (the
 //! default) hands calls to an in-process runtime driving a pool of warm
 //! runner processes; `http` signs Invocations and POSTs them to worker
-//! servers (`quelea worker serve`), and follows the calls through storage.
+//! servers (`quelea worker serve`); `aws_lambda` sends them as asynchronous
+//! Lambda invocations. The remote ones share their invoker (`remote`) and
+//! follow the calls through storage.
 
 mod http;
+mod lambda;
 mod local;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use quelea_worker::pool::RunnerCommand;
 use quelea_worker::status_writer::{JobTarget, StatusWriter};
 
 pub(crate) use self::http::HttpBackend;
+pub(crate) use self::lambda::LambdaBackend;
 pub(crate) use self::local::LocalBackend;
 use crate::error::Result;
 use crate::job::JobState;
@@ -39,6 +44,7 @@ pub(crate) struct Submission<'a> {
 pub(crate) enum Backend {
     Local(LocalBackend),
     Http(HttpBackend),
+    Lambda(LambdaBackend),
 }
 
 impl Backend {
@@ -52,6 +58,7 @@ impl Backend {
                 Arc::new(StatusWriter::new()),
             )),
             BackendKind::Http => Backend::Http(HttpBackend::new(&config.http)?),
+            BackendKind::AwsLambda => Backend::Lambda(LambdaBackend::new(&config.aws_lambda)?),
         })
     }
 
@@ -59,6 +66,7 @@ impl Backend {
         match self {
             Backend::Local(local) => local.submit(submission),
             Backend::Http(http) => http.submit(submission),
+            Backend::Lambda(lambda) => lambda.submit(submission),
         }
     }
 
@@ -67,7 +75,7 @@ impl Backend {
     pub fn local(&self) -> Option<&LocalBackend> {
         match self {
             Backend::Local(local) => Some(local),
-            Backend::Http(_) => None,
+            Backend::Http(_) | Backend::Lambda(_) => None,
         }
     }
 
@@ -76,6 +84,7 @@ impl Backend {
         match self {
             Backend::Local(_) => config.local_workers(),
             Backend::Http(_) => config.http.max_workers,
+            Backend::Lambda(_) => config.aws_lambda.max_workers,
         }
     }
 }
