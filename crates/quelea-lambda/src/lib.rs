@@ -51,6 +51,8 @@ pub enum Error {
 /// Calls are given until this long before the Lambda deadline to finish;
 /// then what has finished is written and the handler returns.
 const FLUSH_MARGIN: Duration = Duration::from_secs(2);
+/// Lambda's longest run, the wait when an event names no deadline.
+const MAX_DURATION: Duration = Duration::from_secs(900);
 
 /// Runs the bootstrap: serves `functions` as a runner when started as one,
 /// else polls the Lambda Runtime API for events until the process ends.
@@ -119,10 +121,13 @@ async fn handle(
     let answer = match runtime.accept(invocation.clone()).await {
         Ok(accepted) => {
             let calls = accepted.calls;
-            // Lambda's deadline is in Unix milliseconds.
+            // Lambda's deadline is in Unix milliseconds (0: not given).
             let now_ms = (quelea::core::model::now_ts() * 1000.0) as u64;
-            let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms))
-                .saturating_sub(FLUSH_MARGIN);
+            let left = match event.context.deadline {
+                0 => MAX_DURATION,
+                deadline => Duration::from_millis(deadline.saturating_sub(now_ms))
+                    .saturating_sub(FLUSH_MARGIN),
+            };
             let finished = tokio::time::timeout(left, accepted.finished())
                 .await
                 .is_ok();
