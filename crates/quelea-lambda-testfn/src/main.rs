@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     let mut builtins = quelea_cli::builtins();
     builtins
         .functions
-        .register(PANIC_WITH, |message: String| -> String { panic!("{message}") });
+        .register(PANIC_WITH, |message: String| -> String {
+            panic!("{message}")
+        });
     match quelea_lambda::serve(&builtins.functions) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

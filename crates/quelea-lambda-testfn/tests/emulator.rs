@@ -1,0 +1,562 @@
+//! The `aws_lambda` backend against the cargo-lambda emulator
+//! (`cargo lambda watch` serving this crate's bootstrap on 127.0.0.1) and a
+//! real S3 server (SeaweedFS): the conformance set, Python functions, and
+//! the invoker's signing, throttling and refusals.
+//!
+//! scripts/test.sh starts both servers and sets `QTEST_LAMBDA_ENDPOINT`
+//! (the emulator's URL), the `QUELEA_S3_*` variables, and `QTEST_PYTHON`
+//! (an interpreter with the `quelea` package). The emulator cannot throttle
+//! or refuse, so those tests put a small stand-in HTTP server in front of
+//! it (see [`StandIn`]): it answers scripted AWS errors, records what the
+//! invoker sent, and forwards the rest to the emulator.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use quelea::core::keys::JobKeys;
+use quelea::core::protocol::Message;
+use quelea::{
+    CallState, Config, ConfigBuilder, Error, Executor, FailureReason, Functions, MapOptions,
+};
+
+const FUNCTION: &str = "quelea-lambda-testfn";
+const ACCESS_KEY: &str = "AKIDQUELEATEST";
+const SECRET_KEY: &str = "secret-key-that-must-never-travel";
+const WAIT: Option<Duration> = Some(Duration::from_secs(120));
+
+fn emulator() -> String {
+    std::env::var("QTEST_LAMBDA_ENDPOINT").expect(
+        "QTEST_LAMBDA_ENDPOINT must name a running `cargo lambda watch` of \
+         crates/quelea-lambda-testfn (scripts/test.sh starts one)",
+    )
+}
+
+fn builder(endpoint: &str) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .no_file()
+        .set("storage", "s3")
+        .set("bucket", "quelea-test")
+        .set("backend", "aws_lambda")
+        .set("aws_lambda.function_name", FUNCTION)
+        .set("aws_lambda.endpoint", endpoint)
+        .set("aws_lambda.region", "us-east-1")
+        .set("aws_lambda.access_key_id", ACCESS_KEY)
+        .set("aws_lambda.secret_access_key", SECRET_KEY)
+}
+
+fn config() -> Config {
+    builder(&emulator()).build().unwrap()
+}
+
+fn executor() -> Executor {
+    Executor::with_config(config()).unwrap()
+}
+
+fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+/// Every final status in storage for a job, by call.
+fn final_statuses(exec: &Executor, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
+    let storage = exec.storage();
+    let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();
+    for object in storage.list_blocking(&keys.status_prefix()).unwrap() {
+        let body = storage.get_blocking(&object.key).unwrap();
+        let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
+            panic!("unreadable status batch {}", object.key);
+        };
+        for status in batch.statuses {
+            if status.state.is_terminal() {
+                calls
+                    .entry(status.call_id.0)
+                    .or_default()
+                    .push(status.state);
+            }
+        }
+    }
+    calls
+}
+
+fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    let futures = exec.map(
+        &b.square,
+        (0..100u64).map(|x| (x, 0)),
+        MapOptions::default().chunksize(4),
+    )?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(
+        results == (0..100u64).map(|x| x * x).collect::<Vec<_>>(),
+        "results in call order",
+    )?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let statuses = final_statuses(&exec, &keys);
+    check(
+        statuses.len() == 100 && statuses.values().all(|s| s == &[CallState::Success]),
+        format!("one final status per call: {statuses:?}"),
+    )
+}
+
+fn map_reduce_and_ranged_inputs() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    let total = exec
+        .map_reduce(
+            &b.square,
+            (0..60u64).map(|x| (x, 0)),
+            &b.sum,
+            MapOptions::default().chunksize(7),
+        )?
+        .result(WAIT)?;
+    check(
+        total == (0..60u64).map(|x| x * x).sum::<u64>(),
+        format!("sum {total}"),
+    )?;
+    // Inputs over `inline_input_bytes` travel as byte ranges of one data object.
+    let exec = Executor::with_config(
+        builder(&emulator())
+            .set("execution.inline_input_bytes", 2)
+            .build()?,
+    )?;
+    let futures = exec.map(
+        &b.square,
+        (0..20u64).map(|x| (x, 0)),
+        MapOptions::default().chunksize(3),
+    )?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(
+        results == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
+        format!("{results:?}"),
+    )?;
+    check(
+        exec.storage()
+            .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data())
+            .is_ok(),
+        "the inputs went through the data object",
+    )
+}
+
+fn user_errors_and_panics_carry_the_remote_message() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
+    let err = exec.get_result(&futures, WAIT).unwrap_err();
+    let Error::CallFailed { error, .. } = &err else {
+        return Err(format!("expected a call failure, got {err}").into());
+    };
+    check(
+        error.reason == FailureReason::UserError
+            && error.error_type == "BuiltinFailure"
+            && error.message == "refused input `apple`",
+        format!("{error:?}"),
+    )?;
+
+    // The client needs only the name; the function runs in the bootstrap.
+    let mut names = Functions::new();
+    let panic_with = names.register("panic_with", |m: String| m);
+    let futures = exec.map(&panic_with, ["kaboom".to_owned()], MapOptions::default())?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let error = futures
+        .get(0)
+        .unwrap()
+        .call_error()
+        .ok_or("the call failed")?;
+    check(
+        error.reason == FailureReason::UserError
+            && error.error_type == "panic"
+            && error.message.contains("kaboom"),
+        format!("{error:?}"),
+    )
+}
+
+fn timeout_fails_only_that_call() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    let started = Instant::now();
+    let futures = exec.map(
+        &b.sleep_ms,
+        [30_000u64, 10],
+        MapOptions::default().timeout(Duration::from_secs(1)),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    check(
+        started.elapsed() < Duration::from_secs(20),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    let error = futures
+        .get(0)
+        .unwrap()
+        .call_error()
+        .ok_or("call 0 failed")?;
+    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
+    check(futures.get(1).unwrap().success(), "call 1 succeeds")
+}
+
+fn crashed_runner_fails_only_its_call() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    let futures = exec.map(
+        &b.exit_with,
+        [0, 3, 0, 0],
+        MapOptions::default().chunksize(4),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let error = futures
+        .get(1)
+        .unwrap()
+        .call_error()
+        .ok_or("call 1 failed")?;
+    check(
+        error.reason == FailureReason::WorkerCrashed
+            && error.message.contains("exited with code 3"),
+        format!("{error:?}"),
+    )?;
+    check(
+        [0, 2, 3].iter().all(|&i| futures.get(i).unwrap().success()),
+        "the other calls succeed",
+    )
+}
+
+fn partitioned_objects_are_read_in_the_function() -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = executor();
+    // The function reads its chunks with its own storage settings.
+    let prefix = format!("inputs/{}/", exec.id());
+    let storage = exec.storage();
+    storage.put_blocking(
+        &format!("{prefix}a.txt"),
+        "alpha\nbeta\ngamma\n".as_bytes().to_vec(),
+    )?;
+    storage.put_blocking(&format!("{prefix}b.txt"), "one\ntwo".as_bytes().to_vec())?;
+    let input = format!("{}/{prefix}", exec.config().bucket);
+    let options = quelea::objects::ObjOptions {
+        chunking: quelea::objects::Chunking::Size(4),
+        ..quelea::objects::ObjOptions::default()
+    };
+    let per_object = exec.get_result(
+        &exec.map_reduce_objects(
+            &b.count_lines,
+            [input],
+            &b.sum,
+            &options,
+            true,
+            MapOptions::default(),
+        )?,
+        WAIT,
+    )?;
+    storage.delete_prefix_blocking(&prefix)?;
+    check(per_object == vec![3, 2], format!("{per_object:?}"))
+}
+
+const PYTHON_SCRIPT: &str = r#"
+import traceback
+import quelea
+
+def inc(x):
+    return x + 1
+
+def boom(x):
+    raise ValueError(f"bad input {x}")
+
+fexec = quelea.FunctionExecutor()
+fexec.map(inc, [1, 2, 3])
+print("results", fexec.get_result())
+fexec.map(boom, [7])
+try:
+    fexec.get_result()
+except ValueError as e:
+    print("caught", type(e).__name__, e)
+    print(traceback.format_exc())
+"#;
+
+fn python_functions_run_in_the_function() -> Result<(), Failed> {
+    let python = std::env::var("QTEST_PYTHON")
+        .map_err(|_| "QTEST_PYTHON must name a Python with the quelea package")?;
+    let out = std::process::Command::new(python)
+        .args(["-c", PYTHON_SCRIPT])
+        .env("QUELEA_BACKEND", "aws_lambda")
+        .env("QUELEA_STORAGE", "s3")
+        .env("QUELEA_BUCKET", "quelea-test")
+        .env("QUELEA_AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+        .env("QUELEA_AWS_LAMBDA_ENDPOINT", emulator())
+        .env("QUELEA_AWS_LAMBDA_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("QUELEA_CONFIG_FILE")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.success()
+            && stdout.contains("results [2, 3, 4]")
+            && stdout.contains("caught ValueError bad input 7")
+            // The remote traceback names the function that raised.
+            && stdout.contains("in boom"),
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    )
+}
+
+/// One request as the stand-in received it.
+#[derive(Clone, Debug)]
+struct Recorded {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// What the stand-in answers.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// Status and AWS error type, with a JSON message.
+    Error(u16, &'static str),
+    /// Passes the body on to the emulator, answers 202 as real Lambda does.
+    Forward,
+}
+
+/// A stand-in for the Lambda Invoke API on 127.0.0.1 (the emulator neither
+/// throttles nor refuses): answers `script` in order, then `then`.
+struct StandIn {
+    url: String,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl StandIn {
+    fn start(script: Vec<Reply>, then: Reply) -> StandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let target = emulator();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let Some(request) = read_request(&stream) else {
+                    continue;
+                };
+                let reply = script.next().unwrap_or(then);
+                record.lock().unwrap().push(request.clone());
+                let (status, kind, body) = match reply {
+                    Reply::Error(status, kind) => (
+                        status,
+                        kind,
+                        format!(r#"{{"Type":"User","message":"stand-in says {kind}"}}"#),
+                    ),
+                    Reply::Forward => {
+                        let forwarded = forward(&target, &request);
+                        (forwarded, "", String::new())
+                    }
+                };
+                let mut out = &stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     x-amzn-ErrorType: {kind}\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StandIn { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<Recorded> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    let length: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Recorded {
+        path,
+        headers,
+        body,
+    })
+}
+
+/// The request, passed to the emulator; its HTTP status, 202 for success
+/// (the real Event answer).
+fn forward(target: &str, request: &Recorded) -> u16 {
+    let addr = target.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         X-Amz-Invocation-Type: Event\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        request.path,
+        request.body.len()
+    )
+    .unwrap();
+    stream.write_all(&request.body).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    match answer.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => 202,
+        Some(code) => code.parse().unwrap_or(502),
+        None => 502,
+    }
+}
+
+fn throttled_invocations_are_retried_and_signed() -> Result<(), Failed> {
+    let stand_in = StandIn::start(
+        vec![
+            Reply::Error(429, "TooManyRequestsException"),
+            Reply::Error(500, "ServiceException"),
+            Reply::Error(429, "TooManyRequestsException"),
+        ],
+        Reply::Forward,
+    );
+    let exec = Executor::with_config(builder(&stand_in.url).build()?)?;
+    let b = quelea_cli::builtins();
+    let futures = exec.map(&b.square, [(3u64, 0u64), (4, 0)], MapOptions::default())?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(results == vec![9, 16], format!("{results:?}"))?;
+    let seen = stand_in.seen();
+    // Two Invocations, three throttled answers: five requests.
+    check(seen.len() == 5, format!("{} requests", seen.len()))?;
+    for request in &seen {
+        check(
+            request.path == format!("/2015-03-31/functions/{FUNCTION}/invocations"),
+            request.path.clone(),
+        )?;
+        check(
+            request
+                .headers
+                .get("x-amz-invocation-type")
+                .map(String::as_str)
+                == Some("Event"),
+            format!("{:?}", request.headers),
+        )?;
+        let auth = request
+            .headers
+            .get("authorization")
+            .cloned()
+            .unwrap_or_default();
+        check(
+            auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/"))
+                && auth.contains("/us-east-1/lambda/aws4_request")
+                && auth.contains("SignedHeaders=host;x-amz-date;x-amz-invocation-type"),
+            auth.clone(),
+        )?;
+        let body = String::from_utf8_lossy(&request.body);
+        check(
+            !body.contains(SECRET_KEY)
+                && !body.contains(ACCESS_KEY)
+                && !body.contains("testsecret"),
+            "no credentials in an Invocation",
+        )?;
+        check(
+            matches!(Message::decode(&request.body), Ok(Message::Invocation(_))),
+            "the body is an Invocation message",
+        )?;
+    }
+    Ok(())
+}
+
+fn refusals_fail_the_calls_with_the_aws_error() -> Result<(), Failed> {
+    let stand_in = StandIn::start(Vec::new(), Reply::Error(403, "AccessDeniedException"));
+    let exec = Executor::with_config(builder(&stand_in.url).build()?)?;
+    let b = quelea_cli::builtins();
+    let err = exec
+        .map(&b.square, [(3u64, 0u64)], MapOptions::default())
+        .unwrap_err()
+        .to_string();
+    check(
+        err.contains("403")
+            && err.contains("AccessDeniedException")
+            && err.contains("stand-in says"),
+        err,
+    )?;
+    check(stand_in.seen().len() == 1, "a refusal is not retried")?;
+
+    // Throttled past the invoke deadline: the calls fail, naming the throttle.
+    let stand_in = StandIn::start(Vec::new(), Reply::Error(429, "TooManyRequestsException"));
+    let exec = Executor::with_config(
+        builder(&stand_in.url)
+            .set("aws_lambda.invoke_deadline", 0.5)
+            .build()?,
+    )?;
+    let err = exec
+        .map(&b.square, [(3u64, 0u64)], MapOptions::default())
+        .unwrap_err()
+        .to_string();
+    check(
+        err.contains("TooManyRequestsException") && err.contains("retries"),
+        err,
+    )?;
+    check(stand_in.seen().len() > 1, "throttles are retried")
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    type Test = fn() -> Result<(), Failed>;
+    let tests: &[(&str, Test)] = &[
+        (
+            "map_in_order_with_one_status_per_call",
+            map_in_order_with_one_status_per_call,
+        ),
+        ("map_reduce_and_ranged_inputs", map_reduce_and_ranged_inputs),
+        (
+            "user_errors_and_panics_carry_the_remote_message",
+            user_errors_and_panics_carry_the_remote_message,
+        ),
+        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
+        (
+            "crashed_runner_fails_only_its_call",
+            crashed_runner_fails_only_its_call,
+        ),
+        (
+            "partitioned_objects_are_read_in_the_function",
+            partitioned_objects_are_read_in_the_function,
+        ),
+        (
+            "python_functions_run_in_the_function",
+            python_functions_run_in_the_function,
+        ),
+        (
+            "throttled_invocations_are_retried_and_signed",
+            throttled_invocations_are_retried_and_signed,
+        ),
+        (
+            "refusals_fail_the_calls_with_the_aws_error",
+            refusals_fail_the_calls_with_the_aws_error,
+        ),
+    ];
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| Trial::test(name, test))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
