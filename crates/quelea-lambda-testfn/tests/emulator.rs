@@ -103,6 +103,33 @@ fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
     check(
         statuses.len() == 100 && statuses.values().all(|s| s == &[CallState::Success]),
         format!("one final status per call: {statuses:?}"),
+    )?;
+
+    // The job summary prices the job at the configured memory (1024 MB).
+    let summary = exec.job_summary(&futures);
+    check(summary.len() == 1, format!("{summary:?}"))?;
+    let job = &summary[0];
+    let cost = job.cost.clone().ok_or("a Lambda job has a cost")?;
+    check(
+        job.calls == 100
+            && job.success == 100
+            && cost.memory_mb == 1024
+            && cost.invocations == 25
+            && cost.gb_seconds > 0.0
+            && (cost.gb_seconds - job.total_exec_time_s).abs() < 1e-9
+            && (cost.estimated_usd
+                - (cost.gb_seconds * quelea::summary::LAMBDA_USD_PER_GB_SECOND
+                    + 25.0 * 0.20 / 1e6))
+                .abs()
+                < 1e-15,
+        format!("{job:?}"),
+    )?;
+    let local = ConfigBuilder::new().no_file().env(Vec::new()).build()?;
+    check(
+        quelea::summary::job_summary(&local, &futures)[0]
+            .cost
+            .is_none(),
+        "only Lambda jobs are priced",
     )
 }
 

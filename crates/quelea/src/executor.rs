@@ -512,6 +512,12 @@ impl Executor {
         }
     }
 
+    /// One summary per job of `futures`: calls, outcomes, timing, and for
+    /// `aws_lambda` jobs GB-seconds and an estimated price.
+    pub fn job_summary<O>(&self, futures: &FuturesList<O>) -> Vec<crate::summary::JobSummary> {
+        crate::summary::job_summary(self.config(), futures)
+    }
+
     /// Where this executor's job objects live.
     pub fn storage_prefix(&self) -> String {
         keys::executor_prefix(&self.inner.id)

@@ -22,6 +22,7 @@ pub mod interrupt;
 mod job;
 mod monitor;
 pub mod objects;
+pub mod summary;
 
 pub use error::{Error, Result};
 pub use executor::{
@@ -36,6 +37,7 @@ pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, RunnerKind};
 pub use quelea_worker::pool::RunnerCommand;
 pub use quelea_worker::rust_runner::{is_runner, serve_if_runner, FunctionRef, Functions};
+pub use summary::{JobSummary, LambdaCost};
 
 /// The layers below, for tools that need them (the CLI, benchmarks).
 pub mod core {
