@@ -20,6 +20,7 @@ mod future;
 mod handle;
 pub mod interrupt;
 mod job;
+pub mod lambda_api;
 mod monitor;
 pub mod objects;
 pub mod summary;
