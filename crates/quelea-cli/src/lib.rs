@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         action: WorkerAction,
     },
+    /// The worker runtime on a remote backend
+    Runtime {
+        #[command(subcommand)]
+        action: RuntimeAction,
+    },
     /// Print the version
     Version,
 }
@@ -57,6 +62,36 @@ enum WorkerAction {
     /// Serve signed Invocations over HTTP (`POST /invoke`, `GET /health`):
     /// the front door of the `http` backend
     Serve(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum RuntimeAction {
+    /// Package a bootstrap binary and create or update the function
+    /// (`aws_lambda.function_name`, in `aws_lambda.region`)
+    Deploy(DeployArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeployBackend {
+    #[value(name = "aws_lambda")]
+    AwsLambda,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The backend to deploy to
+    #[arg(long)]
+    backend: DeployBackend,
+    /// The bootstrap binary: your program calling `quelea_lambda::serve`,
+    /// built for Linux x86_64 (e.g. `cargo lambda build --release`)
+    #[arg(long)]
+    bootstrap: std::path::PathBuf,
+    /// Execution role ARN; needed to create the function (not to update it)
+    #[arg(long)]
+    role: Option<String>,
+    /// Function timeout in seconds, at creation
+    #[arg(long, default_value_t = 900)]
+    timeout: u32,
 }
 
 #[derive(clap::Args)]
@@ -213,7 +248,34 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
         Command::Worker {
             action: WorkerAction::Serve(args),
         } => serve(cli, args, rust_runner),
+        Command::Runtime {
+            action: RuntimeAction::Deploy(args),
+        } => deploy(cli, args),
     }
+}
+
+fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
+    use quelea_lambda::deploy::{DeploySpec, Deployed};
+    let DeployBackend::AwsLambda = args.backend;
+    let config = config_builder(cli).build()?;
+    let deployed = quelea_lambda::deploy::deploy(
+        &config,
+        &DeploySpec {
+            bootstrap: args.bootstrap.clone(),
+            role_arn: args.role.clone(),
+            timeout_s: args.timeout,
+        },
+    )?;
+    let function = config.aws_lambda.function_name.unwrap_or_default();
+    println!(
+        "{} Lambda function `{function}` from {}",
+        match deployed {
+            Deployed::Created => "created",
+            Deployed::Updated => "updated the code of",
+        },
+        args.bootstrap.display()
+    );
+    Ok(())
 }
 
 fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Result<()> {

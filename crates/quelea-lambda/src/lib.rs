@@ -23,6 +23,8 @@
 //! (`QUELEA_STORAGE`, `QUELEA_BUCKET`, `QUELEA_S3_*`, or the execution role's
 //! `AWS_*` variables), never from the event.
 
+pub mod deploy;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
