@@ -142,6 +142,10 @@ pub struct CallStats {
     pub peak_memory_bytes: u64,
     #[serde(default)]
     pub result_size: u64,
+    /// The memory of the function instance that ran the call, in MB, where
+    /// the platform bills by it (Lambda's configured memory size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
 }
 
 /// Where a successful call's result lives.

@@ -105,7 +105,19 @@ fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
         format!("one final status per call: {statuses:?}"),
     )?;
 
-    // The job summary prices the job at the configured memory (1024 MB).
+    // Each call records the memory of the instance that ran it (the
+    // emulator sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE like Lambda does), and
+    // the job summary prices the job at it.
+    let memory = futures
+        .get(0)
+        .unwrap()
+        .stats()
+        .memory_mb
+        .ok_or("no memory in the stats")?;
+    check(
+        futures.iter().all(|f| f.stats().memory_mb == Some(memory)),
+        "every call has the instance's memory",
+    )?;
     let summary = exec.job_summary(&futures);
     check(summary.len() == 1, format!("{summary:?}"))?;
     let job = &summary[0];
@@ -113,10 +125,10 @@ fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
     check(
         job.calls == 100
             && job.success == 100
-            && cost.memory_mb == 1024
+            && cost.memory_mb == memory
             && cost.invocations == 25
             && cost.gb_seconds > 0.0
-            && (cost.gb_seconds - job.total_exec_time_s).abs() < 1e-9
+            && (cost.gb_seconds - job.total_exec_time_s * f64::from(memory) / 1024.0).abs() < 1e-9
             && (cost.estimated_usd
                 - (cost.gb_seconds * quelea::summary::LAMBDA_USD_PER_GB_SECOND
                     + 25.0 * 0.20 / 1e6))

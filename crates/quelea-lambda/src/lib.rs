@@ -101,6 +101,10 @@ pub fn runtime(config: &Config) -> Result<Runtime, Error> {
             // One event at a time per instance: nothing to queue behind.
             max_queued_calls: u64::MAX,
             commands,
+            // Set by Lambda (and the emulator) to the function's memory.
+            instance_memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
         },
         storage,
     ))

@@ -109,6 +109,7 @@ impl Server {
                         inline_result_bytes: config.inline_result_bytes,
                         max_queued_calls: config.max_queued_calls,
                         commands: config.commands.clone(),
+                        instance_memory_mb: None,
                     },
                     storage,
                 ),

@@ -35,6 +35,8 @@ pub struct RuntimeConfig {
     pub max_queued_calls: u64,
     /// How to start runners, per kind; a kind without one is refused.
     pub commands: HashMap<RunnerKind, RunnerCommand>,
+    /// The instance's billed memory (Lambda's), recorded in call stats.
+    pub instance_memory_mb: Option<u32>,
 }
 
 /// A job's status target is forgotten after this long without Invocations
@@ -176,6 +178,7 @@ impl Runtime {
             target,
             writer: self.writer.clone(),
             submit_ts: invocation.submit_ts,
+            memory_mb: self.config.instance_memory_mb,
             counters: counters.clone(),
             remaining: remaining_tx,
         });
@@ -367,6 +370,7 @@ struct RuntimeSink {
     target: Arc<JobTarget>,
     writer: Arc<StatusWriter>,
     submit_ts: f64,
+    memory_mb: Option<u32>,
     counters: Arc<Counters>,
     remaining: tokio::sync::watch::Sender<usize>,
 }
@@ -381,6 +385,7 @@ impl JobSink for RuntimeSink {
                 submit_ts: self.submit_ts,
                 start_ts: Some(ts),
                 worker_id: Some(worker_id),
+                memory_mb: self.memory_mb,
                 ..CallStats::default()
             },
         );
@@ -396,7 +401,8 @@ impl JobSink for RuntimeSink {
         if completion.start_ts.is_some() {
             sub(&self.counters.running);
         }
-        let status = finished_status(self.submit_ts, &completion);
+        let mut status = finished_status(self.submit_ts, &completion);
+        status.stats.memory_mb = self.memory_mb;
         self.writer
             .finished(&self.target, status, completion.outcome.ok());
         self.remaining.send_modify(|n| *n = n.saturating_sub(1));

@@ -72,6 +72,7 @@ pub fn finished_status(submit_ts: f64, completion: &Completion) -> CallStatus {
                 .as_ref()
                 .map(|r| r.len() as u64)
                 .unwrap_or(0),
+            memory_mb: None,
         },
         result: None,
         error: completion.outcome.as_ref().err().cloned(),

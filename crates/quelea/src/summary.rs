@@ -2,8 +2,9 @@
 //! the `aws_lambda` backend the compute they were billed for (GB-seconds)
 //! and an estimated price.
 //!
-//! The estimate is the sum over calls of run time × the function's
-//! configured memory (`aws_lambda.memory_mb`), at the published x86 price,
+//! The estimate is the sum over calls of run time × the memory of the
+//! instance that ran it (from the call's stats, as the bootstrap read it
+//! from Lambda; else `aws_lambda.memory_mb`), at the published x86 price,
 //! plus the request charge for each Invocation (one per `chunksize` calls).
 //! It leaves out what quelea cannot see from the client: billing rounds each
 //! Invocation up to the millisecond and also counts its start-up and status
@@ -41,24 +42,25 @@ pub struct JobSummary {
 /// What a Lambda job cost, estimated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LambdaCost {
+    /// The memory the calls ran with (the largest, if they differ).
     pub memory_mb: u32,
     pub invocations: u64,
-    /// Σ call run time (s) × memory (MB) / 1024.
+    /// Σ call run time (s) × its memory (MB) / 1024.
     pub gb_seconds: f64,
     /// GB-seconds and requests at the x86 list price, in USD.
     pub estimated_usd: f64,
 }
 
 impl LambdaCost {
-    /// The cost of `invocations` Invocations whose calls ran `durations_s`
-    /// seconds on a function of `memory_mb`.
-    pub fn estimate(
-        memory_mb: u32,
-        invocations: u64,
-        durations_s: impl IntoIterator<Item = f64>,
-    ) -> LambdaCost {
-        let seconds: f64 = durations_s.into_iter().map(|d| d.max(0.0)).sum();
-        let gb_seconds = seconds * f64::from(memory_mb) / 1024.0;
+    /// The cost of `invocations` Invocations whose calls ran
+    /// `(seconds, memory_mb)` each.
+    pub fn estimate(invocations: u64, calls: impl IntoIterator<Item = (f64, u32)>) -> LambdaCost {
+        let mut memory_mb = 0;
+        let mut gb_seconds = 0.0;
+        for (seconds, memory) in calls {
+            gb_seconds += seconds.max(0.0) * f64::from(memory) / 1024.0;
+            memory_mb = memory_mb.max(memory);
+        }
         LambdaCost {
             memory_mb,
             invocations,
@@ -80,9 +82,9 @@ pub fn job_summary<O>(config: &Config, futures: &FuturesList<O>) -> Vec<JobSumma
         .map(|(job_key, futures)| {
             let spec = &futures[0].job.spec;
             let stats: Vec<_> = futures.iter().map(|f| f.stats()).collect();
-            let durations: Vec<f64> = stats
+            let runs: Vec<(f64, Option<u32>)> = stats
                 .iter()
-                .filter_map(|s| Some(s.end_ts? - s.start_ts?))
+                .filter_map(|s| Some((s.end_ts? - s.start_ts?, s.memory_mb)))
                 .collect();
             let start = stats.iter().filter_map(|s| s.start_ts).reduce(f64::min);
             let end = stats.iter().filter_map(|s| s.end_ts).reduce(f64::max);
@@ -90,9 +92,9 @@ pub fn job_summary<O>(config: &Config, futures: &FuturesList<O>) -> Vec<JobSumma
                 // Invocations group `chunksize` consecutive calls of the job.
                 let chunk = u64::from(spec.chunksize.max(1));
                 LambdaCost::estimate(
-                    config.aws_lambda.memory_mb,
                     u64::from(spec.total_calls).div_ceil(chunk),
-                    durations.iter().copied(),
+                    runs.iter()
+                        .map(|&(d, m)| (d, m.unwrap_or(config.aws_lambda.memory_mb))),
                 )
             });
             JobSummary {
@@ -102,7 +104,7 @@ pub fn job_summary<O>(config: &Config, futures: &FuturesList<O>) -> Vec<JobSumma
                 success: futures.iter().filter(|f| f.success()).count(),
                 error: futures.iter().filter(|f| f.error()).count(),
                 wall_time_s: start.zip(end).map(|(s, e)| e - s),
-                total_exec_time_s: durations.iter().sum(),
+                total_exec_time_s: runs.iter().map(|(d, _)| d).sum(),
                 cost,
             }
         })
@@ -116,13 +118,16 @@ mod tests {
     #[test]
     fn lambda_cost_is_gb_seconds_at_list_price_plus_requests() {
         // 1,000 calls of 2 s at 2048 MB, one Invocation each.
-        let cost = LambdaCost::estimate(2048, 1000, std::iter::repeat_n(2.0, 1000));
+        let cost = LambdaCost::estimate(1000, std::iter::repeat_n((2.0, 2048), 1000));
         assert!((cost.gb_seconds - 4000.0).abs() < 1e-9);
         let expected = 4000.0 * 0.000_016_666_7 + 1000.0 * 0.000_000_2;
         assert!((cost.estimated_usd - expected).abs() < 1e-12, "{cost:?}");
         assert!((cost.estimated_usd - 0.066_866_8).abs() < 1e-9);
         // Negative spans (clock skew between hosts) count as nothing.
-        let cost = LambdaCost::estimate(1024, 1, [0.5, -0.1]);
+        let cost = LambdaCost::estimate(1, [(0.5, 1024), (-0.1, 1024)]);
         assert!((cost.gb_seconds - 0.5).abs() < 1e-12);
+        // Each call at its own memory; the largest is reported.
+        let cost = LambdaCost::estimate(2, [(1.0, 512), (1.0, 2048)]);
+        assert!((cost.gb_seconds - 2.5).abs() < 1e-12 && cost.memory_mb == 2048);
     }
 }
