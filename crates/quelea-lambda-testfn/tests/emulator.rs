@@ -558,6 +558,64 @@ fn refusals_fail_the_calls_with_the_aws_error() -> Result<(), Failed> {
     check(stand_in.seen().len() > 1, "throttles are retried")
 }
 
+fn refused_invocations_fail_their_calls_in_storage() -> Result<(), Failed> {
+    use quelea::core::ids::{CallId, ExecutorId, JobId, JobKind};
+    use quelea::core::model::{FunctionSpec, RunnerKind};
+    use quelea::core::protocol::{CallInput, Invocation, InvokedCall};
+    // An Invocation whose function object is not in storage: the function
+    // cannot run it, and says so through the call's status.
+    let executor = ExecutorId::next();
+    let job_id = JobId::new(JobKind::Map, 0);
+    let invocation = Invocation {
+        executor_id: executor.clone(),
+        job_id,
+        function: FunctionSpec {
+            runner: RunnerKind::Rust,
+            name: "hello_square".into(),
+            hash: format!("{executor}-never-stored"),
+        },
+        calls: vec![InvokedCall {
+            call_id: CallId(0),
+            input: CallInput::Inline(b"[7,0]".to_vec()),
+        }],
+        timeout_s: 10.0,
+        memory_limit_mb: None,
+        submit_ts: quelea::core::model::now_ts(),
+    };
+    let request = Recorded {
+        path: format!("/2015-03-31/functions/{FUNCTION}/invocations"),
+        headers: HashMap::new(),
+        body: Message::Invocation(invocation).encode(),
+    };
+    // Not a handler error: retrying the event could not help.
+    let status = forward(&emulator(), &request);
+    check(status == 202, format!("the emulator answered {status}"))?;
+    let storage = quelea::storage::Storage::from_config(&config())?;
+    let keys = JobKeys::new(&executor, job_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for object in storage.list_blocking(&keys.status_prefix())? {
+            let body = storage.get_blocking(&object.key)?;
+            if let Ok(Message::StatusBatch(batch)) = Message::decode(&body) {
+                if let Some(status) = batch.statuses.into_iter().find(|s| s.state.is_terminal()) {
+                    let error = status.error.ok_or("a refused call has an error")?;
+                    storage.delete_prefix_blocking(keys.prefix())?;
+                    return check(
+                        status.state == CallState::Error
+                            && error.error_type == "InvocationRefused"
+                            && error.message.contains("never-stored"),
+                        format!("{error:?}"),
+                    );
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("no status for the refused call within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     type Test = fn() -> Result<(), Failed>;
@@ -591,6 +649,10 @@ fn main() {
         (
             "refusals_fail_the_calls_with_the_aws_error",
             refusals_fail_the_calls_with_the_aws_error,
+        ),
+        (
+            "refused_invocations_fail_their_calls_in_storage",
+            refused_invocations_fail_their_calls_in_storage,
         ),
     ];
     let trials = tests

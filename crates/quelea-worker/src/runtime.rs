@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use quelea_core::ids::CallId;
 use quelea_core::keys::{self, JobKeys};
-use quelea_core::model::RunnerKind;
-use quelea_core::model::{now_ts, CallError, CallState, CallStats, CallStatus, FailureReason};
+use quelea_core::model::{
+    now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, RunnerKind,
+};
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::Storage;
 
@@ -121,14 +122,6 @@ impl Runtime {
             targets: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
         }
-    }
-
-    pub fn config(&self) -> &RuntimeConfig {
-        &self.config
-    }
-
-    pub fn storage(&self) -> &Storage {
-        &self.storage
     }
 
     pub fn counters(&self) -> &Counters {
