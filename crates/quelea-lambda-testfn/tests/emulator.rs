@@ -308,10 +308,10 @@ def boom(x):
 
 fexec = quelea.FunctionExecutor()
 fexec.map(inc, [1, 2, 3])
-print("results", fexec.get_result())
+print("results", fexec.get_result(timeout=120))
 fexec.map(boom, [7])
 try:
-    fexec.get_result()
+    fexec.get_result(timeout=120)
 except ValueError as e:
     print("caught", type(e).__name__, e)
     print(traceback.format_exc())
@@ -320,7 +320,7 @@ except ValueError as e:
 fn python_functions_run_in_the_function() -> Result<(), Failed> {
     let python = std::env::var("QTEST_PYTHON")
         .map_err(|_| "QTEST_PYTHON must name a Python with the quelea package")?;
-    let out = std::process::Command::new(python)
+    let mut child = std::process::Command::new(python)
         .args(["-c", PYTHON_SCRIPT])
         .env("QUELEA_BACKEND", "aws_lambda")
         .env("QUELEA_STORAGE", "s3")
@@ -331,7 +331,40 @@ fn python_functions_run_in_the_function() -> Result<(), Failed> {
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env_remove("QUELEA_CONFIG_FILE")
-        .output()?;
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Read the pipes on threads so a chatty child never blocks; stop it by
+    // PID if it outlives its deadline.
+    let mut pipe_out = child.stdout.take().ok_or("no stdout")?;
+    let mut pipe_err = child.stderr.take().ok_or("no stderr")?;
+    let reader_out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = pipe_out.read_to_end(&mut text);
+        text
+    });
+    let reader_err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = pipe_err.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the Python client did not finish within 180 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: reader_out.join().unwrap_or_default(),
+        stderr: reader_err.join().unwrap_or_default(),
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     check(
