@@ -30,7 +30,7 @@ eval "$(scripts/s3-server.sh start "$S3_DIR")"
 cargo test -p quelea-storage --features s3-tests
 QTEST_STORAGE=s3 cargo test -p quelea --test engine
 QTEST_STORAGE=s3 cargo test -p quelea-cli --test http_backend
-QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py tests/python/test_partitioner.py -q
+QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py tests/python/test_partitioner.py tests/python/test_http_backend.py -q
 "$VENV/bin/python" examples/python/wordcount_s3.py
 
 echo "== aws_lambda: the cargo-lambda emulator on 127.0.0.1, SeaweedFS as its S3 =="

@@ -26,6 +26,7 @@ _LITHOPS_BACKENDS = {
     "knative": "http",
     "gcp_cloudrun": "http",
     "code_engine": "http",
+    "aws_lambda": "aws_lambda",
 }
 _LITHOPS_STORAGES = {
     "localhost": "localdisk",
@@ -593,6 +594,7 @@ class FunctionExecutor:
             jobs.setdefault(f.job_key, []).append(f)
         rows = []
         for key, futures in jobs.items():
+            cost = self._cost({id(f._job): f._job for f in futures}.values())
             stats = [f.stats for f in futures]
             starts = [s["worker_start_tstamp"] for s in stats if s["worker_start_tstamp"]]
             ends = [s["worker_end_tstamp"] for s in stats if s["worker_end_tstamp"]]
@@ -615,9 +617,29 @@ class FunctionExecutor:
                     "submitted": min(s["host_submit_tstamp"] for s in stats),
                     "wall_time": (max(ends) - min(starts)) if starts and ends else None,
                     "total_exec_time": sum(exec_times),
+                    **({"cost": cost} if cost else {}),
                 }
             )
         return rows
+
+    def _cost(self, jobs: Any) -> dict | None:
+        """Estimated Lambda cost of these jobs (their re-runs included)."""
+        engine_jobs = []
+        for job in jobs:
+            if isinstance(job, BundledJob):
+                engine_jobs.append(job.engine)
+                engine_jobs.extend(job._reruns.values())
+            else:
+                engine_jobs.append(job)
+        costs = [c for c in (self._engine.job_cost(j) for j in engine_jobs) if c]
+        if not costs:
+            return None
+        return {
+            "memory_mb": max(c["memory_mb"] for c in costs),
+            "invocations": sum(c["invocations"] for c in costs),
+            "gb_seconds": sum(c["gb_seconds"] for c in costs),
+            "estimated_usd": sum(c["estimated_usd"] for c in costs),
+        }
 
     def job_handle(self, fs: Any) -> str:
         """A JSON handle another process can ``quelea.attach``."""

@@ -79,8 +79,11 @@ def wait(
         except KeyboardInterrupt:
             cancel_on_interrupt(futures)
             raise
-    done = FuturesList([f for f in futures if f.done], executor)
-    not_done = FuturesList([f for f in futures if not f.done], executor)
+    # One look at each future: a call finishing between two passes would
+    # otherwise land in neither list.
+    finished = [f.done for f in futures]
+    done = FuturesList([f for f, d in zip(futures, finished, strict=True) if d], executor)
+    not_done = FuturesList([f for f, d in zip(futures, finished, strict=True) if not d], executor)
     if throw_except:
         for f in done:
             if f.error:

@@ -306,9 +306,11 @@ def inc(x):
 def boom(x):
     raise ValueError(f"bad input {x}")
 
-fexec = quelea.FunctionExecutor()
+fexec = quelea.FunctionExecutor(backend="aws_lambda")
 fexec.map(inc, [1, 2, 3])
 print("results", fexec.get_result(timeout=120))
+cost = fexec.job_summary()[0]["cost"]
+print("cost", cost["invocations"], cost["memory_mb"] > 0, cost["gb_seconds"] > 0, cost["estimated_usd"] > 0)
 fexec.map(boom, [7])
 try:
     fexec.get_result(timeout=120)
@@ -322,7 +324,6 @@ fn python_functions_run_in_the_function() -> Result<(), Failed> {
         .map_err(|_| "QTEST_PYTHON must name a Python with the quelea package")?;
     let mut child = std::process::Command::new(python)
         .args(["-c", PYTHON_SCRIPT])
-        .env("QUELEA_BACKEND", "aws_lambda")
         .env("QUELEA_STORAGE", "s3")
         .env("QUELEA_BUCKET", "quelea-test")
         .env("QUELEA_AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
@@ -370,6 +371,8 @@ fn python_functions_run_in_the_function() -> Result<(), Failed> {
     check(
         out.status.success()
             && stdout.contains("results [2, 3, 4]")
+            // job_summary() prices the job: one Invocation per call here.
+            && stdout.contains("cost 3 True True True")
             && stdout.contains("caught ValueError bad input 7")
             // The remote traceback names the function that raised.
             && stdout.contains("in boom"),

@@ -245,6 +245,26 @@ impl Executor {
         self.with(|e| py.detach(|| e.clean()).map_err(to_py_err))
     }
 
+    /// For a job of the `aws_lambda` backend, its estimated cost
+    /// (`memory_mb`, `invocations`, `gb_seconds`, `estimated_usd`); else `None`.
+    fn job_cost<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let cost = self.with(|e| {
+            Ok(e.job_summary(&job.futures)
+                .into_iter()
+                .next()
+                .and_then(|summary| summary.cost))
+        })?;
+        let Some(cost) = cost else {
+            return Ok(None);
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("memory_mb", cost.memory_mb)?;
+        dict.set_item("invocations", cost.invocations)?;
+        dict.set_item("gb_seconds", cost.gb_seconds)?;
+        dict.set_item("estimated_usd", cost.estimated_usd)?;
+        Ok(Some(dict))
+    }
+
     fn job_handle(&self, job: &Job) -> PyResult<String> {
         self.with(|e| {
             let first = job
@@ -392,6 +412,7 @@ impl Job {
         dict.set_item("worker_cold_start", stats.cold_start)?;
         dict.set_item("worker_peak_memory", stats.peak_memory_bytes)?;
         dict.set_item("func_result_size", stats.result_size)?;
+        dict.set_item("worker_memory_mb", stats.memory_mb)?;
         Ok(dict)
     }
     /// `None` while running, `(True, bytes)` on success, `(False, error dict)`.

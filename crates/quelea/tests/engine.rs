@@ -573,6 +573,9 @@ fn warm_pool_is_reused_and_cancel_works() -> Result<(), Failed> {
     let fns = functions();
     let dir = tempfile::tempdir()?;
     let exec = executor(dir.path());
+    // Both runners up first: ten quick calls can finish on one of them
+    // before the other has started.
+    exec.warm_up()?;
     exec.get_result(
         &exec.map(&fns.square, 0..10i64, MapOptions::default())?,
         None,
