@@ -69,6 +69,12 @@ start() {
         exit 1
     }
     ensure_weed
+    # A server already answering there would pass the readiness check below
+    # for ours, which could not bind: refuse instead.
+    if curl -s -o /dev/null --max-time 1 "$ENDPOINT/"; then
+        log "something already listens on $ENDPOINT: stop it first"
+        exit 1
+    fi
 
     # `mini` re-applies the options saved in its data dir: start fresh each time.
     local run="$dir/run-$(date +%s)-$$"
