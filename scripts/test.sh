@@ -29,7 +29,7 @@ trap 'scripts/s3-server.sh stop "$S3_DIR"' EXIT
 eval "$(scripts/s3-server.sh start "$S3_DIR")"
 cargo test -p quelea-storage --features s3-tests
 QTEST_STORAGE=s3 cargo test -p quelea --test engine
-QTEST_STORAGE=s3 cargo test -p quelea-cli --test http_backend
+QTEST_STORAGE=s3 cargo test -p quelea-cli --test http_backend --test local_conformance
 QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py tests/python/test_partitioner.py tests/python/test_http_backend.py -q
 "$VENV/bin/python" examples/python/wordcount_s3.py
 

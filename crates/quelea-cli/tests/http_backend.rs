@@ -4,13 +4,14 @@
 //! The servers are started once for the whole binary and killed by PID at
 //! the end. Job storage is a local directory shared with the servers; with
 //! `QTEST_STORAGE=s3` it is the S3 server of scripts/s3-server.sh (its
-//! `QUELEA_S3_*` variables come from the environment).
+//! `QUELEA_S3_*` variables come from the environment). The conformance set
+//! every backend passes is `quelea_conformance`'s; the tests here are the
+//! http backend's own.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -20,10 +21,10 @@ use quelea::core::keys::{self, JobKeys};
 use quelea::core::model::{FunctionSpec, RunnerKind};
 use quelea::core::protocol::{CallInput, Invocation, InvokedCall, Message};
 use quelea::storage::Storage;
-use quelea::{CallState, Config, ConfigBuilder, Error, Executor, FailureReason, MapOptions};
+use quelea::{CallState, Config, ConfigBuilder, Executor, MapOptions};
+use quelea_conformance::{check, final_statuses, Backend, WAIT};
 
 const SECRET: &str = "test-secret-of-the-http-front-door";
-const WAIT: Option<Duration> = Some(Duration::from_secs(120));
 
 fn s3() -> bool {
     std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
@@ -102,13 +103,16 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn config(&self) -> Config {
+    /// The client's config: the http backend over the conformance servers.
+    fn builder(&self) -> ConfigBuilder {
         storage_builder(self.dir.path())
             .set("backend", "http")
             .set("http.urls", self.urls.clone())
             .set("http.secret", SECRET)
-            .build()
-            .unwrap()
+    }
+
+    fn config(&self) -> Config {
+        self.builder().build().unwrap()
     }
 
     fn executor(&self) -> Executor {
@@ -118,34 +122,6 @@ impl Fixture {
     fn storage(&self) -> Storage {
         Storage::from_config(&self.config()).unwrap()
     }
-}
-
-fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(message.into().into())
-    }
-}
-
-/// Every final status in storage for a job, by call: (count, state).
-fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
-    let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();
-    for object in storage.list_blocking(&keys.status_prefix()).unwrap() {
-        let body = storage.get_blocking(&object.key).unwrap();
-        let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
-            panic!("unreadable status batch {}", object.key);
-        };
-        for status in batch.statuses {
-            if status.state.is_terminal() {
-                calls
-                    .entry(status.call_id.0)
-                    .or_default()
-                    .push(status.state);
-            }
-        }
-    }
-    calls
 }
 
 /// One HTTP/1.1 request on its own connection; (status, body).
@@ -276,140 +252,6 @@ fn map_1000_in_order_spread_over_servers(fx: &Fixture) -> Result<(), Failed> {
         )?;
     }
     Ok(())
-}
-
-fn map_reduce_and_chunked_ranged_inputs(fx: &Fixture) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor();
-    let total = exec
-        .map_reduce(
-            &b.square,
-            (0..200u64).map(|x| (x, 0)),
-            &b.sum,
-            MapOptions::default().chunksize(7),
-        )?
-        .result(WAIT)?;
-    check(
-        total == (0..200u64).map(|x| x * x).sum::<u64>(),
-        format!("sum {total}"),
-    )?;
-
-    // Inputs over `inline_input_bytes` travel as byte ranges of one data object.
-    let config = storage_builder(fx.dir.path())
-        .set("backend", "http")
-        .set("http.urls", fx.urls.clone())
-        .set("http.secret", SECRET)
-        .set("execution.inline_input_bytes", 2)
-        .build()?;
-    let exec = Executor::with_config(config)?;
-    let futures = exec.map(
-        &b.square,
-        (0..50u64).map(|x| (x, 0)),
-        MapOptions::default().chunksize(4),
-    )?;
-    let results = exec.get_result(&futures, WAIT)?;
-    check(
-        results == (0..50u64).map(|x| x * x).collect::<Vec<_>>(),
-        format!("{results:?}"),
-    )?;
-    check(
-        exec.storage()
-            .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data())
-            .is_ok(),
-        "the inputs went through the data object",
-    )
-}
-
-fn partitioned_objects_are_read_by_the_servers(fx: &Fixture) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor();
-    // Objects in the shared storage; the servers' runners read their chunks
-    // with the servers' own storage settings.
-    let prefix = format!("inputs/{}/", exec.id());
-    let storage = exec.storage();
-    storage.put_blocking(
-        &format!("{prefix}a.txt"),
-        "alpha\nbeta\ngamma\n".as_bytes().to_vec(),
-    )?;
-    storage.put_blocking(&format!("{prefix}b.txt"), "one\ntwo".as_bytes().to_vec())?;
-    let input = format!("{}/{prefix}", exec.config().bucket);
-    let options = quelea::objects::ObjOptions {
-        chunking: quelea::objects::Chunking::Size(4),
-        ..quelea::objects::ObjOptions::default()
-    };
-    let per_object = exec.get_result(
-        &exec.map_reduce_objects(
-            &b.count_lines,
-            [input],
-            &b.sum,
-            &options,
-            true,
-            MapOptions::default(),
-        )?,
-        WAIT,
-    )?;
-    storage.delete_prefix_blocking(&prefix)?;
-    check(per_object == vec![3, 2], format!("{per_object:?}"))
-}
-
-fn user_error_carries_the_remote_message(fx: &Fixture) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor();
-    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
-    let err = exec.get_result(&futures, WAIT).unwrap_err();
-    let Error::CallFailed { error, .. } = &err else {
-        return Err(format!("expected a call failure, got {err}").into());
-    };
-    check(
-        error.reason == FailureReason::UserError
-            && error.error_type == "BuiltinFailure"
-            && error.message == "refused input `apple`",
-        format!("{error:?}"),
-    )
-}
-
-fn timeout_fails_only_that_call(fx: &Fixture) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor();
-    let started = Instant::now();
-    let futures = exec.map(
-        &b.sleep_ms,
-        [30_000u64, 10],
-        MapOptions::default().timeout(Duration::from_secs(1)),
-    )?;
-    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
-    check(
-        started.elapsed() < Duration::from_secs(15),
-        format!("took {:?}", started.elapsed()),
-    )?;
-    let error = futures
-        .get(0)
-        .unwrap()
-        .call_error()
-        .ok_or("call 0 failed")?;
-    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
-    check(futures.get(1).unwrap().success(), "call 1 succeeds")
-}
-
-fn crashed_runner_fails_only_its_call(fx: &Fixture) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor();
-    let futures = exec.map(&b.exit_with, [0, 3, 0, 0], MapOptions::default())?;
-    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
-    let error = futures
-        .get(1)
-        .unwrap()
-        .call_error()
-        .ok_or("call 1 failed")?;
-    check(
-        error.reason == FailureReason::WorkerCrashed
-            && error.message.contains("exited with code 3"),
-        format!("{error:?}"),
-    )?;
-    check(
-        [0, 2, 3].iter().all(|&i| futures.get(i).unwrap().success()),
-        "the other calls succeed",
-    )
 }
 
 fn attach_follows_an_http_job(fx: &Fixture) -> Result<(), Failed> {
@@ -638,7 +480,7 @@ fn main() {
         "guarded",
         "http:\n  max_body_bytes: 65536\n  replay_window: 60\n",
     );
-    let fx = std::sync::Arc::new(Fixture {
+    let fx = Arc::new(Fixture {
         urls: servers.iter().map(|s| s.url.clone()).collect(),
         guarded: guarded.url.clone(),
         dir,
@@ -648,19 +490,6 @@ fn main() {
         (
             "map_1000_in_order_spread_over_servers",
             map_1000_in_order_spread_over_servers,
-        ),
-        (
-            "map_reduce_and_chunked_ranged_inputs",
-            map_reduce_and_chunked_ranged_inputs,
-        ),
-        (
-            "user_error_carries_the_remote_message",
-            user_error_carries_the_remote_message,
-        ),
-        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
-        (
-            "crashed_runner_fails_only_its_call",
-            crashed_runner_fails_only_its_call,
         ),
         ("attach_follows_an_http_job", attach_follows_an_http_job),
         (
@@ -693,21 +522,26 @@ fn main() {
             server_refuses_to_start_without_a_secret,
         ),
         (
-            "partitioned_objects_are_read_by_the_servers",
-            partitioned_objects_are_read_by_the_servers,
-        ),
-        (
             "sigterm_drains_accepted_calls",
             sigterm_drains_accepted_calls,
         ),
     ];
-    let trials = tests
+    let mut trials: Vec<Trial> = tests
         .iter()
         .map(|&(name, test)| {
             let fx = fx.clone();
             Trial::test(name, move || test(&fx))
         })
         .collect();
+    let conformance = {
+        let fx = fx.clone();
+        Backend {
+            name: "http",
+            config: Arc::new(move || fx.builder()),
+            rust_runner: None,
+        }
+    };
+    trials.extend(quelea_conformance::trials(&conformance));
     let conclusion = libtest_mimic::run(&args, trials);
     for server in servers {
         server.stop();

@@ -1,7 +1,8 @@
 //! The `aws_lambda` backend against the cargo-lambda emulator
 //! (`cargo lambda watch` serving this crate's bootstrap on 127.0.0.1) and a
-//! real S3 server (SeaweedFS): the conformance set, Python functions, and
-//! the invoker's signing, throttling and refusals.
+//! real S3 server (SeaweedFS): the conformance set every backend passes
+//! (`quelea_conformance`), and what is Lambda's own: cost, panics, Python
+//! functions, and the invoker's signing, throttling and refusals.
 //!
 //! scripts/test.sh starts both servers and sets `QTEST_LAMBDA_ENDPOINT`
 //! (the emulator's URL), the `QUELEA_S3_*` variables, and `QTEST_PYTHON`
@@ -19,14 +20,12 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use quelea::core::keys::JobKeys;
 use quelea::core::protocol::Message;
-use quelea::{
-    CallState, Config, ConfigBuilder, Error, Executor, FailureReason, Functions, MapOptions,
-};
+use quelea::{CallState, Config, ConfigBuilder, Executor, FailureReason, Functions, MapOptions};
+use quelea_conformance::{check, final_statuses, Backend, WAIT};
 
 const FUNCTION: &str = "quelea-lambda-testfn";
 const ACCESS_KEY: &str = "AKIDQUELEATEST";
 const SECRET_KEY: &str = "secret-key-that-must-never-travel";
-const WAIT: Option<Duration> = Some(Duration::from_secs(120));
 
 fn emulator() -> String {
     std::env::var("QTEST_LAMBDA_ENDPOINT").expect(
@@ -56,36 +55,7 @@ fn executor() -> Executor {
     Executor::with_config(config()).unwrap()
 }
 
-fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(message.into().into())
-    }
-}
-
-/// Every final status in storage for a job, by call.
-fn final_statuses(exec: &Executor, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
-    let storage = exec.storage();
-    let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();
-    for object in storage.list_blocking(&keys.status_prefix()).unwrap() {
-        let body = storage.get_blocking(&object.key).unwrap();
-        let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
-            panic!("unreadable status batch {}", object.key);
-        };
-        for status in batch.statuses {
-            if status.state.is_terminal() {
-                calls
-                    .entry(status.call_id.0)
-                    .or_default()
-                    .push(status.state);
-            }
-        }
-    }
-    calls
-}
-
-fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
+fn calls_record_their_memory_and_jobs_are_priced() -> Result<(), Failed> {
     let b = quelea_cli::builtins();
     let exec = executor();
     let futures = exec.map(
@@ -99,7 +69,7 @@ fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
         "results in call order",
     )?;
     let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
-    let statuses = final_statuses(&exec, &keys);
+    let statuses = final_statuses(exec.storage(), &keys);
     check(
         statuses.len() == 100 && statuses.values().all(|s| s == &[CallState::Success]),
         format!("one final status per call: {statuses:?}"),
@@ -145,60 +115,8 @@ fn map_in_order_with_one_status_per_call() -> Result<(), Failed> {
     )
 }
 
-fn map_reduce_and_ranged_inputs() -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
+fn panics_carry_the_remote_message() -> Result<(), Failed> {
     let exec = executor();
-    let total = exec
-        .map_reduce(
-            &b.square,
-            (0..60u64).map(|x| (x, 0)),
-            &b.sum,
-            MapOptions::default().chunksize(7),
-        )?
-        .result(WAIT)?;
-    check(
-        total == (0..60u64).map(|x| x * x).sum::<u64>(),
-        format!("sum {total}"),
-    )?;
-    // Inputs over `inline_input_bytes` travel as byte ranges of one data object.
-    let exec = Executor::with_config(
-        builder(&emulator())
-            .set("execution.inline_input_bytes", 2)
-            .build()?,
-    )?;
-    let futures = exec.map(
-        &b.square,
-        (0..20u64).map(|x| (x, 0)),
-        MapOptions::default().chunksize(3),
-    )?;
-    let results = exec.get_result(&futures, WAIT)?;
-    check(
-        results == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
-        format!("{results:?}"),
-    )?;
-    check(
-        exec.storage()
-            .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data())
-            .is_ok(),
-        "the inputs went through the data object",
-    )
-}
-
-fn user_errors_and_panics_carry_the_remote_message() -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = executor();
-    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
-    let err = exec.get_result(&futures, WAIT).unwrap_err();
-    let Error::CallFailed { error, .. } = &err else {
-        return Err(format!("expected a call failure, got {err}").into());
-    };
-    check(
-        error.reason == FailureReason::UserError
-            && error.error_type == "BuiltinFailure"
-            && error.message == "refused input `apple`",
-        format!("{error:?}"),
-    )?;
-
     // The client needs only the name; the function runs in the bootstrap.
     let mut names = Functions::new();
     let panic_with = names.register("panic_with", |m: String| m);
@@ -215,85 +133,6 @@ fn user_errors_and_panics_carry_the_remote_message() -> Result<(), Failed> {
             && error.message.contains("kaboom"),
         format!("{error:?}"),
     )
-}
-
-fn timeout_fails_only_that_call() -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = executor();
-    let started = Instant::now();
-    let futures = exec.map(
-        &b.sleep_ms,
-        [30_000u64, 10],
-        MapOptions::default().timeout(Duration::from_secs(1)),
-    )?;
-    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
-    check(
-        started.elapsed() < Duration::from_secs(20),
-        format!("took {:?}", started.elapsed()),
-    )?;
-    let error = futures
-        .get(0)
-        .unwrap()
-        .call_error()
-        .ok_or("call 0 failed")?;
-    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
-    check(futures.get(1).unwrap().success(), "call 1 succeeds")
-}
-
-fn crashed_runner_fails_only_its_call() -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = executor();
-    let futures = exec.map(
-        &b.exit_with,
-        [0, 3, 0, 0],
-        MapOptions::default().chunksize(4),
-    )?;
-    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
-    let error = futures
-        .get(1)
-        .unwrap()
-        .call_error()
-        .ok_or("call 1 failed")?;
-    check(
-        error.reason == FailureReason::WorkerCrashed
-            && error.message.contains("exited with code 3"),
-        format!("{error:?}"),
-    )?;
-    check(
-        [0, 2, 3].iter().all(|&i| futures.get(i).unwrap().success()),
-        "the other calls succeed",
-    )
-}
-
-fn partitioned_objects_are_read_in_the_function() -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = executor();
-    // The function reads its chunks with its own storage settings.
-    let prefix = format!("inputs/{}/", exec.id());
-    let storage = exec.storage();
-    storage.put_blocking(
-        &format!("{prefix}a.txt"),
-        "alpha\nbeta\ngamma\n".as_bytes().to_vec(),
-    )?;
-    storage.put_blocking(&format!("{prefix}b.txt"), "one\ntwo".as_bytes().to_vec())?;
-    let input = format!("{}/{prefix}", exec.config().bucket);
-    let options = quelea::objects::ObjOptions {
-        chunking: quelea::objects::Chunking::Size(4),
-        ..quelea::objects::ObjOptions::default()
-    };
-    let per_object = exec.get_result(
-        &exec.map_reduce_objects(
-            &b.count_lines,
-            [input],
-            &b.sum,
-            &options,
-            true,
-            MapOptions::default(),
-        )?,
-        WAIT,
-    )?;
-    storage.delete_prefix_blocking(&prefix)?;
-    check(per_object == vec![3, 2], format!("{per_object:?}"))
 }
 
 const PYTHON_SCRIPT: &str = r#"
@@ -726,22 +565,12 @@ fn main() {
     type Test = fn() -> Result<(), Failed>;
     let tests: &[(&str, Test)] = &[
         (
-            "map_in_order_with_one_status_per_call",
-            map_in_order_with_one_status_per_call,
-        ),
-        ("map_reduce_and_ranged_inputs", map_reduce_and_ranged_inputs),
-        (
-            "user_errors_and_panics_carry_the_remote_message",
-            user_errors_and_panics_carry_the_remote_message,
-        ),
-        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
-        (
-            "crashed_runner_fails_only_its_call",
-            crashed_runner_fails_only_its_call,
+            "calls_record_their_memory_and_jobs_are_priced",
+            calls_record_their_memory_and_jobs_are_priced,
         ),
         (
-            "partitioned_objects_are_read_in_the_function",
-            partitioned_objects_are_read_in_the_function,
+            "panics_carry_the_remote_message",
+            panics_carry_the_remote_message,
         ),
         (
             "python_functions_run_in_the_function",
@@ -764,9 +593,15 @@ fn main() {
             sigv4_signatures_satisfy_a_real_s3_server,
         ),
     ];
-    let trials = tests
+    let mut trials: Vec<Trial> = tests
         .iter()
         .map(|&(name, test)| Trial::test(name, test))
         .collect();
+    let conformance = Backend {
+        name: "aws_lambda",
+        config: Arc::new(|| builder(&emulator())),
+        rust_runner: None,
+    };
+    trials.extend(quelea_conformance::trials(&conformance));
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,38 @@
+//! The conformance tests (crates/quelea-conformance) on the `local`
+//! backend: real runner processes of the `quelea` binary, which serves the
+//! CLI builtins. Job storage is a temporary directory, or with
+//! `QTEST_STORAGE=s3` the S3 server of scripts/s3-server.sh.
+
+use std::sync::Arc;
+
+use libtest_mimic::Arguments;
+use quelea::{ConfigBuilder, RunnerCommand};
+use quelea_conformance::Backend;
+
+fn main() {
+    let args = Arguments::from_args();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap().to_owned();
+    let s3 = std::env::var("QTEST_STORAGE").as_deref() == Ok("s3");
+    let config = move || {
+        let builder = ConfigBuilder::new().no_file();
+        let builder = if s3 {
+            builder.set("storage", "s3").set("bucket", "quelea-test")
+        } else {
+            builder.env(Vec::new()).set("localdisk.root", root.as_str())
+        };
+        builder.set("local.workers", 2)
+    };
+    let backend = Backend {
+        name: "local",
+        config: Arc::new(config),
+        rust_runner: Some(RunnerCommand {
+            program: env!("CARGO_BIN_EXE_quelea").into(),
+            args: Vec::new(),
+            env: vec![("QUELEA_RUNNER".into(), "rust".into())],
+        }),
+    };
+    let conclusion = libtest_mimic::run(&args, quelea_conformance::trials(&backend));
+    drop(dir);
+    conclusion.exit();
+}
