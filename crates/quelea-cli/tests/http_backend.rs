@@ -8,6 +8,7 @@
 //! every backend passes is `quelea_conformance`'s; the tests here are the
 //! http backend's own.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +22,7 @@ use quelea::core::keys::{self, JobKeys};
 use quelea::core::model::{FunctionSpec, RunnerKind};
 use quelea::core::protocol::{CallInput, Invocation, InvokedCall, Message};
 use quelea::storage::Storage;
-use quelea::{CallState, Config, ConfigBuilder, Executor, MapOptions};
+use quelea::{CallState, Config, ConfigBuilder, Executor, FailureReason, MapOptions};
 use quelea_conformance::{check, final_statuses, Backend, WAIT};
 
 const SECRET: &str = "test-secret-of-the-http-front-door";
@@ -270,6 +271,76 @@ fn attach_follows_an_http_job(fx: &Fixture) -> Result<(), Failed> {
     )
 }
 
+/// The servers see a job's `cancelled` marker and stop its calls: queued
+/// ones never run, running ones are killed, and every one of them has a
+/// final `cancelled` status in storage well before the calls would end.
+fn cancel_stops_the_calls_on_the_servers(fx: &Fixture) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor();
+    // 8 calls of 30 s on 2 servers x 2 runners: 4 run, 4 wait.
+    let futures = exec.map(&b.sleep_ms, vec![30_000u64; 8], MapOptions::default())?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let storage = exec.storage();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started_calls(storage, &keys) < 4 {
+        check(Instant::now() < deadline, "the servers started the calls")?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cancelled_at = Instant::now();
+    exec.cancel(&futures)?;
+    loop {
+        let reasons = final_reasons(storage, &keys);
+        if reasons.len() == 8 {
+            return check(
+                reasons
+                    .values()
+                    .all(|r| *r == Some(FailureReason::Cancelled)),
+                format!("every call ends cancelled: {reasons:?}"),
+            );
+        }
+        check(
+            cancelled_at.elapsed() < Duration::from_secs(15),
+            format!(
+                "only {} calls ended within 15 s of the cancel",
+                reasons.len()
+            ),
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn started_calls(storage: &Storage, keys: &JobKeys) -> usize {
+    status_batches(storage, keys)
+        .flat_map(|batch| batch.statuses)
+        .filter(|s| s.state == CallState::Running)
+        .map(|s| s.call_id)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// The failure reason of each call with a final status.
+fn final_reasons(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Option<FailureReason>> {
+    status_batches(storage, keys)
+        .flat_map(|batch| batch.statuses)
+        .filter(|s| s.state.is_terminal())
+        .map(|s| (s.call_id.0, s.error.map(|e| e.reason)))
+        .collect()
+}
+
+fn status_batches(
+    storage: &Storage,
+    keys: &JobKeys,
+) -> impl Iterator<Item = quelea::core::protocol::StatusBatch> {
+    let objects = storage.list_blocking(&keys.status_prefix()).unwrap();
+    let storage = storage.clone();
+    objects.into_iter().filter_map(move |object| {
+        match Message::decode(&storage.get_blocking(&object.key).ok()?) {
+            Ok(Message::StatusBatch(batch)) => Some(batch),
+            _ => None,
+        }
+    })
+}
+
 fn unreachable_servers_are_a_clear_error(fx: &Fixture) -> Result<(), Failed> {
     // A port nothing listens on (bound, then released).
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -492,6 +563,10 @@ fn main() {
             map_1000_in_order_spread_over_servers,
         ),
         ("attach_follows_an_http_job", attach_follows_an_http_job),
+        (
+            "cancel_stops_the_calls_on_the_servers",
+            cancel_stops_the_calls_on_the_servers,
+        ),
         (
             "unreachable_servers_are_a_clear_error",
             unreachable_servers_are_a_clear_error,

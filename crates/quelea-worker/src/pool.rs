@@ -281,11 +281,23 @@ impl Pool {
         self.shared.cond.notify_all();
     }
 
-    /// Cancels a job: its queued calls are dropped and a runner running one
-    /// of its calls is killed. The caller marks the calls cancelled.
+    /// Cancels a job: its queued calls end as cancelled without running, and
+    /// a runner running one of its calls is killed (that call ends as
+    /// cancelled too).
     pub fn cancel(&self, ctx: &JobContext) {
         ctx.cancelled.store(true, Ordering::Release);
-        lock(&self.shared.queue).retain(|t| t.ctx.job_serial != ctx.job_serial);
+        let dropped = {
+            let mut queue = lock(&self.shared.queue);
+            let (dropped, kept): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(&mut *queue)
+                .into_iter()
+                .partition(|t| t.ctx.job_serial == ctx.job_serial);
+            *queue = kept;
+            dropped
+        };
+        for task in dropped {
+            let message = format!("call {} was cancelled before it ran", task.call_id);
+            fail_task(&self.shared, task, cancelled_error(&message));
+        }
         for slot in &self.shared.slots {
             let inflight = lock(&slot.inflight);
             if let Some(front) = inflight.calls.front() {

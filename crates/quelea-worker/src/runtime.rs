@@ -7,10 +7,15 @@
 //! the Lambda bootstrap (`quelea-lambda`) waits for them with
 //! [`Accepted::finished`] and [`Runtime::flush`], because Lambda freezes the
 //! process once the handler returns.
+//!
+//! A client cancels a job by writing its `cancelled` marker to storage. The
+//! runtime looks for the markers of the jobs it has calls of, once a
+//! [`CANCEL_POLL`], and cancels those jobs on its pools: queued calls end as
+//! cancelled without running, running ones are killed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use quelea_core::ids::CallId;
@@ -19,7 +24,7 @@ use quelea_core::model::{
     now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation};
-use quelea_storage::Storage;
+use quelea_storage::{io_runtime, Storage};
 
 use crate::pool::{
     Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
@@ -43,6 +48,14 @@ pub struct RuntimeConfig {
 /// A job's status target is forgotten after this long without Invocations
 /// (a later one simply gets a new target; batch keys never collide).
 const TARGET_IDLE: Duration = Duration::from_secs(600);
+
+/// How often the cancel markers of jobs with calls here are looked for:
+/// one HEAD per such job each time.
+pub const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// The jobs with calls on this runtime's pools, by job prefix: the cancel
+/// marker to look for, and the contexts to cancel (gone once their calls are).
+type LiveJobs = Mutex<HashMap<String, (String, Vec<(Arc<Pool>, Weak<JobContext>)>)>>;
 
 /// Why an Invocation was not run; each front door maps it to its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +118,7 @@ pub struct Runtime {
     functions: Mutex<HashMap<String, Arc<PoolFunction>>>,
     targets: Mutex<HashMap<String, (Arc<JobTarget>, Instant)>>,
     counters: Arc<Counters>,
+    live: Arc<LiveJobs>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +127,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig, storage: Storage) -> Runtime {
+        let live = Arc::new(LiveJobs::default());
+        watch_cancel_markers(Arc::downgrade(&live), storage.clone());
         Runtime {
             config,
             storage,
@@ -121,6 +137,7 @@ impl Runtime {
             functions: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
+            live,
         }
     }
 
@@ -165,7 +182,8 @@ impl Runtime {
         let pool = self.pool(invocation.function.runner)?;
         let function = self.function(&pool, &invocation).await?;
         let inputs = self.inputs(&invocation).await?;
-        let target = self.target(JobKeys::new(&invocation.executor_id, invocation.job_id));
+        let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
+        let target = self.target(keys.clone());
         let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
         let sink = Arc::new(RuntimeSink {
             target,
@@ -195,6 +213,11 @@ impl Runtime {
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
         counters.calls.fetch_add(n as u64, Ordering::Relaxed);
+        lock(&self.live)
+            .entry(keys.prefix().to_owned())
+            .or_insert_with(|| (keys.cancelled(), Vec::new()))
+            .1
+            .push((pool.clone(), Arc::downgrade(&ctx)));
         pool.submit(tasks);
         Ok(Accepted {
             calls: n,
@@ -342,6 +365,42 @@ impl Runtime {
         entry.1 = now;
         entry.0.clone()
     }
+}
+
+/// Looks for the cancel markers of live jobs every [`CANCEL_POLL`] and
+/// cancels the jobs that have one; ends with the runtime.
+fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
+    io_runtime().spawn(async move {
+        loop {
+            tokio::time::sleep(CANCEL_POLL).await;
+            let Some(live) = live.upgrade() else {
+                return;
+            };
+            let markers: Vec<(String, String)> = {
+                let mut jobs = lock(&live);
+                jobs.retain(|_, (_, contexts)| {
+                    contexts.retain(|(_, ctx)| ctx.strong_count() > 0);
+                    !contexts.is_empty()
+                });
+                jobs.iter()
+                    .map(|(prefix, (marker, _))| (prefix.clone(), marker.clone()))
+                    .collect()
+            };
+            for (prefix, marker) in markers {
+                // Any error (storage down) leaves the job running: the
+                // client's own deadline still bounds its wait.
+                if storage.head(&marker).await.is_err() {
+                    continue;
+                }
+                let contexts = lock(&live).remove(&prefix).map(|(_, c)| c);
+                for (pool, ctx) in contexts.into_iter().flatten() {
+                    if let Some(ctx) = ctx.upgrade() {
+                        pool.cancel(&ctx);
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn storage_refusal(what: &str, key: &str, e: quelea_storage::Error) -> Refusal {
