@@ -10,6 +10,7 @@ knows which call is running.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import io
 import json
@@ -19,6 +20,7 @@ import resource
 import struct
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 VERSION = 1
@@ -103,17 +105,8 @@ class _Function:
             args, kwargs = _decode_reduce_input(bytes(data))
         else:
             args, kwargs = pickle.loads(data)
-        env = self.payload.extra_env
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with _extra_env(self.payload.extra_env):
             return self.call(call_id, args, kwargs)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def call(self, call_id: int, args: tuple, kwargs: dict) -> Any:
         if self.payload.reduce_extra_args is not None:
@@ -133,12 +126,9 @@ class _Function:
         first, plain, items = pickle.loads(data)
         func, call = self.func, self.call
         simple = plain and not self.reserved and self.payload.reduce_extra_args is None
-        env = self.payload.extra_env
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         values: list[Any] = []
         entries: list[tuple[bool, bytes]] | None = None
-        try:
+        with _extra_env(self.payload.extra_env):
             for k, item in enumerate(items):
                 try:
                     if simple:
@@ -161,12 +151,6 @@ class _Function:
                     entries = self._entries(first, values)
                 logs = out.take() + err.take()
                 entries.append(self._entry(first + k, value, logs))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         if entries is None:
             try:
                 return b"\x02" + pickle.dumps(values, protocol=5)
@@ -186,6 +170,24 @@ class _Function:
             return True, b"\x00" + dumps_value(value)
         except Exception as e:  # noqa: BLE001
             return False, _error_report(_result_error(self, index, value, e), {})
+
+
+@contextlib.contextmanager
+def _extra_env(env: dict[str, str]) -> Iterator[None]:
+    """The job's `extra_env` set for its calls, and the worker's own put back."""
+    if not env:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _call_with_reserved(func: Any, sig: Any, args: tuple, kwargs: dict, reserved: dict) -> Any:

@@ -23,7 +23,7 @@ use quelea::core::model::{FunctionSpec, RunnerKind};
 use quelea::core::protocol::{CallInput, Invocation, InvokedCall, Message};
 use quelea::storage::Storage;
 use quelea::{CallState, Config, ConfigBuilder, Executor, FailureReason, MapOptions};
-use quelea_conformance::{check, final_statuses, Backend, WAIT};
+use quelea_conformance::{check, final_statuses, wait_child, Backend, WAIT};
 
 const SECRET: &str = "test-secret-of-the-http-front-door";
 
@@ -522,18 +522,11 @@ fn sigterm_drains_accepted_calls(fx: &Fixture) -> Result<(), Failed> {
         .status()?;
     check(status.success(), "kill -TERM")?;
     let mut child = server.child;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = child.try_wait()? {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("the server did not stop within 30 s of SIGTERM".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_child(
+        &mut child,
+        Duration::from_secs(30),
+        "the server after SIGTERM",
+    )?;
     check(exit.success(), format!("server exit: {exit}"))?;
     // Every accepted call finished and its status was written before exit.
     let results = exec.get_result(&futures, Some(Duration::from_secs(10)))?;

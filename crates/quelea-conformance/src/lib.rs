@@ -95,6 +95,27 @@ pub fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
     }
 }
 
+/// Waits for a child process; past `limit` it is killed (by PID) and the
+/// test fails, naming `what`.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> Result<std::process::ExitStatus, Failed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} did not finish within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every final status in storage for a job, by call.
 pub fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
     let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();

@@ -21,7 +21,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use quelea::core::keys::JobKeys;
 use quelea::core::protocol::Message;
 use quelea::{CallState, Config, ConfigBuilder, Executor, FailureReason, Functions, MapOptions};
-use quelea_conformance::{check, final_statuses, Backend, WAIT};
+use quelea_conformance::{check, final_statuses, wait_child, Backend, WAIT};
 
 const FUNCTION: &str = "quelea-lambda-testfn";
 const ACCESS_KEY: &str = "AKIDQUELEATEST";
@@ -188,18 +188,7 @@ fn python_functions_run_in_the_function() -> Result<(), Failed> {
         let _ = pipe_err.read_to_end(&mut text);
         text
     });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("the Python client did not finish within 180 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut child, Duration::from_secs(180), "the Python client")?;
     let out = std::process::Output {
         status,
         stdout: reader_out.join().unwrap_or_default(),
