@@ -26,13 +26,16 @@ pub use serde_like::StorageLocation as Location;
 pub enum Error {
     #[error("object `{key}` not found in {store}")]
     NotFound { key: String, store: String },
-    #[error("storage {operation} of `{key}` in {store} failed: {source}")]
+    #[error("storage {operation} of `{key}` in {store} failed: {cause}")]
     Backend {
         operation: &'static str,
         key: String,
         store: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The store's error, with its root cause when it leaves that out.
+        cause: String,
+        /// The store's error itself. Not a `source`: `cause` says all of it
+        /// already, and error reporters would print each level again.
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("storage config: {0}")]
     Config(String),
@@ -162,7 +165,8 @@ impl Storage {
                 operation,
                 key: key.to_owned(),
                 store: self.describe(),
-                source: Box::new(other),
+                cause: describe_cause(&other),
+                error: Box::new(other),
             },
         }
     }
@@ -274,7 +278,8 @@ impl Storage {
                     operation: "list",
                     key: prefix.to_owned(),
                     store: self.describe(),
-                    source: Box::new(other),
+                    cause: describe_cause(&other),
+                    error: Box::new(other),
                 }),
                 other => Err(self.map_err("list", prefix, other)),
             })?;
@@ -332,6 +337,24 @@ impl Storage {
     pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
         io_runtime().block_on(self.delete_prefix(prefix))
     }
+}
+
+/// An error's message, and its root cause when the message leaves it out
+/// (object_store says "error sending request" and keeps "connection
+/// refused" for its innermost source).
+fn describe_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut root = error.source();
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    if let Some(root) = root.map(|e| e.to_string()) {
+        if !text.contains(&root) {
+            text.push_str(": ");
+            text.push_str(&root);
+        }
+    }
+    text
 }
 
 fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
