@@ -176,6 +176,8 @@ fn s3_server_down_is_an_error_in_bounded_time() {
         err.contains("put") && err.contains("quelea/down/x") && err.contains(&endpoint),
         "{err}"
     );
+    // The root cause is named, once.
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
     let started = Instant::now();
     let err = storage
         .list_blocking("quelea/down/")
