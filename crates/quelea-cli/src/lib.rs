@@ -1,6 +1,8 @@
 //! The `quelea` command, as a library: the `quelea` binary and the Python
 //! package's console script both run [`run_cli`].
 
+mod inspect;
+
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,27 @@ enum Command {
     },
     /// Delete the objects of jobs left in storage
     Clean,
+    /// List the jobs in storage, with their calls' progress
+    Jobs {
+        /// Only this executor's jobs (an id like `1a2b3c-0`)
+        #[arg(long)]
+        executor: Option<String>,
+    },
+    /// Show a job's calls: state, timing, and each failure with its traceback
+    Logs {
+        /// The job, as `quelea jobs` prints it (`1a2b3c-0-M000`)
+        job: String,
+        /// Only this call (`00007`, or `7`)
+        call: Option<String>,
+    },
+    /// Objects in the configured storage
+    Storage {
+        /// Another bucket of the same storage
+        #[arg(long)]
+        bucket: Option<String>,
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// The worker runtime as a service
     Worker {
         #[command(subcommand)]
@@ -55,6 +78,31 @@ enum Command {
     },
     /// Print the version
     Version,
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// List objects (with their sizes) under a prefix
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Upload a file (`-`: standard input) as an object
+    Put {
+        key: String,
+        file: std::path::PathBuf,
+    },
+    /// Download an object to a file (default, or `-`: standard output)
+    Get {
+        key: String,
+        file: Option<std::path::PathBuf>,
+    },
+    /// Delete an object, or with --prefix every object under a prefix
+    Rm {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +292,17 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
             );
             Ok(())
         }
+        Command::Jobs { executor } => inspect::jobs(&storage(cli, None)?, executor.as_deref()),
+        Command::Logs { job, call } => inspect::logs(&storage(cli, None)?, job, call.as_deref()),
+        Command::Storage { bucket, action } => {
+            let storage = storage(cli, bucket.as_deref())?;
+            match action {
+                StorageAction::Ls { prefix } => inspect::ls(&storage, prefix),
+                StorageAction::Put { key, file } => inspect::put(&storage, key, file),
+                StorageAction::Get { key, file } => inspect::get(&storage, key, file.as_deref()),
+                StorageAction::Rm { key, prefix } => inspect::rm(&storage, key, *prefix),
+            }
+        }
         Command::Hello { calls, sleep_ms } => hello(cli, builtins, rust_runner, *calls, *sleep_ms),
         Command::Worker {
             action: WorkerAction::Serve(args),
@@ -252,6 +311,15 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
             action: RuntimeAction::Deploy(args),
         } => deploy(cli, args),
     }
+}
+
+/// The configured storage, or another bucket of it.
+fn storage(cli: &Cli, bucket: Option<&str>) -> Result<quelea::storage::Storage> {
+    let mut builder = config_builder(cli);
+    if let Some(bucket) = bucket {
+        builder = builder.set("bucket", bucket);
+    }
+    Ok(quelea::storage::Storage::from_config(&builder.build()?)?)
 }
 
 fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
