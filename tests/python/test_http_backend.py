@@ -134,3 +134,29 @@ def test_lithops_backend_names_and_bad_settings(config, servers):
         quelea.FunctionExecutor(backend="http", config={**config, "http": {"urls": servers}})
     with pytest.raises(ConfigError, match="backend"):
         quelea.FunctionExecutor(backend="ibm_cf")
+
+
+def _health(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+        return json.load(answer)
+
+
+def test_cancel_stops_the_calls_on_the_servers(remote, servers):
+    futures = remote.map(sleepy, [30] * 6)
+    deadline = time.time() + 30
+    while sum(f.running for f in futures) < 2:
+        assert time.time() < deadline, "the servers never started the calls"
+        time.sleep(0.05)
+    started = time.time()
+    remote.cancel(futures)
+    # The servers see the job's cancel marker and stop its calls, queued
+    # and running, well before their 30 s are up.
+    while any(_health(url)["queued_calls"] or _health(url)["running_calls"] for url in servers):
+        assert time.time() - started < 15, [_health(url) for url in servers]
+        time.sleep(0.1)
+    results = remote.get_result(futures, throw_except=False)
+    assert results == [None] * 6
+    assert all(f.error for f in futures)

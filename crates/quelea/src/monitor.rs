@@ -75,6 +75,15 @@ pub(crate) fn follow(
     deadline_ts: f64,
     watch_cancel: bool,
 ) -> Result<()> {
+    // Cancelling a followed job stops its remote work too: worker runtimes
+    // (and other followers) watch for this marker.
+    let marker = job.keys.cancelled();
+    let marker_storage = storage.clone();
+    job.set_cancel_hook(Box::new(move || {
+        if let Err(e) = marker_storage.put_blocking(&marker, Vec::new()) {
+            eprintln!("quelea: the job is cancelled here, but its workers were not told: {e}");
+        }
+    }));
     let weak = Arc::downgrade(job);
     std::thread::Builder::new()
         .name(format!("quelea-monitor-{}", job.spec.job_id))
