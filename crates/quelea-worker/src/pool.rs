@@ -100,6 +100,13 @@ impl JobContext {
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
     }
+
+    /// Marks the job cancelled: from now on none of its calls starts. Mark
+    /// every context of a job before [`Pool::cancel`] stops any of them, so
+    /// that a call requeued from a killed runner is never picked up again.
+    pub fn mark_cancelled(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
 }
 
 /// A function as runners load it: a pool-wide id and the runner's payload.
@@ -284,13 +291,14 @@ impl Pool {
     /// Cancels a job: its queued calls end as cancelled without running, and
     /// a runner running one of its calls is killed (that call ends as
     /// cancelled too).
+    /// Every call of a context marked cancelled is stopped too.
     pub fn cancel(&self, ctx: &JobContext) {
-        ctx.cancelled.store(true, Ordering::Release);
+        ctx.mark_cancelled();
         let dropped = {
             let mut queue = lock(&self.shared.queue);
             let (dropped, kept): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(&mut *queue)
                 .into_iter()
-                .partition(|t| t.ctx.job_serial == ctx.job_serial);
+                .partition(|t| t.ctx.is_cancelled());
             *queue = kept;
             dropped
         };
@@ -301,7 +309,7 @@ impl Pool {
         for slot in &self.shared.slots {
             let inflight = lock(&slot.inflight);
             if let Some(front) = inflight.calls.front() {
-                if front.task.ctx.job_serial == ctx.job_serial {
+                if front.task.ctx.is_cancelled() {
                     kill_runner(slot, KillReason::Cancelled);
                 }
             }
@@ -765,10 +773,16 @@ fn on_done(
         let start = inflight.front_start;
         inflight.front_start = now;
         if let Some(next) = inflight.calls.front() {
-            next.task
-                .ctx
-                .sink
-                .started(next.task.call_id, slot.index, shared.ts(now));
+            if next.task.ctx.is_cancelled() {
+                // Sent to the runner before its job was cancelled: stop it as
+                // it starts (it ends as cancelled; the calls behind it requeue).
+                kill_runner(slot, KillReason::Cancelled);
+            } else {
+                next.task
+                    .ctx
+                    .sink
+                    .started(next.task.call_id, slot.index, shared.ts(now));
+            }
         }
         (call, start)
     };

@@ -392,11 +392,19 @@ fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
                 if storage.head(&marker).await.is_err() {
                     continue;
                 }
-                let contexts = lock(&live).remove(&prefix).map(|(_, c)| c);
-                for (pool, ctx) in contexts.into_iter().flatten() {
-                    if let Some(ctx) = ctx.upgrade() {
-                        pool.cancel(&ctx);
-                    }
+                let contexts: Vec<(Arc<Pool>, Arc<JobContext>)> = lock(&live)
+                    .remove(&prefix)
+                    .into_iter()
+                    .flat_map(|(_, contexts)| contexts)
+                    .filter_map(|(pool, ctx)| Some((pool, ctx.upgrade()?)))
+                    .collect();
+                // All marked first: a call requeued by one kill must not
+                // start on another runner before its own context is marked.
+                for (_, ctx) in &contexts {
+                    ctx.mark_cancelled();
+                }
+                for (pool, ctx) in &contexts {
+                    pool.cancel(ctx);
                 }
             }
         }
