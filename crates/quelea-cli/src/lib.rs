@@ -348,6 +348,7 @@ fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
 
 fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Result<()> {
     use quelea::worker::http_server::{Server, ServerConfig};
+    use quelea::worker::push::BrokerUrls;
     use std::io::Write;
 
     let config = config_builder(cli).build()?;
@@ -393,6 +394,7 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
             workers,
             inline_result_bytes: config.execution.inline_result_bytes,
             commands,
+            brokers: BrokerUrls::from_config(&config),
         },
         storage.clone(),
     )?;

@@ -42,6 +42,21 @@ pub enum StorageKind {
     S3,
 }
 
+/// How a client learns of its remote calls' statuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitoringKind {
+    /// Listing the job's status prefix in storage.
+    #[default]
+    Storage,
+    /// Status batches pushed through a NATS JetStream stream, with a slow
+    /// storage listing behind them.
+    Nats,
+    /// Status batches pushed through a RabbitMQ exchange, with a slow storage
+    /// listing behind them.
+    Rabbitmq,
+}
+
 /// A credential: deserialized like a string, never printed or serialized.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -192,6 +207,55 @@ impl Default for AwsLambdaConfig {
     }
 }
 
+/// Push monitoring through NATS JetStream (`monitoring: nats`). Clients and
+/// workers both need the URL; it never travels in a job or an Invocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://[user:password@]host:port`; a secret, as it may hold credentials.
+    pub url: Option<Secret>,
+    /// The JetStream stream that captures `<subject_prefix>.>`; clients
+    /// create it when it is missing.
+    pub stream: String,
+    /// Each job's statuses go to `<subject_prefix>.<executor_id>.<job_id>`.
+    pub subject_prefix: String,
+    /// How long the stream keeps a status batch, in seconds.
+    pub max_age: f64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: None,
+            stream: "QUELEA_STATUS".into(),
+            subject_prefix: "quelea.status".into(),
+            max_age: 3600.0,
+        }
+    }
+}
+
+/// Push monitoring through RabbitMQ (`monitoring: rabbitmq`). Clients and
+/// workers both need the URL; it never travels in a job or an Invocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitmqConfig {
+    /// `amqp://user:password@host:5672/%2f`; a secret, as it holds credentials.
+    pub url: Option<Secret>,
+    /// The direct exchange status batches are published to, with routing key
+    /// `<executor_id>.<job_id>`; each followed job binds its own exclusive,
+    /// auto-deleted queue to it.
+    pub exchange: String,
+}
+
+impl Default for RabbitmqConfig {
+    fn default() -> Self {
+        RabbitmqConfig {
+            url: None,
+            exchange: "quelea.status".into(),
+        }
+    }
+}
+
 /// Local-directory storage.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -222,6 +286,12 @@ pub struct S3Config {
 pub struct Config {
     pub backend: BackendKind,
     pub storage: StorageKind,
+    /// How remote calls are followed; push monitoring applies to the remote
+    /// backends (`http`, `aws_lambda`): the local one hears its calls directly.
+    pub monitoring: MonitoringKind,
+    /// With push monitoring, storage is still listed this often (seconds),
+    /// so a lost message or a dead broker never loses a call.
+    pub push_fallback_interval: f64,
     /// The bucket (a subdirectory for `localdisk`) holding job objects.
     pub bucket: String,
     pub execution: ExecutionConfig,
@@ -230,6 +300,8 @@ pub struct Config {
     pub aws_lambda: AwsLambdaConfig,
     pub localdisk: LocalDiskConfig,
     pub s3: S3Config,
+    pub nats: NatsConfig,
+    pub rabbitmq: RabbitmqConfig,
 }
 
 impl Default for Config {
@@ -237,6 +309,8 @@ impl Default for Config {
         Config {
             backend: BackendKind::Local,
             storage: StorageKind::Localdisk,
+            monitoring: MonitoringKind::Storage,
+            push_fallback_interval: 2.0,
             bucket: "quelea".into(),
             execution: ExecutionConfig::default(),
             local: LocalConfig::default(),
@@ -244,6 +318,8 @@ impl Default for Config {
             aws_lambda: AwsLambdaConfig::default(),
             localdisk: LocalDiskConfig::default(),
             s3: S3Config::default(),
+            nats: NatsConfig::default(),
+            rabbitmq: RabbitmqConfig::default(),
         }
     }
 }
@@ -281,6 +357,10 @@ impl EnvVars {
     pub const AWS_LAMBDA_MAX_WORKERS: &'static str = "QUELEA_AWS_LAMBDA_MAX_WORKERS";
     pub const AWS_LAMBDA_INVOKE_DEADLINE: &'static str = "QUELEA_AWS_LAMBDA_INVOKE_DEADLINE";
     pub const AWS_LAMBDA_PYTHON: &'static str = "QUELEA_AWS_LAMBDA_PYTHON";
+    pub const MONITORING: &'static str = "QUELEA_MONITORING";
+    pub const PUSH_FALLBACK_INTERVAL: &'static str = "QUELEA_PUSH_FALLBACK_INTERVAL";
+    pub const NATS_URL: &'static str = "QUELEA_NATS_URL";
+    pub const RABBITMQ_URL: &'static str = "QUELEA_RABBITMQ_URL";
 }
 
 #[derive(Clone, Copy)]
@@ -348,6 +428,14 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Num,
     ),
     (EnvVars::AWS_LAMBDA_PYTHON, "aws_lambda.python", Kind::Str),
+    (EnvVars::MONITORING, "monitoring", Kind::Str),
+    (
+        EnvVars::PUSH_FALLBACK_INTERVAL,
+        "push_fallback_interval",
+        Kind::Num,
+    ),
+    (EnvVars::NATS_URL, "nats.url", Kind::Str),
+    (EnvVars::RABBITMQ_URL, "rabbitmq.url", Kind::Str),
 ];
 
 /// The standard AWS variables, applied below the `QUELEA_*` ones, lowest
@@ -518,6 +606,12 @@ impl Config {
         if let Some(token) = &self.aws_lambda.session_token {
             lambda["session_token"] = Value::String(token.expose().to_owned());
         }
+        if let Some(url) = &self.nats.url {
+            value["nats"]["url"] = Value::String(url.expose().to_owned());
+        }
+        if let Some(url) = &self.rabbitmq.url {
+            value["rabbitmq"]["url"] = Value::String(url.expose().to_owned());
+        }
         value.to_string()
     }
 
@@ -547,6 +641,7 @@ impl Config {
         }
         self.validate_http()?;
         self.validate_aws_lambda()?;
+        self.validate_monitoring()?;
         let bucket_ok = !self.bucket.is_empty()
             && self.bucket.len() <= 63
             && self
@@ -728,6 +823,122 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_monitoring(&self) -> Result<()> {
+        let bad = |key: &str, message: String| Error::Config {
+            origin: "resolved config".into(),
+            message: format!("`{key}` {message}"),
+        };
+        let interval = self.push_fallback_interval;
+        if !(interval.is_finite() && interval > 0.0) {
+            return Err(bad(
+                "push_fallback_interval",
+                format!("must be a positive number of seconds, got {interval}"),
+            ));
+        }
+        let nats = &self.nats;
+        if !(nats.max_age.is_finite() && nats.max_age > 0.0) {
+            return Err(bad(
+                "nats.max_age",
+                format!("must be a positive number of seconds, got {}", nats.max_age),
+            ));
+        }
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        };
+        if !nats.subject_prefix.split('.').all(token_ok) {
+            return Err(bad(
+                "nats.subject_prefix",
+                format!(
+                    "`{}` is not a NATS subject of dot-separated tokens (letters, digits, `-`, `_`)",
+                    nats.subject_prefix
+                ),
+            ));
+        }
+        if !token_ok(&nats.stream) {
+            return Err(bad(
+                "nats.stream",
+                format!(
+                    "`{}` is not a stream name (letters, digits, `-`, `_`)",
+                    nats.stream
+                ),
+            ));
+        }
+        if !self.rabbitmq.exchange.split('.').all(token_ok) {
+            return Err(bad(
+                "rabbitmq.exchange",
+                format!(
+                    "`{}` is not an exchange name (dot-separated letters, digits, `-`, `_`)",
+                    self.rabbitmq.exchange
+                ),
+            ));
+        }
+        // URLs are checked wherever they are set (workers read them without
+        // choosing push monitoring themselves); required only when chosen.
+        let urls = [
+            (
+                "nats.url",
+                &nats.url,
+                &["nats://", "tls://"][..],
+                EnvVars::NATS_URL,
+            ),
+            (
+                "rabbitmq.url",
+                &self.rabbitmq.url,
+                &["amqp://", "amqps://"][..],
+                EnvVars::RABBITMQ_URL,
+            ),
+        ];
+        for (key, url, schemes, var) in urls {
+            let chosen = match key {
+                "nats.url" => self.monitoring == MonitoringKind::Nats,
+                _ => self.monitoring == MonitoringKind::Rabbitmq,
+            };
+            match url {
+                Some(url) if !schemes.iter().any(|s| url.expose().starts_with(s)) => {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "`{}` is not a {} URL",
+                            redact_url(url.expose()),
+                            schemes.join(" or ")
+                        ),
+                    ));
+                }
+                None if chosen => {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "must be set for `monitoring: {}` (or set `{var}`)",
+                            key.split('.').next().unwrap_or_default()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `url` with its password (or a bare token) replaced, for error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => "<redacted>".to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 fn home_dir() -> Option<PathBuf> {
@@ -1196,6 +1407,103 @@ mod tests {
             err.contains("aws_lambda") && err.contains("function"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn push_monitoring_needs_its_broker_url_and_never_prints_it() {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[
+                ("QUELEA_MONITORING", "nats"),
+                ("QUELEA_NATS_URL", "nats://quelea:natspass@127.0.0.1:4222"),
+                (
+                    "QUELEA_RABBITMQ_URL",
+                    "amqp://guest:rabbitpass@127.0.0.1:5672/%2f",
+                ),
+                ("QUELEA_PUSH_FALLBACK_INTERVAL", "0.5"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(config.monitoring, MonitoringKind::Nats);
+        assert_eq!(config.push_fallback_interval, 0.5);
+        assert_eq!(
+            config.nats.url.as_ref().unwrap().expose(),
+            "nats://quelea:natspass@127.0.0.1:4222"
+        );
+        assert_eq!(config.nats.subject_prefix, "quelea.status");
+        assert_eq!(config.rabbitmq.exchange, "quelea.status");
+        for shown in [config.redacted().to_string(), format!("{config:?}")] {
+            assert!(
+                !shown.contains("natspass") && !shown.contains("rabbitpass"),
+                "{shown}"
+            );
+        }
+        // Runners (and worker servers started from a runner config) get them.
+        let runner: serde_json::Value = serde_json::from_str(&config.runner_json()).unwrap();
+        assert_eq!(
+            runner["rabbitmq"]["url"],
+            "amqp://guest:rabbitpass@127.0.0.1:5672/%2f"
+        );
+        let rebuilt = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .overrides(runner)
+            .build()
+            .unwrap();
+        assert_eq!(rebuilt, config);
+
+        let build = |pairs: &[(&str, &str)]| {
+            ConfigBuilder::new()
+                .no_file()
+                .env(env(pairs))
+                .build()
+                .unwrap_err()
+                .to_string()
+        };
+        let err = build(&[("QUELEA_MONITORING", "nats")]);
+        assert!(
+            err.contains("nats.url") && err.contains("QUELEA_NATS_URL"),
+            "{err}"
+        );
+        let err = build(&[("QUELEA_MONITORING", "rabbitmq")]);
+        assert!(err.contains("rabbitmq.url"), "{err}");
+        let err = build(&[("QUELEA_MONITORING", "kafka")]);
+        assert!(err.contains("monitoring") && err.contains("kafka"), "{err}");
+        let err = build(&[("QUELEA_RABBITMQ_URL", "http://guest:rabbitpass@127.0.0.1")]);
+        assert!(err.contains("rabbitmq.url"), "{err}");
+        assert!(!err.contains("rabbitpass"), "{err}");
+        let err = build(&[("QUELEA_PUSH_FALLBACK_INTERVAL", "0")]);
+        assert!(err.contains("push_fallback_interval"), "{err}");
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("nats.subject_prefix", "quelea.>")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats.subject_prefix"), "{err}");
+        let err = ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set("rabbitmq.queue", "q")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rabbitmq") && err.contains("queue"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted_for_messages() {
+        assert_eq!(
+            redact_url("amqp://guest:pw@127.0.0.1:5672/%2f"),
+            "amqp://guest:<redacted>@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("nats://token@127.0.0.1:4222"),
+            "nats://<redacted>@127.0.0.1:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

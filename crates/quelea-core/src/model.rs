@@ -47,6 +47,25 @@ pub struct JobSpec {
     /// Per-runner resident memory limit; `None` is unlimited.
     pub memory_limit_mb: Option<u64>,
     pub submit_ts: f64,
+    /// Where workers also push the job's status batches; `None` is storage
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushChannel>,
+}
+
+/// Where a job's status batches are pushed: a broker kind and a channel
+/// name, never a URL or a credential (each side takes the broker URL from
+/// its own config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PushChannel {
+    /// A NATS subject captured by a JetStream stream.
+    Nats { subject: String },
+    /// A RabbitMQ direct exchange and routing key.
+    Rabbitmq {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl JobSpec {

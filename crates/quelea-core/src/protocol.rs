@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::{CallId, ExecutorId, JobId};
-use crate::model::{b64, CallStatus, FunctionSpec};
+use crate::model::{b64, CallStatus, FunctionSpec, PushChannel};
 
 /// The protocol version this build reads and writes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -44,6 +44,9 @@ pub struct Invocation {
     pub timeout_s: f64,
     pub memory_limit_mb: Option<u64>,
     pub submit_ts: f64,
+    /// Where the worker also pushes the calls' status batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushChannel>,
 }
 
 /// Groups a job's calls `chunksize` per Invocation, as remote backends send them.
@@ -60,6 +63,7 @@ pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) 
             timeout_s: spec.timeout_s,
             memory_limit_mb: spec.memory_limit_mb,
             submit_ts: spec.submit_ts,
+            push: spec.push.clone(),
         });
     }
     invocations

@@ -80,6 +80,7 @@ pub fn runtime(config: &Config) -> Result<Runtime, Error> {
             instance_memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
+            brokers: quelea::worker::push::BrokerUrls::from_config(config),
         },
         storage,
     ))

@@ -36,6 +36,7 @@ use quelea_core::protocol::{Invocation, Message, PROTOCOL_VERSION};
 use quelea_storage::{io_runtime, Storage};
 
 use crate::pool::RunnerCommand;
+use crate::push::BrokerUrls;
 use crate::runtime::{Refusal, RefusalKind, Runtime, RuntimeConfig};
 use crate::{Error, Result};
 
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub inline_result_bytes: u64,
     /// How to start runners, per kind; a kind without one is refused.
     pub commands: HashMap<RunnerKind, RunnerCommand>,
+    /// Brokers for jobs that ask for push monitoring.
+    pub brokers: BrokerUrls,
 }
 
 /// Slow or stalled clients must not hold a connection's task forever.
@@ -110,6 +113,7 @@ impl Server {
                         max_queued_calls: config.max_queued_calls,
                         commands: config.commands.clone(),
                         instance_memory_mb: None,
+                        brokers: config.brokers.clone(),
                     },
                     storage,
                 ),

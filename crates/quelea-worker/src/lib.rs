@@ -8,6 +8,8 @@
 //!   supervision (timeouts, memory limits, crashes, cancellation).
 //! - [`status_writer`]: writes call statuses and large results to storage in
 //!   batches, so any process can follow a job.
+//! - [`push`]: pushes stored status batches to NATS JetStream or RabbitMQ
+//!   for jobs followed with push monitoring.
 //! - [`runtime`]: runs one Invocation (function and inputs from storage,
 //!   calls on a [`pool::Pool`], statuses to storage); every remote front door
 //!   shares it.
@@ -16,6 +18,7 @@
 
 pub mod http_server;
 pub mod pool;
+pub mod push;
 pub mod runner_protocol;
 pub mod runtime;
 pub mod rust_runner;

@@ -29,6 +29,7 @@ use quelea_storage::{io_runtime, Storage};
 use crate::pool::{
     Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
 };
+use crate::push::{BrokerUrls, Publisher};
 use crate::status_writer::{finished_status, JobTarget, StatusWriter};
 
 /// How a runtime runs calls.
@@ -43,7 +44,12 @@ pub struct RuntimeConfig {
     pub commands: HashMap<RunnerKind, RunnerCommand>,
     /// The instance's billed memory (Lambda's), recorded in call stats.
     pub instance_memory_mb: Option<u32>,
+    /// Brokers for jobs that ask for push monitoring.
+    pub brokers: BrokerUrls,
 }
+
+/// How long [`Runtime::flush`] waits for pushes to reach their broker.
+const PUSH_DRAIN: Duration = Duration::from_secs(2);
 
 /// A job's status target is forgotten after this long without Invocations
 /// (a later one simply gets a new target; batch keys never collide).
@@ -114,6 +120,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     storage: Storage,
     writer: Arc<StatusWriter>,
+    publisher: Arc<Publisher>,
     pools: Mutex<HashMap<RunnerKind, Arc<Pool>>>,
     functions: Mutex<HashMap<String, Arc<PoolFunction>>>,
     targets: Mutex<HashMap<String, (Arc<JobTarget>, Instant)>>,
@@ -130,6 +137,7 @@ impl Runtime {
         let live = Arc::new(LiveJobs::default());
         watch_cancel_markers(Arc::downgrade(&live), storage.clone());
         Runtime {
+            publisher: Arc::new(Publisher::new(config.brokers.clone())),
             config,
             storage,
             writer: Arc::new(StatusWriter::new()),
@@ -150,10 +158,13 @@ impl Runtime {
         lock(&self.pools).keys().copied().collect()
     }
 
-    /// Writes every buffered status now (blocking); returns the storage
-    /// errors met since the last flush.
+    /// Writes every buffered status now (blocking), and gives their pushes
+    /// a moment to reach the broker; returns the storage errors met since
+    /// the last flush.
     pub fn flush(&self) -> Vec<String> {
-        self.writer.flush()
+        let errors = self.writer.flush();
+        self.publisher.drain(PUSH_DRAIN);
+        errors
     }
 
     /// Checks the Invocation, loads what it needs and queues its calls.
@@ -183,7 +194,7 @@ impl Runtime {
         let function = self.function(&pool, &invocation).await?;
         let inputs = self.inputs(&invocation).await?;
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
-        let target = self.target(keys.clone());
+        let target = self.target(&invocation);
         let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
         let sink = Arc::new(RuntimeSink {
             target,
@@ -229,7 +240,7 @@ impl Runtime {
     /// run, so that the client learns why at once instead of at its deadline
     /// (a front door with no synchronous answer, like an async Lambda event).
     pub fn fail_calls(&self, invocation: &Invocation, error_type: &str, message: &str) {
-        let target = self.target(JobKeys::new(&invocation.executor_id, invocation.job_id));
+        let target = self.target(invocation);
         let now = now_ts();
         for call in &invocation.calls {
             let status = CallStatus {
@@ -348,19 +359,19 @@ impl Runtime {
             .collect()
     }
 
-    fn target(&self, keys: JobKeys) -> Arc<JobTarget> {
+    fn target(&self, invocation: &Invocation) -> Arc<JobTarget> {
+        let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
         let mut targets = lock(&self.targets);
         let now = Instant::now();
         targets.retain(|_, (_, used)| now.duration_since(*used) < TARGET_IDLE);
         let entry = targets.entry(keys.prefix().to_owned()).or_insert_with(|| {
-            (
-                Arc::new(JobTarget::new(
-                    keys,
-                    self.storage.clone(),
-                    self.config.inline_result_bytes,
-                )),
-                now,
-            )
+            let target =
+                JobTarget::new(keys, self.storage.clone(), self.config.inline_result_bytes);
+            let target = match &invocation.push {
+                Some(channel) => target.with_push(self.publisher.clone(), channel.clone()),
+                None => target,
+            };
+            (Arc::new(target), now)
         });
         entry.1 = now;
         entry.0.clone()

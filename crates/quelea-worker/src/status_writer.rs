@@ -6,6 +6,8 @@
 //! [`FLUSH_INTERVAL`] or [`FLUSH_STATUSES`] statuses), so a 100,000-call job
 //! costs a few dozen PUTs, not 100,000. Results too large to inline go to
 //! their own output object first, so a status never points at a missing one.
+//! A job followed with push monitoring also gets each stored batch pushed
+//! (see [`crate::push`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
-use quelea_core::model::{CallState, CallStats, CallStatus, ResultRef};
+use quelea_core::model::{CallState, CallStats, CallStatus, PushChannel, ResultRef};
 use quelea_core::protocol::{Message, StatusBatch};
 use quelea_storage::Storage;
 
 use crate::pool::Completion;
+use crate::push::Publisher;
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 pub const FLUSH_STATUSES: usize = 10_000;
@@ -35,6 +38,7 @@ pub struct JobTarget {
     /// forgot the previous target), and their batch keys must never collide.
     serial: u64,
     batches: AtomicU64,
+    push: Option<(Arc<Publisher>, PushChannel)>,
 }
 
 impl JobTarget {
@@ -46,7 +50,14 @@ impl JobTarget {
             inline_result_bytes,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             batches: AtomicU64::new(0),
+            push: None,
         }
+    }
+
+    /// Also push every stored batch to `channel`.
+    pub fn with_push(mut self, publisher: Arc<Publisher>, channel: PushChannel) -> Self {
+        self.push = Some((publisher, channel));
+        self
     }
 }
 
@@ -264,9 +275,15 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
             &format!("{}-{}", writer_name(), job.serial),
             job.batches.fetch_add(1, Ordering::Relaxed),
         );
-        let body = Message::StatusBatch(StatusBatch { statuses }).encode();
-        if let Err(e) = job.storage.put_blocking(&key, body) {
-            errors.push(e.to_string());
+        let body = bytes::Bytes::from(Message::StatusBatch(StatusBatch { statuses }).encode());
+        match job.storage.put_blocking(&key, body.clone()) {
+            // Pushed only once stored: storage stays the truth.
+            Ok(()) => {
+                if let Some((publisher, channel)) = &job.push {
+                    publisher.publish(channel, key, body);
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
         }
         true
     });

@@ -41,6 +41,14 @@ pub enum Error {
         backend: &'static str,
         message: String,
     },
+    /// Push monitoring was asked for and its broker cannot be reached.
+    #[error("push monitoring through {broker} at {url} is unavailable: {message}")]
+    Monitor {
+        broker: &'static str,
+        /// With any password redacted.
+        url: String,
+        message: String,
+    },
     #[error("invalid job handle: {0}")]
     Handle(String),
     #[error(transparent)]

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use quelea_core::config::Config;
+use quelea_core::config::{BackendKind, Config};
 use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
@@ -29,7 +29,9 @@ use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
 use crate::job::{lock, JobState, Notifier};
+use crate::monitor::PushFollow;
 use crate::objects::{partition, ChunkObject, ObjOptions};
+use crate::push::Subscription;
 
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]
@@ -574,6 +576,13 @@ impl Executor {
             timeout_s,
             memory_limit_mb,
             submit_ts: now_ts(),
+            // The local backend hears its calls directly: push is for remote ones.
+            push: match config.backend {
+                BackendKind::Local => None,
+                BackendKind::Http | BackendKind::AwsLambda => {
+                    crate::push::channel_for(config, &self.inner.id, job_id)
+                }
+            },
         };
         let keys = JobKeys::new(&self.inner.id, job_id);
         let job = Arc::new(JobState::new(
@@ -629,6 +638,15 @@ impl Inner {
     ) -> Result<()> {
         let config = &self.config;
         let spec = &job.spec;
+        // Subscribed before anything is sent, so no pushed status is missed;
+        // an unreachable broker fails the job before it leaves objects behind.
+        let push = match &spec.push {
+            Some(channel) => Some(PushFollow {
+                subscription: Subscription::open(config, channel)?,
+                fallback_interval: Duration::from_secs_f64(config.push_fallback_interval),
+            }),
+            None => None,
+        };
         if lock(&self.stored_functions).insert(function.spec.hash.clone()) {
             let key = keys::function(&self.id, &function.spec.hash);
             if let Err(e) = self.storage.put_blocking(&key, function.payload.clone()) {
@@ -695,6 +713,7 @@ impl Inner {
             target,
             storage: &self.storage,
             deadline_ts: self.deadline_ts(spec),
+            push,
         })
     }
 

@@ -23,6 +23,7 @@ mod job;
 pub mod lambda_api;
 mod monitor;
 pub mod objects;
+mod push;
 pub mod summary;
 
 pub use error::{Error, Result};

@@ -6,10 +6,16 @@
 //! nothing changes), reads the batches it has not seen, and applies them.
 //! A call `running` past its timeout plus a grace, and every unfinished call
 //! past the job's deadline, fail as timeouts: a follower never hangs.
+//!
+//! With push monitoring (see [`crate::push`]) the thread applies pushed
+//! batches as they arrive and lists storage only once per
+//! `push_fallback_interval`, so a lost message or a dead broker costs
+//! latency, never a call. A pushed batch's storage key is remembered, so
+//! the listing does not read it again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quelea_core::config::ConfigBuilder;
 use quelea_core::keys::JobKeys;
@@ -21,9 +27,12 @@ use crate::error::{Error, Result};
 use crate::future::FuturesList;
 use crate::handle::JobHandle;
 use crate::job::{JobState, Notifier};
+use crate::push::{Pushed, Subscription};
 
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(500);
+/// With push, the longest wait for a batch before the deadlines are checked.
+const PUSH_WAIT: Duration = Duration::from_millis(250);
 /// A running call with no final status this long past its timeout is failed:
 /// platforms can kill workers silently.
 const GRACE_S: f64 = 5.0;
@@ -62,18 +71,27 @@ pub fn attach_with<O>(base: ConfigBuilder, handle: &JobHandle) -> Result<Futures
         Arc::new(Notifier::default()),
         CallState::Invoked,
     ));
-    follow(&job, storage, handle.deadline_ts, true)?;
+    follow(&job, storage, handle.deadline_ts, true, None)?;
     Ok(FuturesList::for_job(&job))
 }
 
-/// Follows `job` through `storage` on a thread of its own until the job is
-/// complete or dropped. `watch_cancel`: also look for the cancelled marker
-/// (an owner that cancels its own job already knows).
+/// The push side of a followed job: its subscription, and how often storage
+/// is still listed behind it.
+pub(crate) struct PushFollow {
+    pub subscription: Subscription,
+    pub fallback_interval: Duration,
+}
+
+/// Follows `job` through `storage` (and `push`, when subscribed) on a
+/// thread of its own until the job is complete or dropped. `watch_cancel`:
+/// also look for the cancelled marker (an owner that cancels its own job
+/// already knows).
 pub(crate) fn follow(
     job: &Arc<JobState>,
     storage: Storage,
     deadline_ts: f64,
     watch_cancel: bool,
+    push: Option<PushFollow>,
 ) -> Result<()> {
     // Cancelling a followed job stops its remote work too: worker runtimes
     // (and other followers) watch for this marker.
@@ -87,22 +105,56 @@ pub(crate) fn follow(
     let weak = Arc::downgrade(job);
     std::thread::Builder::new()
         .name(format!("quelea-monitor-{}", job.spec.job_id))
-        .spawn(move || monitor_main(weak, storage, deadline_ts, watch_cancel))
+        .spawn(move || monitor_main(weak, storage, deadline_ts, watch_cancel, push))
         .map_err(|e| Error::Handle(format!("cannot start the monitor thread: {e}")))?;
     Ok(())
 }
 
-fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64, watch_cancel: bool) {
+fn monitor_main(
+    job: Weak<JobState>,
+    storage: Storage,
+    deadline_ts: f64,
+    watch_cancel: bool,
+    push: Option<PushFollow>,
+) {
     let mut seen: HashSet<String> = HashSet::new();
     let mut interval = FAST;
     let mut last_overdue_check = 0.0;
+    let mut next_listing = Instant::now();
+    let mut pushed: Vec<Pushed> = Vec::new();
     loop {
         let Some(job) = job.upgrade() else { return };
         if job.is_complete() {
             return;
         }
         let mut progressed = false;
-        if let Ok(objects) = storage.list_blocking(&job.keys.status_prefix()) {
+        for batch in pushed.drain(..) {
+            if let Some(key) = batch.key {
+                if !seen.insert(key) {
+                    continue;
+                }
+            }
+            if let Ok(Message::StatusBatch(batch)) = Message::decode(&batch.body) {
+                for status in batch.statuses {
+                    progressed = true;
+                    apply(&job, &storage, status);
+                }
+            }
+        }
+        let list_now = match &push {
+            None => true,
+            Some(push) if Instant::now() >= next_listing => {
+                next_listing = Instant::now() + push.fallback_interval;
+                true
+            }
+            Some(_) => false,
+        };
+        let listed = if list_now {
+            storage.list_blocking(&job.keys.status_prefix()).ok()
+        } else {
+            None
+        };
+        if let Some(objects) = listed {
             for object in objects {
                 if seen.contains(&object.key) {
                     continue;
@@ -119,7 +171,11 @@ fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64, watch_c
                 }
             }
         }
-        if watch_cancel && !progressed && storage.head_blocking(&job.keys.cancelled()).is_ok() {
+        if watch_cancel
+            && list_now
+            && !progressed
+            && storage.head_blocking(&job.keys.cancelled()).is_ok()
+        {
             job.cancel("the job was cancelled by its owner");
         }
         let now = now_ts();
@@ -134,12 +190,23 @@ fn monitor_main(job: Weak<JobState>, storage: Storage, deadline_ts: f64, watch_c
             fail_overdue(&job, now);
         }
         drop(job);
-        interval = if progressed {
-            FAST
-        } else {
-            (interval * 2).min(SLOW)
-        };
-        std::thread::sleep(interval);
+        match &push {
+            // Wakes for the first batch pushed, or to check deadlines.
+            Some(push) => {
+                let wait = next_listing
+                    .saturating_duration_since(Instant::now())
+                    .min(PUSH_WAIT);
+                pushed = push.subscription.next_batches(wait);
+            }
+            None => {
+                interval = if progressed {
+                    FAST
+                } else {
+                    (interval * 2).min(SLOW)
+                };
+                std::thread::sleep(interval);
+            }
+        }
     }
 }
 

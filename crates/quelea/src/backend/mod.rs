@@ -38,6 +38,9 @@ pub(crate) struct Submission<'a> {
     pub storage: &'a Storage,
     /// After this Unix time, calls with no final status are failed as timeouts.
     pub deadline_ts: f64,
+    /// The job's push subscription, made before any Invocation is sent
+    /// (remote backends with push monitoring only).
+    pub push: Option<crate::monitor::PushFollow>,
 }
 
 /// The configured backend.

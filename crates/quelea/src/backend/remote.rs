@@ -1,8 +1,9 @@
 //! What every remote backend's invoker shares: the fan-out of a job's
 //! Invocations with bounded concurrency, jittered exponential backoff for
 //! throttled deliveries, failing the calls of Invocations that could not be
-//! delivered, and then following the job through storage (the monitor's
-//! deadline catches Invocations that were delivered but lost).
+//! delivered, and then following the job through storage and, with push
+//! monitoring, its broker subscription (the monitor's deadline catches
+//! Invocations that were delivered but lost).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +99,7 @@ where
         submission.storage.clone(),
         submission.deadline_ts,
         false,
+        submission.push,
     )
 }
 
