@@ -198,6 +198,7 @@ fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
         timeout_s: 10.0,
         memory_limit_mb: None,
         submit_ts: quelea::core::model::now_ts(),
+        push: None,
     };
     (
         Message::Invocation(invocation).encode(),

@@ -167,6 +167,9 @@ mod tests {
             timeout_s: 10.0,
             memory_limit_mb: None,
             submit_ts: 1.5,
+            push: Some(PushChannel::Nats {
+                subject: "quelea.status.abcdef-0.M000".into(),
+            }),
         }
     }
 
@@ -197,6 +200,10 @@ mod tests {
             timeout_s: 1.0,
             memory_limit_mb: None,
             submit_ts: 0.0,
+            push: Some(PushChannel::Rabbitmq {
+                exchange: "quelea.status".into(),
+                routing_key: "abcdef-0.M000".into(),
+            }),
         };
         let calls = (0..7)
             .map(|i| InvokedCall {
@@ -208,6 +215,20 @@ mod tests {
         let sizes: Vec<usize> = grouped.iter().map(|i| i.calls.len()).collect();
         assert_eq!(sizes, vec![3, 3, 1]);
         assert_eq!(grouped[2].calls[0].call_id, CallId(6));
+        // Every Invocation names the job's push channel (and only a channel).
+        assert!(grouped.iter().all(|i| i.push == spec.push));
+    }
+
+    #[test]
+    fn an_invocation_without_push_reads_as_storage_only() {
+        let mut value = serde_json::to_value(Message::Invocation(invocation())).unwrap();
+        value.as_object_mut().unwrap().remove("push");
+        value["version"] = PROTOCOL_VERSION.into();
+        let Message::Invocation(read) = Message::decode(value.to_string().as_bytes()).unwrap()
+        else {
+            panic!("not an invocation");
+        };
+        assert_eq!(read.push, None);
     }
 
     #[test]

@@ -445,6 +445,7 @@ fn refused_invocations_fail_their_calls_in_storage() -> Result<(), Failed> {
         timeout_s: 10.0,
         memory_limit_mb: None,
         submit_ts: quelea::core::model::now_ts(),
+        push: None,
     };
     let request = Recorded {
         path: format!("/2015-03-31/functions/{FUNCTION}/invocations"),

@@ -1,0 +1,422 @@
+//! Push monitoring (`monitoring: nats` and `monitoring: rabbitmq`) with the
+//! `http` backend, against real worker servers (`quelea worker serve`) and
+//! real brokers: NATS with JetStream and RabbitMQ, started by
+//! scripts/brokers.sh, whose URLs (with a user and password) come in
+//! `QTEST_NATS_URL` and `QTEST_RABBITMQ_URL`. Job storage is a local
+//! directory shared with the servers, or S3 with `QTEST_STORAGE=s3` (its
+//! `QUELEA_S3_*` variables from the environment).
+//!
+//! Built only with the `push-tests` feature; without the two URLs every
+//! test fails (it never skips).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use quelea::core::keys::JobKeys;
+use quelea::core::model::{JobSpec, PushChannel};
+use quelea::{Config, ConfigBuilder, Error, Executor, FailureReason, MapOptions};
+
+const SECRET: &str = "test-secret-of-the-push-tests";
+const WAIT: Option<Duration> = Some(Duration::from_secs(120));
+/// A broker URL nothing listens on, with a password that must never show.
+const DEAD_PASSWORD: &str = "dead-broker-password-9c1";
+
+fn s3() -> bool {
+    std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Broker {
+    Nats,
+    Rabbitmq,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Nats => "nats",
+            Broker::Rabbitmq => "rabbitmq",
+        }
+    }
+
+    fn url(self) -> String {
+        let var = match self {
+            Broker::Nats => "QTEST_NATS_URL",
+            Broker::Rabbitmq => "QTEST_RABBITMQ_URL",
+        };
+        std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: start the brokers with scripts/brokers.sh")
+        })
+    }
+
+    /// The password inside the real URL.
+    fn password(self) -> String {
+        let url = self.url();
+        let userinfo = url.split('@').next().unwrap_or_default();
+        userinfo.rsplit(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn dead_url(self) -> String {
+        // Port 9 (discard) on loopback: refused at once.
+        match self {
+            Broker::Nats => format!("nats://quelea:{DEAD_PASSWORD}@127.0.0.1:9"),
+            Broker::Rabbitmq => format!("amqp://quelea:{DEAD_PASSWORD}@127.0.0.1:9/%2f"),
+        }
+    }
+}
+
+/// The storage settings servers and clients share.
+fn storage_builder(dir: &std::path::Path) -> ConfigBuilder {
+    let builder = if s3() {
+        ConfigBuilder::new()
+            .no_file()
+            .set("storage", "s3")
+            .set("bucket", "quelea-test")
+    } else {
+        ConfigBuilder::new().no_file().env(Vec::new())
+    };
+    builder.set("localdisk.root", dir.to_str().unwrap())
+}
+
+struct WorkerServer {
+    child: Child,
+    url: String,
+}
+
+impl WorkerServer {
+    /// Starts `quelea worker serve` on a free port with these broker URLs.
+    fn start(dir: &std::path::Path, nats_url: &str, rabbitmq_url: &str) -> WorkerServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
+        cmd.args(["worker", "serve", "--port", "0", "--workers", "2"])
+            .env("QUELEA_CONFIG_FILE", dir.join("none.yaml"))
+            .env("QUELEA_HTTP_SECRET", SECRET)
+            .env("QUELEA_STORAGE_DIR", dir)
+            .env("QUELEA_NATS_URL", nats_url)
+            .env("QUELEA_RABBITMQ_URL", rabbitmq_url)
+            .env_remove("PORT")
+            .stdout(Stdio::piped());
+        if s3() {
+            cmd.env("QUELEA_STORAGE", "s3")
+                .env("QUELEA_BUCKET", "quelea-test");
+        }
+        let mut child = cmd.spawn().expect("the quelea binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker server says where it listens");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in `{line}`"))
+            .to_owned();
+        WorkerServer { child, url }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    /// Servers that push to the real brokers.
+    urls: Vec<String>,
+    /// A server whose broker URLs lead nowhere: it can only write storage.
+    deaf: String,
+}
+
+impl Fixture {
+    fn builder(&self, broker: Broker, urls: &[String]) -> ConfigBuilder {
+        storage_builder(self.dir.path())
+            .set("backend", "http")
+            .set("http.urls", urls.to_vec())
+            .set("http.secret", SECRET)
+            .set("monitoring", broker.name())
+            .set(&format!("{}.url", broker.name()), broker.url())
+    }
+
+    fn config(&self, broker: Broker) -> Config {
+        self.builder(broker, &self.urls).build().unwrap()
+    }
+
+    fn executor(&self, broker: Broker) -> Executor {
+        Executor::with_config(self.config(broker)).unwrap()
+    }
+}
+
+fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+fn map_in_order(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor(broker);
+    let futures = exec.map(
+        &b.square,
+        (0..300u64).map(|x| (x, 0)),
+        MapOptions::default(),
+    )?;
+    let results = exec.get_result(&futures, WAIT)?;
+    check(
+        results == (0..300u64).map(|x| x * x).collect::<Vec<_>>(),
+        "results in call order",
+    )
+}
+
+fn map_reduce(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor(broker);
+    let total = exec
+        .map_reduce(
+            &b.square,
+            (0..100u64).map(|x| (x, 0)),
+            &b.sum,
+            MapOptions::default().chunksize(7),
+        )?
+        .result(WAIT)?;
+    check(
+        total == (0..100u64).map(|x| x * x).sum::<u64>(),
+        format!("sum {total}"),
+    )
+}
+
+fn user_error_carries_the_remote_message(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor(broker);
+    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
+    let err = exec.get_result(&futures, WAIT).unwrap_err();
+    let Error::CallFailed { error, .. } = &err else {
+        return Err(format!("expected a call failure, got {err}").into());
+    };
+    check(
+        error.reason == FailureReason::UserError && error.message == "refused input `apple`",
+        format!("{error:?}"),
+    )
+}
+
+fn timeout_fails_only_that_call(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = fx.executor(broker);
+    let started = Instant::now();
+    let futures = exec.map(
+        &b.sleep_ms,
+        [30_000u64, 10],
+        MapOptions::default().timeout(Duration::from_secs(1)),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    check(
+        started.elapsed() < Duration::from_secs(15),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    let error = futures
+        .get(0)
+        .unwrap()
+        .call_error()
+        .ok_or("call 0 failed")?;
+    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
+    check(futures.get(1).unwrap().success(), "call 1 succeeds")
+}
+
+/// With the storage fallback listing 10 minutes apart, storage is listed
+/// once, when the job starts (before any call has run): only pushed
+/// batches can finish the job in seconds.
+fn results_arrive_through_push(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let config = fx
+        .builder(broker, &fx.urls)
+        .set("push_fallback_interval", 600.0)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let started = Instant::now();
+    // Each call sleeps 300 ms, so nothing is stored at the first listing.
+    let futures = exec.map(
+        &b.square,
+        (0..20u64).map(|x| (x, 300)),
+        MapOptions::default(),
+    )?;
+    let results = exec.get_result(&futures, Some(Duration::from_secs(60)))?;
+    check(
+        results == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
+        format!("{results:?}"),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(30),
+        format!("took {:?}", started.elapsed()),
+    )
+}
+
+/// A worker that cannot reach the broker still runs the calls; the client
+/// learns of them from its storage listing.
+fn a_worker_that_cannot_push_still_completes_calls(
+    fx: &Fixture,
+    broker: Broker,
+) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let config = fx
+        .builder(broker, std::slice::from_ref(&fx.deaf))
+        .set("push_fallback_interval", 0.5)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let futures = exec.map(&b.square, (0..10u64).map(|x| (x, 0)), MapOptions::default())?;
+    let results = exec.get_result(&futures, Some(Duration::from_secs(60)))?;
+    check(
+        results == (0..10u64).map(|x| x * x).collect::<Vec<_>>(),
+        format!("{results:?}"),
+    )
+}
+
+/// A broker that is down at submit time is an error naming it, password
+/// redacted, and the job runs nothing.
+fn broker_down_is_a_clear_error(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let config = fx
+        .builder(broker, &fx.urls)
+        .set(&format!("{}.url", broker.name()), broker.dead_url())
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let started = Instant::now();
+    let err = exec
+        .map(&b.square, [(1u64, 0u64)], MapOptions::default())
+        .err()
+        .ok_or("submitting succeeded with the broker down")?;
+    let text = err.to_string();
+    check(
+        matches!(err, Error::Monitor { .. }),
+        format!("not a monitor error: {text}"),
+    )?;
+    check(
+        text.contains(broker.name())
+            && text.contains("127.0.0.1:9")
+            && text.contains("<redacted>")
+            && !text.contains(DEAD_PASSWORD),
+        text.clone(),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(10),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    let leftovers = exec.storage().list_blocking(&format!(
+        "{}jobs/",
+        quelea::core::keys::executor_prefix(exec.id())
+    ))?;
+    check(leftovers.is_empty(), format!("objects left: {leftovers:?}"))
+}
+
+/// The job's objects and its handle name the channel, never a broker URL
+/// or password.
+fn no_secret_in_job_objects_or_handles(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let config = fx
+        .builder(broker, &fx.urls)
+        .set("execution.data_cleaner", false)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let futures = exec.map(&b.square, (0..5u64).map(|x| (x, 0)), MapOptions::default())?;
+    let handle = exec.job_handle(futures.get(0).unwrap());
+    exec.get_result(&futures, WAIT)?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let storage = exec.storage();
+    let spec: JobSpec = serde_json::from_slice(&storage.get_blocking(&keys.spec())?)?;
+    let channel_ok = match (&spec.push, broker) {
+        (Some(PushChannel::Nats { subject }), Broker::Nats) => {
+            subject == &format!("quelea.status.{}.{}", spec.executor_id, spec.job_id)
+        }
+        (
+            Some(PushChannel::Rabbitmq {
+                exchange,
+                routing_key,
+            }),
+            Broker::Rabbitmq,
+        ) => {
+            exchange == "quelea.status"
+                && routing_key == &format!("{}.{}", spec.executor_id, spec.job_id)
+        }
+        _ => false,
+    };
+    check(channel_ok, format!("the spec's channel: {:?}", spec.push))?;
+    let password = broker.password();
+    check(!password.is_empty(), "the test URL has a password")?;
+    let mut texts = vec![handle.to_json()];
+    for object in storage.list_blocking(keys.prefix())? {
+        texts.push(String::from_utf8_lossy(&storage.get_blocking(&object.key)?).into_owned());
+    }
+    check(texts.len() > 2, format!("{} objects read", texts.len()))?;
+    for text in &texts {
+        check(
+            !text.contains(&password) && !text.contains("nats://") && !text.contains("amqp://"),
+            format!("a secret in `{text}`"),
+        )?;
+    }
+    exec.clean()?;
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<WorkerServer> = (0..2)
+        .map(|_| WorkerServer::start(dir.path(), &Broker::Nats.url(), &Broker::Rabbitmq.url()))
+        .collect();
+    let deaf = WorkerServer::start(
+        dir.path(),
+        &Broker::Nats.dead_url(),
+        &Broker::Rabbitmq.dead_url(),
+    );
+    let fx = std::sync::Arc::new(Fixture {
+        urls: servers.iter().map(|s| s.url.clone()).collect(),
+        deaf: deaf.url.clone(),
+        dir,
+    });
+    type Test = fn(&Fixture, Broker) -> Result<(), Failed>;
+    let tests: &[(&str, Test)] = &[
+        ("map_in_order", map_in_order),
+        ("map_reduce", map_reduce),
+        (
+            "user_error_carries_the_remote_message",
+            user_error_carries_the_remote_message,
+        ),
+        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
+        ("results_arrive_through_push", results_arrive_through_push),
+        (
+            "a_worker_that_cannot_push_still_completes_calls",
+            a_worker_that_cannot_push_still_completes_calls,
+        ),
+        ("broker_down_is_a_clear_error", broker_down_is_a_clear_error),
+        (
+            "no_secret_in_job_objects_or_handles",
+            no_secret_in_job_objects_or_handles,
+        ),
+    ];
+    let trials = [Broker::Nats, Broker::Rabbitmq]
+        .into_iter()
+        .flat_map(|broker| tests.iter().map(move |&(name, test)| (broker, name, test)))
+        .map(|(broker, name, test)| {
+            let fx = fx.clone();
+            Trial::test(format!("{}_{name}", broker.name()), move || {
+                test(&fx, broker)
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    for server in servers {
+        server.stop();
+    }
+    deaf.stop();
+    conclusion.exit();
+}
