@@ -75,11 +75,13 @@ rabbit_env() {
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
+# rabbitmqctl itself (not the Debian wrapper, which switches user and HOME:
+# the Erlang cookie must be the node's), under a deadline.
 rabbitmqctl_() {
     local run="$1"
     shift
     # shellcheck disable=SC2046
-    env $(rabbit_env "$run" | sed 's/RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=.*//') \
+    timeout 30 env $(rabbit_env "$run" | sed 's/RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=.*//') \
         /usr/lib/rabbitmq/bin/rabbitmqctl -n "$NODE" "$@"
 }
 
@@ -129,8 +131,8 @@ jetstream {
     max_file_store: 256MB
 }
 authorization {
-    user: $USER_NAME
-    password: $PASSWORD
+    user: "$USER_NAME"
+    password: "$PASSWORD"
 }
 EOF
     setsid "$VENV/bin/nats-server" -c "$run/nats.conf" >"$run/nats.out" 2>&1 </dev/null &
@@ -201,8 +203,7 @@ stop() {
     local run
     run="$(cat "$dir/brokers.run")"
     if [[ -f "$run/rabbitmq.pid" ]] && kill -0 "$(cat "$run/rabbitmq.pid")" 2>/dev/null; then
-        timeout 30 bash -c "$(declare -f rabbitmqctl_ rabbit_env); \
-            NODE='$NODE' rabbitmqctl_ '$run' shutdown" >&2 2>&1 || true
+        rabbitmqctl_ "$run" shutdown >&2 2>&1 || true
     fi
     stop_pid rabbitmq "$run/rabbitmq.pid"
     stop_pid epmd "$run/epmd.pid"

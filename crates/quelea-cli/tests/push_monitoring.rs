@@ -89,9 +89,11 @@ struct WorkerServer {
 impl WorkerServer {
     /// Starts `quelea worker serve` on a free port with these broker URLs.
     fn start(dir: &std::path::Path, nats_url: &str, rabbitmq_url: &str) -> WorkerServer {
+        let config_file = dir.join("worker.yaml");
+        std::fs::write(&config_file, "{}\n").unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
         cmd.args(["worker", "serve", "--port", "0", "--workers", "2"])
-            .env("QUELEA_CONFIG_FILE", dir.join("none.yaml"))
+            .env("QUELEA_CONFIG_FILE", &config_file)
             .env("QUELEA_HTTP_SECRET", SECRET)
             .env("QUELEA_STORAGE_DIR", dir)
             .env("QUELEA_NATS_URL", nats_url)

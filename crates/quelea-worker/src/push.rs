@@ -206,11 +206,7 @@ struct NatsPublisher {
 
 impl Connect for NatsPublisher {
     async fn connect(url: &str) -> Result<Self, String> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = nats_connect(url, CONNECT_TIMEOUT).await?;
         Ok(NatsPublisher {
             jetstream: async_nats::jetstream::new(client),
         })
@@ -279,19 +275,75 @@ impl RabbitPublisher {
     }
 }
 
+/// Connects to NATS, with the user and password (or token) of the URL:
+/// async-nats does not take them from the URL itself.
+pub async fn nats_connect(url: &str, timeout: Duration) -> Result<async_nats::Client, String> {
+    let addr: async_nats::ServerAddr = url.parse().map_err(|e: std::io::Error| e.to_string())?;
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(percent_decode(user), percent_decode(password))
+        }
+        (Some(token), None) => options = options.token(percent_decode(token)),
+        _ => {}
+    }
+    options.connect(addr).await.map_err(|e| e.to_string())
+}
+
 /// Opens a RabbitMQ connection and one channel (shared with the client's
 /// subscriber, which declares the same exchange).
 pub async fn rabbitmq_open(
     url: &str,
 ) -> Result<(amqprs::connection::Connection, amqprs::channel::Channel), String> {
     use amqprs::connection::{Connection, OpenConnectionArguments};
-    let args = OpenConnectionArguments::try_from(url).map_err(|e| e.to_string())?;
+    let mut args = OpenConnectionArguments::try_from(url).map_err(|e| e.to_string())?;
+    // amqprs takes the vhost verbatim; the AMQP URI spec percent-encodes it
+    // (`%2f` is the default vhost `/`).
+    args.virtual_host(&amqp_vhost(url));
     let connection = Connection::open(&args).await.map_err(|e| e.to_string())?;
     let channel = connection
         .open_channel(None)
         .await
         .map_err(|e| e.to_string())?;
     Ok((connection, channel))
+}
+
+/// The vhost of an AMQP URI, percent-decoded; `/` when it names none.
+fn amqp_vhost(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    percent_decode(path)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// Declares the status exchange: direct and durable, the same arguments on
@@ -309,4 +361,23 @@ pub async fn rabbitmq_declare_exchange(
         )
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_vhosts_are_percent_decoded() {
+        assert_eq!(amqp_vhost("amqp://u:p@127.0.0.1:5672/%2f"), "/");
+        assert_eq!(amqp_vhost("amqp://u:p@127.0.0.1:5672/%2Fjobs"), "/jobs");
+        assert_eq!(
+            amqp_vhost("amqp://u:p@127.0.0.1:5672/batch?heartbeat=5"),
+            "batch"
+        );
+        assert_eq!(amqp_vhost("amqp://u:p@127.0.0.1:5672"), "/");
+        assert_eq!(amqp_vhost("amqp://u:p@127.0.0.1:5672/"), "/");
+        assert_eq!(percent_decode("p%40ss%3Aword"), "p@ss:word");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
 }

@@ -22,7 +22,9 @@ use quelea_core::config::{redact_url, Config, MonitoringKind, Secret};
 use quelea_core::ids::{ExecutorId, JobId};
 use quelea_core::model::PushChannel;
 use quelea_storage::io_runtime;
-use quelea_worker::push::{rabbitmq_declare_exchange, rabbitmq_open, STATUS_KEY_HEADER};
+use quelea_worker::push::{
+    nats_connect, rabbitmq_declare_exchange, rabbitmq_open, STATUS_KEY_HEADER,
+};
 
 use crate::error::{Error, Result};
 
@@ -82,10 +84,14 @@ impl Subscription {
             url: redact_url(url.expose()),
             message,
         };
-        let subscribed = io_runtime().block_on(tokio::time::timeout(
-            SUBSCRIBE_TIMEOUT,
-            subscribe(config, url, channel, tx, stopped),
-        ));
+        // The timer is made inside the runtime, which it needs.
+        let subscribed = io_runtime().block_on(async {
+            tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                subscribe(config, url, channel, tx, stopped),
+            )
+            .await
+        });
         match subscribed {
             Ok(Ok(())) => Ok(Subscription {
                 batches,
@@ -150,11 +156,7 @@ async fn nats_subscribe(
     subject: &str,
 ) -> std::result::Result<async_nats::jetstream::consumer::pull::Ordered, String> {
     use async_nats::jetstream::{self, consumer, stream};
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(SUBSCRIBE_TIMEOUT)
-        .connect(url.expose())
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = nats_connect(url.expose(), SUBSCRIBE_TIMEOUT).await?;
     let jetstream = jetstream::new(client);
     let nats = &config.nats;
     let stream = jetstream
