@@ -384,7 +384,7 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
     }
     let workers = args.workers.unwrap_or_else(|| config.local_workers());
     anyhow::ensure!(workers > 0, "--workers must be at least 1");
-    let server = Server::bind(
+    let server = Server::bind_with_brokers(
         ServerConfig {
             addr: std::net::SocketAddr::new(args.host, args.port),
             secret,
@@ -394,9 +394,9 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
             workers,
             inline_result_bytes: config.execution.inline_result_bytes,
             commands,
-            brokers: BrokerUrls::from_config(&config),
         },
         storage.clone(),
+        BrokerUrls::from_config(&config),
     )?;
     let addr = server.local_addr()?;
     let mut out = std::io::stdout().lock();

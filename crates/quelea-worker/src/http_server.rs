@@ -54,8 +54,6 @@ pub struct ServerConfig {
     pub inline_result_bytes: u64,
     /// How to start runners, per kind; a kind without one is refused.
     pub commands: HashMap<RunnerKind, RunnerCommand>,
-    /// Brokers for jobs that ask for push monitoring.
-    pub brokers: BrokerUrls,
 }
 
 /// Slow or stalled clients must not hold a connection's task forever.
@@ -96,6 +94,16 @@ impl StopHandle {
 impl Server {
     /// Checks the config and binds the listening socket.
     pub fn bind(config: ServerConfig, storage: Storage) -> Result<Server> {
+        Self::bind_with_brokers(config, storage, BrokerUrls::default())
+    }
+
+    /// Like [`Server::bind`], pushing statuses to these brokers for jobs
+    /// that ask for push monitoring.
+    pub fn bind_with_brokers(
+        config: ServerConfig,
+        storage: Storage,
+        brokers: BrokerUrls,
+    ) -> Result<Server> {
         if config.secret.is_empty() {
             return Err(Error::NoSecret);
         }
@@ -113,7 +121,7 @@ impl Server {
                         max_queued_calls: config.max_queued_calls,
                         commands: config.commands.clone(),
                         instance_memory_mb: None,
-                        brokers: config.brokers.clone(),
+                        brokers,
                     },
                     storage,
                 ),
