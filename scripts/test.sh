@@ -9,6 +9,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p quelea-storage --all-targets --features s3-tests -- -D warnings
 cargo clippy -p quelea-lambda-testfn --all-targets --features emulator-tests -- -D warnings
+cargo clippy -p quelea-cli --all-targets --features push-tests -- -D warnings
 "$VENV/bin/ruff" check python tests examples providers
 "$VENV/bin/ruff" format --check python tests examples providers
 
@@ -61,3 +62,13 @@ done
 [[ -n "$LAMBDA_READY" ]] || { echo "the Lambda emulator did not start:" >&2; cat "$LAMBDA_LOG" >&2; exit 1; }
 QTEST_LAMBDA_ENDPOINT="http://127.0.0.1:$LAMBDA_PORT" QTEST_PYTHON="$VENV/bin/python" \
     cargo test -p quelea-lambda-testfn --features emulator-tests --test emulator
+
+echo "== push monitoring: NATS JetStream and RabbitMQ on 127.0.0.1, SeaweedFS as storage =="
+# A subshell of its own, so its trap stops the brokers (by PID) whatever happens.
+(
+    BROKER_DIR="$(mktemp -d)"
+    trap 'scripts/brokers.sh stop "$BROKER_DIR"' EXIT
+    BROKER_ENV="$(scripts/brokers.sh start "$BROKER_DIR")"
+    eval "$BROKER_ENV"
+    QTEST_STORAGE=s3 cargo test -p quelea-cli --features push-tests --test push_monitoring
+)
