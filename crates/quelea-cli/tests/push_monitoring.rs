@@ -260,6 +260,24 @@ fn results_arrive_through_push(fx: &Fixture, broker: Broker) -> Result<(), Faile
     check(
         started.elapsed() < Duration::from_secs(30),
         format!("took {:?}", started.elapsed()),
+    )?;
+
+    // The control: the same on the server that cannot push. Its calls end
+    // in well under a second, but with no push nothing tells the client.
+    let config = fx
+        .builder(broker, std::slice::from_ref(&fx.deaf))
+        .set("push_fallback_interval", 600.0)
+        .build()?;
+    let exec = Executor::with_config(config)?;
+    let futures = exec.map(
+        &b.square,
+        (0..4u64).map(|x| (x, 300)),
+        MapOptions::default(),
+    )?;
+    let waited = exec.get_result(&futures, Some(Duration::from_secs(4)));
+    check(
+        matches!(waited, Err(Error::Timeout { .. })),
+        format!("without push: {waited:?}"),
     )
 }
 
