@@ -30,6 +30,8 @@ use crate::error::{Error, Result};
 
 /// Connecting and subscribing must be done within this.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Closing a RabbitMQ subscription is given this long.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A consumer that errs waits this long before reading again.
 const ERROR_PAUSE: Duration = Duration::from_millis(200);
 
@@ -276,7 +278,11 @@ async fn rabbitmq_forward(
             break;
         }
     }
-    // Closing deletes the exclusive queue at once.
-    let _ = consumer.channel.close().await;
-    let _ = consumer.connection.close().await;
+    // Closing deletes the exclusive queue at once; a dead broker gets no
+    // more than CLOSE_TIMEOUT (dropping the connection ends it anyway).
+    let close = async {
+        let _ = consumer.channel.close().await;
+        let _ = consumer.connection.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
 }
