@@ -51,10 +51,23 @@ ensure_installed() {
             exit 1
         }
         log "installing rabbitmq-server with apt-get"
+        # The package would start a system-wide node on every interface;
+        # a policy-rc.d that denies starts prevents it (Docker images have one).
+        local made_policy=""
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             rabbitmq-server >&2
+        [[ -z "$made_policy" ]] || rm -f /usr/sbin/policy-rc.d
     fi
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || {
+        log "apt-get installed no /usr/lib/rabbitmq/bin/rabbitmq-server"
+        exit 1
+    }
 }
 
 # The environment of every RabbitMQ command: its node, ports and files under
