@@ -134,12 +134,7 @@ fn monitor_main(
                     continue;
                 }
             }
-            if let Ok(Message::StatusBatch(batch)) = Message::decode(&batch.body) {
-                for status in batch.statuses {
-                    progressed = true;
-                    apply(&job, &storage, status);
-                }
-            }
+            progressed |= apply_batch(&job, &storage, &batch.body);
         }
         let list_now = match &push {
             None => true,
@@ -163,12 +158,7 @@ fn monitor_main(
                     continue;
                 };
                 seen.insert(object.key.clone());
-                if let Ok(Message::StatusBatch(batch)) = Message::decode(&body) {
-                    for status in batch.statuses {
-                        progressed = true;
-                        apply(&job, &storage, status);
-                    }
-                }
+                progressed |= apply_batch(&job, &storage, &body);
             }
         }
         if watch_cancel
@@ -241,6 +231,18 @@ fn fail_overdue(job: &JobState, now: f64) {
             )))),
         );
     }
+}
+
+/// Applies one stored or pushed `StatusBatch`; true when it held statuses.
+fn apply_batch(job: &JobState, storage: &Storage, body: &[u8]) -> bool {
+    let Ok(Message::StatusBatch(batch)) = Message::decode(body) else {
+        return false;
+    };
+    let any = !batch.statuses.is_empty();
+    for status in batch.statuses {
+        apply(job, storage, status);
+    }
+    any
 }
 
 fn apply(job: &JobState, storage: &Storage, status: quelea_core::model::CallStatus) {
