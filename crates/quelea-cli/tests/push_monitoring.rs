@@ -6,8 +6,9 @@
 //! directory shared with the servers, or S3 with `QTEST_STORAGE=s3` (its
 //! `QUELEA_S3_*` variables from the environment).
 //!
-//! Built only with the `push-tests` feature; without the two URLs every
-//! test fails (it never skips).
+//! The conformance set (`quelea_conformance`) runs once per broker, then the
+//! tests of push itself. Built only with the `push-tests` feature; without
+//! the two URLs every test fails (it never skips).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,10 +18,10 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use quelea::core::keys::JobKeys;
 use quelea::core::model::{JobSpec, PushChannel};
-use quelea::{Config, ConfigBuilder, Error, Executor, FailureReason, MapOptions};
+use quelea::{ConfigBuilder, Error, Executor, MapOptions};
+use quelea_conformance::{check, Backend, WAIT};
 
 const SECRET: &str = "test-secret-of-the-push-tests";
-const WAIT: Option<Duration> = Some(Duration::from_secs(120));
 /// A broker URL nothing listens on, with a password that must never show.
 const DEAD_PASSWORD: &str = "dead-broker-password-9c1";
 
@@ -148,91 +149,6 @@ impl Fixture {
             .set("monitoring", broker.name())
             .set(&format!("{}.url", broker.name()), broker.url())
     }
-
-    fn config(&self, broker: Broker) -> Config {
-        self.builder(broker, &self.urls).build().unwrap()
-    }
-
-    fn executor(&self, broker: Broker) -> Executor {
-        Executor::with_config(self.config(broker)).unwrap()
-    }
-}
-
-fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(message.into().into())
-    }
-}
-
-fn map_in_order(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor(broker);
-    let futures = exec.map(
-        &b.square,
-        (0..300u64).map(|x| (x, 0)),
-        MapOptions::default(),
-    )?;
-    let results = exec.get_result(&futures, WAIT)?;
-    check(
-        results == (0..300u64).map(|x| x * x).collect::<Vec<_>>(),
-        "results in call order",
-    )
-}
-
-fn map_reduce(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor(broker);
-    let total = exec
-        .map_reduce(
-            &b.square,
-            (0..100u64).map(|x| (x, 0)),
-            &b.sum,
-            MapOptions::default().chunksize(7),
-        )?
-        .result(WAIT)?;
-    check(
-        total == (0..100u64).map(|x| x * x).sum::<u64>(),
-        format!("sum {total}"),
-    )
-}
-
-fn user_error_carries_the_remote_message(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor(broker);
-    let futures = exec.map(&b.fail, ["apple".to_owned()], MapOptions::default())?;
-    let err = exec.get_result(&futures, WAIT).unwrap_err();
-    let Error::CallFailed { error, .. } = &err else {
-        return Err(format!("expected a call failure, got {err}").into());
-    };
-    check(
-        error.reason == FailureReason::UserError && error.message == "refused input `apple`",
-        format!("{error:?}"),
-    )
-}
-
-fn timeout_fails_only_that_call(fx: &Fixture, broker: Broker) -> Result<(), Failed> {
-    let b = quelea_cli::builtins();
-    let exec = fx.executor(broker);
-    let started = Instant::now();
-    let futures = exec.map(
-        &b.sleep_ms,
-        [30_000u64, 10],
-        MapOptions::default().timeout(Duration::from_secs(1)),
-    )?;
-    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
-    check(
-        started.elapsed() < Duration::from_secs(15),
-        format!("took {:?}", started.elapsed()),
-    )?;
-    let error = futures
-        .get(0)
-        .unwrap()
-        .call_error()
-        .ok_or("call 0 failed")?;
-    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
-    check(futures.get(1).unwrap().success(), "call 1 succeeds")
 }
 
 /// With the storage fallback listing 10 minutes apart, storage is listed
@@ -405,13 +321,6 @@ fn main() {
     });
     type Test = fn(&Fixture, Broker) -> Result<(), Failed>;
     let tests: &[(&str, Test)] = &[
-        ("map_in_order", map_in_order),
-        ("map_reduce", map_reduce),
-        (
-            "user_error_carries_the_remote_message",
-            user_error_carries_the_remote_message,
-        ),
-        ("timeout_fails_only_that_call", timeout_fails_only_that_call),
         ("results_arrive_through_push", results_arrive_through_push),
         (
             "a_worker_that_cannot_push_still_completes_calls",
@@ -423,16 +332,28 @@ fn main() {
             no_secret_in_job_objects_or_handles,
         ),
     ];
-    let trials = [Broker::Nats, Broker::Rabbitmq]
+    let mut trials: Vec<Trial> = [Broker::Nats, Broker::Rabbitmq]
         .into_iter()
         .flat_map(|broker| tests.iter().map(move |&(name, test)| (broker, name, test)))
         .map(|(broker, name, test)| {
             let fx = fx.clone();
-            Trial::test(format!("{}_{name}", broker.name()), move || {
+            Trial::test(format!("{}::{name}", broker.name()), move || {
                 test(&fx, broker)
             })
         })
         .collect();
+    // Everything every backend must do, again with statuses pushed.
+    for (broker, name) in [
+        (Broker::Nats, "http+nats"),
+        (Broker::Rabbitmq, "http+rabbitmq"),
+    ] {
+        let fx = fx.clone();
+        trials.extend(quelea_conformance::trials(&Backend {
+            name,
+            config: std::sync::Arc::new(move || fx.builder(broker, &fx.urls)),
+            rust_runner: None,
+        }));
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     for server in servers {
         server.stop();
