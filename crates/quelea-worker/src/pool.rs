@@ -114,6 +114,31 @@ impl JobContext {
 pub struct PoolFunction {
     pub id: u32,
     pub payload: Vec<u8>,
+    /// Exponentially weighted mean call time in nanoseconds, over every
+    /// runner (0 until a call has finished). How deep this function's calls
+    /// are pipelined is decided from it: per function, because another
+    /// job's quick calls say nothing about how long these take.
+    mean_call_ns: AtomicU64,
+}
+
+impl PoolFunction {
+    /// How many of this function's calls a runner may hold at once.
+    fn depth(&self) -> u32 {
+        match self.mean_call_ns.load(Ordering::Relaxed) {
+            0 => 1,
+            mean => ((TARGET_QUEUED_WORK.as_nanos() as u64 / mean) as u32).clamp(1, MAX_DEPTH),
+        }
+    }
+
+    fn record(&self, took_ns: u64) {
+        let mean = self.mean_call_ns.load(Ordering::Relaxed);
+        let mean = if mean == 0 {
+            took_ns
+        } else {
+            (mean * 7 + took_ns) / 8
+        };
+        self.mean_call_ns.store(mean.max(1), Ordering::Relaxed);
+    }
 }
 
 /// One call to run.
@@ -153,13 +178,10 @@ struct Slot {
     inflight: Mutex<Inflight>,
     input: Mutex<RunnerInput>,
     outstanding: AtomicU32,
-    depth: AtomicU32,
     pid: AtomicI32,
     /// The current runner said ready and its stdin is in place.
     ready: AtomicBool,
     kill_reason: Mutex<Option<KillReason>>,
-    /// Exponentially weighted mean call time in nanoseconds.
-    mean_call_ns: AtomicU64,
 }
 
 struct Shared {
@@ -220,11 +242,9 @@ impl Pool {
                         loaded: HashSet::new(),
                     }),
                     outstanding: AtomicU32::new(0),
-                    depth: AtomicU32::new(1),
                     pid: AtomicI32::new(0),
                     ready: AtomicBool::new(false),
                     kill_reason: Mutex::new(None),
-                    mean_call_ns: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -268,6 +288,7 @@ impl Pool {
         Arc::new(PoolFunction {
             id: self.shared.next_function_id.fetch_add(1, Ordering::Relaxed),
             payload,
+            mean_call_ns: AtomicU64::new(0),
         })
     }
 
@@ -470,10 +491,19 @@ fn feeder_main(shared: &Shared, slot: &Slot) {
                     return;
                 }
                 let outstanding = slot.outstanding.load(Ordering::Acquire);
-                let depth = slot.depth.load(Ordering::Acquire);
-                if !queue.is_empty() && outstanding < depth && slot.ready.load(Ordering::Acquire) {
-                    let take = ((depth - outstanding) as usize).min(queue.len());
-                    break queue.drain(..take).collect();
+                if let Some(front) = queue.front() {
+                    let function = &front.ctx.function;
+                    let depth = function.depth();
+                    if outstanding < depth && slot.ready.load(Ordering::Acquire) {
+                        // Only calls of the same function: another one's
+                        // may be slower than this depth allows for.
+                        let take = queue
+                            .iter()
+                            .take((depth - outstanding) as usize)
+                            .take_while(|t| t.ctx.function.id == function.id)
+                            .count();
+                        break queue.drain(..take).collect();
+                    }
                 }
                 queue = shared.cond.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
@@ -788,18 +818,10 @@ fn on_done(
     };
     let outstanding = slot.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
 
-    // Adapt pipelining depth to call duration.
-    let took = now.saturating_duration_since(start).as_nanos().max(1) as u64;
-    let mean = slot.mean_call_ns.load(Ordering::Relaxed);
-    let mean = if mean == 0 {
-        took
-    } else {
-        (mean * 7 + took) / 8
-    };
-    slot.mean_call_ns.store(mean, Ordering::Relaxed);
-    let depth = ((TARGET_QUEUED_WORK.as_nanos() as u64 / mean) as u32).clamp(1, MAX_DEPTH);
-    slot.depth.store(depth, Ordering::Release);
-    if outstanding <= depth / 2 {
+    // Adapt the function's pipelining depth to its call duration.
+    let function = &call.task.ctx.function;
+    function.record(now.saturating_duration_since(start).as_nanos().max(1) as u64);
+    if outstanding <= function.depth() / 2 {
         let _queue = lock(&shared.queue);
         shared.cond.notify_all();
     }
@@ -849,8 +871,6 @@ fn on_death(shared: &Shared, slot: &Slot, reason: Option<KillReason>, status: &s
         input.loaded.clear();
         inflight.generation = input.generation;
         slot.outstanding.store(0, Ordering::Release);
-        slot.depth.store(1, Ordering::Release);
-        slot.mean_call_ns.store(0, Ordering::Relaxed);
         (std::mem::take(&mut inflight.calls), inflight.front_start)
     };
     let mut calls = calls.into_iter();

@@ -569,6 +569,28 @@ fn wait_modes_and_timeouts() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Pipelining depth is learned per function: after thousands of quick calls
+/// of one function, a job of slow calls still spreads over every runner
+/// instead of queueing behind one.
+fn slow_calls_after_quick_ones_use_every_runner() -> Result<(), Failed> {
+    let fns = functions();
+    let dir = tempfile::tempdir()?;
+    let exec = executor(dir.path());
+    exec.warm_up()?;
+    exec.get_result(
+        &exec.map(&fns.square, 0..5_000i64, MapOptions::default())?,
+        None,
+    )?;
+    let futures = exec.map(&fns.sleep_ms, vec![300u64; 4], MapOptions::default())?;
+    exec.get_result(&futures, Some(Duration::from_secs(60)))?;
+    let mut workers: Vec<u32> = futures.iter().filter_map(|f| f.stats().worker_id).collect();
+    workers.sort();
+    check(
+        workers == [0, 0, 1, 1],
+        format!("runners per call: {workers:?}"),
+    )
+}
+
 fn warm_pool_is_reused_and_cancel_works() -> Result<(), Failed> {
     let fns = functions();
     let dir = tempfile::tempdir()?;
@@ -915,6 +937,10 @@ fn main() {
         (
             "warm_pool_is_reused_and_cancel_works",
             warm_pool_is_reused_and_cancel_works,
+        ),
+        (
+            "slow_calls_after_quick_ones_use_every_runner",
+            slow_calls_after_quick_ones_use_every_runner,
         ),
         (
             "objects_are_chunked_by_lines_and_reduced_by_key",
