@@ -359,29 +359,12 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
         .map(|s| s.expose().as_bytes().to_vec())
         .unwrap_or_default();
     let storage = quelea::storage::Storage::from_config(&config)?;
-    // The server's own config (its credentials included) reaches its runners
-    // through their environment, never through a request.
-    let runner_env = (
-        quelea::objects::RUNNER_CONFIG_ENV.into(),
-        config.runner_json().into(),
-    );
-    let mut rust = match rust_runner {
+    let rust = match rust_runner {
         Some(command) => command,
         None => RunnerCommand::current_exe()
             .context("cannot find this executable to start Rust runners")?,
     };
-    rust.env.push(runner_env.clone());
-    let mut commands = std::collections::HashMap::from([(RunnerKind::Rust, rust)]);
-    if let Some(python) = &args.python {
-        commands.insert(
-            RunnerKind::Python,
-            RunnerCommand {
-                program: python.clone(),
-                args: vec!["-m".into(), "quelea.worker".into()],
-                env: vec![runner_env],
-            },
-        );
-    }
+    let commands = quelea::objects::runtime_runners(&config, rust, args.python.as_deref());
     let workers = args.workers.unwrap_or_else(|| config.local_workers());
     anyhow::ensure!(workers > 0, "--workers must be at least 1");
     let server = Server::bind_with_brokers(

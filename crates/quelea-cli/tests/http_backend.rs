@@ -8,13 +8,16 @@
 //! every backend passes is `quelea_conformance`'s; the tests here are the
 //! http backend's own.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{storage_builder, WorkerServer};
 use libtest_mimic::{Arguments, Failed, Trial};
 use quelea::core::auth;
 use quelea::core::ids::{CallId, ExecutorId, JobId, JobKind};
@@ -26,74 +29,6 @@ use quelea::{CallState, Config, ConfigBuilder, Executor, FailureReason, MapOptio
 use quelea_conformance::{check, final_statuses, wait_child, Backend, WAIT};
 
 const SECRET: &str = "test-secret-of-the-http-front-door";
-
-fn s3() -> bool {
-    std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
-}
-
-/// The storage settings servers and clients share.
-fn storage_builder(dir: &std::path::Path) -> ConfigBuilder {
-    let builder = if s3() {
-        ConfigBuilder::new()
-            .no_file()
-            .set("storage", "s3")
-            .set("bucket", "quelea-test")
-    } else {
-        ConfigBuilder::new().no_file().env(Vec::new())
-    };
-    builder.set("localdisk.root", dir.to_str().unwrap())
-}
-
-struct WorkerServer {
-    child: Child,
-    url: String,
-}
-
-impl WorkerServer {
-    /// Starts `quelea worker serve` on a free port; `config_yaml` is its
-    /// config file.
-    fn start(dir: &std::path::Path, name: &str, config_yaml: &str) -> WorkerServer {
-        let config_file = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config_file, config_yaml).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
-        cmd.args(["worker", "serve", "--port", "0", "--workers", "2"])
-            .env("QUELEA_CONFIG_FILE", &config_file)
-            .env("QUELEA_HTTP_SECRET", SECRET)
-            .env("QUELEA_STORAGE_DIR", dir)
-            .env_remove("PORT")
-            .stdout(Stdio::piped());
-        if s3() {
-            cmd.env("QUELEA_STORAGE", "s3")
-                .env("QUELEA_BUCKET", "quelea-test");
-        }
-        let mut child = cmd.spawn().expect("the quelea binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("worker server {name} did not say where it listens"));
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in `{line}`"))
-            .to_owned();
-        WorkerServer { child, url }
-    }
-
-    fn stop(mut self) {
-        // By PID, then reaped: runners follow through their parent-death signal.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -511,7 +446,7 @@ fn server_refuses_to_start_without_a_secret(fx: &Fixture) -> Result<(), Failed> 
 }
 
 fn sigterm_drains_accepted_calls(fx: &Fixture) -> Result<(), Failed> {
-    let server = WorkerServer::start(fx.dir.path(), "draining", "{}\n");
+    let server = WorkerServer::start(fx.dir.path(), "draining", SECRET, "{}\n", &[]);
     let config = storage_builder(fx.dir.path())
         .set("backend", "http")
         .set("http.urls", vec![server.url.clone()])
@@ -540,12 +475,14 @@ fn main() {
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)
-        .map(|i| WorkerServer::start(dir.path(), &format!("w{i}"), "{}\n"))
+        .map(|i| WorkerServer::start(dir.path(), &format!("w{i}"), SECRET, "{}\n", &[]))
         .collect();
     let guarded = WorkerServer::start(
         dir.path(),
         "guarded",
+        SECRET,
         "http:\n  max_body_bytes: 65536\n  replay_window: 60\n",
+        &[],
     );
     let fx = Arc::new(Fixture {
         urls: servers.iter().map(|s| s.url.clone()).collect(),

@@ -10,11 +10,11 @@
 //! tests of push itself. Built only with the `push-tests` feature; without
 //! the two URLs every test fails (it never skips).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{storage_builder, WorkerServer};
 use libtest_mimic::{Arguments, Failed, Trial};
 use quelea::core::keys::JobKeys;
 use quelea::core::model::{JobSpec, PushChannel};
@@ -24,10 +24,6 @@ use quelea_conformance::{check, Backend, WAIT};
 const SECRET: &str = "test-secret-of-the-push-tests";
 /// A broker URL nothing listens on, with a password that must never show.
 const DEAD_PASSWORD: &str = "dead-broker-password-9c1";
-
-fn s3() -> bool {
-    std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Broker {
@@ -69,67 +65,15 @@ impl Broker {
     }
 }
 
-/// The storage settings servers and clients share.
-fn storage_builder(dir: &std::path::Path) -> ConfigBuilder {
-    let builder = if s3() {
-        ConfigBuilder::new()
-            .no_file()
-            .set("storage", "s3")
-            .set("bucket", "quelea-test")
-    } else {
-        ConfigBuilder::new().no_file().env(Vec::new())
-    };
-    builder.set("localdisk.root", dir.to_str().unwrap())
-}
-
-struct WorkerServer {
-    child: Child,
-    url: String,
-}
-
-impl WorkerServer {
-    /// Starts `quelea worker serve` on a free port with these broker URLs.
-    fn start(dir: &std::path::Path, nats_url: &str, rabbitmq_url: &str) -> WorkerServer {
-        let config_file = dir.join("worker.yaml");
-        std::fs::write(&config_file, "{}\n").unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
-        cmd.args(["worker", "serve", "--port", "0", "--workers", "2"])
-            .env("QUELEA_CONFIG_FILE", &config_file)
-            .env("QUELEA_HTTP_SECRET", SECRET)
-            .env("QUELEA_STORAGE_DIR", dir)
-            .env("QUELEA_NATS_URL", nats_url)
-            .env("QUELEA_RABBITMQ_URL", rabbitmq_url)
-            .env_remove("PORT")
-            .stdout(Stdio::piped());
-        if s3() {
-            cmd.env("QUELEA_STORAGE", "s3")
-                .env("QUELEA_BUCKET", "quelea-test");
-        }
-        let mut child = cmd.spawn().expect("the quelea binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the worker server says where it listens");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in `{line}`"))
-            .to_owned();
-        WorkerServer { child, url }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A worker server that pushes statuses to these brokers.
+fn push_server(dir: &std::path::Path, name: &str, nats: &str, rabbitmq: &str) -> WorkerServer {
+    WorkerServer::start(
+        dir,
+        name,
+        SECRET,
+        "{}\n",
+        &[("QUELEA_NATS_URL", nats), ("QUELEA_RABBITMQ_URL", rabbitmq)],
+    )
 }
 
 struct Fixture {
@@ -307,10 +251,14 @@ fn main() {
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)
-        .map(|_| WorkerServer::start(dir.path(), &Broker::Nats.url(), &Broker::Rabbitmq.url()))
+        .map(|i| {
+            let (nats, rabbitmq) = (Broker::Nats.url(), Broker::Rabbitmq.url());
+            push_server(dir.path(), &format!("push{i}"), &nats, &rabbitmq)
+        })
         .collect();
-    let deaf = WorkerServer::start(
+    let deaf = push_server(
         dir.path(),
+        "deaf",
         &Broker::Nats.dead_url(),
         &Broker::Rabbitmq.dead_url(),
     );

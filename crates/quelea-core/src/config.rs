@@ -1081,6 +1081,17 @@ fn parse_layer(layer: Value, origin: &str) -> Result<Config> {
 mod tests {
     use super::*;
 
+    /// The error of a config with this one explicit setting.
+    fn setting_err(path: &str, value: impl Into<Value>) -> String {
+        ConfigBuilder::new()
+            .no_file()
+            .env(env(&[]))
+            .set(path, value)
+            .build()
+            .unwrap_err()
+            .to_string()
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -1184,22 +1195,10 @@ mod tests {
             .to_string();
         assert!(err.contains("QUELEA_WORKRES"), "{err}");
 
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("execution.timeout", -1.0)
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("execution.timeout", -1.0);
         assert!(err.contains("execution.timeout"), "{err}");
 
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("bucket", "Bad_Bucket")
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("bucket", "Bad_Bucket");
         assert!(err.contains("Bad_Bucket"), "{err}");
 
         let err = ConfigBuilder::new()
@@ -1284,13 +1283,7 @@ mod tests {
         assert!(err.contains("memory"), "{err}");
         let err = build(&[("QUELEA_HTTP_URLS", "127.0.0.1:1")]);
         assert!(err.contains("127.0.0.1:1"), "{err}");
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("http.max_worker", 3)
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("http.max_worker", 3);
         assert!(err.contains("max_worker"), "{err}");
     }
 
@@ -1396,13 +1389,7 @@ mod tests {
         );
         let err = build_without(&["AWS_REGION"], &[("AWS_REGION", "EU West")]);
         assert!(err.contains("aws_lambda.region"), "{err}");
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("aws_lambda.function", "f")
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("aws_lambda.function", "f");
         assert!(
             err.contains("aws_lambda") && err.contains("function"),
             "{err}"
@@ -1474,21 +1461,9 @@ mod tests {
         assert!(!err.contains("rabbitpass"), "{err}");
         let err = build(&[("QUELEA_PUSH_FALLBACK_INTERVAL", "0")]);
         assert!(err.contains("push_fallback_interval"), "{err}");
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("nats.subject_prefix", "quelea.>")
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("nats.subject_prefix", "quelea.>");
         assert!(err.contains("nats.subject_prefix"), "{err}");
-        let err = ConfigBuilder::new()
-            .no_file()
-            .env(env(&[]))
-            .set("rabbitmq.queue", "q")
-            .build()
-            .unwrap_err()
-            .to_string();
+        let err = setting_err("rabbitmq.queue", "q");
         assert!(err.contains("rabbitmq") && err.contains("queue"), "{err}");
     }
 

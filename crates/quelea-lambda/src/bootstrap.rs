@@ -1,6 +1,5 @@
 //! The Lambda bootstrap: serving Invocation events (feature `runtime`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use quelea::core::protocol::Message;
 use quelea::storage::{io_runtime, Storage};
 use quelea::worker::runtime::{RefusalKind, Runtime, RuntimeConfig};
-use quelea::{Config, Functions, RunnerCommand, RunnerKind};
+use quelea::{Config, Functions, RunnerCommand};
 use serde_json::{json, Value};
 
 /// Why the bootstrap could not start.
@@ -50,25 +49,9 @@ pub fn serve(functions: &Functions) -> Result<(), Error> {
 /// The worker runtime as the function's environment configures it.
 pub fn runtime(config: &Config) -> Result<Runtime, Error> {
     let storage = Storage::from_config(config)?;
-    // The function's own config (its credentials included) reaches its
-    // runners through their environment, never through an event.
-    let runner_env = (
-        quelea::objects::RUNNER_CONFIG_ENV.into(),
-        config.runner_json().into(),
-    );
-    let mut rust = RunnerCommand::current_exe().map_err(Error::Exe)?;
-    rust.env.push(runner_env.clone());
-    let mut commands = HashMap::from([(RunnerKind::Rust, rust)]);
-    if let Some(python) = &config.aws_lambda.python {
-        commands.insert(
-            RunnerKind::Python,
-            RunnerCommand {
-                program: python.clone(),
-                args: vec!["-m".into(), "quelea.worker".into()],
-                env: vec![runner_env],
-            },
-        );
-    }
+    let rust = RunnerCommand::current_exe().map_err(Error::Exe)?;
+    let commands =
+        quelea::objects::runtime_runners(config, rust, config.aws_lambda.python.as_deref());
     Ok(Runtime::new(
         RuntimeConfig {
             workers: config.local_workers(),

@@ -111,14 +111,7 @@ impl Executor {
             .map_err(to_py_err_core)?;
         let exec = quelea::Executor::builder()
             .config(config)
-            .runner(
-                RunnerKind::Python,
-                RunnerCommand {
-                    program: python.clone(),
-                    args: vec!["-m".into(), "quelea.worker".into()],
-                    env: Vec::new(),
-                },
-            )
+            .runner(RunnerKind::Python, RunnerCommand::python(&python))
             .runner(RunnerKind::Rust, rust_runner(&python))
             .build()
             .map_err(to_py_err)?;

@@ -38,6 +38,15 @@ pub struct RunnerCommand {
 }
 
 impl RunnerCommand {
+    /// `python -m quelea.worker`: a Python runner of that interpreter.
+    pub fn python(program: impl Into<PathBuf>) -> Self {
+        RunnerCommand {
+            program: program.into(),
+            args: vec!["-m".into(), "quelea.worker".into()],
+            env: Vec::new(),
+        }
+    }
+
     /// This very executable, in Rust-runner mode (the same-binary model).
     pub fn current_exe() -> std::io::Result<Self> {
         Ok(RunnerCommand {
