@@ -364,7 +364,7 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
         None => RunnerCommand::current_exe()
             .context("cannot find this executable to start Rust runners")?,
     };
-    let commands = quelea::objects::runtime_runners(&config, rust, args.python.as_deref());
+    let commands = quelea::worker::runtime::runtime_runners(&config, rust, args.python.as_deref());
     let workers = args.workers.unwrap_or_else(|| config.local_workers());
     anyhow::ensure!(workers > 0, "--workers must be at least 1");
     let server = Server::bind_with_brokers(

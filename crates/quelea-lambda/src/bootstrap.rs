@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{service_fn, LambdaEvent};
-use quelea::core::protocol::Message;
-use quelea::storage::{io_runtime, Storage};
-use quelea::worker::runtime::{RefusalKind, Runtime, RuntimeConfig};
-use quelea::{Config, Functions, RunnerCommand};
+use quelea_core::config::Config;
+use quelea_core::protocol::Message;
+use quelea_storage::{io_runtime, Storage};
+use quelea_worker::pool::RunnerCommand;
+use quelea_worker::runtime::{runtime_runners, RefusalKind, Runtime, RuntimeConfig};
+use quelea_worker::rust_runner::{serve_if_runner, Functions};
 use serde_json::{json, Value};
 
 /// Why the bootstrap could not start.
@@ -15,9 +17,9 @@ use serde_json::{json, Value};
 #[non_exhaustive]
 pub enum Error {
     #[error("bad quelea config in the function's environment: {0}")]
-    Config(#[from] quelea::core::Error),
+    Config(#[from] quelea_core::Error),
     #[error("cannot open the job storage: {0}")]
-    Storage(#[from] quelea::storage::Error),
+    Storage(#[from] quelea_storage::Error),
     #[error("cannot find this executable to start Rust runners: {0}")]
     Exe(#[source] std::io::Error),
     #[error("the Lambda runtime stopped: {0}")]
@@ -33,7 +35,7 @@ const MAX_DURATION: Duration = Duration::from_secs(900);
 /// Runs the bootstrap: serves `functions` as a runner when started as one,
 /// else polls the Lambda Runtime API for events until the process ends.
 pub fn serve(functions: &Functions) -> Result<(), Error> {
-    quelea::serve_if_runner(functions);
+    serve_if_runner(functions);
     let config = Config::load()?;
     let runtime = Arc::new(runtime(&config)?);
     io_runtime()
@@ -50,8 +52,7 @@ pub fn serve(functions: &Functions) -> Result<(), Error> {
 pub fn runtime(config: &Config) -> Result<Runtime, Error> {
     let storage = Storage::from_config(config)?;
     let rust = RunnerCommand::current_exe().map_err(Error::Exe)?;
-    let commands =
-        quelea::objects::runtime_runners(config, rust, config.aws_lambda.python.as_deref());
+    let commands = runtime_runners(config, rust, config.aws_lambda.python.as_deref());
     Ok(Runtime::new(
         RuntimeConfig {
             workers: config.local_workers(),
@@ -63,7 +64,7 @@ pub fn runtime(config: &Config) -> Result<Runtime, Error> {
             instance_memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
-            brokers: quelea::worker::push::BrokerUrls::from_config(config),
+            brokers: quelea_worker::push::BrokerUrls::from_config(config),
         },
         storage,
     ))
@@ -87,7 +88,7 @@ async fn handle(
         Ok(accepted) => {
             let calls = accepted.calls;
             // Lambda's deadline is in Unix milliseconds (0: not given).
-            let now_ms = (quelea::core::model::now_ts() * 1000.0) as u64;
+            let now_ms = (quelea_core::model::now_ts() * 1000.0) as u64;
             let left = match event.context.deadline {
                 0 => MAX_DURATION,
                 deadline => Duration::from_millis(deadline.saturating_sub(now_ms))

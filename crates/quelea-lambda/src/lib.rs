@@ -3,7 +3,8 @@
 //!
 //! Each event is one quelea Invocation (the JSON the `aws_lambda` backend
 //! sends). It runs on the same worker runtime as `quelea worker serve`
-//! ([`quelea::worker::runtime`]): function and inputs from storage, calls on
+//! (`quelea_worker::runtime`; the bootstrap depends on the worker crates
+//! only, not on the client): function and inputs from storage, calls on
 //! warm runner processes, statuses to storage. Unlike the HTTP server, the
 //! handler returns only once its calls have finished and their statuses are
 //! written, because Lambda freezes the process when the handler returns.
@@ -11,7 +12,7 @@
 //! A bootstrap binary registers its Rust functions and hands over:
 //!
 //! ```no_run
-//! let mut functions = quelea::Functions::new();
+//! let mut functions = quelea_worker::rust_runner::Functions::new();
 //! functions.register("add7", |x: i64| x + 7);
 //! quelea_lambda::serve(&functions).expect("the Lambda runtime runs");
 //! ```
@@ -23,6 +24,8 @@
 //! (`QUELEA_STORAGE`, `QUELEA_BUCKET`, `QUELEA_S3_*`, or the execution role's
 //! `AWS_*` variables), never from the event.
 
+// Deploying uses the client's Lambda API client (feature `deploy`).
+#[cfg(feature = "deploy")]
 pub mod deploy;
 
 // The bootstrap needs `lambda_runtime`; deploying (the `quelea` CLI) does not.

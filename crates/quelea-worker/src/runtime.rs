@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use quelea_core::config::Config;
 use quelea_core::ids::CallId;
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
@@ -31,6 +32,46 @@ use crate::pool::{
 };
 use crate::push::{BrokerUrls, Publisher};
 use crate::status_writer::{finished_status, JobTarget, StatusWriter};
+
+/// The environment variable carrying a runtime's resolved config (with
+/// credentials) to its own runner processes; never part of a request.
+pub const RUNNER_CONFIG_ENV: &str = "QUELEA_RUNNER_CONFIG";
+
+/// The runners of a worker runtime serving jobs under `config`: Rust ones
+/// from `rust`, Python ones of `python` when given. Both get the config
+/// (credentials included) through their environment, never from a request.
+pub fn runtime_runners(
+    config: &Config,
+    rust: RunnerCommand,
+    python: Option<&std::path::Path>,
+) -> HashMap<RunnerKind, RunnerCommand> {
+    let mut commands = HashMap::from([(RunnerKind::Rust, rust)]);
+    if let Some(python) = python {
+        commands.insert(RunnerKind::Python, RunnerCommand::python(python));
+    }
+    with_runner_config(commands, config)
+}
+
+/// Gives every runner command `config` through [`RUNNER_CONFIG_ENV`].
+pub fn with_runner_config(
+    mut commands: HashMap<RunnerKind, RunnerCommand>,
+    config: &Config,
+) -> HashMap<RunnerKind, RunnerCommand> {
+    let json = config.runner_json();
+    for command in commands.values_mut() {
+        command
+            .env
+            .push((RUNNER_CONFIG_ENV.into(), json.clone().into()));
+    }
+    commands
+}
+
+/// What a front door that is in the same process as the runtime (the local
+/// backend) hears of each call, as soon as the pool knows it.
+pub trait CallObserver: Send + Sync {
+    fn started(&self, call_id: CallId, worker_id: u32, ts: f64);
+    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Vec<u8>, CallError>);
+}
 
 /// How a runtime runs calls.
 #[derive(Clone, Debug)]
@@ -46,6 +87,16 @@ pub struct RuntimeConfig {
     pub instance_memory_mb: Option<u32>,
     /// Brokers for jobs that ask for push monitoring.
     pub brokers: BrokerUrls,
+}
+
+/// The longest call timeout a runtime takes (a week): beyond it a number is
+/// a mistake, not a deadline.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A checked Invocation's limits, as the pool holds them.
+struct Limits {
+    timeout: Duration,
+    memory_limit_bytes: Option<u64>,
 }
 
 /// How long [`Runtime::flush`] waits for pushes to reach their broker.
@@ -167,20 +218,83 @@ impl Runtime {
         errors
     }
 
-    /// Checks the Invocation, loads what it needs and queues its calls.
+    /// Checks the Invocation, loads what it needs from storage and queues
+    /// its calls (the remote front doors).
     pub async fn accept(&self, invocation: Invocation) -> Result<Accepted, Refusal> {
+        let limits = self.check(&invocation)?;
+        let pool = self.pool(invocation.function.runner)?;
+        let function = self.function(&pool, &invocation).await?;
+        let inputs = self.inputs(&invocation).await?;
+        Ok(self.queue(invocation, limits, &pool, function, inputs, None))
+    }
+
+    /// Queues an Invocation handed over in this process with its function
+    /// payload and inline inputs (the local front door): nothing is read
+    /// from storage, and `observer` hears of every call as the pool does.
+    pub fn accept_in_process(
+        &self,
+        mut invocation: Invocation,
+        function_payload: &[u8],
+        observer: Arc<dyn CallObserver>,
+    ) -> Result<Accepted, Refusal> {
+        let limits = self.check(&invocation)?;
+        let pool = self.pool(invocation.function.runner)?;
+        let hash = invocation.function.hash.clone();
+        let function = lock(&self.functions)
+            .entry(hash)
+            .or_insert_with(|| pool.function(function_payload.to_vec()))
+            .clone();
+        let inputs = invocation
+            .calls
+            .iter_mut()
+            .map(|call| match &mut call.input {
+                CallInput::Inline(bytes) => Ok(std::mem::take(bytes)),
+                CallInput::Range { .. } => Err(refusal(
+                    RefusalKind::Invalid,
+                    format!(
+                        "call {} of an in-process Invocation is not inline",
+                        call.call_id
+                    ),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.queue(invocation, limits, &pool, function, inputs, Some(observer)))
+    }
+
+    /// The checks every Invocation passes before anything is loaded: calls,
+    /// a timeout and memory limit the pool can hold, room in the queue.
+    fn check(&self, invocation: &Invocation) -> Result<Limits, Refusal> {
         let n = invocation.calls.len();
         if n == 0 {
             return Err(refusal(RefusalKind::Invalid, "the invocation has no calls"));
         }
-        if !(invocation.timeout_s.is_finite() && invocation.timeout_s > 0.0) {
-            return Err(refusal(
-                RefusalKind::Invalid,
-                format!("`timeout_s` must be positive, got {}", invocation.timeout_s),
-            ));
-        }
-        let counters = &self.counters;
-        let queued = counters.queued.load(Ordering::Relaxed);
+        let timeout = (invocation.timeout_s > 0.0)
+            .then(|| Duration::try_from_secs_f64(invocation.timeout_s).ok())
+            .flatten()
+            .filter(|t| *t <= MAX_TIMEOUT)
+            .ok_or_else(|| {
+                refusal(
+                    RefusalKind::Invalid,
+                    format!(
+                        "`timeout_s` must be a positive number of seconds up to {}, got {}",
+                        MAX_TIMEOUT.as_secs(),
+                        invocation.timeout_s
+                    ),
+                )
+            })?;
+        let memory_limit_bytes = match invocation.memory_limit_mb {
+            None => None,
+            Some(mb) => Some(mb.checked_mul(1 << 20).filter(|_| mb > 0).ok_or_else(|| {
+                refusal(
+                    RefusalKind::Invalid,
+                    format!(
+                        "`memory_limit_mb` must be between 1 and {}, got {mb}",
+                        u64::MAX >> 20
+                    ),
+                )
+            })?),
+        };
+        let queued = self.counters.queued.load(Ordering::Relaxed);
         if queued + n as u64 > self.config.max_queued_calls {
             return Err(refusal(
                 RefusalKind::Busy,
@@ -190,9 +304,23 @@ impl Runtime {
                 ),
             ));
         }
-        let pool = self.pool(invocation.function.runner)?;
-        let function = self.function(&pool, &invocation).await?;
-        let inputs = self.inputs(&invocation).await?;
+        Ok(Limits {
+            timeout,
+            memory_limit_bytes,
+        })
+    }
+
+    fn queue(
+        &self,
+        invocation: Invocation,
+        limits: Limits,
+        pool: &Arc<Pool>,
+        function: Arc<PoolFunction>,
+        inputs: Vec<Vec<u8>>,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Accepted {
+        let n = invocation.calls.len();
+        let counters = &self.counters;
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
         let target = self.target(&invocation);
         let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
@@ -203,12 +331,13 @@ impl Runtime {
             memory_mb: self.config.instance_memory_mb,
             counters: counters.clone(),
             remaining: remaining_tx,
+            observer,
         });
         let ctx = Arc::new(JobContext::new(
             pool.next_job_serial(),
             function,
-            Duration::from_secs_f64(invocation.timeout_s),
-            invocation.memory_limit_mb.map(|mb| mb << 20),
+            limits.timeout,
+            limits.memory_limit_bytes,
             sink,
         ));
         let tasks: Vec<Task> = invocation
@@ -230,10 +359,41 @@ impl Runtime {
             .1
             .push((pool.clone(), Arc::downgrade(&ctx)));
         pool.submit(tasks);
-        Ok(Accepted {
+        Accepted {
             calls: n,
             remaining,
-        })
+        }
+    }
+
+    /// Cancels a job's calls here now, as finding its cancel marker would:
+    /// queued calls end cancelled without running, running ones are killed.
+    pub fn cancel_job(&self, job_prefix: &str) {
+        cancel_live(&self.live, job_prefix);
+    }
+
+    /// Starts the pool for `kind` now rather than on the first call, and
+    /// waits until its runners are ready.
+    pub fn warm_up(&self, kind: RunnerKind, timeout: Duration) -> Result<(), Refusal> {
+        let pool = self.pool(kind)?;
+        if pool.wait_ready(timeout) {
+            Ok(())
+        } else {
+            Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "the {kind:?} runner pool did not become ready within {} s (see the runners' stderr)",
+                    timeout.as_secs()
+                ),
+            ))
+        }
+    }
+
+    /// The pids of every runner process of every pool.
+    pub fn runner_pids(&self) -> Vec<u32> {
+        lock(&self.pools)
+            .values()
+            .flat_map(|p| p.runner_pids())
+            .collect()
     }
 
     /// Records a failed status for every call of an Invocation that will not
@@ -400,26 +560,30 @@ fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
             for (prefix, marker) in markers {
                 // Any error (storage down) leaves the job running: the
                 // client's own deadline still bounds its wait.
-                if storage.head(&marker).await.is_err() {
-                    continue;
-                }
-                let contexts: Vec<(Arc<Pool>, Arc<JobContext>)> = lock(&live)
-                    .remove(&prefix)
-                    .into_iter()
-                    .flat_map(|(_, contexts)| contexts)
-                    .filter_map(|(pool, ctx)| Some((pool, ctx.upgrade()?)))
-                    .collect();
-                // All marked first: a call requeued by one kill must not
-                // start on another runner before its own context is marked.
-                for (_, ctx) in &contexts {
-                    ctx.mark_cancelled();
-                }
-                for (pool, ctx) in &contexts {
-                    pool.cancel(ctx);
+                if storage.head(&marker).await.is_ok() {
+                    cancel_live(&live, &prefix);
                 }
             }
         }
     });
+}
+
+/// Cancels the job's contexts on their pools and forgets them.
+fn cancel_live(live: &LiveJobs, prefix: &str) {
+    let contexts: Vec<(Arc<Pool>, Arc<JobContext>)> = lock(live)
+        .remove(prefix)
+        .into_iter()
+        .flat_map(|(_, contexts)| contexts)
+        .filter_map(|(pool, ctx)| Some((pool, ctx.upgrade()?)))
+        .collect();
+    // All marked first: a call requeued by one kill must not start on
+    // another runner before its own context is marked.
+    for (_, ctx) in &contexts {
+        ctx.mark_cancelled();
+    }
+    for (pool, ctx) in &contexts {
+        pool.cancel(ctx);
+    }
 }
 
 fn storage_refusal(what: &str, key: &str, e: quelea_storage::Error) -> Refusal {
@@ -444,6 +608,8 @@ struct RuntimeSink {
     memory_mb: Option<u32>,
     counters: Arc<Counters>,
     remaining: tokio::sync::watch::Sender<usize>,
+    /// The in-process front door's tee (the client's fast path).
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl JobSink for RuntimeSink {
@@ -460,6 +626,9 @@ impl JobSink for RuntimeSink {
                 ..CallStats::default()
             },
         );
+        if let Some(observer) = &self.observer {
+            observer.started(call_id, worker_id, ts);
+        }
     }
 
     fn completed(&self, completion: Completion) {
@@ -474,8 +643,17 @@ impl JobSink for RuntimeSink {
         }
         let mut status = finished_status(self.submit_ts, &completion);
         status.stats.memory_mb = self.memory_mb;
-        self.writer
-            .finished(&self.target, status, completion.outcome.ok());
+        let (call_id, stats) = (status.call_id, status.stats.clone());
+        match &self.observer {
+            None => self
+                .writer
+                .finished(&self.target, status, completion.outcome.ok()),
+            Some(observer) => {
+                let result = completion.outcome.as_ref().ok().cloned();
+                self.writer.finished(&self.target, status, result);
+                observer.finished(call_id, stats, completion.outcome);
+            }
+        }
         self.remaining.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -22,7 +22,6 @@ use quelea_core::protocol::{CallInput, InvokedCall};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
 use quelea_worker::rust_runner::FunctionRef;
-use quelea_worker::status_writer::JobTarget;
 
 use crate::backend::{Backend, Submission};
 use crate::error::{Error, Result};
@@ -89,7 +88,7 @@ impl ExecutorBuilder {
             None => Config::load()?,
         };
         let storage = Storage::from_config(&config)?;
-        let backend = Backend::new(&config, self.runners)?;
+        let backend = Backend::new(&config, &storage, self.runners)?;
         Ok(Executor {
             inner: Arc::new(Inner {
                 id: ExecutorId::next(),
@@ -625,7 +624,7 @@ impl Inner {
     fn flush_statuses(&self) -> Vec<String> {
         self.backend
             .local()
-            .map(|local| local.writer().flush())
+            .map(|local| local.flush())
             .unwrap_or_default()
     }
 
@@ -700,17 +699,11 @@ impl Inner {
                 record.state = CallState::Invoked;
             }
         }
-        let target = Arc::new(JobTarget::new(
-            job.keys.clone(),
-            self.storage.clone(),
-            config.execution.inline_result_bytes,
-        ));
         self.backend.submit(Submission {
             job,
             function_payload: &function.payload,
             calls,
             data: data.as_deref(),
-            target,
             storage: &self.storage,
             deadline_ts: self.deadline_ts(spec),
             push,

@@ -6,43 +6,18 @@
 //! function reads its bytes with [`ChunkObject::data_stream`], which streams
 //! the chunk (every line exactly once, in the chunk that holds its first byte).
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use quelea_core::config::{Config, ConfigBuilder};
-use quelea_core::model::RunnerKind;
 use quelea_partition::{ChunkReader, ChunkSpec, ObjectKind, RangeSource, StorageResolver};
-use quelea_worker::pool::RunnerCommand;
+use quelea_worker::runtime::RUNNER_CONFIG_ENV;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 pub use quelea_partition::{ChunkSpec as Chunking, ObjectKind as ObjectLocation};
-
-/// The environment variable carrying the executor's resolved config (with
-/// credentials) to its own local runner processes.
-pub const RUNNER_CONFIG_ENV: &str = "QUELEA_RUNNER_CONFIG";
-
-/// The runners of a worker runtime serving jobs under `config`: Rust ones
-/// from `rust`, Python ones of `python` when given. Both get the config
-/// (credentials included) through their environment, never from a request.
-pub fn runtime_runners(
-    config: &Config,
-    mut rust: RunnerCommand,
-    python: Option<&std::path::Path>,
-) -> HashMap<RunnerKind, RunnerCommand> {
-    let runner_env = (RUNNER_CONFIG_ENV.into(), config.runner_json().into());
-    rust.env.push(runner_env.clone());
-    let mut commands = HashMap::from([(RunnerKind::Rust, rust)]);
-    if let Some(python) = python {
-        let mut command = RunnerCommand::python(python);
-        command.env.push(runner_env);
-        commands.insert(RunnerKind::Python, command);
-    }
-    commands
-}
 
 /// How inputs that name data are cut into calls.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

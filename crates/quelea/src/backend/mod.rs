@@ -18,7 +18,6 @@ use quelea_core::model::RunnerKind;
 use quelea_core::protocol::InvokedCall;
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
-use quelea_worker::status_writer::{JobTarget, StatusWriter};
 
 pub(crate) use self::http::HttpBackend;
 pub(crate) use self::lambda::LambdaBackend;
@@ -33,7 +32,6 @@ pub(crate) struct Submission<'a> {
     pub calls: Vec<InvokedCall>,
     /// The job's concatenated data object, when inputs are not inline.
     pub data: Option<&'a [u8]>,
-    pub target: Arc<JobTarget>,
     /// Where the job's objects are (remote calls are followed there).
     pub storage: &'a Storage,
     /// After this Unix time, calls with no final status are failed as timeouts.
@@ -52,14 +50,13 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// The one place a backend is chosen.
-    pub fn new(config: &Config, runners: HashMap<RunnerKind, RunnerCommand>) -> Result<Backend> {
+    pub fn new(
+        config: &Config,
+        storage: &Storage,
+        runners: HashMap<RunnerKind, RunnerCommand>,
+    ) -> Result<Backend> {
         Ok(match config.backend {
-            BackendKind::Local => Backend::Local(LocalBackend::new(
-                config.local_workers(),
-                config.runner_json(),
-                runners,
-                Arc::new(StatusWriter::new()),
-            )),
+            BackendKind::Local => Backend::Local(LocalBackend::new(config, storage, runners)),
             BackendKind::Http => Backend::Http(HttpBackend::new(&config.http)?),
             BackendKind::AwsLambda => Backend::Lambda(LambdaBackend::new(&config.aws_lambda)?),
         })
@@ -73,8 +70,8 @@ impl Backend {
         }
     }
 
-    /// The local runtime, for what only it has (runner pids, warm-up, the
-    /// client-side status writer).
+    /// The local runtime, for what only it has (runner pids, warm-up,
+    /// statuses this process writes).
     pub fn local(&self) -> Option<&LocalBackend> {
         match self {
             Backend::Local(local) => Some(local),
