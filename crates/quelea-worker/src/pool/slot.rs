@@ -1,0 +1,250 @@
+//! One slot's runners, one after another: start each, read its answers,
+//! and when it dies settle its calls (the running one fails for the reason
+//! recorded or as a crash, the ones queued behind it go back to the queue).
+
+use std::io::BufReader;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use quelea_core::model::now_ts;
+
+use super::failure::{
+    cancelled_error, death_error, describe_exit, start_failure, user_error, KillReason,
+};
+use super::startup::{handshake, spawn_runner, ReadyWatch, StartFailures, READY_TIMEOUT};
+use super::{fail_task, kill_runner, lock, Completion, Shared, Slot, Task};
+use crate::runner_protocol::{self, FromRunner};
+
+/// Clears the slot's pid so that nobody signals it any more. Called before
+/// the runner is reaped: a reaped pid may be recycled, so once `wait()` runs
+/// no other thread may still hold it (see [`super::signal_runner`]).
+fn clear_pid(slot: &Slot) {
+    let _signals = lock(&slot.kill_reason);
+    slot.pid.store(0, Ordering::SeqCst);
+}
+
+/// Owns the slot's runner processes one after another, and reads their answers.
+pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
+    let mut start_failures = StartFailures::default();
+    while !shared.shutdown.load(Ordering::Acquire) {
+        let mut child = match spawn_runner(&shared.command, slot.index) {
+            Ok(child) => child,
+            Err(e) => {
+                mark_broken(
+                    shared,
+                    format!(
+                        "cannot start runner `{}`: {e}",
+                        shared.command.program.display()
+                    ),
+                );
+                return;
+            }
+        };
+        let pid = child.id() as i32;
+        let mut stdout =
+            BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped stdout"));
+        let stdin = child.stdin.take().expect("piped stdin");
+        // Publish the pid, then look at the shutdown flag (Drop does the
+        // reverse): one of the two sides is sure to see the other and kill.
+        slot.pid.store(pid, Ordering::SeqCst);
+        if shared.shutdown.load(Ordering::SeqCst) {
+            clear_pid(slot);
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+
+        let ready_deadline = Instant::now() + READY_TIMEOUT;
+        let ready = {
+            // The watchdog does not cover start-up: bound it here.
+            let watcher = ReadyWatch::start(pid, ready_deadline);
+            let ready = handshake(&mut stdout);
+            watcher.stop();
+            ready
+        };
+        if let Err(reason) = ready {
+            clear_pid(slot);
+            let _ = child.kill();
+            let status = child.wait().map(describe_exit).unwrap_or_default();
+            if shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            if start_failures.failed() {
+                mark_broken(
+                    shared,
+                    format!(
+                        "runner `{}` failed to start {} times: {reason} ({status})",
+                        shared.command.program.display(),
+                        start_failures.count()
+                    ),
+                );
+                return;
+            }
+            continue;
+        }
+        start_failures.started();
+        lock(&slot.kill_reason).take();
+        {
+            let mut input = lock(&slot.input);
+            input.stdin = Some(stdin);
+            input.loaded.clear();
+            slot.ready.store(true, Ordering::Release);
+        }
+        {
+            let _queue = lock(&shared.queue);
+            shared.cond.notify_all();
+        }
+
+        let mut cold = true;
+        // Anything but an answer (end of stream, a stray frame, garbage)
+        // ends this runner.
+        while let Ok(Some(FromRunner::Done {
+            call_id,
+            ok,
+            peak_rss,
+            payload,
+        })) = runner_protocol::read_from_runner(&mut stdout)
+        {
+            if !on_done(shared, slot, call_id, ok, peak_rss, payload, cold) {
+                break;
+            }
+            cold = false;
+        }
+
+        // The runner is gone or misbehaved: make sure it is dead, stop
+        // everyone else from signalling it, then reap it.
+        // SAFETY: `pid` is our child and only this thread reaps it, below.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        clear_pid(slot);
+        let status = child
+            .wait()
+            .map(describe_exit)
+            .unwrap_or_else(|e| format!("unknown exit ({e})"));
+        let reason = lock(&slot.kill_reason).take();
+        on_death(shared, slot, reason, &status);
+    }
+}
+
+/// Runners cannot start: every queued call, and every call submitted from
+/// now on, fails with `reason`.
+fn mark_broken(shared: &Shared, reason: String) {
+    *lock(&shared.broken) = Some(reason.clone());
+    let queued: Vec<Task> = lock(&shared.queue).drain(..).collect();
+    for task in queued {
+        fail_task(task, start_failure(&reason));
+    }
+}
+
+/// Handles one answer; false if the runner broke the protocol.
+fn on_done(
+    shared: &Shared,
+    slot: &Slot,
+    call_id: u32,
+    ok: bool,
+    peak_rss: u64,
+    payload: Vec<u8>,
+    cold: bool,
+) -> bool {
+    let now = Instant::now();
+    let (call, start) = {
+        let mut inflight = lock(&slot.inflight);
+        let Some(front) = inflight.calls.front() else {
+            return false;
+        };
+        if front.task.call_id.0 != call_id {
+            return false;
+        }
+        let call = inflight.calls.pop_front().expect("front exists");
+        let start = inflight.front_start;
+        inflight.front_start = now;
+        if let Some(next) = inflight.calls.front() {
+            if next.task.ctx.is_cancelled() {
+                // Sent to the runner before its job was cancelled: stop it as
+                // it starts (it ends as cancelled; the calls behind it requeue).
+                kill_runner(slot, KillReason::Cancelled);
+            } else {
+                next.task
+                    .ctx
+                    .sink
+                    .started(next.task.call_id, slot.index, shared.ts(now));
+            }
+        }
+        (call, start)
+    };
+    let outstanding = slot.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+
+    // Adapt the function's pipelining depth to its call duration.
+    let function = &call.task.ctx.function;
+    function.record(now.saturating_duration_since(start).as_nanos().max(1) as u64);
+    if outstanding <= function.depth() / 2 {
+        let _queue = lock(&shared.queue);
+        shared.cond.notify_all();
+    }
+
+    let outcome = if ok {
+        Ok(payload)
+    } else {
+        Err(user_error(&payload))
+    };
+    call.task.ctx.sink.completed(Completion {
+        call_id: call.task.call_id,
+        outcome,
+        start_ts: Some(shared.ts(start)),
+        end_ts: shared.ts(now),
+        worker_id: Some(slot.index),
+        cold_start: cold,
+        peak_memory_bytes: peak_rss,
+    });
+    true
+}
+
+/// Settles the calls of a runner that died: the running one fails, the
+/// others go back to the front of the queue (or end as cancelled when the
+/// pool is shutting down).
+fn on_death(shared: &Shared, slot: &Slot, reason: Option<KillReason>, status: &str) {
+    let (calls, start) = {
+        let mut input = lock(&slot.input);
+        let mut inflight = lock(&slot.inflight);
+        input.stdin = None;
+        slot.ready.store(false, Ordering::Release);
+        input.generation += 1;
+        input.loaded.clear();
+        inflight.generation = input.generation;
+        slot.outstanding.store(0, Ordering::Release);
+        (std::mem::take(&mut inflight.calls), inflight.front_start)
+    };
+    let mut calls = calls.into_iter();
+    if let Some(front) = calls.next() {
+        let task = front.task;
+        let error = death_error(
+            reason,
+            task.call_id,
+            task.ctx.timeout,
+            task.ctx.memory_limit_bytes,
+            status,
+        );
+        task.ctx.sink.completed(Completion {
+            call_id: task.call_id,
+            outcome: Err(error),
+            start_ts: Some(shared.ts(start)),
+            end_ts: now_ts(),
+            worker_id: Some(slot.index),
+            cold_start: false,
+            peak_memory_bytes: 0,
+        });
+    }
+    let rest: Vec<Task> = calls.map(|c| c.task).collect();
+    if shared.shutdown.load(Ordering::Acquire) {
+        for task in rest {
+            fail_task(task, cancelled_error("the executor shut down"));
+        }
+        return;
+    }
+    let mut queue = lock(&shared.queue);
+    for task in rest.into_iter().rev() {
+        queue.push_front(task);
+    }
+    shared.cond.notify_all();
+}
