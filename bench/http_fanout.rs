@@ -32,7 +32,7 @@ fn serve(storage_dir: &str) -> anyhow::Result<()> {
     let storage = quelea::storage::Storage::from_config(&config)?;
     let mut runner = RunnerCommand::current_exe()?;
     runner.env.push((
-        quelea::objects::RUNNER_CONFIG_ENV.into(),
+        quelea::worker::runtime::RUNNER_CONFIG_ENV.into(),
         config.runner_json().into(),
     ));
     let server = Server::bind(

@@ -8,11 +8,10 @@
   with cloudpickle when the data holds lambdas or local classes.
 - A result is pickled the same way; a result with captured output is
   prefixed ``b"\\x01"`` and pickled with its logs, otherwise ``b"\\x00"``.
-- A *bundle* (see :mod:`quelea._bundle`) is one engine call carrying several
-  map elements: its input is ``(first_index, plain, items)`` and its result is
-  ``b"\\x02"`` + the pickled list of values when every element succeeded
-  quietly, else ``b"\\x03"`` + a pickled list of per-element entries
-  ``(True, result blob)`` or ``(False, error report JSON)``.
+- A *batch* (see :mod:`quelea._batch`) is one runner call of several map
+  elements: its input is ``(plain, items)`` pickled, and when every element
+  succeeded quietly its shared result is ``b"\\x02"`` + the pickled list of
+  values; otherwise each element answers on its own as above.
 """
 
 from __future__ import annotations
@@ -45,11 +44,6 @@ class FunctionPayload:
     # module name -> (file name, source) of modules shipped by value, so remote
     # tracebacks can name the file and show the line (cloudpickle drops both).
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # Calls carry bundles of map elements (see `quelea._bundle`).
-    bundle: bool = False
-    # Added to the call number for the reserved `id` parameter (a bundle
-    # re-run one element per call starts at its first element's index).
-    id_base: int = 0
 
 
 def function_name(func: Any) -> str:

@@ -9,12 +9,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import _bundle, _engine
+from . import _batch, _engine
 from . import _serialize as ser
-from ._bundle import BundledJob, engine_wait
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
-from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, lazy_results
+from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
 from .wait import wait as _wait_futures
 
 # Lithops' names for a platform map to the quelea backend that serves it:
@@ -174,17 +173,6 @@ def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[b
     return False, items
 
 
-def _encode_calls(plain: bool, items: list) -> list[bytes]:
-    """One input per call: ``(args, kwargs)`` pickled."""
-    if plain:
-        dumps = pickle.dumps
-        try:
-            return [dumps(((e,), _NO_KWARGS), ser.PROTOCOL) for e in items]
-        except Exception:  # noqa: BLE001 - the general path names the bad element
-            return [ser.dump_input((e,), {}, i) for i, e in enumerate(items)]
-    return [ser.dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
-
-
 def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
     try:
         sig.bind(*args, **kwargs)
@@ -321,8 +309,6 @@ class FunctionExecutor:
         func: Callable,
         extra_env: dict | None,
         reduce_extra_args: tuple | None = None,
-        bundle: bool = False,
-        id_base: int = 0,
     ) -> bytes:
         env = {}
         for key, value in (extra_env or {}).items():
@@ -335,8 +321,6 @@ class FunctionExecutor:
             extra_env=env,
             reserved=ser.reserved_params(func),
             reduce_extra_args=reduce_extra_args,
-            bundle=bundle,
-            id_base=id_base,
         )
         return ser.dump_function(payload)
 
@@ -346,15 +330,19 @@ class FunctionExecutor:
         self._lists.append(futures)
         return futures
 
-    def _bundle_size(self, chunksize: int | None, calls: int, timeout: Any, memory: Any) -> int:
-        """Elements per engine call (see `quelea._bundle`)."""
-        if chunksize is not None:
-            return chunksize
-        if self._backend != "local" or timeout is not None or memory is not None:
-            return 1
-        if calls < _bundle.AUTO_BUNDLE_MIN:
-            return 1
-        return _bundle.auto_size(calls, self._workers)
+    def _batches(
+        self, prepared: Any, chunksize: int | None, timeout: Any, memory: Any
+    ) -> tuple[list[bytes], int, int | None]:
+        """The runner calls of a map: ``(inputs, chunksize, total)``, where
+        ``total`` is set when the inputs are batches in Python's encoding
+        (the engine decides the size, see ``Executor::chunksize_for``)."""
+        if isinstance(prepared, _Objects):
+            # Chunks are encoded one by one; the engine frames any batches.
+            return prepared.inputs, chunksize, None
+        plain, items = prepared
+        size = self._engine.chunksize_for(len(items), chunksize, timeout, memory)
+        size, inputs = _batch.encode(items, plain, size, auto=chunksize is None)
+        return inputs, size, len(items)
 
     @staticmethod
     def _timeout(timeout: Any) -> float | None:
@@ -384,7 +372,7 @@ class FunctionExecutor:
     ) -> ResponseFuture:
         """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs)."""
         prepared = self._prepare(func, [data], None, "func")
-        inputs = prepared.inputs if isinstance(prepared, _Objects) else _encode_calls(*prepared)
+        inputs = prepared.inputs if isinstance(prepared, _Objects) else _batch.encode_each(*prepared)
         job = self._engine.submit(
             "call_async",
             ser.function_name(func),
@@ -422,30 +410,17 @@ class FunctionExecutor:
         obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
         timeout, chunksize = self._timeout(timeout), self._chunksize(chunksize)
-        name = ser.function_name(map_function)
-        if isinstance(prepared, _Objects):
-            size, inputs = 1, prepared.inputs
-        else:
-            plain, items = prepared
-            size = self._bundle_size(chunksize, len(items), timeout, runtime_memory)
-            if size == 1:
-                inputs = _encode_calls(plain, items)
-        if size == 1:
-            job = self._engine.submit(
-                "map", name, self._payload(map_function, extra_env), inputs, None, timeout, runtime_memory
-            )
-        else:
-            size, inputs = _bundle.encode(items, plain, size, auto=chunksize is None)
-            payload = self._payload(map_function, extra_env, bundle=True)
-            engine_job = self._engine.submit("map", name, payload, inputs, None, timeout, runtime_memory)
-
-            def rerun(first: int, element_inputs: list[bytes]) -> Any:
-                payload = self._payload(map_function, extra_env, id_base=first)
-                job = self._engine.submit("map", name, payload, element_inputs, None, timeout, runtime_memory)
-                self._jobs.append(job)
-                return job
-
-            job = BundledJob(engine_job, size, len(items), inputs, rerun)
+        inputs, size, total = self._batches(prepared, chunksize, timeout, runtime_memory)
+        job = self._engine.submit(
+            "map",
+            ser.function_name(map_function),
+            self._payload(map_function, extra_env),
+            inputs,
+            size,
+            timeout,
+            runtime_memory,
+            total,
+        )
         self._last_call = "map"
         return self._futures(job, map_function)
 
@@ -483,13 +458,13 @@ class FunctionExecutor:
         if extra_args_reduce is not None and not isinstance(extra_args_reduce, tuple):
             extra_args_reduce = (extra_args_reduce,)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
-        if isinstance(prepared, _Objects):
-            inputs, parts = prepared.inputs, prepared.parts
-        else:
-            inputs, parts = _encode_calls(*prepared), None
+        parts = prepared.parts if isinstance(prepared, _Objects) else None
         if obj_reduce_by_key and parts is None:
             raise ValueError("obj_reduce_by_key needs a map function with an `obj` parameter")
-        groups = parts if obj_reduce_by_key else [len(inputs)]
+        timeout = self._timeout(timeout)
+        memory = map_runtime_memory or reduce_runtime_memory
+        inputs, size, total = self._batches(prepared, self._chunksize(chunksize), timeout, memory)
+        groups = parts if obj_reduce_by_key else [total if total is not None else len(inputs)]
         map_job, reduce_job = self._engine.map_reduce_grouped(
             ser.function_name(map_function),
             self._payload(map_function, extra_env),
@@ -497,9 +472,10 @@ class FunctionExecutor:
             ser.function_name(reduce_function),
             self._payload(reduce_function, extra_env, reduce_extra_args=extra_args_reduce or ()),
             groups,
-            self._chunksize(chunksize),
-            self._timeout(timeout),
-            map_runtime_memory or reduce_runtime_memory,
+            size,
+            timeout,
+            memory,
+            total,
         )
         self._last_call = "map_reduce"
         map_futures = self._futures(map_job, map_function)
@@ -598,11 +574,11 @@ class FunctionExecutor:
             stats = [f.stats for f in futures]
             starts = [s["worker_start_tstamp"] for s in stats if s["worker_start_tstamp"]]
             ends = [s["worker_end_tstamp"] for s in stats if s["worker_end_tstamp"]]
-            # Elements of one bundle share its run: count each run once.
+            # Elements of one batch share its run: count each run once.
             runs = {
-                ("bundle", s["bundle"], s["worker_start_tstamp"]) if "bundle" in s else i: s[
-                    "worker_exec_time"
-                ]
+                (s["worker_id"], s["worker_start_tstamp"], s["worker_end_tstamp"])
+                if s["worker_start_tstamp"] is not None
+                else i: s["worker_exec_time"]
                 for i, s in enumerate(stats)
             }
             exec_times = [t for t in runs.values() if t is not None]
@@ -623,15 +599,8 @@ class FunctionExecutor:
         return rows
 
     def _cost(self, jobs: Any) -> dict | None:
-        """Estimated Lambda cost of these jobs (their re-runs included)."""
-        engine_jobs = []
-        for job in jobs:
-            if isinstance(job, BundledJob):
-                engine_jobs.append(job.engine)
-                engine_jobs.extend(job._reruns.values())
-            else:
-                engine_jobs.append(job)
-        costs = [c for c in (self._engine.job_cost(j) for j in engine_jobs) if c]
+        """Estimated Lambda cost of these jobs."""
+        costs = [c for c in (self._engine.job_cost(j) for j in jobs) if c]
         if not costs:
             return None
         return {
@@ -647,11 +616,7 @@ class FunctionExecutor:
         return self._handle_of(future._job)
 
     def _handle_of(self, job: Any) -> str:
-        if not isinstance(job, BundledJob):
-            return self._engine.job_handle(job)
-        fields = json.loads(self._engine.job_handle(job.engine))
-        fields["python_bundle"] = job.handle_fields()
-        return json.dumps(fields)
+        return self._engine.job_handle(job)
 
     def cancel(self, fs: Any = None) -> None:
         """Cancels the jobs of these futures (default: all unfinished)."""

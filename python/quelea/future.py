@@ -6,11 +6,10 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from . import _engine
-from ._bundle import BundledJob, engine_wait
+from ._batch import shared_values
 from .exceptions import (
     CallTimeoutError,
     CancelledError,
-    JobHandleError,
     RemoteError,
     RemoteTraceback,
     WorkerCrashedError,
@@ -33,22 +32,13 @@ def _rebuild_future(handle: str, index: int, function_name: str) -> ResponseFutu
 
 
 def attach_job(handle: str, overrides: str | None = None, config_file: str | None = None) -> Any:
-    """The job behind a handle (``executor.job_handle``), bundled or not."""
-    import json
+    """The job behind a handle (``executor.job_handle``)."""
+    return _engine.attach(handle, overrides, config_file)
 
-    try:
-        fields = json.loads(handle)
-    except (TypeError, ValueError):
-        fields = None  # the engine says what is wrong with it
-    bundle = fields.pop("python_bundle", None) if isinstance(fields, dict) else None
-    if bundle is None:
-        return _engine.attach(handle, overrides, config_file)
-    engine = _engine.attach(json.dumps(fields), overrides, config_file)
-    size, total = (bundle.get("size"), bundle.get("total")) if isinstance(bundle, dict) else (None, None)
-    valid = isinstance(size, int) and isinstance(total, int) and size >= 1
-    if not valid or engine.total != -(-total // size):
-        raise JobHandleError(f"invalid job handle: `python_bundle` = {bundle!r} does not match the job")
-    return BundledJob(engine, size, total, None, None)
+
+def engine_wait(groups: list[tuple[Any, Any]], return_when: float, timeout: float | None) -> None:
+    """Waits in the engine for ``(job, indices or None)`` groups."""
+    _engine.wait(groups, return_when, timeout)
 
 
 def _load_result(blob: bytes) -> tuple[Any, str]:
@@ -201,8 +191,8 @@ class ResponseFuture:
     def _apply(self, outcome: tuple) -> None:
         ok, data = outcome[0], outcome[1]
         if ok:
-            if len(outcome) == 3:  # a bundled element, already decoded
-                value, self._logs = data, outcome[2]
+            if len(outcome) == 3:  # an element of its batch's shared result
+                value, self._logs = shared_values(data)[outcome[2]], ""
             else:
                 value, self._logs = _load_result(data)
             if _is_futures(value):
@@ -261,7 +251,7 @@ class FuturesList(list):
     their results (a tuple result becomes positional arguments).
 
     The list ``map`` returns is filled on first use: creating ten thousand
-    futures costs more than running ten thousand bundled no-op calls, and
+    futures costs more than running ten thousand batched no-op calls, and
     ``get_result`` does not need them (see :meth:`_job_source`).
     """
 

@@ -6,8 +6,8 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from ._bundle import BundledJob, engine_wait
-from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
+from ._batch import shared_values
+from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture, engine_wait
 
 __all__ = ["wait", "get_result", "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED"]
 
@@ -139,13 +139,7 @@ def lazy_results(lists: list[FuturesList], timeout: float | None) -> list | None
 
 
 def _job_values(job: Any) -> list | None:
-    if isinstance(job, BundledJob):
-        values = job.values(None)
-    else:
-        blobs = job.result_blobs(None)
-        if blobs is None:
-            return None
-        values = _decode_plain(blobs)
+    values = _decode_runs(job.result_runs(None))
     if values is None or _has_futures(values):
         return None
     return values
@@ -195,17 +189,9 @@ def _collect_fast(futures: list[ResponseFuture]) -> list | None:
     indices = None if len(futures) == job.total else [f._index for f in futures]
     if indices is not None and indices != sorted(set(indices)):
         return None
-    if isinstance(job, BundledJob):
-        results = job.values(indices)
-        if results is None or _has_futures(results):
-            return None
-    else:
-        blobs = job.result_blobs(indices)
-        if blobs is None:
-            return None
-        results = _decode_plain(blobs)
-        if results is None:
-            return None
+    results = _decode_runs(job.result_runs(indices))
+    if results is None or _has_futures(results):
+        return None
     for f in futures:
         f._read = True
     return results
@@ -224,15 +210,24 @@ def _is_future_value(value: Any) -> bool:
     )
 
 
-def _decode_plain(blobs: list[bytes]) -> list | None:
-    """Results that carry no logs and are not futures, else None."""
+def _decode_runs(runs: list | None) -> list | None:
+    """Results that carry no logs and are not futures, else None. ``runs``
+    are a job's results as ``result_runs`` gives them: own result bytes, or
+    ``(shared bytes, lo, hi)`` for elements of a batch's shared result."""
+    if runs is None:
+        return None
     loads = pickle.loads
-    results = []
+    results: list = []
     append = results.append
-    for blob in blobs:
-        if blob[0] != 0:
+    for run in runs:
+        if type(run) is tuple:
+            blob, lo, hi = run
+            values = shared_values(blob)
+            results.extend(values if lo == 0 and hi == len(values) else values[lo:hi])
+            continue
+        if run[0] != 0:
             return None
-        value = loads(memoryview(blob)[1:])
+        value = loads(memoryview(run)[1:])
         if _is_future_value(value):
             return None
         append(value)

@@ -4,7 +4,9 @@ Started by the engine's local pool (or the HTTP/Lambda runtimes). It speaks
 the runner pipe protocol of ``quelea_worker::runner_protocol`` on its stdin
 and its original stdout: frames of ``u32 length | u8 tag | body``. It answers
 every call in order and flushes each answer at once, so the runtime always
-knows which call is running.
+knows which call is running. A call may be a batch of several map elements
+(see ``runner_protocol``): each element gets its own outcome, and when all of
+them succeed quietly the answer is one pickle of all their values.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<IB")
 _U32 = struct.Struct("<I")
-_CALL = struct.Struct("<II")
-# length, tag "D", call_id, ok (0) or error (1), peak RSS bytes; the payload follows.
+# function id, first element, elements, the one element to run (or _ALL).
+_CALL = struct.Struct("<IIII")
+_ALL = 0xFFFFFFFF
+# length, tag "D", call_id, kind, peak RSS bytes; the payload follows.
+# Kinds: 0 ok, 1 error, 2 a batch's shared values, 3 each element's entry.
 _DONE_HEAD = struct.Struct("<IBIBQ")
+_ENTRY = struct.Struct("<BI")
+_BATCH_MAGIC = b"QBAT"
 
 in_worker = False
 
@@ -84,8 +91,6 @@ class _Function:
 
             self.sig = inspect.signature(self.func)
         self._storage = None
-        self.bundle = getattr(self.payload, "bundle", False)
-        self.id_base = getattr(self.payload, "id_base", 0)
         plain = not self.reserved and not self.payload.extra_env and self.payload.reduce_extra_args is None
         self.run = self._run_plain if plain else self._run_general
 
@@ -115,28 +120,47 @@ class _Function:
             return self.func(*args, **kwargs)
         values = {}
         if "id" in self.reserved:
-            values["id"] = call_id + self.id_base
+            values["id"] = call_id
         if "storage" in self.reserved:
             values["storage"] = self.storage()
         return _call_with_reserved(self.func, self.sig, args, kwargs, values)
 
-    def run_bundle(self, data: Any, out: _Tee, err: _Tee) -> bytes:
-        """Runs every element of a bundle; one element's failure is its own
-        (see `quelea._serialize` for the encodings)."""
-        first, plain, items = pickle.loads(data)
-        func, call = self.func, self.call
-        simple = plain and not self.reserved and self.payload.reduce_extra_args is None
+    def batch_items(self, data: Any) -> tuple[bool, list, bool]:
+        """A batch input's elements: ``(plain, items, framed)``. The Python
+        front end pickles ``(plain, items)`` (a plain item is the single
+        argument, a general one ``(args, kwargs)``); the engine's own framing
+        (``QBAT``) carries each element's input as a single call would."""
+        if bytes(data[:4]) == _BATCH_MAGIC:
+            (count,) = _U32.unpack_from(data, 4)
+            pos, items = 8, []
+            for _ in range(count):
+                (length,) = _U32.unpack_from(data, pos)
+                items.append(data[pos + 4 : pos + 4 + length])
+                pos += 4 + length
+            return False, items, True
+        plain, items = pickle.loads(data)
+        return plain, items, False
+
+    def run_element(self, call_id: int, plain: bool, framed: bool, item: Any) -> Any:
+        if framed:
+            return self.run(call_id, item)
+        if plain:
+            return self.call(call_id, (item,), {})
+        return self.call(call_id, item[0], item[1])
+
+    def run_batch(self, first: int, data: Any, out: _Tee, err: _Tee) -> tuple[int, bytes]:
+        """Runs every element of a batch, each failure its own: ``(kind,
+        payload)``, kind 2 with all values pickled at once when every element
+        succeeded quietly, else 3 with each element's entry."""
+        plain, items, framed = self.batch_items(data)
+        func, run = self.func, self.run_element
+        simple = plain and not framed and not self.reserved and self.payload.reduce_extra_args is None
         values: list[Any] = []
         entries: list[tuple[bool, bytes]] | None = None
         with _extra_env(self.payload.extra_env):
             for k, item in enumerate(items):
                 try:
-                    if simple:
-                        value = func(item)
-                    elif plain:
-                        value = call(first + k, (item,), {})
-                    else:
-                        value = call(first + k, item[0], item[1])
+                    value = func(item) if simple else run(first + k, plain, framed, item)
                 except BaseException as exc:  # noqa: BLE001 - reported as this element's error
                     if entries is None:
                         entries = self._entries(first, values)
@@ -153,10 +177,20 @@ class _Function:
                 entries.append(self._entry(first + k, value, logs))
         if entries is None:
             try:
-                return b"\x02" + pickle.dumps(values, protocol=5)
+                return 2, b"\x02" + pickle.dumps(values, protocol=5)
             except Exception:  # noqa: BLE001 - find the element that does not pickle
                 entries = self._entries(first, values)
-        return b"\x03" + pickle.dumps(entries, protocol=5)
+        parts = [_U32.pack(len(entries))]
+        for ok, blob in entries:
+            parts.append(_ENTRY.pack(0 if ok else 1, len(blob)))
+            parts.append(blob)
+        return 3, b"".join(parts)
+
+    def run_selected(self, first: int, select: int, data: Any) -> Any:
+        """Runs only element ``select`` of a batch (its re-run on its own)."""
+        plain, items, framed = self.batch_items(data)
+        with _extra_env(self.payload.extra_env):
+            return self.run_element(first + select, plain, framed, items[select])
 
     def _entries(self, first: int, values: list) -> list[tuple[bool, bytes]]:
         return [self._entry(first + k, value, "") for k, value in enumerate(values)]
@@ -261,11 +295,18 @@ def _error_report(exc: BaseException, sources: dict) -> bytes:
 def _decode_reduce_input(data: bytes) -> tuple[tuple, dict]:
     (count,) = _U32.unpack_from(data, 4)
     pos = 8
-    results = []
+    results: list = []
     for _ in range(count):
         (length,) = _U32.unpack_from(data, pos)
         pos += 4
-        results.append(_load_result(data[pos : pos + length]))
+        entry = data[pos : pos + length]
+        if entry[:1] == b"\x05":
+            # A run of elements sharing their batch's values.
+            lo, hi = struct.unpack_from("<II", entry, 1)
+            # The shared bytes are b"\x02" + the pickled list of values.
+            results.extend(pickle.loads(entry[10:][1:])[lo:hi])
+        else:
+            results.append(_load_result(entry))
         pos += length
     return (results,), {}
 
@@ -315,19 +356,24 @@ def serve() -> int:
         if tag != 67:  # C
             sys.__stderr__.write(f"quelea worker: unexpected frame tag {tag}\n")
             return 2
-        function_id, call_id = unpack_call(body)
+        function_id, call_id, count, select = unpack_call(body)
         ok = 0
         function = None
         try:
             function = functions[function_id]
             if type(function) is bytes:
                 function = functions[function_id] = _Function(function)
-            if function.bundle:
-                payload = function.run_bundle(memoryview(body)[8:], stdout_tee, stderr_tee)
+            data = memoryview(body)[16:]
+            if count > 1 and select == _ALL:
+                kind, payload = function.run_batch(call_id, data, stdout_tee, stderr_tee)
                 rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
-                writev(out_fd, [pack_done(len(payload) + 14, 68, call_id, 0, rss), payload])
+                writev(out_fd, [pack_done(len(payload) + 14, 68, call_id, kind, rss), payload])
                 continue
-            result = function.run(call_id, memoryview(body)[8:])
+            if count > 1:
+                call_id += select
+                result = function.run_selected(call_id - select, select, data)
+            else:
+                result = function.run(call_id, data)
             try:
                 if stdout_tee.parts or stderr_tee.parts:
                     logs = stdout_tee.take() + stderr_tee.take()

@@ -119,10 +119,14 @@ def test_timeouts_and_crashes_fail_only_their_call(remote):
         crashed[1].result()
 
 
-def test_bundles_and_reserved_id_travel_too(remote):
+def test_batches_and_reserved_id_travel_too(remote):
     futures = remote.map(with_id, ["a", "b", "c", "d", "e"], chunksize=2)
     assert remote.get_result(futures) == [(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")]
-    assert futures._job_source() is not None and futures._job_source()[0].engine.total == 3
+    job = futures._job_source()[0]
+    assert job.chunksize == 2 and job.total == 5
+    # Three runner calls of one batch each, counted per element.
+    row = next(r for r in remote.job_summary() if r["job_key"] == futures[0].job_key)
+    assert row["calls"] == 5 and row["runner_calls"] == 3
 
 
 def test_lithops_backend_names_and_bad_settings(config, servers):

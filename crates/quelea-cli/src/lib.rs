@@ -183,6 +183,10 @@ pub struct Builtins {
     pub exit_with: FunctionRef<i32, i32>,
     /// The number of lines in a chunk of data (the partitioner's `obj`).
     pub count_lines: FunctionRef<quelea::objects::ChunkObject, u64>,
+    /// Returns even inputs; fails with a user error on odd ones.
+    pub fail_odd: FunctionRef<u64, u64>,
+    /// Holds this many MiB (touched) for a moment, and returns them.
+    pub hold_mb: FunctionRef<u64, u64>,
 }
 
 /// The error of the builtin `fail`.
@@ -222,6 +226,19 @@ pub fn builtins() -> Builtins {
             let reader = obj.data_stream().map_err(|e| e.to_string())?;
             Ok::<_, String>(std::io::BufRead::lines(reader).count() as u64)
         });
+    let fail_odd = functions.register_fallible("fail_odd", |x: u64| {
+        if x % 2 == 1 {
+            Err(BuiltinFailure(x.to_string()))
+        } else {
+            Ok(x)
+        }
+    });
+    let hold_mb = functions.register("hold_mb", |mb: u64| {
+        let held = vec![1u8; (mb as usize) << 20];
+        std::thread::sleep(Duration::from_millis(300));
+        std::hint::black_box(&held);
+        mb
+    });
     Builtins {
         functions,
         square,
@@ -230,6 +247,8 @@ pub fn builtins() -> Builtins {
         fail,
         exit_with,
         count_lines,
+        fail_odd,
+        hold_mb,
     }
 }
 

@@ -71,6 +71,22 @@ const TESTS: &[(&str, Test)] = &[
         "partitioned_objects_are_read_in_the_calls",
         partitioned_objects_are_read_in_the_calls,
     ),
+    (
+        "batches_keep_each_elements_outcome",
+        batches_keep_each_elements_outcome,
+    ),
+    (
+        "a_dead_batch_fails_only_its_guilty_element",
+        a_dead_batch_fails_only_its_guilty_element,
+    ),
+    (
+        "cancel_stops_queued_and_running_calls",
+        cancel_stops_queued_and_running_calls,
+    ),
+    (
+        "memory_limit_fails_only_that_call",
+        memory_limit_fails_only_that_call,
+    ),
 ];
 
 /// The conformance trials for `backend`, named `<backend>::conformance::<test>`.
@@ -126,10 +142,13 @@ pub fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<Cal
         };
         for status in batch.statuses {
             if status.state.is_terminal() {
-                calls
-                    .entry(status.call_id.0)
-                    .or_default()
-                    .push(status.state);
+                // A batch's shared record stands for each of its calls.
+                for k in 0..status.count.max(1) {
+                    calls
+                        .entry(status.call_id.0 + k)
+                        .or_default()
+                        .push(status.state);
+                }
             }
         }
     }
@@ -289,4 +308,205 @@ fn partitioned_objects_are_read_in_the_calls(backend: &Backend) -> Result<(), Fa
     )?;
     storage.delete_prefix_blocking(&prefix)?;
     check(per_object == vec![3, 2], format!("{per_object:?}"))
+}
+
+fn batches_keep_each_elements_outcome(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    // 23 elements, 5 to a runner call: five calls, the last of three.
+    let futures = exec.map(&b.fail_odd, 0..23u64, MapOptions::default().chunksize(5))?;
+    check(futures.len() == 23, format!("{} futures", futures.len()))?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    for (i, future) in futures.iter().enumerate() {
+        if i % 2 == 1 {
+            let error = future.call_error().ok_or(format!("call {i} failed"))?;
+            check(
+                error.reason == FailureReason::UserError
+                    && error.message == format!("refused input `{i}`"),
+                format!("call {i}: {error:?}"),
+            )?;
+        } else {
+            check(future.result(WAIT)? == i as u64, format!("call {i}"))?;
+        }
+    }
+    // All even: every batch succeeds as a whole, results still per element.
+    let evens = exec.map(
+        &b.fail_odd,
+        (0..40u64).map(|x| x * 2),
+        MapOptions::default().chunksize(8),
+    )?;
+    check(
+        exec.get_result(&evens, WAIT)? == (0..40u64).map(|x| x * 2).collect::<Vec<_>>(),
+        "even results in order",
+    )?;
+    exec.flush_statuses()?;
+    for (futures, n) in [(&futures, 23), (&evens, 40)] {
+        let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+        let statuses = final_statuses(exec.storage(), &keys);
+        check(
+            statuses.len() == n && statuses.values().all(|s| s.len() == 1),
+            format!("one final status per element: {statuses:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn a_dead_batch_fails_only_its_guilty_element(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    // One batch of eight: the sixth element ends its runner; the runtime runs
+    // the batch's elements again one per call, so only that one fails.
+    let codes = [0, 0, 0, 0, 0, 7, 0, 0];
+    let futures = exec.map(&b.exit_with, codes, MapOptions::default().chunksize(8))?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let error = futures
+        .get(5)
+        .unwrap()
+        .call_error()
+        .ok_or("call 5 failed")?;
+    check(
+        error.reason == FailureReason::WorkerCrashed
+            && error.message.contains("call 00005")
+            && error.message.contains("exited with code 7"),
+        format!("{error:?}"),
+    )?;
+    check(
+        (0..8)
+            .filter(|&i| i != 5)
+            .all(|i| futures.get(i).unwrap().success()),
+        "the other elements succeed",
+    )?;
+    exec.flush_statuses()?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let statuses = final_statuses(exec.storage(), &keys);
+    check(
+        statuses.len() == 8 && statuses.values().all(|s| s.len() == 1),
+        format!("one final status per element: {statuses:?}"),
+    )?;
+    // A timeout inside a batch: the slow element alone times out.
+    let started = Instant::now();
+    let futures = exec.map(
+        &b.sleep_ms,
+        [10, 10, 60_000, 10],
+        MapOptions::default()
+            .chunksize(4)
+            .timeout(Duration::from_secs(1)),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    check(
+        started.elapsed() < Duration::from_secs(30),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    let error = futures
+        .get(2)
+        .unwrap()
+        .call_error()
+        .ok_or("call 2 failed")?;
+    check(error.reason == FailureReason::Timeout, format!("{error:?}"))?;
+    check(
+        [0, 1, 3].iter().all(|&i| futures.get(i).unwrap().success()),
+        "the quick elements succeed",
+    )
+}
+
+fn cancel_stops_queued_and_running_calls(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    // Cancelled from another thread by the job's marker alone, as any
+    // process can, once a call is seen running in storage (on a backend
+    // whose `map` returns only when the calls have run, too).
+    let keys = JobKeys::new(exec.id(), quelea::JobId::new(quelea::JobKind::Map, 0));
+    let storage = exec.storage().clone();
+    let canceller = {
+        let keys = keys.clone();
+        std::thread::spawn(move || -> Result<Instant, String> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if any_running(&storage, &keys) {
+                    storage
+                        .put_blocking(&keys.cancelled(), Vec::new())
+                        .map_err(|e| e.to_string())?;
+                    return Ok(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err("no call was seen running within 60 s".into())
+        })
+    };
+    let futures = exec.map(&b.sleep_ms, [60_000u64; 4], MapOptions::default())?;
+    check(
+        futures.get(0).unwrap().job_id() == keys_job(&keys),
+        "the first job is M000",
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let cancelled_at = canceller.join().map_err(|_| "the canceller panicked")??;
+    check(
+        futures.iter().all(|f| {
+            f.call_error()
+                .is_some_and(|e| e.reason == FailureReason::Cancelled)
+        }),
+        format!(
+            "every call ends cancelled: {:?}",
+            futures.iter().map(|f| f.call_error()).collect::<Vec<_>>()
+        ),
+    )?;
+    check(
+        cancelled_at.elapsed() < Duration::from_secs(30),
+        format!(
+            "the calls ended {:?} after the cancel",
+            cancelled_at.elapsed()
+        ),
+    )?;
+    // The runtime stopped the work: a new job runs at once.
+    let quick = exec.map(&b.sleep_ms, [1u64; 4], MapOptions::default())?;
+    check(
+        exec.get_result(&quick, Some(Duration::from_secs(30)))? == vec![1; 4],
+        "a job after the cancel runs",
+    )
+}
+
+fn keys_job(keys: &JobKeys) -> quelea::JobId {
+    keys.prefix()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .and_then(|job| job.parse().ok())
+        .expect("job keys end in the job id")
+}
+
+/// Whether a status in storage says one of the job's calls is running.
+fn any_running(storage: &Storage, keys: &JobKeys) -> bool {
+    let Ok(objects) = storage.list_blocking(&keys.status_prefix()) else {
+        return false;
+    };
+    objects.iter().any(|object| {
+        storage.get_blocking(&object.key).is_ok_and(|body| {
+            matches!(Message::decode(&body), Ok(Message::StatusBatch(batch))
+                if batch.statuses.iter().any(|s| s.state == CallState::Running))
+        })
+    })
+}
+
+fn memory_limit_fails_only_that_call(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    let futures = exec.map(
+        &b.hold_mb,
+        [1u64, 400, 1],
+        MapOptions::default().memory_limit_mb(150),
+    )?;
+    exec.wait(&futures, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let error = futures
+        .get(1)
+        .unwrap()
+        .call_error()
+        .ok_or("call 1 failed")?;
+    check(
+        error.reason == FailureReason::OutOfMemory && error.message.contains("150 MiB"),
+        format!("{error:?}"),
+    )?;
+    check(
+        [0, 2].iter().all(|&i| futures.get(i).unwrap().success()),
+        "the small calls succeed",
+    )
 }

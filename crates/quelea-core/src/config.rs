@@ -83,6 +83,24 @@ impl Serialize for Secret {
     }
 }
 
+/// Maps smaller than this run one element per runner call when no
+/// `chunksize` is given: dispatching them one by one costs too little.
+pub const AUTO_CHUNK_MIN: u32 = 512;
+/// Runner calls per worker that an automatic `chunksize` aims for.
+pub const AUTO_CHUNKS_PER_WORKER: u32 = 4;
+
+/// `multiprocessing.Pool.map`'s rule for a map of `total` elements on
+/// `workers` runners: about four batches per runner, and none below
+/// [`AUTO_CHUNK_MIN`] elements.
+pub fn auto_chunksize(total: u32, workers: u32) -> u32 {
+    if total < AUTO_CHUNK_MIN {
+        return 1;
+    }
+    total
+        .div_ceil(workers.max(1) * AUTO_CHUNKS_PER_WORKER)
+        .max(1)
+}
+
 /// How calls execute, whatever the backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,8 +109,9 @@ pub struct ExecutionConfig {
     pub timeout: f64,
     /// Per-runner resident memory limit in MiB; unset is unlimited.
     pub memory_limit_mb: Option<u64>,
-    /// Calls per Invocation.
-    pub chunksize: u32,
+    /// Map elements per runner call (a batch). Unset: automatic, as
+    /// `multiprocessing.Pool.map` chunks (see [`auto_chunksize`]).
+    pub chunksize: Option<u32>,
     /// Delete a job's objects once its results are read.
     pub data_cleaner: bool,
     /// Inputs up to this size travel inside the Invocation.
@@ -106,7 +125,7 @@ impl Default for ExecutionConfig {
         ExecutionConfig {
             timeout: 600.0,
             memory_limit_mb: None,
-            chunksize: 1,
+            chunksize: None,
             data_cleaner: true,
             inline_input_bytes: 8 * 1024,
             inline_result_bytes: 64 * 1024,
@@ -627,7 +646,7 @@ impl Config {
                 format!("must be a positive number of seconds, got {timeout}"),
             ));
         }
-        if self.execution.chunksize == 0 {
+        if self.execution.chunksize == Some(0) {
             return Err(bad("execution.chunksize", "must be at least 1".into()));
         }
         if self.execution.memory_limit_mb == Some(0) {
@@ -1131,7 +1150,7 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(config.execution.timeout, 10.0);
-        assert_eq!(config.execution.chunksize, 4);
+        assert_eq!(config.execution.chunksize, Some(4));
         assert_eq!(config.local.workers, Some(3));
 
         let from_env = ConfigBuilder::new()

@@ -183,6 +183,11 @@ pub enum ResultRef {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallStatus {
     pub call_id: CallId,
+    /// How many consecutive calls from `call_id` this status stands for: a
+    /// batch whose elements all succeeded shares one result (the runner's
+    /// encoding of all their values, see [`Output::Shared`]) and one record.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
     pub state: CallState,
     pub stats: CallStats,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +197,37 @@ pub struct CallStatus {
 }
 
 /// Base64 for byte payloads inside JSON documents.
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// A successful call's result bytes: its own, or its element of the result
+/// its batch shares (the runner's encoding of every element's value at once,
+/// which the front end decodes once for all of them).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Own(Vec<u8>),
+    Shared {
+        blob: std::sync::Arc<Vec<u8>>,
+        index: u32,
+        count: u32,
+    },
+}
+
+impl Output {
+    /// The bytes as stored: the call's own, or the whole shared blob.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Output::Own(bytes) => bytes,
+            Output::Shared { blob, .. } => blob,
+        }
+    }
+}
+
 pub mod b64 {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};

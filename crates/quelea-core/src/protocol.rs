@@ -26,11 +26,23 @@ pub enum CallInput {
     },
 }
 
-/// One call of an Invocation.
+/// One runner call of an Invocation: `count` consecutive elements of the
+/// job from `call_id` (a batch; `chunksize` of them), with one input that
+/// encodes them all (see `quelea_worker::runner_protocol`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InvokedCall {
     pub call_id: CallId,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
     pub input: CallInput,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A batch of calls of one job, delivered to a worker runtime. It carries no
@@ -49,24 +61,22 @@ pub struct Invocation {
     pub push: Option<PushChannel>,
 }
 
-/// Groups a job's calls `chunksize` per Invocation, as remote backends send them.
+/// One Invocation per runner call (a batch of `chunksize` elements), as
+/// remote backends send them: each lands on one runner of one worker.
 pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) -> Vec<Invocation> {
-    let chunk = spec.chunksize.max(1) as usize;
-    let mut invocations = Vec::with_capacity(calls.len().div_ceil(chunk));
-    let mut calls = calls.into_iter().peekable();
-    while calls.peek().is_some() {
-        invocations.push(Invocation {
+    calls
+        .into_iter()
+        .map(|call| Invocation {
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             function: spec.function.clone(),
-            calls: calls.by_ref().take(chunk).collect(),
+            calls: vec![call],
             timeout_s: spec.timeout_s,
             memory_limit_mb: spec.memory_limit_mb,
             submit_ts: spec.submit_ts,
             push: spec.push.clone(),
-        });
-    }
-    invocations
+        })
+        .collect()
 }
 
 /// Statuses of several calls of one job, written as one storage object.
@@ -157,10 +167,12 @@ mod tests {
             calls: vec![
                 InvokedCall {
                     call_id: CallId(0),
+                    count: 1,
                     input: CallInput::Inline(b"[1,2]".to_vec()),
                 },
                 InvokedCall {
                     call_id: CallId(1),
+                    count: 3,
                     input: CallInput::Range { start: 5, end: 9 },
                 },
             ],
@@ -178,19 +190,34 @@ mod tests {
         let msg = Message::Invocation(invocation());
         assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);
         let batch = Message::StatusBatch(StatusBatch {
-            statuses: vec![CallStatus {
-                call_id: CallId(3),
-                state: CallState::Success,
-                stats: CallStats::default(),
-                result: Some(ResultRef::Inline(vec![0, 255, 3])),
-                error: None,
-            }],
+            statuses: vec![
+                CallStatus {
+                    call_id: CallId(3),
+                    count: 1,
+                    state: CallState::Success,
+                    stats: CallStats::default(),
+                    result: Some(ResultRef::Inline(vec![0, 255, 3])),
+                    error: None,
+                },
+                CallStatus {
+                    call_id: CallId(4),
+                    count: 8,
+                    state: CallState::Success,
+                    stats: CallStats::default(),
+                    result: Some(ResultRef::Inline(vec![2])),
+                    error: None,
+                },
+            ],
         });
-        assert_eq!(Message::decode(&batch.encode()).unwrap(), batch);
+        let encoded = batch.encode();
+        assert_eq!(Message::decode(&encoded).unwrap(), batch);
+        // A single call's status and a single-element call stay as before.
+        let text = String::from_utf8(encoded).unwrap();
+        assert_eq!(text.matches("\"count\"").count(), 1, "{text}");
     }
 
     #[test]
-    fn calls_are_grouped_chunksize_per_invocation() {
+    fn each_runner_call_is_its_own_invocation() {
         let spec = crate::model::JobSpec {
             executor_id: "abcdef-0".parse().unwrap(),
             job_id: JobId::new(JobKind::Map, 0),
@@ -205,15 +232,21 @@ mod tests {
                 routing_key: "abcdef-0.M000".into(),
             }),
         };
-        let calls = (0..7)
-            .map(|i| InvokedCall {
-                call_id: CallId(i),
-                input: CallInput::Inline(vec![i as u8]),
+        // Seven elements, three to a runner call.
+        let calls = [(0, 3), (3, 3), (6, 1)]
+            .into_iter()
+            .map(|(first, count)| InvokedCall {
+                call_id: CallId(first),
+                count,
+                input: CallInput::Inline(vec![first as u8]),
             })
             .collect();
         let grouped = group_invocations(&spec, calls);
-        let sizes: Vec<usize> = grouped.iter().map(|i| i.calls.len()).collect();
-        assert_eq!(sizes, vec![3, 3, 1]);
+        let sizes: Vec<(usize, u32)> = grouped
+            .iter()
+            .map(|i| (i.calls.len(), i.calls[0].count))
+            .collect();
+        assert_eq!(sizes, vec![(1, 3), (1, 3), (1, 1)]);
         assert_eq!(grouped[2].calls[0].call_id, CallId(6));
         // Every Invocation names the job's push channel (and only a channel).
         assert!(grouped.iter().all(|i| i.push == spec.push));

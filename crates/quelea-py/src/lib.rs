@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use quelea::{
-    ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Raw, RawFunction, ResponseFuture,
-    ReturnWhen, RunnerCommand, RunnerKind,
+    Batches, ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Output, Raw, RawFunction,
+    ResponseFuture, ReturnWhen, RunnerCommand, RunnerKind,
 };
 
 mod error;
@@ -55,6 +55,25 @@ struct Executor {
 }
 
 impl Executor {
+    /// The job's runner calls: given by the front end (`total` elements,
+    /// `chunksize` to a call), or per-element inputs grouped here.
+    fn batches(
+        &self,
+        inputs: &Bound<'_, PyList>,
+        total: Option<u32>,
+        options: &MapOptions,
+    ) -> PyResult<Batches> {
+        let inputs = bytes_list(inputs)?;
+        match total {
+            Some(total) => Ok(Batches {
+                chunksize: options.chunksize.unwrap_or(1),
+                total,
+                inputs,
+            }),
+            None => self.with(|e| e.batches(inputs, options).map_err(to_py_err)),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&quelea::Executor) -> PyResult<T>) -> PyResult<T> {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
@@ -138,7 +157,24 @@ impl Executor {
         })
     }
 
-    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None))]
+    /// Map elements per runner call for a map of `total` elements with these
+    /// options (see `quelea::Executor::chunksize_for`).
+    #[pyo3(signature = (total, chunksize=None, timeout=None, memory_limit_mb=None))]
+    fn chunksize_for(
+        &self,
+        total: usize,
+        chunksize: Option<u32>,
+        timeout: Option<f64>,
+        memory_limit_mb: Option<u64>,
+    ) -> PyResult<u32> {
+        let options = options(chunksize, timeout, memory_limit_mb)?;
+        self.with(|e| Ok(e.chunksize_for(total, &options)))
+    }
+
+    /// Submits a job. With `total`, `inputs` are runner calls of `chunksize`
+    /// elements each in the front end's encoding; without, one input per
+    /// element, grouped by the engine.
+    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None, total=None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -150,14 +186,15 @@ impl Executor {
         chunksize: Option<u32>,
         timeout: Option<f64>,
         memory_limit_mb: Option<u64>,
+        total: Option<u32>,
     ) -> PyResult<Job> {
         let kind = match kind {
             "call_async" => JobKind::CallAsync,
             "map" => JobKind::Map,
             other => return Err(value_error(format!("unknown job kind `{other}`"))),
         };
-        let inputs = bytes_list(inputs)?;
         let options = options(chunksize, timeout, memory_limit_mb)?;
+        let inputs = self.batches(inputs, total, &options)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
         let futures = self.with(|e| {
             py.detach(|| e.submit_raw(kind, &function, inputs, &options))
@@ -201,7 +238,7 @@ impl Executor {
     }
 
     /// A map-reduce with one reducer per group of consecutive map calls.
-    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, groups, chunksize=None, timeout=None, memory_limit_mb=None))]
+    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, groups, chunksize=None, timeout=None, memory_limit_mb=None, total=None))]
     #[allow(clippy::too_many_arguments)]
     fn map_reduce_grouped(
         &self,
@@ -215,9 +252,10 @@ impl Executor {
         chunksize: Option<u32>,
         timeout: Option<f64>,
         memory_limit_mb: Option<u64>,
+        total: Option<u32>,
     ) -> PyResult<(Job, Job)> {
-        let inputs = bytes_list(inputs)?;
         let options = options(chunksize, timeout, memory_limit_mb)?;
+        let inputs = self.batches(inputs, total, &options)?;
         let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
         let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
         let groups = quelea::groups_of(&groups);
@@ -293,6 +331,9 @@ struct Job {
     futures: FuturesList<Raw>,
     executor_id: String,
     job_id: String,
+    /// Shared batch results as Python bytes, one per batch (by address of
+    /// the engine's blob), so that each is copied into Python once.
+    shared: Mutex<std::collections::HashMap<usize, Py<PyBytes>>>,
 }
 
 impl Job {
@@ -302,6 +343,51 @@ impl Job {
             executor_id: first.executor_id().to_string(),
             job_id: first.job_id().to_string(),
             futures,
+            shared: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn shared_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        blob: &std::sync::Arc<Vec<u8>>,
+    ) -> Bound<'py, PyBytes> {
+        let key = std::sync::Arc::as_ptr(blob) as usize;
+        let mut cache = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| PyBytes::new(py, blob).unbind())
+            .bind(py)
+            .clone()
+    }
+
+    /// `None` while running, `(True, bytes)` for a call's own result,
+    /// `(True, shared bytes, index)` for an element of a batch's shared
+    /// result, `(False, error dict)`.
+    fn outcome_of<'py>(
+        &self,
+        py: Python<'py>,
+        future: &ResponseFuture<Raw>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match future.output() {
+            Some(Output::Own(bytes)) => Ok(PyTuple::new(
+                py,
+                [
+                    true.into_pyobject(py)?.to_owned().into_any(),
+                    PyBytes::new(py, &bytes).into_any(),
+                ],
+            )?
+            .into_any()),
+            Some(Output::Shared { blob, index, .. }) => Ok(PyTuple::new(
+                py,
+                [
+                    true.into_pyobject(py)?.to_owned().into_any(),
+                    self.shared_bytes(py, &blob).into_any(),
+                    index.into_pyobject(py)?.into_any(),
+                ],
+            )?
+            .into_any()),
+            None => outcome(py, future),
         }
     }
 
@@ -325,17 +411,8 @@ fn state_name(state: quelea::CallState) -> &'static str {
     }
 }
 
+/// A failed call's `(False, error dict)`, else `None`.
 fn outcome<'py>(py: Python<'py>, future: &ResponseFuture<Raw>) -> PyResult<Bound<'py, PyAny>> {
-    if let Some(bytes) = future.raw_result() {
-        return Ok(PyTuple::new(
-            py,
-            [
-                true.into_pyobject(py)?.to_owned().into_any(),
-                PyBytes::new(py, &bytes).into_any(),
-            ],
-        )?
-        .into_any());
-    }
     if let Some(error) = future.call_error() {
         let dict = PyDict::new(py);
         dict.set_item(
@@ -377,6 +454,11 @@ impl Job {
     fn total(&self) -> usize {
         self.futures.len()
     }
+    /// Elements per runner call.
+    #[getter]
+    fn chunksize(&self) -> u32 {
+        self.futures.get(0).map_or(1, |f| f.chunksize())
+    }
     fn done_count(&self) -> usize {
         self.futures.done_count()
     }
@@ -408,40 +490,71 @@ impl Job {
         dict.set_item("worker_memory_mb", stats.memory_mb)?;
         Ok(dict)
     }
-    /// `None` while running, `(True, bytes)` on success, `(False, error dict)`.
+    /// `None` while running, `(True, bytes)` on success (`(True, shared
+    /// bytes, index)` for an element of a batch's shared result), `(False,
+    /// error dict)`.
     fn outcome<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyAny>> {
-        outcome(py, self.future(index)?)
+        self.outcome_of(py, self.future(index)?)
     }
-    /// The result bytes of these calls (`None`: all), or `None` if any of
-    /// them has not succeeded: the fast path of `get_result`.
+
+    /// The results of these calls (`None`: all), or `None` if any of them
+    /// has not succeeded: the fast path of `get_result`. Each item is a
+    /// call's own result bytes, or `(shared bytes, lo, hi)` for a run of
+    /// consecutive elements `lo..hi` of one batch's shared result.
     #[pyo3(signature = (indices=None))]
-    fn result_blobs<'py>(
+    fn result_runs<'py>(
         &self,
         py: Python<'py>,
         indices: Option<Vec<usize>>,
-    ) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
-        let mut blobs = Vec::with_capacity(indices.as_ref().map_or(self.futures.len(), Vec::len));
-        let mut push = |future: &ResponseFuture<Raw>| match future.raw_result() {
-            Some(bytes) => {
-                blobs.push(PyBytes::new(py, &bytes));
-                true
-            }
-            None => false,
+    ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
+        let selected: Vec<&ResponseFuture<Raw>> = match &indices {
+            None => self.futures.iter().collect(),
+            Some(indices) => indices
+                .iter()
+                .map(|&i| self.future(i))
+                .collect::<PyResult<_>>()?,
         };
-        let complete = match indices {
-            None => self.futures.iter().all(&mut push),
-            Some(indices) => {
-                let mut all = true;
-                for i in indices {
-                    if !push(self.future(i)?) {
-                        all = false;
-                        break;
-                    }
+        let mut items = Vec::with_capacity(selected.len());
+        let mut run: Option<(std::sync::Arc<Vec<u8>>, u32, u32)> = None;
+        let flush = |run: &mut Option<(std::sync::Arc<Vec<u8>>, u32, u32)>,
+                     items: &mut Vec<Bound<'py, PyAny>>|
+         -> PyResult<()> {
+            if let Some((blob, lo, hi)) = run.take() {
+                let bytes = self.shared_bytes(py, &blob).into_any();
+                items.push(
+                    PyTuple::new(
+                        py,
+                        [
+                            bytes,
+                            lo.into_pyobject(py)?.into_any(),
+                            hi.into_pyobject(py)?.into_any(),
+                        ],
+                    )?
+                    .into_any(),
+                );
+            }
+            Ok(())
+        };
+        for future in selected {
+            match future.output() {
+                None => return Ok(None),
+                Some(Output::Own(bytes)) => {
+                    flush(&mut run, &mut items)?;
+                    items.push(PyBytes::new(py, &bytes).into_any());
                 }
-                all
+                Some(Output::Shared { blob, index, .. }) => match &mut run {
+                    Some((b, _, hi)) if std::sync::Arc::ptr_eq(b, &blob) && *hi == index => {
+                        *hi += 1
+                    }
+                    _ => {
+                        flush(&mut run, &mut items)?;
+                        run = Some((blob, index, index + 1));
+                    }
+                },
             }
-        };
-        Ok(complete.then_some(blobs))
+        }
+        flush(&mut run, &mut items)?;
+        Ok(Some(items))
     }
 
     fn outcomes<'py>(
@@ -451,7 +564,7 @@ impl Job {
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         indices
             .into_iter()
-            .map(|i| outcome(py, self.future(i)?))
+            .map(|i| self.outcome_of(py, self.future(i)?))
             .collect()
     }
 }

@@ -9,8 +9,25 @@
 //! |---|---|---|
 //! | `R` ready    | runner → runtime | `u32 version, u32 pid` |
 //! | `F` function | runtime → runner | `u32 function_id, payload` (Rust: the registered name; Python: cloudpickle) |
-//! | `C` call     | runtime → runner | `u32 function_id, u32 call_id, input` |
-//! | `D` done     | runner → runtime | `u32 call_id, u8 outcome (0 ok, 1 error), u64 peak_rss_bytes, payload` |
+//! | `C` call     | runtime → runner | `u32 function_id, u32 call_id, u32 count, u32 select, input` |
+//! | `D` done     | runner → runtime | `u32 call_id, u8 kind, u64 peak_rss_bytes, payload` |
+//!
+//! A call is a *batch* of `count` consecutive elements of a job, starting at
+//! element `call_id` (`count` 1: a single element, whose input is the
+//! element's own). A batch's input is the front end's encoding of all its
+//! elements: the engine's [`encode_batch_input`] framing (`QBAT`), or a
+//! runner's own (the Python front end pickles the elements at once). With
+//! `select` other than [`ALL`], the runner runs only element `select` of the
+//! batch and answers it as a single call `call_id + select`: how the runtime
+//! re-runs the elements of a batch whose process died, one per call.
+//!
+//! The answer's `kind`: 0 a single call's result, 1 a single call's error,
+//! 2 every element of the batch succeeded and the payload is the runner's
+//! encoding of all their values at once (shared by the elements), 3 each
+//! element's own outcome: `u32 count`, then per element `u8 ok (0) or error
+//! (1), u32 length, bytes`. A batch whose process dies fails as a whole
+//! (the runtime then re-runs its elements apart); one element's exception is
+//! only its own.
 //!
 //! Calls are answered in the order they were sent, one `D` per `C`, each
 //! flushed as soon as it is ready: the first unanswered call is the one
@@ -21,7 +38,14 @@
 use std::io::{self, Read, Write};
 
 /// The version a runner announces in its ready frame.
-pub const RUNNER_PROTOCOL_VERSION: u32 = 1;
+pub const RUNNER_PROTOCOL_VERSION: u32 = 2;
+
+/// `select` meaning "every element of the batch".
+pub const ALL: u32 = u32::MAX;
+
+/// The engine's batch input framing: `QBAT`, `u32 count`, then per element
+/// `u32 length, bytes`.
+pub const BATCH_MAGIC: &[u8; 4] = b"QBAT";
 
 /// Frames are capped so a corrupt length cannot make the runtime allocate wildly.
 pub const MAX_FRAME: usize = 1 << 31;
@@ -40,11 +64,29 @@ pub enum FromRunner {
     },
     Done {
         call_id: u32,
-        ok: bool,
+        answer: Answer,
         peak_rss: u64,
-        payload: Vec<u8>,
     },
 }
+
+/// What a runner answers for one call.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// A single call's result.
+    Ok(Vec<u8>),
+    /// A single call's error report (JSON).
+    Err(Vec<u8>),
+    /// Every element of the batch succeeded: the runner's encoding of all
+    /// their values at once.
+    Shared(Vec<u8>),
+    /// Each element's own outcome, in order: `(ok, result or error report)`.
+    Each(Vec<(bool, Vec<u8>)>),
+}
+
+const KIND_OK: u8 = 0;
+const KIND_ERR: u8 = 1;
+const KIND_SHARED: u8 = 2;
+const KIND_EACH: u8 = 3;
 
 /// A frame a runner receives from the runtime.
 #[derive(Debug, PartialEq)]
@@ -56,6 +98,8 @@ pub enum ToRunner {
     Call {
         function_id: u32,
         call_id: u32,
+        count: u32,
+        select: u32,
         input: Vec<u8>,
     },
 }
@@ -71,11 +115,51 @@ pub fn encode_function(out: &mut Vec<u8>, function_id: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-pub fn encode_call(out: &mut Vec<u8>, function_id: u32, call_id: u32, input: &[u8]) {
-    header(out, TAG_CALL, 8 + input.len());
-    out.extend_from_slice(&function_id.to_le_bytes());
-    out.extend_from_slice(&call_id.to_le_bytes());
+pub fn encode_call(
+    out: &mut Vec<u8>,
+    function_id: u32,
+    call_id: u32,
+    count: u32,
+    select: u32,
+    input: &[u8],
+) {
+    header(out, TAG_CALL, 16 + input.len());
+    for n in [function_id, call_id, count, select] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
     out.extend_from_slice(input);
+}
+
+/// The engine's encoding of a batch's inputs (see [`BATCH_MAGIC`]).
+pub fn encode_batch_input<'a>(inputs: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::from(&BATCH_MAGIC[..]);
+    out.extend_from_slice(&(inputs.len() as u32).to_le_bytes());
+    for input in inputs {
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+        out.extend_from_slice(input);
+    }
+    out
+}
+
+/// The elements' inputs of a batch in the engine's framing.
+pub fn decode_batch_input(input: &[u8]) -> io::Result<Vec<&[u8]>> {
+    if input.get(..4) != Some(&BATCH_MAGIC[..]) {
+        return Err(invalid("a batch input does not start with QBAT".into()));
+    }
+    let count = u32_at(input, 4)? as usize;
+    let mut at = 8;
+    let mut out = Vec::with_capacity(count.min(input.len()));
+    for _ in 0..count {
+        let len = u32_at(input, at)? as usize;
+        at += 4;
+        out.push(
+            input
+                .get(at..at + len)
+                .ok_or_else(|| invalid("a batch input is cut short".into()))?,
+        );
+        at += len;
+    }
+    Ok(out)
 }
 
 pub fn encode_ready(out: &mut Vec<u8>, pid: u32) {
@@ -84,12 +168,51 @@ pub fn encode_ready(out: &mut Vec<u8>, pid: u32) {
     out.extend_from_slice(&pid.to_le_bytes());
 }
 
-pub fn encode_done(out: &mut Vec<u8>, call_id: u32, ok: bool, peak_rss: u64, payload: &[u8]) {
-    header(out, TAG_DONE, 13 + payload.len());
+pub fn encode_done(out: &mut Vec<u8>, call_id: u32, answer: &Answer, peak_rss: u64) {
+    let (kind, len) = match answer {
+        Answer::Ok(p) => (KIND_OK, p.len()),
+        Answer::Err(p) => (KIND_ERR, p.len()),
+        Answer::Shared(p) => (KIND_SHARED, p.len()),
+        Answer::Each(entries) => (
+            KIND_EACH,
+            4 + entries.iter().map(|(_, p)| 5 + p.len()).sum::<usize>(),
+        ),
+    };
+    header(out, TAG_DONE, 13 + len);
     out.extend_from_slice(&call_id.to_le_bytes());
-    out.push(if ok { 0 } else { 1 });
+    out.push(kind);
     out.extend_from_slice(&peak_rss.to_le_bytes());
-    out.extend_from_slice(payload);
+    match answer {
+        Answer::Ok(p) | Answer::Err(p) | Answer::Shared(p) => out.extend_from_slice(p),
+        Answer::Each(entries) => {
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (ok, p) in entries {
+                out.push(if *ok { 0 } else { 1 });
+                out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                out.extend_from_slice(p);
+            }
+        }
+    }
+}
+
+fn decode_each(body: &[u8]) -> io::Result<Vec<(bool, Vec<u8>)>> {
+    let count = u32_at(body, 0)? as usize;
+    let mut at = 4;
+    let mut entries = Vec::with_capacity(count.min(body.len()));
+    for _ in 0..count {
+        let ok = *body
+            .get(at)
+            .ok_or_else(|| invalid("an answer is cut short".into()))?
+            == 0;
+        let len = u32_at(body, at + 1)? as usize;
+        at += 5;
+        let bytes = body
+            .get(at..at + len)
+            .ok_or_else(|| invalid("an answer is cut short".into()))?;
+        entries.push((ok, bytes.to_vec()));
+        at += len;
+    }
+    Ok(entries)
 }
 
 fn invalid(message: String) -> io::Error {
@@ -138,18 +261,23 @@ pub fn read_from_runner(reader: &mut impl Read) -> io::Result<Option<FromRunner>
         })),
         TAG_DONE => {
             let call_id = u32_at(&body, 0)?;
-            let ok = *body
+            let kind = *body
                 .get(4)
-                .ok_or_else(|| invalid("frame too short".into()))?
-                == 0;
+                .ok_or_else(|| invalid("frame too short".into()))?;
             let peak_rss = u64_at(&body, 5)?;
             let mut payload = body;
             payload.drain(..13);
+            let answer = match kind {
+                KIND_OK => Answer::Ok(payload),
+                KIND_ERR => Answer::Err(payload),
+                KIND_SHARED => Answer::Shared(payload),
+                KIND_EACH => Answer::Each(decode_each(&payload)?),
+                other => return Err(invalid(format!("unknown answer kind {other}"))),
+            };
             Ok(Some(FromRunner::Done {
                 call_id,
-                ok,
+                answer,
                 peak_rss,
-                payload,
             }))
         }
         other => Err(invalid(format!(
@@ -175,11 +303,15 @@ pub fn read_to_runner(reader: &mut impl Read) -> io::Result<Option<ToRunner>> {
         TAG_CALL => {
             let function_id = u32_at(&body, 0)?;
             let call_id = u32_at(&body, 4)?;
+            let count = u32_at(&body, 8)?;
+            let select = u32_at(&body, 12)?;
             let mut input = body;
-            input.drain(..8);
+            input.drain(..16);
             Ok(Some(ToRunner::Call {
                 function_id,
                 call_id,
+                count,
+                select,
                 input,
             }))
         }
@@ -203,7 +335,8 @@ mod tests {
     fn frames_round_trip() {
         let mut buf = Vec::new();
         encode_function(&mut buf, 3, b"add");
-        encode_call(&mut buf, 3, 42, b"[1,2]");
+        encode_call(&mut buf, 3, 42, 1, ALL, b"[1,2]");
+        encode_call(&mut buf, 3, 40, 4, 2, b"batch");
         let mut r = &buf[..];
         assert_eq!(
             read_to_runner(&mut r).unwrap(),
@@ -217,14 +350,33 @@ mod tests {
             Some(ToRunner::Call {
                 function_id: 3,
                 call_id: 42,
+                count: 1,
+                select: ALL,
                 input: b"[1,2]".to_vec()
+            })
+        );
+        assert_eq!(
+            read_to_runner(&mut r).unwrap(),
+            Some(ToRunner::Call {
+                function_id: 3,
+                call_id: 40,
+                count: 4,
+                select: 2,
+                input: b"batch".to_vec()
             })
         );
         assert_eq!(read_to_runner(&mut r).unwrap(), None);
 
         let mut buf = Vec::new();
         encode_ready(&mut buf, 77);
-        encode_done(&mut buf, 42, false, 1 << 20, b"{}");
+        encode_done(&mut buf, 42, &Answer::Err(b"{}".to_vec()), 1 << 20);
+        let each = Answer::Each(vec![
+            (true, b"1".to_vec()),
+            (false, b"{}".to_vec()),
+            (true, vec![]),
+        ]);
+        encode_done(&mut buf, 7, &each, 9);
+        encode_done(&mut buf, 8, &Answer::Shared(b"all".to_vec()), 9);
         let mut r = &buf[..];
         assert_eq!(
             read_from_runner(&mut r).unwrap(),
@@ -237,11 +389,38 @@ mod tests {
             read_from_runner(&mut r).unwrap(),
             Some(FromRunner::Done {
                 call_id: 42,
-                ok: false,
+                answer: Answer::Err(b"{}".to_vec()),
                 peak_rss: 1 << 20,
-                payload: b"{}".to_vec()
             })
         );
+        assert_eq!(
+            read_from_runner(&mut r).unwrap(),
+            Some(FromRunner::Done {
+                call_id: 7,
+                answer: each,
+                peak_rss: 9,
+            })
+        );
+        assert_eq!(
+            read_from_runner(&mut r).unwrap(),
+            Some(FromRunner::Done {
+                call_id: 8,
+                answer: Answer::Shared(b"all".to_vec()),
+                peak_rss: 9,
+            })
+        );
+    }
+
+    #[test]
+    fn batch_inputs_round_trip_and_garbage_is_an_error() {
+        let inputs: [&[u8]; 3] = [b"a", b"", b"ccc"];
+        let encoded = encode_batch_input(inputs.iter().copied());
+        assert_eq!(decode_batch_input(&encoded).unwrap(), inputs.to_vec());
+        assert!(decode_batch_input(b"QBAT").is_err());
+        assert!(decode_batch_input(&encoded[..encoded.len() - 1]).is_err());
+        assert!(decode_batch_input(b"[1]").is_err());
+        // A huge count with no bytes behind it fails without a huge allocation.
+        assert!(decode_batch_input(b"QBAT\xff\xff\xff\xff").is_err());
     }
 
     #[test]
@@ -252,5 +431,16 @@ mod tests {
         assert!(read_from_runner(&mut r).is_err());
         let mut r = &[9u8, 0, 0, 0, b'D', 0][..];
         assert!(read_from_runner(&mut r).is_err());
+        // An unknown answer kind, and an "each" answer cut short.
+        let mut buf = Vec::new();
+        encode_done(&mut buf, 1, &Answer::Ok(vec![]), 0);
+        buf[9] = 9;
+        assert!(read_from_runner(&mut &buf[..]).is_err());
+        let mut buf = Vec::new();
+        encode_done(&mut buf, 1, &Answer::Each(vec![(true, b"xyz".to_vec())]), 0);
+        let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) - 2;
+        buf[..4].copy_from_slice(&len.to_le_bytes());
+        buf.truncate(buf.len() - 2);
+        assert!(read_from_runner(&mut &buf[..]).is_err());
     }
 }

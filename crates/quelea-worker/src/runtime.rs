@@ -22,13 +22,13 @@ use quelea_core::config::Config;
 use quelea_core::ids::CallId;
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
-    now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, RunnerKind,
+    now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, Output, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::{io_runtime, Storage};
 
 use crate::pool::{
-    Completion, JobContext, JobSink, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
+    Completion, JobContext, JobSink, Outputs, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
 };
 use crate::push::{BrokerUrls, Publisher};
 use crate::status_writer::{finished_status, JobTarget, StatusWriter};
@@ -70,7 +70,7 @@ pub fn with_runner_config(
 /// backend) hears of each call, as soon as the pool knows it.
 pub trait CallObserver: Send + Sync {
     fn started(&self, call_id: CallId, worker_id: u32, ts: f64);
-    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Vec<u8>, CallError>);
+    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Output, CallError>);
 }
 
 /// How a runtime runs calls.
@@ -264,10 +264,16 @@ impl Runtime {
     /// The checks every Invocation passes before anything is loaded: calls,
     /// a timeout and memory limit the pool can hold, room in the queue.
     fn check(&self, invocation: &Invocation) -> Result<Limits, Refusal> {
-        let n = invocation.calls.len();
-        if n == 0 {
+        if invocation.calls.is_empty() {
             return Err(refusal(RefusalKind::Invalid, "the invocation has no calls"));
         }
+        if let Some(call) = invocation.calls.iter().find(|c| c.count == 0) {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!("call {} has no elements (`count` 0)", call.call_id),
+            ));
+        }
+        let n = elements(invocation);
         let timeout = (invocation.timeout_s > 0.0)
             .then(|| Duration::try_from_secs_f64(invocation.timeout_s).ok())
             .flatten()
@@ -295,7 +301,7 @@ impl Runtime {
             })?),
         };
         let queued = self.counters.queued.load(Ordering::Relaxed);
-        if queued + n as u64 > self.config.max_queued_calls {
+        if queued.saturating_add(n) > self.config.max_queued_calls {
             return Err(refusal(
                 RefusalKind::Busy,
                 format!(
@@ -319,7 +325,7 @@ impl Runtime {
         inputs: Vec<Vec<u8>>,
         observer: Option<Arc<dyn CallObserver>>,
     ) -> Accepted {
-        let n = invocation.calls.len();
+        let n = elements(&invocation) as usize;
         let counters = &self.counters;
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
         let target = self.target(&invocation);
@@ -344,11 +350,7 @@ impl Runtime {
             .calls
             .iter()
             .zip(inputs)
-            .map(|(call, input)| Task {
-                ctx: ctx.clone(),
-                call_id: call.call_id,
-                input,
-            })
+            .map(|(call, input)| Task::new(ctx.clone(), call.call_id, call.count, input.into()))
             .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
@@ -405,6 +407,7 @@ impl Runtime {
         for call in &invocation.calls {
             let status = CallStatus {
                 call_id: call.call_id,
+                count: call.count.max(1),
                 state: CallState::Error,
                 stats: CallStats {
                     submit_ts: invocation.submit_ts,
@@ -538,6 +541,23 @@ impl Runtime {
     }
 }
 
+/// Element `index`'s stats from its batch's: only the first element paid
+/// for a cold runner.
+pub fn element_stats(status: &CallStatus, index: u32) -> CallStats {
+    let mut stats = status.stats.clone();
+    stats.cold_start &= index == 0;
+    stats
+}
+
+/// How many elements an Invocation's calls hold in all.
+fn elements(invocation: &Invocation) -> u64 {
+    invocation
+        .calls
+        .iter()
+        .map(|c| u64::from(c.count.max(1)))
+        .sum()
+}
+
 /// Looks for the cancel markers of live jobs every [`CANCEL_POLL`] and
 /// cancels the jobs that have one; ends with the runtime.
 fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
@@ -613,47 +633,120 @@ struct RuntimeSink {
 }
 
 impl JobSink for RuntimeSink {
-    fn started(&self, call_id: CallId, worker_id: u32, ts: f64) {
-        self.counters.running.fetch_add(1, Ordering::Relaxed);
-        self.writer.started(
-            &self.target,
-            call_id,
-            CallStats {
-                submit_ts: self.submit_ts,
-                start_ts: Some(ts),
-                worker_id: Some(worker_id),
-                memory_mb: self.memory_mb,
-                ..CallStats::default()
-            },
-        );
-        if let Some(observer) = &self.observer {
-            observer.started(call_id, worker_id, ts);
+    fn started(&self, call_id: CallId, count: u32, worker_id: u32, ts: f64) {
+        self.counters
+            .running
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        for k in 0..count {
+            let call = CallId(call_id.0 + k);
+            self.writer.started(
+                &self.target,
+                call,
+                CallStats {
+                    submit_ts: self.submit_ts,
+                    start_ts: Some(ts),
+                    worker_id: Some(worker_id),
+                    memory_mb: self.memory_mb,
+                    ..CallStats::default()
+                },
+            );
+            if let Some(observer) = &self.observer {
+                observer.started(call, worker_id, ts);
+            }
         }
     }
 
     fn completed(&self, completion: Completion) {
+        let count = completion.count.max(1);
         let sub = |counter: &AtomicU64| {
             let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
+                Some(n.saturating_sub(u64::from(count)))
             });
         };
         sub(&self.counters.queued);
         if completion.start_ts.is_some() {
             sub(&self.counters.running);
         }
-        let mut status = finished_status(self.submit_ts, &completion);
-        status.stats.memory_mb = self.memory_mb;
-        let (call_id, stats) = (status.call_id, status.stats.clone());
-        match &self.observer {
-            None => self
-                .writer
-                .finished(&self.target, status, completion.outcome.ok()),
-            Some(observer) => {
-                let result = completion.outcome.as_ref().ok().cloned();
-                self.writer.finished(&self.target, status, result);
-                observer.finished(call_id, stats, completion.outcome);
+        let first = completion.call_id;
+        let mut template = finished_status(self.submit_ts, &completion, first, 1, None, 0);
+        template.stats.memory_mb = self.memory_mb;
+        let status = |call_id: CallId, count: u32, error: Option<CallError>, size: usize| {
+            let mut status = template.clone();
+            status.call_id = call_id;
+            status.count = count;
+            status.state = if error.is_none() {
+                CallState::Success
+            } else {
+                CallState::Error
+            };
+            status.error = error;
+            status.stats.result_size = size as u64;
+            status
+        };
+        let observer = self.observer.as_deref();
+        match completion.outcome {
+            Ok(Outputs::One(bytes)) => {
+                let status = status(first, 1, None, bytes.len());
+                let stored = match observer {
+                    Some(observer) => {
+                        let stored = bytes.clone();
+                        observer.finished(first, status.stats.clone(), Ok(Output::Own(bytes)));
+                        stored
+                    }
+                    None => bytes,
+                };
+                self.writer.finished(&self.target, status, Some(stored));
+            }
+            Ok(Outputs::Shared(bytes)) => {
+                // One record and one stored result for the whole batch.
+                let status = status(first, count, None, bytes.len());
+                let stored = match observer {
+                    Some(observer) => {
+                        let stored = bytes.clone();
+                        let blob = Arc::new(bytes);
+                        for index in 0..count {
+                            let output = Output::Shared {
+                                blob: blob.clone(),
+                                index,
+                                count,
+                            };
+                            let call = CallId(first.0 + index);
+                            observer.finished(call, element_stats(&status, index), Ok(output));
+                        }
+                        stored
+                    }
+                    None => bytes,
+                };
+                self.writer.finished(&self.target, status, Some(stored));
+            }
+            Ok(Outputs::Each(entries)) => {
+                for (k, entry) in entries.into_iter().enumerate() {
+                    let call = CallId(first.0 + k as u32);
+                    let (error, size) = match &entry {
+                        Ok(bytes) => (None, bytes.len()),
+                        Err(e) => (Some(e.clone()), 0),
+                    };
+                    let mut status = status(call, 1, error, size);
+                    status.stats = element_stats(&status, k as u32);
+                    let stored = entry.as_ref().ok().cloned();
+                    if let Some(observer) = observer {
+                        observer.finished(call, status.stats.clone(), entry.map(Output::Own));
+                    }
+                    self.writer.finished(&self.target, status, stored);
+                }
+            }
+            Err(error) => {
+                let status = status(first, count, Some(error.clone()), 0);
+                if let Some(observer) = observer {
+                    for k in 0..count {
+                        let call = CallId(first.0 + k);
+                        observer.finished(call, status.stats.clone(), Err(error.clone()));
+                    }
+                }
+                self.writer.finished(&self.target, status, None);
             }
         }
-        self.remaining.send_modify(|n| *n = n.saturating_sub(1));
+        self.remaining
+            .send_modify(|n| *n = n.saturating_sub(count as usize));
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::runner_protocol::{self, ToRunner};
+use crate::runner_protocol::{self, Answer, ToRunner};
 use quelea_core::config::EnvVars;
 
 /// A registered function's failure, as the runner reports it.
@@ -241,6 +241,23 @@ fn peak_rss_bytes() -> u64 {
     }
 }
 
+fn single((ok, payload): (bool, Vec<u8>)) -> Answer {
+    if ok {
+        Answer::Ok(payload)
+    } else {
+        Answer::Err(payload)
+    }
+}
+
+fn batch_error(call_id: u32, e: impl Display) -> RunnerError {
+    RunnerError {
+        error_type: "ProtocolError".into(),
+        message: format!("the batch of call {call_id} is unreadable: {e}"),
+        traceback: String::new(),
+        payload: None,
+    }
+}
+
 /// The runner loop: read function and call frames from stdin, answer each
 /// call in order on the protocol stream.
 pub fn serve(functions: &Functions) -> std::io::Result<()> {
@@ -278,10 +295,12 @@ pub fn serve(functions: &Functions) -> std::io::Result<()> {
             ToRunner::Call {
                 function_id,
                 call_id,
+                count,
+                select,
                 input: data,
             } => {
-                let result = match names.get(&function_id) {
-                    Some(name) => functions.call(name, &data),
+                let run = |input: &[u8]| match names.get(&function_id) {
+                    Some(name) => functions.call(name, input),
                     None => Err(RunnerError {
                         error_type: "ProtocolError".into(),
                         message: format!("call {call_id} names unknown function id {function_id}"),
@@ -289,26 +308,36 @@ pub fn serve(functions: &Functions) -> std::io::Result<()> {
                         payload: None,
                     }),
                 };
-                frame.clear();
-                match result {
-                    Ok(bytes) => runner_protocol::encode_done(
-                        &mut frame,
-                        call_id,
-                        true,
-                        peak_rss_bytes(),
-                        &bytes,
+                let entry = |result: Result<Vec<u8>, RunnerError>| match result {
+                    Ok(bytes) => (true, bytes),
+                    Err(error) => (
+                        false,
+                        serde_json::to_vec(&error).expect("runner errors serialize"),
                     ),
-                    Err(error) => {
-                        let json = serde_json::to_vec(&error).expect("runner errors serialize");
-                        runner_protocol::encode_done(
-                            &mut frame,
-                            call_id,
-                            false,
-                            peak_rss_bytes(),
-                            &json,
-                        )
+                };
+                let (answer_id, answer) = if count <= 1 {
+                    (call_id, single(entry(run(&data))))
+                } else {
+                    match runner_protocol::decode_batch_input(&data) {
+                        Err(e) => (call_id, single(entry(Err(batch_error(call_id, e))))),
+                        Ok(inputs) if select == runner_protocol::ALL => {
+                            let entries = inputs.iter().map(|i| entry(run(i))).collect();
+                            (call_id, Answer::Each(entries))
+                        }
+                        Ok(inputs) => {
+                            let result = match inputs.get(select as usize) {
+                                Some(input) => run(input),
+                                None => Err(batch_error(
+                                    call_id,
+                                    format!("element {select} is not in a batch of {count}"),
+                                )),
+                            };
+                            (call_id + select, single(entry(result)))
+                        }
                     }
-                }
+                };
+                frame.clear();
+                runner_protocol::encode_done(&mut frame, answer_id, &answer, peak_rss_bytes());
                 // One flush per call: the runtime must know exactly which
                 // call is running if this process dies next.
                 output.write_all(&frame)?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
-use quelea_core::model::{CallState, CallStats, CallStatus, PushChannel, ResultRef};
+use quelea_core::model::{CallError, CallState, CallStats, CallStatus, PushChannel, ResultRef};
 use quelea_core::protocol::{Message, StatusBatch};
 use quelea_storage::Storage;
 
@@ -61,12 +61,21 @@ impl JobTarget {
     }
 }
 
-/// The stored status of a finished call; a successful result travels
-/// separately to [`StatusWriter::finished`], which inlines or stores it.
-pub fn finished_status(submit_ts: f64, completion: &Completion) -> CallStatus {
+/// The stored status of `count` consecutive calls from `call_id` that ended
+/// in one runner answer (`error`: how they failed); a successful result
+/// travels separately to [`StatusWriter::finished`], which inlines or stores it.
+pub fn finished_status(
+    submit_ts: f64,
+    completion: &Completion,
+    call_id: CallId,
+    count: u32,
+    error: Option<CallError>,
+    result_size: u64,
+) -> CallStatus {
     CallStatus {
-        call_id: completion.call_id,
-        state: if completion.outcome.is_ok() {
+        call_id,
+        count,
+        state: if error.is_none() {
             CallState::Success
         } else {
             CallState::Error
@@ -78,15 +87,11 @@ pub fn finished_status(submit_ts: f64, completion: &Completion) -> CallStatus {
             worker_id: completion.worker_id,
             cold_start: completion.cold_start,
             peak_memory_bytes: completion.peak_memory_bytes,
-            result_size: completion
-                .outcome
-                .as_ref()
-                .map(|r| r.len() as u64)
-                .unwrap_or(0),
+            result_size,
             memory_mb: None,
         },
         result: None,
-        error: completion.outcome.as_ref().err().cloned(),
+        error,
     }
 }
 
@@ -264,6 +269,7 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
         let mut statuses = std::mem::take(&mut buffer.finished);
         statuses.extend(buffer.running.iter().map(|(call_id, stats)| CallStatus {
             call_id: *call_id,
+            count: 1,
             state: CallState::Running,
             stats: stats.clone(),
             result: None,

@@ -12,15 +12,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use quelea_core::config::{BackendKind, Config};
+use quelea_core::config::{auto_chunksize, BackendKind, Config};
 use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
-    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
+    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, Output, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, InvokedCall};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
+use quelea_worker::runner_protocol::encode_batch_input;
 use quelea_worker::rust_runner::FunctionRef;
 
 use crate::backend::{Backend, Submission};
@@ -35,7 +36,9 @@ use crate::push::Subscription;
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]
 pub struct MapOptions {
-    /// Calls per Invocation.
+    /// Map elements per runner call (a batch: one runner runs them one after
+    /// another, each with its own outcome). Unset: `execution.chunksize`,
+    /// else automatic (see [`Executor::chunksize_for`]).
     pub chunksize: Option<u32>,
     /// Per-call time limit.
     pub timeout: Option<Duration>,
@@ -156,6 +159,72 @@ impl RawFunction {
 /// decode results themselves, such as the Python package).
 pub enum Raw {}
 
+/// A job's inputs grouped into runner calls: `chunksize` consecutive
+/// elements per call (the last may have fewer), each call's input encoding
+/// all of its elements (a single element's input when it has one).
+#[derive(Clone, Debug)]
+pub struct Batches {
+    pub chunksize: u32,
+    /// Elements in all.
+    pub total: u32,
+    /// One input per runner call, in order.
+    pub inputs: Vec<Vec<u8>>,
+}
+
+impl Batches {
+    /// Per-element inputs, grouped `chunksize` to a call in the engine's
+    /// framing (`runner_protocol::encode_batch_input`), which every runner reads.
+    pub fn framed(inputs: Vec<Vec<u8>>, chunksize: u32) -> Result<Batches> {
+        let total = element_count(inputs.len())?;
+        let chunksize = chunksize.max(1);
+        let inputs = if chunksize == 1 {
+            inputs
+        } else {
+            inputs
+                .chunks(chunksize as usize)
+                .map(|batch| match batch {
+                    [one] => one.clone(),
+                    many => encode_batch_input(many.iter().map(Vec::as_slice)),
+                })
+                .collect()
+        };
+        Ok(Batches {
+            chunksize,
+            total,
+            inputs,
+        })
+    }
+
+    /// How many elements runner call `i` holds.
+    pub fn count(&self, i: usize) -> u32 {
+        let first = i as u64 * u64::from(self.chunksize);
+        (u64::from(self.total) - first).min(u64::from(self.chunksize)) as u32
+    }
+
+    fn check(&self) -> Result<()> {
+        let expected = self.total.div_ceil(self.chunksize.max(1)) as usize;
+        if self.chunksize == 0 || self.inputs.len() != expected {
+            return Err(Error::InvalidArgument {
+                name: "inputs",
+                message: format!(
+                    "{} elements {} to a call make {expected} calls, but {} inputs were given",
+                    self.total,
+                    self.chunksize,
+                    self.inputs.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn element_count(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::InvalidArgument {
+        name: "inputs",
+        message: format!("{n} calls is more than one job can hold ({})", u32::MAX),
+    })
+}
+
 fn content_hash(kind: RunnerKind, payload: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!("{kind:?}:").as_bytes());
@@ -229,7 +298,7 @@ impl Executor {
         let job = self.submit_job(
             JobKind::CallAsync,
             RawFunction::rust(function.name()),
-            inputs,
+            self.batches(inputs, &options)?,
             &options,
         )?;
         Ok(ResponseFuture::new(job, CallId(0)))
@@ -250,7 +319,7 @@ impl Executor {
         let job = self.submit_job(
             JobKind::Map,
             RawFunction::rust(function.name()),
-            inputs,
+            self.batches(inputs, &options)?,
             &options,
         )?;
         Ok(FuturesList::for_job(&job))
@@ -272,7 +341,7 @@ impl Executor {
         let job = self.submit_job(
             JobKind::Map,
             RawFunction::rust(function.name()),
-            inputs,
+            self.batches(inputs, &options)?,
             &options,
         )?;
         Ok(FuturesList::for_job(&job))
@@ -292,6 +361,7 @@ impl Executor {
             .enumerate()
             .map(|(i, input)| serialize_input(&input, i))
             .collect::<Result<Vec<_>>>()?;
+        let inputs = self.batches(inputs, &options)?;
         let (_, reduce) = self.map_reduce_raw(
             &RawFunction::rust(map_function.name()),
             inputs,
@@ -301,12 +371,45 @@ impl Executor {
         Ok(ResponseFuture::new(reduce.job, reduce.call))
     }
 
-    /// Runs calls of an opaque function on serialized inputs.
+    /// Map elements per runner call for a map of `total` elements: the
+    /// option, else `execution.chunksize`, else automatic: on the local
+    /// backend, with no per-job timeout or memory limit, a map of
+    /// [`quelea_core::config::AUTO_CHUNK_MIN`] elements or more gets `multiprocessing.Pool.map`'s
+    /// about four calls per runner; else one element per call.
+    pub fn chunksize_for(&self, total: usize, options: &MapOptions) -> u32 {
+        let config = &self.inner.config;
+        if let Some(k) = options.chunksize.or(config.execution.chunksize) {
+            return k;
+        }
+        let local = matches!(config.backend, BackendKind::Local);
+        if !local || options.timeout.is_some() || options.memory_limit_mb.is_some() {
+            return 1;
+        }
+        auto_chunksize(
+            u32::try_from(total).unwrap_or(u32::MAX),
+            config.local_workers(),
+        )
+    }
+
+    /// Per-element inputs grouped as [`Self::chunksize_for`] says.
+    pub fn batches(&self, inputs: Vec<Vec<u8>>, options: &MapOptions) -> Result<Batches> {
+        let chunksize = self.chunksize_for(inputs.len(), options);
+        if chunksize == 0 {
+            return Err(Error::InvalidArgument {
+                name: "chunksize",
+                message: "must be at least 1".into(),
+            });
+        }
+        Batches::framed(inputs, chunksize)
+    }
+
+    /// Runs calls of an opaque function on serialized inputs, grouped into
+    /// runner calls by the front end (see [`Batches`]).
     pub fn submit_raw(
         &self,
         kind: JobKind,
         function: &RawFunction,
-        inputs: Vec<Vec<u8>>,
+        inputs: Batches,
         options: &MapOptions,
     ) -> Result<FuturesList<Raw>> {
         if kind == JobKind::Reduce {
@@ -325,11 +428,11 @@ impl Executor {
     pub fn map_reduce_raw(
         &self,
         map_function: &RawFunction,
-        inputs: Vec<Vec<u8>>,
+        inputs: Batches,
         reducer: &RawFunction,
         options: MapOptions,
     ) -> Result<(FuturesList<Raw>, ResponseFuture<Raw>)> {
-        let all = 0..inputs.len() as u32;
+        let all = 0..inputs.total;
         let (map, reduce) =
             self.map_reduce_grouped_raw(map_function, inputs, reducer, options, vec![all])?;
         let reduce = reduce
@@ -345,12 +448,12 @@ impl Executor {
     pub fn map_reduce_grouped_raw(
         &self,
         map_function: &RawFunction,
-        inputs: Vec<Vec<u8>>,
+        inputs: Batches,
         reducer: &RawFunction,
         options: MapOptions,
         groups: Vec<Range<u32>>,
     ) -> Result<(FuturesList<Raw>, FuturesList<Raw>)> {
-        let total = inputs.len() as u32;
+        let total = inputs.total;
         let mut expected = 0;
         for group in &groups {
             if group.start != expected || group.end < group.start || group.end > total {
@@ -373,7 +476,8 @@ impl Executor {
         }
         let map_job = self.submit_job(JobKind::Map, map_function.clone(), inputs, &options)?;
         let reduce_id = map_job.spec.job_id.reduce_of();
-        let reduce_job = self.create_job(reduce_id, &reducer.spec, groups.len(), &options)?;
+        let reduce_job =
+            self.create_job(reduce_id, &reducer.spec, groups.len() as u32, 1, &options)?;
         let weak = Arc::downgrade(&self.inner);
         let (map, job, function) = (map_job.clone(), reduce_job.clone(), reducer.clone());
         let thread = std::thread::Builder::new()
@@ -427,6 +531,7 @@ impl Executor {
             .enumerate()
             .map(|(i, chunk)| serialize_input(chunk, i))
             .collect::<Result<Vec<_>>>()?;
+        let inputs = self.batches(inputs, &options)?;
         let (_, reduce) = self.map_reduce_grouped_raw(
             &RawFunction::rust(function.name()),
             inputs,
@@ -528,20 +633,17 @@ impl Executor {
         &self,
         job_id: JobId,
         function: &FunctionSpec,
-        total: usize,
+        total_calls: u32,
+        chunksize: u32,
         options: &MapOptions,
     ) -> Result<Arc<JobState>> {
         let config = &self.inner.config;
-        if total == 0 {
+        if total_calls == 0 {
             return Err(Error::InvalidArgument {
                 name: "inputs",
                 message: "there is nothing to map: the input list is empty".into(),
             });
         }
-        let total_calls = u32::try_from(total).map_err(|_| Error::InvalidArgument {
-            name: "inputs",
-            message: format!("{total} calls is more than one job can hold ({})", u32::MAX),
-        })?;
         let timeout_s = options
             .timeout
             .map(|t| t.as_secs_f64())
@@ -552,7 +654,6 @@ impl Executor {
                 message: format!("must be a positive duration, got {timeout_s} s"),
             });
         }
-        let chunksize = options.chunksize.unwrap_or(config.execution.chunksize);
         if chunksize == 0 {
             return Err(Error::InvalidArgument {
                 name: "chunksize",
@@ -598,12 +699,19 @@ impl Executor {
         &self,
         kind: JobKind,
         function: RawFunction,
-        inputs: Vec<Vec<u8>>,
+        inputs: Batches,
         options: &MapOptions,
     ) -> Result<Arc<JobState>> {
+        inputs.check()?;
         let job_id = JobId::new(kind, self.inner.job_counter.fetch_add(1, Ordering::Relaxed));
-        let job = self.create_job(job_id, &function.spec, inputs.len(), options)?;
-        self.inner.launch(&job, &function, inputs)?;
+        let job = self.create_job(
+            job_id,
+            &function.spec,
+            inputs.total,
+            inputs.chunksize,
+            options,
+        )?;
+        self.inner.launch(&job, &function, inputs.inputs)?;
         Ok(job)
     }
 }
@@ -683,14 +791,20 @@ impl Inner {
             ranges
         };
 
-        // Locally the calls go straight to the pool; the http backend groups
-        // them `chunksize` per Invocation (`protocol::group_invocations`).
+        // One runner call per batch of `chunksize` elements; locally they
+        // reach the runtime as one Invocation, remote backends send one
+        // Invocation per runner call (`protocol::group_invocations`).
+        let k = spec.chunksize.max(1);
         let calls: Vec<InvokedCall> = call_inputs
             .into_iter()
             .enumerate()
-            .map(|(i, input)| InvokedCall {
-                call_id: CallId(i as u32),
-                input,
+            .map(|(i, input)| {
+                let first = i as u32 * k;
+                InvokedCall {
+                    call_id: CallId(first),
+                    count: (spec.total_calls - first).min(k),
+                    input,
+                }
             })
             .collect();
         {
@@ -801,7 +915,7 @@ fn run_reducer(
                 let results = records[group.start as usize..group.end as usize]
                     .iter()
                     .map(|r| match &r.outcome {
-                        Some(Ok(bytes)) => bytes.as_slice(),
+                        Some(Ok(output)) => output,
                         _ => unreachable!("every map call succeeded"),
                     });
                 combine_results(function.spec.runner, results)
@@ -825,27 +939,56 @@ fn run_reducer(
 
 /// The reducer's input: every map result, in call order, in the form the
 /// reducer's runner reads. Rust: a JSON array of the JSON results. Python:
-/// `QRED`, a u32 count, then each pickled result as u32 length + bytes.
-fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+/// `QRED`, a u32 entry count, then each entry as u32 length + bytes: a
+/// result's own bytes, or, for a run of elements sharing their batch's
+/// result, `0x05`, u32 first index, u32 end index, then the shared bytes.
+fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a Output>) -> Vec<u8> {
     match runner {
         RunnerKind::Rust => {
             let mut input = Vec::from(&b"["[..]);
-            for (i, bytes) in results.enumerate() {
+            for (i, output) in results.enumerate() {
                 if i > 0 {
                     input.push(b',');
                 }
-                input.extend_from_slice(bytes);
+                input.extend_from_slice(output.bytes());
             }
             input.push(b']');
             input
         }
         RunnerKind::Python => {
-            let results: Vec<&[u8]> = results.collect();
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            let mut run: Option<(&Arc<Vec<u8>>, u32, u32)> = None;
+            let close = |run: &mut Option<(&Arc<Vec<u8>>, u32, u32)>,
+                         entries: &mut Vec<Vec<u8>>| {
+                if let Some((blob, lo, hi)) = run.take() {
+                    let mut entry = vec![5u8];
+                    entry.extend_from_slice(&lo.to_le_bytes());
+                    entry.extend_from_slice(&hi.to_le_bytes());
+                    entry.extend_from_slice(blob);
+                    entries.push(entry);
+                }
+            };
+            for output in results {
+                match output {
+                    Output::Own(bytes) => {
+                        close(&mut run, &mut entries);
+                        entries.push(bytes.clone());
+                    }
+                    Output::Shared { blob, index, .. } => match &mut run {
+                        Some((b, _, hi)) if Arc::ptr_eq(b, blob) && *hi == *index => *hi += 1,
+                        _ => {
+                            close(&mut run, &mut entries);
+                            run = Some((blob, *index, index + 1));
+                        }
+                    },
+                }
+            }
+            close(&mut run, &mut entries);
             let mut input = Vec::from(&b"QRED"[..]);
-            input.extend_from_slice(&(results.len() as u32).to_le_bytes());
-            for bytes in results {
-                input.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                input.extend_from_slice(bytes);
+            input.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for entry in entries {
+                input.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+                input.extend_from_slice(&entry);
             }
             input
         }

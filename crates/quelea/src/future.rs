@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use quelea_core::ids::{CallId, ExecutorId, JobId};
-use quelea_core::model::{CallError, CallState, CallStats};
+use quelea_core::model::{CallError, CallState, CallStats, Output};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
@@ -81,6 +81,10 @@ impl<O> ResponseFuture<O> {
     pub fn error(&self) -> bool {
         self.state() == CallState::Error
     }
+    /// Elements per runner call of the call's job.
+    pub fn chunksize(&self) -> u32 {
+        self.job.spec.chunksize
+    }
     pub fn stats(&self) -> CallStats {
         self.job.calls()[self.call.index()].stats.clone()
     }
@@ -92,10 +96,11 @@ impl<O> ResponseFuture<O> {
         }
     }
 
-    /// The raw serialized result, once the call has succeeded.
-    pub fn raw_result(&self) -> Option<Vec<u8>> {
+    /// The raw serialized result, once the call has succeeded: its own
+    /// bytes, or its place in the result its batch shares.
+    pub fn output(&self) -> Option<Output> {
         match &self.job.calls()[self.call.index()].outcome {
-            Some(Ok(bytes)) => Some(bytes.clone()),
+            Some(Ok(output)) => Some(output.clone()),
             _ => None,
         }
     }
@@ -116,7 +121,7 @@ impl<O: DeserializeOwned> ResponseFuture<O> {
 pub(crate) fn decode<O: DeserializeOwned>(job: &JobState, call: CallId) -> Result<O> {
     let calls = job.calls();
     match &calls[call.index()].outcome {
-        Some(Ok(bytes)) => serde_json::from_slice(bytes).map_err(|e| Error::Deserialize {
+        Some(Ok(output)) => serde_json::from_slice(own(output)?).map_err(|e| Error::Deserialize {
             job_key: job.job_key(),
             call_id: call,
             type_name: std::any::type_name::<O>(),
@@ -128,6 +133,18 @@ pub(crate) fn decode<O: DeserializeOwned>(job: &JobState, call: CallId) -> Resul
             error: error.clone(),
         }),
         None => unreachable!("decode is called on finished calls only"),
+    }
+}
+
+/// A Rust call's own result bytes (Rust runners answer every element of a
+/// batch on its own; a shared result is a front end's encoding).
+fn own(output: &Output) -> Result<&[u8]> {
+    match output {
+        Output::Own(bytes) => Ok(bytes),
+        Output::Shared { .. } => Err(Error::InvalidArgument {
+            name: "result",
+            message: "a batch's shared result is a front end's encoding, not JSON".into(),
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
-use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, JobSpec};
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, JobSpec, Output};
 
 /// Wakes waiters when calls complete. Shared by the jobs of one executor.
 #[derive(Default)]
@@ -57,7 +57,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct CallRecord {
     pub state: CallState,
     pub stats: CallStats,
-    pub outcome: Option<Result<Vec<u8>, Box<CallError>>>,
+    pub outcome: Option<Result<Output, Box<CallError>>>,
 }
 
 /// One job as the client sees it.
@@ -133,7 +133,7 @@ impl JobState {
         &self,
         call: CallId,
         stats: CallStats,
-        outcome: Result<Vec<u8>, Box<CallError>>,
+        outcome: Result<Output, Box<CallError>>,
     ) -> bool {
         {
             let mut calls = self.calls();

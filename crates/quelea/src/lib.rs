@@ -28,15 +28,15 @@ pub mod summary;
 
 pub use error::{Error, Result};
 pub use executor::{
-    cancel, get_result, groups_of, wait, DoneAndPending, Executor, ExecutorBuilder, MapOptions,
-    Raw, RawFunction,
+    cancel, get_result, groups_of, wait, Batches, DoneAndPending, Executor, ExecutorBuilder,
+    MapOptions, Raw, RawFunction,
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
 pub use monitor::{attach, attach_with};
 pub use quelea_core::config::{Config, ConfigBuilder};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
-pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, RunnerKind};
+pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, Output, RunnerKind};
 pub use quelea_worker::pool::RunnerCommand;
 pub use quelea_worker::rust_runner::{is_runner, serve_if_runner, FunctionRef, Functions};
 pub use summary::{JobSummary, LambdaCost};

@@ -18,10 +18,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use quelea_core::config::ConfigBuilder;
+use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
-use quelea_core::model::{now_ts, CallError, CallState, FailureReason, JobSpec, ResultRef};
+use quelea_core::model::{now_ts, CallError, CallState, FailureReason, JobSpec, Output, ResultRef};
 use quelea_core::protocol::Message;
 use quelea_storage::Storage;
+use quelea_worker::runtime::element_stats;
 
 use crate::error::{Error, Result};
 use crate::future::FuturesList;
@@ -245,18 +247,23 @@ fn apply_batch(job: &JobState, storage: &Storage, body: &[u8]) -> bool {
     any
 }
 
-fn apply(job: &JobState, storage: &Storage, status: quelea_core::model::CallStatus) {
-    if status.call_id.index() >= job.total() as usize {
+fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::CallStatus) {
+    let first = status.call_id.index();
+    let count = status.count.max(1);
+    if first + count as usize > job.total() as usize {
         return;
     }
+    let calls = (0..count).map(|k| CallId(status.call_id.0 + k));
     match status.state {
         CallState::Running => {
             if let Some(start) = status.stats.start_ts {
-                job.mark_running(status.call_id, status.stats.worker_id, start);
+                for call in calls {
+                    job.mark_running(call, status.stats.worker_id, start);
+                }
             }
         }
         CallState::Success => {
-            let outcome = match status.result {
+            let bytes = match status.result.take() {
                 Some(ResultRef::Inline(bytes)) => Ok(bytes),
                 Some(ResultRef::Object { key, .. }) => {
                     storage.get_blocking(&key).map(|b| b.to_vec()).map_err(|e| {
@@ -274,7 +281,22 @@ fn apply(job: &JobState, storage: &Storage, status: quelea_core::model::CallStat
                 }
                 None => Ok(b"null".to_vec()),
             };
-            job.complete(status.call_id, status.stats, outcome);
+            if count == 1 {
+                job.complete(status.call_id, status.stats, bytes.map(Output::Own));
+                return;
+            }
+            let blob = bytes.map(Arc::new);
+            for (index, call) in calls.enumerate() {
+                let outcome = match &blob {
+                    Ok(blob) => Ok(Output::Shared {
+                        blob: blob.clone(),
+                        index: index as u32,
+                        count,
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                job.complete(call, element_stats(&status, index as u32), outcome);
+            }
         }
         CallState::Error => {
             let error = status.error.unwrap_or_else(|| CallError {
@@ -284,7 +306,9 @@ fn apply(job: &JobState, storage: &Storage, status: quelea_core::model::CallStat
                 traceback: String::new(),
                 payload: None,
             });
-            job.complete(status.call_id, status.stats, Err(Box::new(error)));
+            for call in calls {
+                job.complete(call, status.stats.clone(), Err(Box::new(error.clone())));
+            }
         }
         CallState::New | CallState::Invoked => {}
     }

@@ -45,6 +45,8 @@ use quelea_core::config::EnvVars;
 use quelea_core::ids::CallId;
 use quelea_core::model::{now_ts, CallError};
 
+use crate::runner_protocol::ALL;
+
 use self::failure::{cancelled_error, start_failure, KillReason};
 
 /// How to start a runner process.
@@ -75,11 +77,25 @@ impl RunnerCommand {
     }
 }
 
-/// What the pool reports about a finished call.
+/// What a runner answered for a call that ran.
+#[derive(Debug)]
+pub enum Outputs {
+    /// A single element's result.
+    One(Vec<u8>),
+    /// Every element of the batch succeeded: the runner's encoding of all
+    /// their values at once.
+    Shared(Vec<u8>),
+    /// Each element's own outcome, in order.
+    Each(Vec<Result<Vec<u8>, CallError>>),
+}
+
+/// What the pool reports about a finished call: `count` elements from
+/// `call_id` (an error of a batch is every one of its elements').
 #[derive(Debug)]
 pub struct Completion {
     pub call_id: CallId,
-    pub outcome: Result<Vec<u8>, CallError>,
+    pub count: u32,
+    pub outcome: Result<Outputs, CallError>,
     pub start_ts: Option<f64>,
     pub end_ts: f64,
     pub worker_id: Option<u32>,
@@ -89,8 +105,9 @@ pub struct Completion {
 
 /// Where a job's call events go.
 pub trait JobSink: Send + Sync {
-    /// The call became the one its runner is running.
-    fn started(&self, call_id: CallId, worker_id: u32, ts: f64);
+    /// The call (its `count` elements from `call_id`) became the one its
+    /// runner is running.
+    fn started(&self, call_id: CallId, count: u32, worker_id: u32, ts: f64);
     fn completed(&self, completion: Completion);
 }
 
@@ -161,11 +178,70 @@ impl PoolFunction {
     }
 }
 
-/// One call to run.
+/// One runner call to run: `count` consecutive elements of a job from
+/// `call_id`, with one input encoding them all (see `runner_protocol`).
 pub struct Task {
     pub ctx: Arc<JobContext>,
     pub call_id: CallId,
-    pub input: Vec<u8>,
+    pub count: u32,
+    pub input: bytes::Bytes,
+    /// `runner_protocol::ALL`, or the one element of the batch to run.
+    select: u32,
+}
+
+impl Task {
+    pub fn new(ctx: Arc<JobContext>, call_id: CallId, count: u32, input: bytes::Bytes) -> Task {
+        Task {
+            ctx,
+            call_id,
+            count: count.max(1),
+            input,
+            select: ALL,
+        }
+    }
+
+    /// The first element the runner answers for.
+    fn answer_id(&self) -> CallId {
+        match self.select {
+            ALL => self.call_id,
+            k => CallId(self.call_id.0 + k),
+        }
+    }
+
+    /// How many elements the runner answers for.
+    fn elements(&self) -> u32 {
+        if self.select == ALL {
+            self.count
+        } else {
+            1
+        }
+    }
+
+    /// Several elements that share one process: a crash, the memory limit
+    /// or the timeout would hit them all.
+    fn is_batch(&self) -> bool {
+        self.elements() > 1
+    }
+
+    /// The call's time limit: the job's per-element timeout for each element.
+    fn timeout(&self) -> Duration {
+        self.ctx
+            .timeout
+            .checked_mul(self.elements())
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// A batch's elements as calls of their own (run apart after the batch's
+    /// process died, so that only the guilty element fails).
+    fn singles(self) -> impl DoubleEndedIterator<Item = Task> {
+        (0..self.count).map(move |k| Task {
+            ctx: self.ctx.clone(),
+            call_id: self.call_id,
+            count: self.count,
+            input: self.input.clone(),
+            select: k,
+        })
+    }
 }
 
 struct InflightCall {
@@ -330,7 +406,7 @@ impl Pool {
             dropped
         };
         for task in dropped {
-            let message = format!("call {} was cancelled before it ran", task.call_id);
+            let message = format!("call {} was cancelled before it ran", task.answer_id());
             fail_task(task, cancelled_error(&message));
         }
         for slot in &self.shared.slots {
@@ -466,7 +542,8 @@ fn signal_runner(slot: &Slot, expected: Option<i32>, reason: KillReason) {
 /// Ends a call that never ran on a runner.
 fn fail_task(task: Task, error: CallError) {
     task.ctx.sink.completed(Completion {
-        call_id: task.call_id,
+        call_id: task.answer_id(),
+        count: task.elements(),
         outcome: Err(error),
         start_ts: None,
         end_ts: now_ts(),

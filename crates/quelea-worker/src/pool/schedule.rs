@@ -112,7 +112,14 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
                 if input.loaded.insert(function.id) {
                     runner_protocol::encode_function(&mut frames, function.id, &function.payload);
                 }
-                runner_protocol::encode_call(&mut frames, function.id, task.call_id.0, &task.input);
+                runner_protocol::encode_call(
+                    &mut frames,
+                    function.id,
+                    task.call_id.0,
+                    task.count,
+                    task.select,
+                    &task.input,
+                );
             }
             generation = input.generation;
         }
@@ -129,10 +136,12 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
             if inflight.calls.is_empty() {
                 inflight.front_start = Instant::now();
                 let first = &tasks[0];
-                first
-                    .ctx
-                    .sink
-                    .started(first.call_id, slot.index, shared.ts(inflight.front_start));
+                first.ctx.sink.started(
+                    first.answer_id(),
+                    first.elements(),
+                    slot.index,
+                    shared.ts(inflight.front_start),
+                );
             }
             inflight
                 .calls

@@ -12,8 +12,8 @@ use super::failure::{
     cancelled_error, death_error, describe_exit, start_failure, user_error, KillReason,
 };
 use super::startup::{handshake, spawn_runner, ReadyWatch, StartFailures, READY_TIMEOUT};
-use super::{fail_task, kill_runner, lock, Completion, Shared, Slot, Task};
-use crate::runner_protocol::{self, FromRunner};
+use super::{fail_task, kill_runner, lock, Completion, Outputs, Shared, Slot, Task};
+use crate::runner_protocol::{self, Answer, FromRunner};
 
 /// Clears the slot's pid so that nobody signals it any more. Called before
 /// the runner is reaped: a reaped pid may be recycled, so once `wait()` runs
@@ -100,12 +100,11 @@ pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
         // ends this runner.
         while let Ok(Some(FromRunner::Done {
             call_id,
-            ok,
+            answer,
             peak_rss,
-            payload,
         })) = runner_protocol::read_from_runner(&mut stdout)
         {
-            if !on_done(shared, slot, call_id, ok, peak_rss, payload, cold) {
+            if !on_done(shared, slot, call_id, answer, peak_rss, cold) {
                 break;
             }
             cold = false;
@@ -142,9 +141,8 @@ fn on_done(
     shared: &Shared,
     slot: &Slot,
     call_id: u32,
-    ok: bool,
+    answer: Answer,
     peak_rss: u64,
-    payload: Vec<u8>,
     cold: bool,
 ) -> bool {
     let now = Instant::now();
@@ -153,7 +151,7 @@ fn on_done(
         let Some(front) = inflight.calls.front() else {
             return false;
         };
-        if front.task.call_id.0 != call_id {
+        if front.task.answer_id().0 != call_id {
             return false;
         }
         let call = inflight.calls.pop_front().expect("front exists");
@@ -165,10 +163,12 @@ fn on_done(
                 // it starts (it ends as cancelled; the calls behind it requeue).
                 kill_runner(slot, KillReason::Cancelled);
             } else {
-                next.task
-                    .ctx
-                    .sink
-                    .started(next.task.call_id, slot.index, shared.ts(now));
+                next.task.ctx.sink.started(
+                    next.task.answer_id(),
+                    next.task.elements(),
+                    slot.index,
+                    shared.ts(now),
+                );
             }
         }
         (call, start)
@@ -183,13 +183,30 @@ fn on_done(
         shared.cond.notify_all();
     }
 
-    let outcome = if ok {
-        Ok(payload)
-    } else {
-        Err(user_error(&payload))
+    let task = &call.task;
+    let outcome = match answer {
+        Answer::Ok(payload) if !task.is_batch() => Ok(Outputs::One(payload)),
+        // One error for the whole batch (its input could not be read, say).
+        Answer::Err(payload) => Err(user_error(&payload)),
+        Answer::Shared(payload) if task.is_batch() => Ok(Outputs::Shared(payload)),
+        Answer::Each(entries) if entries.len() == task.elements() as usize => Ok(Outputs::Each(
+            entries
+                .into_iter()
+                .map(|(ok, payload)| {
+                    if ok {
+                        Ok(payload)
+                    } else {
+                        Err(user_error(&payload))
+                    }
+                })
+                .collect(),
+        )),
+        // An answer of the wrong shape: the runner broke the protocol.
+        _ => return false,
     };
     call.task.ctx.sink.completed(Completion {
-        call_id: call.task.call_id,
+        call_id: task.answer_id(),
+        count: task.elements(),
         outcome,
         start_ts: Some(shared.ts(start)),
         end_ts: shared.ts(now),
@@ -216,26 +233,39 @@ fn on_death(shared: &Shared, slot: &Slot, reason: Option<KillReason>, status: &s
         (std::mem::take(&mut inflight.calls), inflight.front_start)
     };
     let mut calls = calls.into_iter();
+    let mut rerun = Vec::new();
     if let Some(front) = calls.next() {
         let task = front.task;
-        let error = death_error(
+        let shutting_down = shared.shutdown.load(Ordering::Acquire);
+        let apart = matches!(
             reason,
-            task.call_id,
-            task.ctx.timeout,
-            task.ctx.memory_limit_bytes,
-            status,
+            None | Some(KillReason::Timeout) | Some(KillReason::OutOfMemory { .. })
         );
-        task.ctx.sink.completed(Completion {
-            call_id: task.call_id,
-            outcome: Err(error),
-            start_ts: Some(shared.ts(start)),
-            end_ts: now_ts(),
-            worker_id: Some(slot.index),
-            cold_start: false,
-            peak_memory_bytes: 0,
-        });
+        if task.is_batch() && apart && !shutting_down {
+            // What killed the process was one element's doing: run them
+            // apart, each with its own limits, so that only that one fails.
+            rerun.extend(task.singles());
+        } else {
+            let error = death_error(
+                reason,
+                task.answer_id(),
+                task.timeout(),
+                task.ctx.memory_limit_bytes,
+                status,
+            );
+            task.ctx.sink.completed(Completion {
+                call_id: task.answer_id(),
+                count: task.elements(),
+                outcome: Err(error),
+                start_ts: Some(shared.ts(start)),
+                end_ts: now_ts(),
+                worker_id: Some(slot.index),
+                cold_start: false,
+                peak_memory_bytes: 0,
+            });
+        }
     }
-    let rest: Vec<Task> = calls.map(|c| c.task).collect();
+    let rest: Vec<Task> = rerun.into_iter().chain(calls.map(|c| c.task)).collect();
     if shared.shutdown.load(Ordering::Acquire) {
         for task in rest {
             fail_task(task, cancelled_error("the executor shut down"));

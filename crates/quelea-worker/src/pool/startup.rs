@@ -133,7 +133,7 @@ mod tests {
         assert!(e.contains("protocol version"), "{e}");
 
         let mut done = Vec::new();
-        runner_protocol::encode_done(&mut done, 1, true, 0, b"x");
+        runner_protocol::encode_done(&mut done, 1, &runner_protocol::Answer::Ok(b"x".to_vec()), 0);
         let e = handshake(&mut &done[..]).unwrap_err();
         assert!(e.contains("before saying ready"), "{e}");
 

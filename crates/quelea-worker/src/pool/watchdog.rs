@@ -54,7 +54,7 @@ pub(super) fn watchdog_main(shared: &Shared) {
                     continue;
                 };
                 (
-                    front.task.ctx.timeout,
+                    front.task.timeout(),
                     front.task.ctx.memory_limit_bytes,
                     inflight.front_start,
                 )

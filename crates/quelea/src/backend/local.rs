@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quelea_core::config::Config;
 use quelea_core::ids::CallId;
-use quelea_core::model::{CallError, CallStats, RunnerKind};
+use quelea_core::model::{CallError, CallStats, Output, RunnerKind};
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
@@ -41,7 +41,7 @@ impl CallObserver for JobObserver {
         self.job.mark_running(call_id, Some(worker_id), ts);
     }
 
-    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Vec<u8>, CallError>) {
+    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Output, CallError>) {
         self.job.complete(call_id, stats, outcome.map_err(Box::new));
     }
 }

@@ -52,7 +52,11 @@ where
     let batches: Vec<(Vec<CallId>, Bytes)> = invocations
         .into_iter()
         .map(|invocation| {
-            let ids = invocation.calls.iter().map(|c| c.call_id).collect();
+            let ids = invocation
+                .calls
+                .iter()
+                .flat_map(|c| (0..c.count.max(1)).map(move |k| CallId(c.call_id.0 + k)))
+                .collect();
             (ids, Bytes::from(Message::Invocation(invocation).encode()))
         })
         .collect();

@@ -1,6 +1,8 @@
-"""Bundles: many map elements to one runner call (explicit ``chunksize``, or
-automatic for large maps), with every element keeping its own result,
-exception, logs, id and failure reason. Real runner processes throughout."""
+"""Batches: many map elements to one runner call (explicit ``chunksize``, or
+automatic for large maps), an engine concept: every element keeps its own
+future, state, result, exception, logs, id and failure reason, and a batch
+whose process dies is re-run by the runtime one element per call. Real
+runner processes throughout."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 import quelea
 from conftest import run_script
-from quelea._bundle import AUTO_BUNDLE_MIN, MAX_AUTO_BUNDLE_BYTES, BundledJob, auto_size
+from quelea._batch import MAX_AUTO_BATCH_BYTES
 from quelea.exceptions import CallTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
 
@@ -59,20 +61,31 @@ def lock_on(x):
 
 
 def env_var(x):
-    return os.environ.get("BUNDLE_VAR", "") + str(x)
+    return os.environ.get("BATCH_VAR", "") + str(x)
 
 
-def test_large_maps_are_bundled_like_pool_and_keep_call_order(executor):
+AUTO_MIN = 512  # quelea_core::config::AUTO_CHUNK_MIN
+
+
+def auto_size(elements: int, workers: int) -> int:
+    """multiprocessing.Pool.map's rule: about four runner calls per worker."""
+    return -(-elements // (workers * 4))
+
+
+def test_large_maps_are_batched_like_pool_and_keep_call_order(executor):
     n = 10_000
     futures = executor.map(square, range(n))
     job = futures._job_source()[0]
-    assert isinstance(job, BundledJob)
-    assert job.size == auto_size(n, 2) == 1250 and job.engine.total == 8
+    # The engine's job counts elements, and knows its batch size.
+    assert job.chunksize == auto_size(n, 2) == 1250 and job.total == n
     assert len(futures) == n
     assert executor.get_result(futures) == [x * x for x in range(n)]
     # The futures are there when asked for, one per element.
     assert futures[1234].result() == 1234 * 1234 and futures[1234].call_id == "01234"
-    assert futures[-1].success and futures[-1].stats["bundle"] == 7
+    assert futures[-1].success
+    # Elements of one batch share its run, on one runner.
+    last = [f.stats for f in futures[-1250:]]
+    assert len({(s["worker_start_tstamp"], s["worker_id"]) for s in last}) == 1
     assert [f.result() for f in futures[10:13]] == [100, 121, 144]
     # Read once: a second get_result() has nothing new.
     assert executor.get_result() == []
@@ -84,23 +97,33 @@ def length(data):
     return len(data)
 
 
-def test_automatic_bundles_of_big_elements_stay_small(executor):
+def test_automatic_batches_of_big_elements_stay_small(executor):
     blobs = [bytes([i % 256]) * (64 << 10) for i in range(600)]
     futures = executor.map(length, blobs)
     job = futures._job_source()[0]
-    assert auto_size(600, 2) == 75 and 1 < job.size < 75
-    assert job.size * (64 << 10) <= MAX_AUTO_BUNDLE_BYTES
+    assert auto_size(600, 2) == 75 and 1 < job.chunksize < 75
+    assert job.chunksize * (64 << 10) <= MAX_AUTO_BATCH_BYTES
     assert executor.get_result(futures) == [64 << 10] * 600
-    assert job._inputs == [None] * job.engine.total  # dropped once each bundle ran
 
 
-def test_small_maps_and_chunksize_1_are_not_bundled(executor):
-    small = executor.map(square, range(AUTO_BUNDLE_MIN - 1))
-    explicit = executor.map(square, range(AUTO_BUNDLE_MIN * 2), chunksize=1)
-    timed = executor.map(square, range(AUTO_BUNDLE_MIN * 2), timeout=60)
+def test_small_maps_and_chunksize_1_are_not_batched(executor, storage_root):
+    small = executor.map(square, range(AUTO_MIN - 1))
+    explicit = executor.map(square, range(AUTO_MIN * 2), chunksize=1)
+    timed = executor.map(square, range(AUTO_MIN * 2), timeout=60)
     for futures in (small, explicit, timed):
-        assert not isinstance(futures._job_source()[0], BundledJob)
-    assert executor.get_result(explicit) == [x * x for x in range(AUTO_BUNDLE_MIN * 2)]
+        assert futures._job_source()[0].chunksize == 1
+    assert executor.get_result(explicit) == [x * x for x in range(AUTO_MIN * 2)]
+    # One meaning: `execution.chunksize` in the config is the same setting.
+    cfg = {"localdisk": {"root": str(storage_root)}, "execution": {"chunksize": 1}}
+    with quelea.FunctionExecutor(config=cfg) as fexec:
+        futures = fexec.map(square, range(AUTO_MIN * 2))
+        assert futures._job_source()[0].chunksize == 1
+        assert fexec.get_result(futures) == [x * x for x in range(AUTO_MIN * 2)]
+    cfg["execution"]["chunksize"] = 7
+    with quelea.FunctionExecutor(config=cfg) as fexec:
+        futures = fexec.map(square, range(20))
+        assert futures._job_source()[0].chunksize == 7
+        assert fexec.get_result(futures) == [x * x for x in range(20)]
 
 
 def test_each_element_keeps_its_exception_and_traceback(executor):
@@ -129,14 +152,14 @@ def test_reserved_id_argument_forms_and_extra_env(executor):
     assert executor.get_result(tuples) == [103, 107, 111]
     dicts = executor.map(add, [{"x": 1, "y": 2}, {"x": 3, "y": 4}], chunksize=2, extra_args={"z": 10})
     assert executor.get_result(dicts) == [13, 17]
-    envs = executor.map(env_var, range(3), chunksize=3, extra_env={"BUNDLE_VAR": "v"})
+    envs = executor.map(env_var, range(3), chunksize=3, extra_env={"BATCH_VAR": "v"})
     assert executor.get_result(envs) == ["v0", "v1", "v2"]
 
 
 def test_a_result_that_cannot_be_pickled_fails_only_its_element(executor):
     futures = executor.map(lock_on, range(6), chunksize=6)
     assert executor.get_result(futures, throw_except=False) == [0, 1, 2, 3, None, 5]
-    with pytest.raises(SerializationError, match=r"result of test_bundles.lock_on \(call 00004"):
+    with pytest.raises(SerializationError, match=r"result of test_batches.lock_on \(call 00004"):
         futures[4].result()
 
 
@@ -147,12 +170,15 @@ def test_a_crash_fails_only_the_element_that_caused_it(fresh_executor):
     assert [f.error for f in futures].count(True) == 1
     with pytest.raises(WorkerCrashedError, match="call 00015 died: exited with code 9"):
         futures[15].result()
-    # The crashed bundle's elements ran again one per call.
-    job = futures[0]._job
-    assert list(job._reruns) == [1] and job._reruns[1].total == 10
+    # The crashed batch's elements ran again one per call: three batches and
+    # ten single runs (the dead run itself left no stats).
+    row = next(r for r in fresh_executor.job_summary() if r["job_key"] == futures[0].job_key)
+    assert row["runner_calls"] == 13
+    starts = {f.stats["worker_start_tstamp"] for f in futures[10:20]}
+    assert len(starts) == 10
 
 
-def test_a_bundle_timeout_times_out_only_the_slow_element(fresh_executor):
+def test_a_batch_timeout_times_out_only_the_slow_element(fresh_executor):
     started = time.time()
     futures = fresh_executor.map(sleep_on, range(10), chunksize=5, timeout=1)
     results = fresh_executor.get_result(futures, throw_except=False)
@@ -186,7 +212,7 @@ def test_the_lazy_list_behaves_as_a_list(executor):
     assert executor.get_result(chained) == [0, 1, 16]
 
 
-def test_bundled_futures_pickle_and_attach_by_handle(tmp_path, storage_root):
+def test_batched_futures_pickle_and_attach_by_handle(tmp_path, storage_root):
     source = f"""
         import quelea
         def cube(x):
@@ -201,12 +227,17 @@ def test_bundled_futures_pickle_and_attach_by_handle(tmp_path, storage_root):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     handle = out.strip().splitlines()[-1]
-    assert json.loads(handle)["python_bundle"] == {"size": 10, "total": 25}
+    # The handle counts elements; nothing Python-specific rides along.
+    fields = json.loads(handle)
+    assert fields["total_calls"] == 25 and "python_bundle" not in fields
     futures = quelea.attach(handle, config={"localdisk": {"root": str(storage_root)}})
     assert len(futures) == 25
     assert quelea.get_result(futures, timeout=60) == [x**3 for x in range(25)]
     again = pickle.loads(pickle.dumps(futures[24]))
     assert again.result(timeout=60) == 24**3
+    attached = quelea.attach(handle, config={"localdisk": {"root": str(storage_root)}})
+    done, not_done = quelea.wait(attached, timeout=60)
+    assert len(done) == 25 and not not_done and all(f.success for f in attached)
     bad = json.loads(handle)
     bad["python_bundle"] = {"size": 3, "total": 25}
     with pytest.raises(quelea.exceptions.JobHandleError, match="python_bundle"):

@@ -1,0 +1,88 @@
+"""The Python encoding of map elements for the engine's batches.
+
+A batch (see ``quelea_worker::runner_protocol``) is the engine's runner call
+of ``chunksize`` consecutive map elements. The engine owns everything about
+it — states, stats, statuses and crash isolation are per element — and
+Python owns only how the elements travel: a batch's input is
+``pickle((plain, items))`` (a plain item is the single argument, a general
+one ``(args, kwargs)``), a single element's input is ``(args, kwargs)``, and
+a batch whose elements all succeeded quietly answers ``b"\\x02"`` + the
+pickled list of their values, which :func:`shared_values` decodes once for
+all of them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from ._serialize import PROTOCOL
+
+# A batch of an automatic size holding more input than this gets fewer
+# elements (big elements gain nothing from batching, and one runner would
+# hold them all).
+MAX_AUTO_BATCH_BYTES = 4 << 20
+_NO_KWARGS: dict = {}
+
+
+def encode(items: list | range, plain: bool, size: int, auto: bool) -> tuple[int, list[bytes]]:
+    """The runner calls of a map: ``(chunksize, inputs)``. An automatic size
+    shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``."""
+    if size == 1:
+        return 1, encode_each(plain, items)
+    inputs: list[bytes] = []
+    first = 0
+    while first < len(items):
+        blob = _dumps((plain, items[first : first + size]))
+        if auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1 and not inputs:
+            size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
+            if size == 1:
+                return 1, encode_each(plain, items)
+            continue
+        inputs.append(blob)
+        first += size
+    if len(items) % size == 1:
+        # A runner call of one element carries that element's own input.
+        inputs[-1] = encode_each(plain, items[-1:])[0]
+    return size, inputs
+
+
+def encode_each(plain: bool, items: list | range) -> list[bytes]:
+    """One input per element: ``(args, kwargs)`` pickled."""
+    from ._serialize import dump_input
+
+    if plain:
+        dumps = pickle.dumps
+        try:
+            return [dumps(((e,), _NO_KWARGS), PROTOCOL) for e in items]
+        except Exception:  # noqa: BLE001 - the general path names the bad element
+            return [dump_input((e,), {}, i) for i, e in enumerate(items)]
+    return [dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+
+
+# Decoded shared results by the bytes object the engine handed out (which
+# the engine's job keeps alive); bounded, as a long session reads many.
+_SHARED: dict[int, tuple[bytes, list]] = {}
+_SHARED_MAX = 256
+
+
+def shared_values(blob: bytes) -> list:
+    """The values of a batch's shared result, decoded once."""
+    key = id(blob)
+    found = _SHARED.get(key)
+    if found is not None and found[0] is blob:
+        return found[1]
+    values = pickle.loads(memoryview(blob)[1:])
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.pop(next(iter(_SHARED)))
+    _SHARED[key] = (blob, values)
+    return values
