@@ -87,6 +87,7 @@ fn options(
     chunksize: Option<u32>,
     timeout: Option<f64>,
     memory_limit_mb: Option<u64>,
+    detach: bool,
 ) -> PyResult<MapOptions> {
     let timeout = match timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
@@ -101,6 +102,7 @@ fn options(
         chunksize,
         timeout,
         memory_limit_mb,
+        detach,
     })
 }
 
@@ -132,6 +134,14 @@ impl Executor {
             .config(config)
             .runner(RunnerKind::Python, RunnerCommand::python(&python))
             .runner(RunnerKind::Rust, rust_runner(&python))
+            .host(RunnerCommand {
+                program: python.clone(),
+                args: vec![
+                    "-c".into(),
+                    "import sys; from quelea import _engine; sys.exit(_engine.serve_host())".into(),
+                ],
+                env: Vec::new(),
+            })
             .build()
             .map_err(to_py_err)?;
         Ok(Executor {
@@ -167,14 +177,14 @@ impl Executor {
         timeout: Option<f64>,
         memory_limit_mb: Option<u64>,
     ) -> PyResult<u32> {
-        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let options = options(chunksize, timeout, memory_limit_mb, false)?;
         self.with(|e| Ok(e.chunksize_for(total, &options)))
     }
 
     /// Submits a job. With `total`, `inputs` are runner calls of `chunksize`
     /// elements each in the front end's encoding; without, one input per
     /// element, grouped by the engine.
-    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None, total=None))]
+    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None, total=None, detach=false))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -187,13 +197,14 @@ impl Executor {
         timeout: Option<f64>,
         memory_limit_mb: Option<u64>,
         total: Option<u32>,
+        detach: bool,
     ) -> PyResult<Job> {
         let kind = match kind {
             "call_async" => JobKind::CallAsync,
             "map" => JobKind::Map,
             other => return Err(value_error(format!("unknown job kind `{other}`"))),
         };
-        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let options = options(chunksize, timeout, memory_limit_mb, detach)?;
         let inputs = self.batches(inputs, total, &options)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
         let futures = self.with(|e| {
@@ -238,7 +249,7 @@ impl Executor {
     }
 
     /// A map-reduce with one reducer per group of consecutive map calls.
-    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, groups, chunksize=None, timeout=None, memory_limit_mb=None, total=None))]
+    #[pyo3(signature = (map_name, map_payload, inputs, reduce_name, reduce_payload, groups, chunksize=None, timeout=None, memory_limit_mb=None, total=None, detach=false))]
     #[allow(clippy::too_many_arguments)]
     fn map_reduce_grouped(
         &self,
@@ -253,8 +264,9 @@ impl Executor {
         timeout: Option<f64>,
         memory_limit_mb: Option<u64>,
         total: Option<u32>,
+        detach: bool,
     ) -> PyResult<(Job, Job)> {
-        let options = options(chunksize, timeout, memory_limit_mb)?;
+        let options = options(chunksize, timeout, memory_limit_mb, detach)?;
         let inputs = self.batches(inputs, total, &options)?;
         let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
         let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
@@ -308,6 +320,17 @@ impl Executor {
 
     fn runner_pids(&self) -> PyResult<Vec<u32>> {
         self.with(|e| Ok(e.runner_pids()))
+    }
+
+    /// The pid of the host of this executor's detached jobs, if started.
+    fn host_pid(&self) -> PyResult<Option<u32>> {
+        self.with(|e| Ok(e.host_pid()))
+    }
+
+    /// Deletes every object of the job behind a handle; returns how many.
+    fn clean_job(&self, py: Python<'_>, handle: &str) -> PyResult<usize> {
+        let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
+        self.with(|e| py.detach(|| e.clean_job(&handle)).map_err(to_py_err))
     }
 
     fn flush_statuses(&self, py: Python<'_>) -> PyResult<()> {
@@ -733,6 +756,13 @@ fn serve_rust_runner() {
     quelea::serve_if_runner(&quelea_cli::builtins().functions);
 }
 
+/// Serves this process as the host of detached jobs (started by an
+/// executor with `QUELEA_RUNNER=host`); returns its exit code.
+#[pyfunction]
+fn serve_host(py: Python<'_>) -> i32 {
+    py.detach(quelea::serve_host)
+}
+
 /// Runs the `quelea` command line; returns its exit code. `python` is
 /// `sys.executable` (a venv's python, which `current_exe` would resolve away).
 #[pyfunction]
@@ -754,6 +784,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(attach, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -18,13 +18,14 @@ use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
     now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, Output, RunnerKind,
 };
-use quelea_core::protocol::{CallInput, InvokedCall};
+use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
 use quelea_worker::runner_protocol::encode_batch_input;
 use quelea_worker::rust_runner::FunctionRef;
 
 use crate::backend::{Backend, Submission};
+use crate::detached::{Host, HostStep};
 use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
@@ -44,6 +45,10 @@ pub struct MapOptions {
     pub timeout: Option<Duration>,
     /// Runner memory limit while a call of this job runs, in MiB.
     pub memory_limit_mb: Option<u64>,
+    /// Run the job so that it outlives this executor and its process (see
+    /// `crate::detached`): on the local backend in a host process of its
+    /// own; remote backends' jobs are left running when the executor goes.
+    pub detach: bool,
 }
 
 impl MapOptions {
@@ -59,6 +64,10 @@ impl MapOptions {
         self.memory_limit_mb = Some(mb);
         self
     }
+    pub fn detach(mut self, detach: bool) -> Self {
+        self.detach = detach;
+        self
+    }
 }
 
 /// `(done, not_done)` futures, as `wait` returns them.
@@ -69,6 +78,7 @@ pub type DoneAndPending<O> = (Vec<ResponseFuture<O>>, Vec<ResponseFuture<O>>);
 pub struct ExecutorBuilder {
     config: Option<Config>,
     runners: HashMap<RunnerKind, RunnerCommand>,
+    host: Option<RunnerCommand>,
 }
 
 impl ExecutorBuilder {
@@ -85,12 +95,33 @@ impl ExecutorBuilder {
         self
     }
 
+    /// How to start the host of detached jobs (default: this executable,
+    /// which must call [`crate::serve_if_runner`] first thing).
+    pub fn host(mut self, command: RunnerCommand) -> Self {
+        self.host = Some(command);
+        self
+    }
+
     pub fn build(self) -> Result<Executor> {
         let config = match self.config {
             Some(config) => config,
             None => Config::load()?,
         };
         let storage = Storage::from_config(&config)?;
+        let mut host_runners = self.runners.clone();
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            host_runners.entry(RunnerKind::Rust)
+        {
+            if let Ok(exe) = RunnerCommand::current_exe() {
+                entry.insert(exe);
+            }
+        }
+        let host_command = self.host.or_else(|| {
+            RunnerCommand::current_exe().ok().map(|mut c| {
+                c.env.clear();
+                c
+            })
+        });
         let backend = Backend::new(&config, &storage, self.runners)?;
         Ok(Executor {
             inner: Arc::new(Inner {
@@ -103,6 +134,9 @@ impl ExecutorBuilder {
                 stored_functions: Mutex::new(HashSet::new()),
                 jobs: Mutex::new(Vec::new()),
                 reducers: Mutex::new(Vec::new()),
+                host: Mutex::new(None),
+                host_command,
+                host_runners,
             }),
         })
     }
@@ -118,6 +152,10 @@ struct Inner {
     stored_functions: Mutex<HashSet<String>>,
     jobs: Mutex<Vec<Arc<JobState>>>,
     reducers: Mutex<Vec<JoinHandle<()>>>,
+    /// The host of this executor's detached local jobs, once there is one.
+    host: Mutex<Option<Host>>,
+    host_command: Option<RunnerCommand>,
+    host_runners: HashMap<RunnerKind, RunnerCommand>,
 }
 
 /// Runs functions on the configured backend. Dropping it stops its runners
@@ -154,6 +192,10 @@ impl RawFunction {
         &self.spec.name
     }
 }
+
+/// A detached job's inputs go to its host inside the Invocation only up to
+/// this much in all; beyond, through the job's data object.
+const HOST_INLINE_BYTES: usize = 16 << 20;
 
 /// Marks futures whose results stay serialized bytes (front ends that
 /// decode results themselves, such as the Python package).
@@ -276,6 +318,19 @@ impl Executor {
             .local()
             .map(|local| local.runner_pids())
             .unwrap_or_default()
+    }
+
+    /// The pid of the host running this executor's detached local jobs, once
+    /// there is one.
+    pub fn host_pid(&self) -> Option<u32> {
+        lock(&self.inner.host).as_ref().map(Host::pid)
+    }
+
+    /// Deletes every object of the job behind `handle` (a detached job's
+    /// last reader cleans it); returns how many.
+    pub fn clean_job(&self, handle: &JobHandle) -> Result<usize> {
+        let keys = JobKeys::new(&handle.executor_id, handle.job_id);
+        Ok(self.inner.storage.delete_prefix_blocking(keys.prefix())?)
     }
 
     /// Starts the Rust runner pool now instead of on the first job (remote
@@ -711,7 +766,15 @@ impl Executor {
             inputs.chunksize,
             options,
         )?;
-        self.inner.launch(&job, &function, inputs.inputs)?;
+        if options.detach {
+            job.mark_detached();
+        }
+        self.inner.launch(
+            &job,
+            &function,
+            inputs.inputs,
+            self.inner.detached_locally(options),
+        )?;
         Ok(job)
     }
 }
@@ -736,12 +799,49 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// Writes the job's objects and hands its Invocations to the backend.
+    /// Whether a job with these options runs in the detached-job host.
+    fn detached_locally(&self, options: &MapOptions) -> bool {
+        options.detach && self.backend.local().is_some()
+    }
+
+    /// Stores a function payload once per content.
+    fn store_function(&self, function: &RawFunction) -> Result<()> {
+        if lock(&self.stored_functions).insert(function.spec.hash.clone()) {
+            let key = keys::function(&self.id, &function.spec.hash);
+            if let Err(e) = self.storage.put_blocking(&key, function.payload.clone()) {
+                lock(&self.stored_functions).remove(&function.spec.hash);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a step to the detached-job host, starting it first if needed.
+    fn host_send(&self, step: &HostStep) -> Result<()> {
+        let mut host = lock(&self.host);
+        if host.is_none() {
+            let command = self
+                .host_command
+                .as_ref()
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "detach",
+                    message:
+                        "no command to start a detached-job host with (this executable is unknown)"
+                            .into(),
+                })?;
+            *host = Some(Host::start(command, &self.config, &self.host_runners)?);
+        }
+        host.as_mut().expect("started above").send(step)
+    }
+
+    /// Writes the job's objects and hands its Invocations to the backend
+    /// (`detached`: to the detached-job host).
     fn launch(
         &self,
         job: &Arc<JobState>,
         function: &RawFunction,
         inputs: Vec<Vec<u8>>,
+        detached: bool,
     ) -> Result<()> {
         let config = &self.config;
         let spec = &job.spec;
@@ -754,13 +854,7 @@ impl Inner {
             }),
             None => None,
         };
-        if lock(&self.stored_functions).insert(function.spec.hash.clone()) {
-            let key = keys::function(&self.id, &function.spec.hash);
-            if let Err(e) = self.storage.put_blocking(&key, function.payload.clone()) {
-                lock(&self.stored_functions).remove(&function.spec.hash);
-                return Err(e.into());
-            }
-        }
+        self.store_function(function)?;
         self.storage.put_blocking(
             &job.keys.spec(),
             serde_json::to_vec(spec).expect("job specs serialize"),
@@ -770,7 +864,8 @@ impl Inner {
         // into one data object and each call gets its byte range.
         let inline = inputs
             .iter()
-            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes);
+            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
+            && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES);
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
@@ -813,6 +908,23 @@ impl Inner {
                 record.state = CallState::Invoked;
             }
         }
+        if detached {
+            let deadline_ts = self.deadline_ts(spec);
+            self.host_send(&HostStep::Invocation {
+                invocation: Invocation {
+                    executor_id: spec.executor_id.clone(),
+                    job_id: spec.job_id,
+                    function: spec.function.clone(),
+                    calls,
+                    timeout_s: spec.timeout_s,
+                    memory_limit_mb: spec.memory_limit_mb,
+                    submit_ts: spec.submit_ts,
+                    push: None,
+                },
+                deadline_ts,
+            })?;
+            return crate::monitor::follow(job, self.storage.clone(), deadline_ts, true, None);
+        }
         self.backend.submit(Submission {
             job,
             function_payload: &function.payload,
@@ -828,7 +940,10 @@ impl Inner {
         let _ = self.flush_statuses();
         let finished: Vec<Arc<JobState>> = {
             let mut jobs = lock(&self.jobs);
-            let (done, running): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|j| j.is_complete());
+            // Detached jobs are cleaned by whoever reads them last.
+            let (done, running): (Vec<_>, Vec<_>) = jobs
+                .drain(..)
+                .partition(|j| j.is_complete() && !j.is_detached());
             *jobs = running;
             done
         };
@@ -836,7 +951,7 @@ impl Inner {
         for job in finished {
             deleted += self.storage.delete_prefix_blocking(job.keys.prefix())?;
         }
-        if lock(&self.jobs).is_empty() {
+        if lock(&self.jobs).is_empty() && lock(&self.host).is_none() {
             deleted += self.storage.delete_prefix_blocking(&format!(
                 "{}functions/",
                 keys::executor_prefix(&self.id)
@@ -886,41 +1001,12 @@ fn run_reducer(
         );
         return;
     }
-    let failure = {
-        let records = map_job.calls();
-        records
-            .iter()
-            .enumerate()
-            .find_map(|(i, record)| match &record.outcome {
-                Some(Err(error)) => Some((
-                    format!(
-                        "map call {} of {} failed: {error}",
-                        CallId(i as u32),
-                        map_job.job_key()
-                    ),
-                    error.reason,
-                )),
-                _ => None,
-            })
-    };
-    if let Some((message, reason)) = failure {
-        fail(message, reason);
-        return;
-    }
-    let inputs: Vec<Vec<u8>> = {
-        let records = map_job.calls();
-        groups
-            .iter()
-            .map(|group| {
-                let results = records[group.start as usize..group.end as usize]
-                    .iter()
-                    .map(|r| match &r.outcome {
-                        Some(Ok(output)) => output,
-                        _ => unreachable!("every map call succeeded"),
-                    });
-                combine_results(function.spec.runner, results)
-            })
-            .collect()
+    let inputs = match reduce_inputs(&map_job, function.spec.runner, &groups) {
+        Ok(inputs) => inputs,
+        Err((message, reason)) => {
+            fail(message, reason);
+            return;
+        }
     };
     let Some(inner) = weak.upgrade() else {
         fail(
@@ -929,12 +1015,52 @@ fn run_reducer(
         );
         return;
     };
-    if let Err(e) = inner.launch(&reduce_job, &function, inputs) {
+    if let Err(e) = inner.launch(&reduce_job, &function, inputs, false) {
         fail(
             format!("cannot start the reduce: {e}"),
             FailureReason::WorkerCrashed,
         );
     }
+}
+
+/// The reduce calls' inputs from a finished map job, one per group; or why
+/// the reduce cannot run (the first failed map call).
+pub(crate) fn reduce_inputs(
+    map_job: &JobState,
+    runner: RunnerKind,
+    groups: &[Range<u32>],
+) -> std::result::Result<Vec<Vec<u8>>, (String, FailureReason)> {
+    let records = map_job.calls();
+    if let Some((i, error)) =
+        records
+            .iter()
+            .enumerate()
+            .find_map(|(i, record)| match &record.outcome {
+                Some(Err(error)) => Some((i, error)),
+                _ => None,
+            })
+    {
+        return Err((
+            format!(
+                "map call {} of {} failed: {error}",
+                CallId(i as u32),
+                map_job.job_key()
+            ),
+            error.reason,
+        ));
+    }
+    Ok(groups
+        .iter()
+        .map(|group| {
+            let results = records[group.start as usize..group.end as usize]
+                .iter()
+                .map(|r| match &r.outcome {
+                    Some(Ok(output)) => output,
+                    _ => unreachable!("every map call succeeded"),
+                });
+            combine_results(runner, results)
+        })
+        .collect())
 }
 
 /// The reducer's input: every map result, in call order, in the form the
@@ -1034,7 +1160,8 @@ impl Drop for Executor {
         // Reducers finish (or fail) once their map jobs end; pools stop below.
         let inner = &self.inner;
         for job in lock(&inner.jobs).iter() {
-            if !job.is_complete() {
+            // A detached job goes on without this executor.
+            if !job.is_complete() && !job.is_detached() {
                 job.cancel("the executor was dropped");
                 job.run_cancel_hook();
             }

@@ -68,6 +68,8 @@ pub(crate) struct JobState {
     done: AtomicU32,
     notifier: Arc<Notifier>,
     cancel_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// The job outlives its executor (not cancelled or cleaned when it goes).
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl JobState {
@@ -90,7 +92,16 @@ impl JobState {
             done: AtomicU32::new(0),
             notifier,
             cancel_hook: Mutex::new(None),
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn mark_detached(&self) {
+        self.detached.store(true, Ordering::Release);
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
     }
 
     pub fn job_key(&self) -> String {

@@ -14,6 +14,7 @@
 //! ```
 
 mod backend;
+mod detached;
 mod error;
 mod executor;
 mod future;
@@ -26,6 +27,7 @@ pub mod objects;
 mod push;
 pub mod summary;
 
+pub use detached::serve_host;
 pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, Batches, DoneAndPending, Executor, ExecutorBuilder,
@@ -38,7 +40,18 @@ pub use quelea_core::config::{Config, ConfigBuilder};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, Output, RunnerKind};
 pub use quelea_worker::pool::RunnerCommand;
-pub use quelea_worker::rust_runner::{is_runner, serve_if_runner, FunctionRef, Functions};
+pub use quelea_worker::rust_runner::{is_runner, FunctionRef, Functions};
+
+/// Call first thing in `main`: started by the pool as a runner, this
+/// process serves `functions` and exits; started as the host of detached
+/// jobs (see [`MapOptions::detach`]), it serves them and exits; otherwise
+/// it returns and the program goes on as a driver.
+pub fn serve_if_runner(functions: &Functions) {
+    if std::env::var(quelea_core::config::EnvVars::RUNNER).as_deref() == Ok(detached::HOST_MODE) {
+        std::process::exit(detached::serve_host());
+    }
+    quelea_worker::rust_runner::serve_if_runner(functions);
+}
 pub use summary::{JobSummary, LambdaCost};
 
 /// The layers below, for tools that need them (the CLI, benchmarks).

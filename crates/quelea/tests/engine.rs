@@ -765,6 +765,110 @@ fn attach_from_a_second_process() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The children of `pid` (over all its threads), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit(')').next().map(str::to_owned))
+        .is_some_and(|rest| !rest.trim_start().starts_with(['Z', 'X']))
+}
+
+fn wait_gone(pids: &[u32], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !pids.iter().any(|&p| alive(p)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts a driver that submits a detached map of 40 sleeps of `ms` and
+/// kills itself; returns the handle and the host's pid.
+fn detached_driver(dir: &std::path::Path, ms: u64) -> Result<(JobHandle, u32), Failed> {
+    let mut driver = Command::new(std::env::current_exe()?)
+        .env("QTEST_DRIVER", "detach")
+        .env("QTEST_SLEEP_MS", ms.to_string())
+        .env("QUELEA_STORAGE_DIR", dir)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let handle = JobHandle::from_json(&lines.next().ok_or("the driver prints a handle")??)?;
+    let host: u32 = lines
+        .next()
+        .ok_or("the driver prints the host pid")??
+        .parse()?;
+    let status = driver.wait()?;
+    check(
+        !status.success(),
+        format!("the driver was killed: {status}"),
+    )?;
+    Ok((handle, host))
+}
+
+fn detached_jobs_outlive_their_client() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let (handle, host) = detached_driver(dir.path(), 30)?;
+    check(handle.total_calls == 40, "the handle counts elements")?;
+    // The client is gone; the job goes on and another process reads it.
+    let base = || ConfigBuilder::new().no_file().env(Vec::new());
+    let futures = quelea::attach_with::<u64>(base(), &handle)?;
+    let results = quelea::get_result(&futures, Some(Duration::from_secs(120)))?;
+    check(results == vec![30; 40], format!("{results:?}"))?;
+    check(
+        wait_gone(&[host], Duration::from_secs(20)),
+        "the host exits once its job is done",
+    )?;
+
+    // Cancelled from a third process by the marker: the calls end, and the
+    // host and its runners are gone.
+    let (handle, host) = detached_driver(dir.path(), 60_000)?;
+    let futures = quelea::attach_with::<u64>(base(), &handle)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !futures.iter().any(|f| f.state() == CallState::Running) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let runners = children(host);
+    check(!runners.is_empty(), "the host runs runners")?;
+    quelea::cancel(&futures);
+    let again = quelea::attach_with::<u64>(base(), &handle)?;
+    quelea::wait(
+        &again,
+        quelea::ReturnWhen::AllCompleted,
+        Some(Duration::from_secs(60)),
+    )?;
+    check(
+        again.iter().all(|f| {
+            f.call_error()
+                .is_some_and(|e| e.reason == FailureReason::Cancelled)
+        }),
+        "a follower sees every call cancelled",
+    )?;
+    let mut all = runners.clone();
+    all.push(host);
+    check(
+        wait_gone(&all, Duration::from_secs(20)),
+        format!("host {host} and runners {runners:?} are gone"),
+    )
+}
+
 fn ctrl_c_cancels_and_leaves_no_orphans() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let mut driver = Command::new(std::env::current_exe()?)
@@ -840,6 +944,31 @@ fn bad_config_is_a_clear_error() -> Result<(), Failed> {
 fn driver(mode: &str) -> ! {
     let fns = functions();
     match mode {
+        "detach" => {
+            let exec = Executor::with_config(
+                ConfigBuilder::new()
+                    .set("local.workers", 2)
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+            let ms: u64 = std::env::var("QTEST_SLEEP_MS").unwrap().parse().unwrap();
+            let futures = exec
+                .map(
+                    &fns.sleep_ms,
+                    vec![ms; 40],
+                    MapOptions::default().chunksize(1).detach(true),
+                )
+                .unwrap();
+            println!("{}", exec.job_handle(futures.get(0).unwrap()).to_json());
+            println!("{}", exec.host_pid().unwrap());
+            // Die at once, as a client killed mid-job would.
+            let _ = Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(1);
+        }
         "attach" => {
             let config = ConfigBuilder::new()
                 .set("execution.data_cleaner", false)
@@ -913,6 +1042,10 @@ fn main() {
     args.test_threads.get_or_insert(1);
     let tests: Vec<(&str, TestFn)> = vec![
         ("map_10k_ordered", map_10k_ordered),
+        (
+            "detached_jobs_outlive_their_client",
+            detached_jobs_outlive_their_client,
+        ),
         ("statuses_land_in_storage", statuses_land_in_storage),
         ("map_reduce_in_call_order", map_reduce_in_call_order),
         (
