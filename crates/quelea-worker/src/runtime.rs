@@ -683,41 +683,43 @@ impl JobSink for RuntimeSink {
             status.stats.result_size = size as u64;
             status
         };
+        // Statuses are handed to the writer before the client hears of the
+        // call, so that a flush after a wait finds them all.
         let observer = self.observer.as_deref();
         match completion.outcome {
             Ok(Outputs::One(bytes)) => {
                 let status = status(first, 1, None, bytes.len());
-                let stored = match observer {
+                let stats = status.stats.clone();
+                match observer {
                     Some(observer) => {
-                        let stored = bytes.clone();
-                        observer.finished(first, status.stats.clone(), Ok(Output::Own(bytes)));
-                        stored
+                        self.writer
+                            .finished(&self.target, status, Some(bytes.clone()));
+                        observer.finished(first, stats, Ok(Output::Own(bytes)));
                     }
-                    None => bytes,
-                };
-                self.writer.finished(&self.target, status, Some(stored));
+                    None => self.writer.finished(&self.target, status, Some(bytes)),
+                }
             }
             Ok(Outputs::Shared(bytes)) => {
                 // One record and one stored result for the whole batch.
                 let status = status(first, count, None, bytes.len());
-                let stored = match observer {
+                match observer {
                     Some(observer) => {
-                        let stored = bytes.clone();
+                        let stats: Vec<CallStats> =
+                            (0..count).map(|i| element_stats(&status, i)).collect();
+                        self.writer
+                            .finished(&self.target, status, Some(bytes.clone()));
                         let blob = Arc::new(bytes);
-                        for index in 0..count {
+                        for (index, stats) in (0..count).zip(stats) {
                             let output = Output::Shared {
                                 blob: blob.clone(),
                                 index,
                                 count,
                             };
-                            let call = CallId(first.0 + index);
-                            observer.finished(call, element_stats(&status, index), Ok(output));
+                            observer.finished(CallId(first.0 + index), stats, Ok(output));
                         }
-                        stored
                     }
-                    None => bytes,
-                };
-                self.writer.finished(&self.target, status, Some(stored));
+                    None => self.writer.finished(&self.target, status, Some(bytes)),
+                }
             }
             Ok(Outputs::Each(entries)) => {
                 for (k, entry) in entries.into_iter().enumerate() {
@@ -728,22 +730,30 @@ impl JobSink for RuntimeSink {
                     };
                     let mut status = status(call, 1, error, size);
                     status.stats = element_stats(&status, k as u32);
-                    let stored = entry.as_ref().ok().cloned();
-                    if let Some(observer) = observer {
-                        observer.finished(call, status.stats.clone(), entry.map(Output::Own));
+                    let stats = status.stats.clone();
+                    match observer {
+                        Some(observer) => {
+                            self.writer.finished(
+                                &self.target,
+                                status,
+                                entry.as_ref().ok().cloned(),
+                            );
+                            observer.finished(call, stats, entry.map(Output::Own));
+                        }
+                        None => self.writer.finished(&self.target, status, entry.ok()),
                     }
-                    self.writer.finished(&self.target, status, stored);
                 }
             }
             Err(error) => {
                 let status = status(first, count, Some(error.clone()), 0);
+                let stats = status.stats.clone();
+                self.writer.finished(&self.target, status, None);
                 if let Some(observer) = observer {
                     for k in 0..count {
                         let call = CallId(first.0 + k);
-                        observer.finished(call, status.stats.clone(), Err(error.clone()));
+                        observer.finished(call, stats.clone(), Err(error.clone()));
                     }
                 }
-                self.writer.finished(&self.target, status, None);
             }
         }
         self.remaining
