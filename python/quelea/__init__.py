@@ -15,6 +15,8 @@ The Lithops/PyWren API on a Rust engine: change ``import lithops`` to
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import exceptions
 from ._engine import __version__
 from .executor import FunctionExecutor
@@ -37,6 +39,44 @@ def attach(handle: str, config: dict | None = None, config_file: str | None = No
     return FuturesList([ResponseFuture(job, i, None, job.job_id, handle=handle) for i in range(job.total)])
 
 
+def _distinct_jobs(fs: Any) -> list:
+    futures = [fs] if isinstance(fs, ResponseFuture) else list(fs)
+    jobs: dict[int, Any] = {}
+    for f in futures:
+        jobs.setdefault(id(f._job), f._job)
+    return list(jobs.values())
+
+
+def cancel(fs: Any) -> None:
+    """Cancels the jobs of these futures, wherever they run and whoever
+    started them: the job's cancel marker stops its calls on every runtime."""
+    for job in _distinct_jobs(fs):
+        job.cancel()
+
+
+def progress(fs: Any) -> dict:
+    """``{"total", "done", "failed"}`` over these futures' calls (elements)."""
+    total = done = failed = 0
+    for job in _distinct_jobs(fs):
+        states = job.states()
+        total += len(states)
+        done += sum(s in ("success", "error") for s in states)
+        failed += states.count("error")
+    return {"total": total, "done": done, "failed": failed}
+
+
+def clean_job(handle: str, config: dict | None = None, config_file: str | None = None) -> int:
+    """Deletes every storage object of the job behind ``handle`` (a detached
+    job's last reader cleans it); returns how many."""
+    import json
+
+    from . import _engine
+    from .executor import config_overrides
+
+    overrides = config_overrides(config)
+    return _engine.clean_job(handle, json.dumps(overrides) if overrides else None, config_file)
+
+
 __all__ = [
     "FunctionExecutor",
     "LocalhostExecutor",
@@ -47,6 +87,9 @@ __all__ = [
     "wait",
     "get_result",
     "attach",
+    "cancel",
+    "progress",
+    "clean_job",
     "ALWAYS",
     "ANY_COMPLETED",
     "ALL_COMPLETED",

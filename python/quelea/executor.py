@@ -368,8 +368,10 @@ class FunctionExecutor:
         timeout: float | None = None,
         include_modules: list | None = None,
         exclude_modules: list | None = None,
+        detach: bool = False,
     ) -> ResponseFuture:
-        """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs)."""
+        """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs).
+        ``detach=True``: the call outlives this executor and process (see ``map``)."""
         prepared = self._prepare(func, [data], None, "func")
         inputs = prepared.inputs if isinstance(prepared, _Objects) else _batch.encode_each(*prepared)
         job = self._engine.submit(
@@ -380,6 +382,8 @@ class FunctionExecutor:
             None,
             self._timeout(timeout),
             runtime_memory,
+            None,
+            _flag(detach, "detach"),
         )
         self._last_call = "call_async"
         return self._futures(job, func)[0]
@@ -399,12 +403,19 @@ class FunctionExecutor:
         include_modules: list | None = None,
         exclude_modules: list | None = None,
         obj_header: bool = False,
+        detach: bool = False,
     ) -> FuturesList:
         """Runs ``map_function`` once per element of ``map_iterdata``.
 
         A function with an ``obj`` parameter runs once per chunk of the data
         each element names (see :mod:`quelea.partition`); ``obj_header=True``
         gives every chunk the object's first line as ``obj.header``.
+
+        ``detach=True``: the job outlives this executor and this process (on
+        the local backend it runs in a host process of its own). Any process
+        can ``quelea.attach(fexec.job_handle(futures))`` to follow it, read
+        its results or ``quelea.cancel`` it; ``quelea.clean_job`` deletes its
+        objects once read.
         """
         obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
@@ -419,6 +430,7 @@ class FunctionExecutor:
             timeout,
             runtime_memory,
             total,
+            _flag(detach, "detach"),
         )
         self._last_call = "map"
         return self._futures(job, map_function)
@@ -443,6 +455,7 @@ class FunctionExecutor:
         include_modules: list | None = None,
         exclude_modules: list | None = None,
         obj_header: bool = False,
+        detach: bool = False,
     ) -> FuturesList:
         """Maps, then calls ``reduce_function(results, *extra_args_reduce)`` on all
         map results in call order. ``get_result()`` returns the reducer's result.
@@ -475,6 +488,7 @@ class FunctionExecutor:
             timeout,
             memory,
             total,
+            _flag(detach, "detach"),
         )
         self._last_call = "map_reduce"
         map_futures = self._futures(map_job, map_function)
@@ -641,6 +655,10 @@ class FunctionExecutor:
     def runner_pids(self) -> list[int]:
         return self._engine.runner_pids()
 
+    def host_pid(self) -> int | None:
+        """The pid of the process running this executor's detached jobs, if any."""
+        return self._engine.host_pid()
+
     def close(self) -> None:
         """Stops the runners (and, with ``data_cleaner``, deletes finished jobs' objects)."""
         self._finalizer()
@@ -688,6 +706,12 @@ def collect_results_after_wait(futures: FuturesList) -> list:
 def _unread_lazy(fs: Any) -> bool:
     lazy = fs._job_source() if isinstance(fs, FuturesList) else None
     return lazy is not None and not lazy[2]
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _obj_options(chunk_size: Any, chunk_number: Any, newline: Any, header: Any) -> dict:

@@ -327,12 +327,6 @@ impl Executor {
         self.with(|e| Ok(e.host_pid()))
     }
 
-    /// Deletes every object of the job behind a handle; returns how many.
-    fn clean_job(&self, py: Python<'_>, handle: &str) -> PyResult<usize> {
-        let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
-        self.with(|e| py.detach(|| e.clean_job(&handle)).map_err(to_py_err))
-    }
-
     fn flush_statuses(&self, py: Python<'_>) -> PyResult<()> {
         self.with(|e| py.detach(|| e.flush_statuses()).map_err(to_py_err))
     }
@@ -749,6 +743,21 @@ fn attach(handle: &str, overrides: Option<&str>, config_file: Option<PathBuf>) -
     Ok(Job::new(futures))
 }
 
+/// Deletes every object of the job behind a handle; returns how many.
+#[pyfunction]
+#[pyo3(signature = (handle, overrides=None, config_file=None))]
+fn clean_job(
+    py: Python<'_>,
+    handle: &str,
+    overrides: Option<&str>,
+    config_file: Option<PathBuf>,
+) -> PyResult<usize> {
+    let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
+    let base = config_builder(overrides, config_file)?;
+    py.detach(|| quelea::clean_job_with(base, &handle))
+        .map_err(to_py_err)
+}
+
 /// Serves the CLI's built-in Rust functions on this process's pipes and exits
 /// (how `quelea hello` gets Rust runners when it runs inside Python).
 #[pyfunction]
@@ -783,6 +792,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChunkStream>()?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(attach, m)?)?;
+    m.add_function(wrap_pyfunction!(clean_job, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;

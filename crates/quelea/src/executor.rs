@@ -329,6 +329,11 @@ impl Executor {
     /// Deletes every object of the job behind `handle` (a detached job's
     /// last reader cleans it); returns how many.
     pub fn clean_job(&self, handle: &JobHandle) -> Result<usize> {
+        if handle.storage != *self.inner.storage.location() {
+            return Err(Error::Handle(
+                "the job's objects are in another storage than this executor's".into(),
+            ));
+        }
         let keys = JobKeys::new(&handle.executor_id, handle.job_id);
         Ok(self.inner.storage.delete_prefix_blocking(keys.prefix())?)
     }

@@ -35,7 +35,7 @@ pub use executor::{
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
-pub use monitor::{attach, attach_with};
+pub use monitor::{attach, attach_with, clean_job_with};
 pub use quelea_core::config::{Config, ConfigBuilder};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, Output, RunnerKind};

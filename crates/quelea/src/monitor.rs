@@ -77,6 +77,15 @@ pub fn attach_with<O>(base: ConfigBuilder, handle: &JobHandle) -> Result<Futures
     Ok(FuturesList::for_job(&job))
 }
 
+/// Deletes every object of the job behind `handle` (its last reader cleans
+/// a detached job), with credentials from `base`; returns how many.
+pub fn clean_job_with(base: ConfigBuilder, handle: &JobHandle) -> Result<usize> {
+    let config = handle.storage.to_config(base)?;
+    let storage = Storage::from_config(&config)?;
+    let keys = JobKeys::new(&handle.executor_id, handle.job_id);
+    Ok(storage.delete_prefix_blocking(keys.prefix())?)
+}
+
 /// The push side of a followed job: its subscription, and how often storage
 /// is still listed behind it.
 pub(crate) struct PushFollow {

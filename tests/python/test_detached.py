@@ -1,0 +1,121 @@
+"""Detached jobs: a local map that outlives the process that submitted it.
+
+A client submits ``map(..., detach=True)`` and is SIGKILLed; the job goes on
+in its host process. A second process (this test) attaches by handle, sees
+progress counted in elements, and reads every result in order; a third
+cancels another detached job by its marker, after which no runner process is
+left (checked by PID). Real processes throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import quelea
+from conftest import pid_alive, run_script
+from quelea.exceptions import CancelledError
+
+CLIENT = """
+    import os, signal, sys, time
+    import quelea
+
+    SLEEP = float(sys.argv[2])
+
+    def slow_square(x):
+        time.sleep(SLEEP)
+        return x * x
+
+    config = {{"localdisk": {{"root": {root!r}}}, "local": {{"workers": 2}}}}
+    fexec = quelea.FunctionExecutor(config=config)
+    futures = fexec.map(slow_square, range({n}), chunksize=int(sys.argv[1]), detach=True)
+    print(fexec.job_handle(futures), flush=True)
+    print(fexec.host_pid(), flush=True)
+    # Gone at once, as a client killed mid-job is: no clean-up of any kind.
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return out
+
+
+def _wait_gone(pids: list[int], limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not any(pid_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _submit(tmp_path: Path, root: Path, n: int, chunksize: int, sleep: float) -> tuple[str, int]:
+    proc = run_script(tmp_path, CLIENT.format(root=str(root), n=n), str(chunksize), str(sleep))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    handle, host = out.strip().splitlines()[-2:]
+    return handle, int(host)
+
+
+def test_a_detached_map_outlives_its_killed_client(tmp_path, storage_root):
+    config = {"localdisk": {"root": str(storage_root)}}
+    handle, host = _submit(tmp_path, storage_root, 2000, 10, 0.002)
+    assert json.loads(handle)["total_calls"] == 2000
+    futures = quelea.attach(handle, config=config)
+    assert len(futures) == 2000
+    # Progress is counted in elements, while the job runs without its client.
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = quelea.progress(futures)
+        assert progress["total"] == 2000 and progress["failed"] == 0
+        seen.append(progress["done"])
+        if progress["done"] == 2000:
+            break
+        time.sleep(0.05)
+    assert seen[-1] == 2000 and seen == sorted(seen)
+    assert quelea.get_result(futures, timeout=60) == [x * x for x in range(2000)]
+    # The host ends with its job, and the last reader cleans the job's objects.
+    assert _wait_gone([host], 30)
+    assert quelea.clean_job(handle, config=config) > 0
+    assert not list((storage_root / "quelea" / "jobs").glob(f"{json.loads(handle)['executor_id']}/M000/*"))
+
+
+def test_a_third_process_cancels_a_detached_job_and_no_runner_is_left(tmp_path, storage_root):
+    config = {"localdisk": {"root": str(storage_root)}}
+    handle, host = _submit(tmp_path, storage_root, 20, 1, 60.0)
+    futures = quelea.attach(handle, config=config)
+    deadline = time.monotonic() + 60
+    while not any(f.running for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runners = _children(host)
+    assert runners, "the host runs its runners"
+    # A third process cancels through the handle alone.
+    source = f"""
+        import quelea
+        futures = quelea.attach({handle!r}, config={config!r})
+        quelea.cancel(futures)
+        print("cancelled", flush=True)
+    """
+    proc = run_script(tmp_path, source)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "cancelled" in out, err
+    results = quelea.get_result(futures, throw_except=False, timeout=60)
+    assert results == [None] * 20
+    try:
+        futures[0].result()
+    except CancelledError:
+        pass
+    else:
+        raise AssertionError("a cancelled call raises CancelledError")
+    assert _wait_gone([host, *runners], 30), f"host {host} or runners {runners} still running"
+    assert all(not os.path.exists(f"/proc/{p}") or not pid_alive(p) for p in runners)
