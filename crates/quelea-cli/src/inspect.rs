@@ -34,7 +34,15 @@ impl JobView {
             let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
                 bail!("unreadable status batch `{}`", object.key);
             };
-            for status in batch.statuses {
+            // A batch's shared record stands for each of its calls.
+            let per_call = batch.statuses.into_iter().flat_map(|status| {
+                (0..status.count.max(1)).map(move |k| CallStatus {
+                    call_id: quelea::CallId(status.call_id.0 + k),
+                    count: 1,
+                    ..status.clone()
+                })
+            });
+            for status in per_call {
                 let slot = calls.entry(status.call_id.0);
                 match slot {
                     std::collections::btree_map::Entry::Vacant(v) => {

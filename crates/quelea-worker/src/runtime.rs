@@ -112,7 +112,21 @@ pub const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 /// The jobs with calls on this runtime's pools, by job prefix: the cancel
 /// marker to look for, and the contexts to cancel (gone once their calls are).
-type LiveJobs = Mutex<HashMap<String, (String, Vec<(Arc<Pool>, Weak<JobContext>)>)>>;
+type LiveJobs = Mutex<Live>;
+
+/// A live job's cancel marker, and its contexts on the pools.
+type LiveJob = (String, Vec<(Arc<Pool>, Weak<JobContext>)>);
+
+#[derive(Default)]
+struct Live {
+    jobs: HashMap<String, LiveJob>,
+    /// Jobs cancelled here lately (newest last): a later Invocation of one
+    /// runs nothing, without waiting for the next look at its marker.
+    cancelled: std::collections::VecDeque<String>,
+}
+
+/// How many cancelled jobs a runtime remembers.
+const CANCELLED_REMEMBERED: usize = 1024;
 
 /// Why an Invocation was not run; each front door maps it to its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,11 +369,19 @@ impl Runtime {
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
         counters.calls.fetch_add(n as u64, Ordering::Relaxed);
-        lock(&self.live)
-            .entry(keys.prefix().to_owned())
-            .or_insert_with(|| (keys.cancelled(), Vec::new()))
-            .1
-            .push((pool.clone(), Arc::downgrade(&ctx)));
+        {
+            let mut live = lock(&self.live);
+            if live.cancelled.iter().any(|p| p == keys.prefix()) {
+                // Its calls end as cancelled without running.
+                ctx.mark_cancelled();
+            } else {
+                live.jobs
+                    .entry(keys.prefix().to_owned())
+                    .or_insert_with(|| (keys.cancelled(), Vec::new()))
+                    .1
+                    .push((pool.clone(), Arc::downgrade(&ctx)));
+            }
+        }
         pool.submit(tasks);
         Accepted {
             calls: n,
@@ -568,12 +590,13 @@ fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
                 return;
             };
             let markers: Vec<(String, String)> = {
-                let mut jobs = lock(&live);
-                jobs.retain(|_, (_, contexts)| {
+                let mut live = lock(&live);
+                live.jobs.retain(|_, (_, contexts)| {
                     contexts.retain(|(_, ctx)| ctx.strong_count() > 0);
                     !contexts.is_empty()
                 });
-                jobs.iter()
+                live.jobs
+                    .iter()
                     .map(|(prefix, (marker, _))| (prefix.clone(), marker.clone()))
                     .collect()
             };
@@ -590,12 +613,21 @@ fn watch_cancel_markers(live: Weak<LiveJobs>, storage: Storage) {
 
 /// Cancels the job's contexts on their pools and forgets them.
 fn cancel_live(live: &LiveJobs, prefix: &str) {
-    let contexts: Vec<(Arc<Pool>, Arc<JobContext>)> = lock(live)
-        .remove(prefix)
-        .into_iter()
-        .flat_map(|(_, contexts)| contexts)
-        .filter_map(|(pool, ctx)| Some((pool, ctx.upgrade()?)))
-        .collect();
+    let contexts: Vec<(Arc<Pool>, Arc<JobContext>)> = {
+        let mut live = lock(live);
+        if !live.cancelled.iter().any(|p| p == prefix) {
+            if live.cancelled.len() >= CANCELLED_REMEMBERED {
+                live.cancelled.pop_front();
+            }
+            live.cancelled.push_back(prefix.to_owned());
+        }
+        live.jobs
+            .remove(prefix)
+            .into_iter()
+            .flat_map(|(_, contexts)| contexts)
+            .filter_map(|(pool, ctx)| Some((pool, ctx.upgrade()?)))
+            .collect()
+    };
     // All marked first: a call requeued by one kill must not start on
     // another runner before its own context is marked.
     for (_, ctx) in &contexts {
