@@ -102,7 +102,11 @@ def config_overrides(
     for key, value in kwargs.items():
         if value is None:
             continue
-        if key in ("runtime", "runtime_memory", "worker_processes", "remote_invoker", "invoke_pool_threads"):
+        if key == "runtime_memory":
+            # Every job's runner memory limit, unless a call gives its own.
+            overrides.setdefault("execution", {})["memory_limit_mb"] = _memory(value, "runtime_memory")
+            continue
+        if key in ("runtime", "worker_processes", "remote_invoker", "invoke_pool_threads"):
             continue  # serverless-only Lithops settings: no meaning on the local backend
         raise TypeError(f"FunctionExecutor() got an unexpected keyword argument {key!r}")
     return overrides
@@ -381,7 +385,7 @@ class FunctionExecutor:
             inputs,
             None,
             self._timeout(timeout),
-            runtime_memory,
+            _memory(runtime_memory, "runtime_memory"),
             None,
             _flag(detach, "detach"),
         )
@@ -420,6 +424,7 @@ class FunctionExecutor:
         obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
         timeout, chunksize = self._timeout(timeout), self._chunksize(chunksize)
+        runtime_memory = _memory(runtime_memory, "runtime_memory")
         inputs, size, total = self._batches(prepared, chunksize, timeout, runtime_memory)
         job = self._engine.submit(
             "map",
@@ -474,7 +479,9 @@ class FunctionExecutor:
         if obj_reduce_by_key and parts is None:
             raise ValueError("obj_reduce_by_key needs a map function with an `obj` parameter")
         timeout = self._timeout(timeout)
-        memory = map_runtime_memory or reduce_runtime_memory
+        memory = _memory(map_runtime_memory, "map_runtime_memory") or _memory(
+            reduce_runtime_memory, "reduce_runtime_memory"
+        )
         inputs, size, total = self._batches(prepared, self._chunksize(chunksize), timeout, memory)
         groups = parts if obj_reduce_by_key else [total if total is not None else len(inputs)]
         map_job, reduce_job = self._engine.map_reduce_grouped(
@@ -706,6 +713,15 @@ def collect_results_after_wait(futures: FuturesList) -> list:
 def _unread_lazy(fs: Any) -> bool:
     lazy = fs._job_source() if isinstance(fs, FuturesList) else None
     return lazy is not None and not lazy[2]
+
+
+def _memory(value: Any, name: str) -> int | None:
+    """A memory limit in MiB: a positive integer, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number of MiB, got {value!r}")
+    return value
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -181,6 +181,22 @@ def test_bad_input_is_a_clear_error(executor, config):
         quelea.FunctionExecutor(config=config, max_workers=0)
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         quelea.FunctionExecutor(config=config, colour="red")
+    # Numbers out of any sensible range are named errors, never a Rust panic
+    # (which would slip past `except Exception`).
+    for bad in (1e30, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            executor.map(square, [1], timeout=bad)
+    for bad in (2**44, -256, "256", 0):
+        with pytest.raises(ValueError, match="runtime_memory"):
+            executor.map(square, [1], runtime_memory=bad)
+    with pytest.raises(ValueError, match="runtime_memory"):
+        quelea.FunctionExecutor(config=config, runtime_memory=-1)
+    with pytest.raises(ConfigError, match="execution.timeout"):
+        quelea.FunctionExecutor(config={**config, "execution": {"timeout": 1e30}})
+    with pytest.raises(ConfigError, match="http.replay_window"):
+        quelea.FunctionExecutor(config={**config, "http": {"replay_window": 1e30}})
+    with pytest.raises(TypeError, match="detach"):
+        executor.map(square, [1], detach="yes")
 
 
 def test_lithops_shaped_config_is_understood(storage_root):

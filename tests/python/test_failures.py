@@ -141,6 +141,16 @@ def test_memory_limit(fresh_executor):
     assert futures[1].result() == 1
 
 
+def test_the_executors_runtime_memory_takes_effect(config):
+    # Lithops' executor-wide setting is every job's limit (not silently dropped).
+    with quelea.FunctionExecutor(config=config, runtime_memory=200) as fexec:
+        assert fexec.config["execution"]["memory_limit_mb"] == 200
+        futures = fexec.map(hog, [500, 1])
+        with pytest.raises(WorkerMemoryError, match="memory limit of 200 MiB"):
+            futures[0].result()
+        assert futures[1].result() == 1
+
+
 def test_functions_from_main_and_from_a_non_installed_module(tmp_path, storage_root):
     (tmp_path / "helpers_not_installed").mkdir()
     (tmp_path / "helpers_not_installed" / "__init__.py").write_text("def triple(x):\n    return 3 * x\n")

@@ -65,14 +65,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+/// The one accepted encoding of a MAC: exactly 64 lowercase hex digits.
+/// Anything else (upper case, a sign, another length) is malformed, so one
+/// MAC has one spelling and a replay cannot pass as a new request.
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    let value = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        out[i] = value(pair[0])? << 4 | value(pair[1])?;
+    }
+    Some(out)
 }
 
 /// A nonce unique to this process and request.
@@ -104,14 +114,15 @@ pub fn sign(secret: &[u8], now_s: u64, body: &[u8]) -> SignedHeaders {
 }
 
 /// Checks a request's signature and timestamp (not replays: the caller
-/// keeps the cache of seen signatures). The comparison is constant-time.
+/// keeps the cache of seen MACs, keyed on the MAC this returns). The
+/// comparison is constant-time.
 pub fn verify(
     secret: &[u8],
     headers: &SignedHeaders,
     body: &[u8],
     now_s: u64,
     window_s: u64,
-) -> Result<(), AuthError> {
+) -> Result<[u8; 32], AuthError> {
     let timestamp: u64 = headers
         .timestamp
         .parse()
@@ -129,14 +140,14 @@ pub fn verify(
     mac(secret, &headers.timestamp, &headers.nonce, body)
         .verify_slice(&given)
         .map_err(|_| AuthError::BadSignature)?;
-    let skew = now_s as i64 - timestamp as i64;
+    let skew = (now_s as i128 - timestamp as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
     if skew.unsigned_abs() > window_s {
         return Err(AuthError::Expired {
             skew_s: skew,
             window_s,
         });
     }
-    Ok(())
+    Ok(given)
 }
 
 #[cfg(test)]
@@ -144,11 +155,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signature_has_exactly_one_accepted_spelling() {
+        let body = b"{}";
+        let headers = sign(b"secret", 1_000, body);
+        assert!(verify(b"secret", &headers, body, 1_000, 300).is_ok());
+        let hexed = headers.signature.strip_prefix("v1=").unwrap();
+        let respelled = [
+            format!("v1={}", hexed.to_uppercase()),
+            format!("v1=+{}", &hexed[..63]),
+            format!("v1={}0", hexed),
+            format!("v1={}", &hexed[..62]),
+            format!("V1={hexed}"),
+            format!("v1= {hexed}"),
+        ];
+        for signature in respelled {
+            let altered = SignedHeaders {
+                signature: signature.clone(),
+                ..headers.clone()
+            };
+            assert_eq!(
+                verify(b"secret", &altered, body, 1_000, 300),
+                Err(AuthError::Malformed(SIGNATURE_HEADER)),
+                "{signature}"
+            );
+        }
+        // A timestamp far from the clock is refused, not overflowed.
+        let far = sign(b"secret", u64::MAX, body);
+        assert!(matches!(
+            verify(b"secret", &far, body, 0, 300),
+            Err(AuthError::Expired { .. })
+        ));
+    }
+
+    #[test]
     fn signs_and_verifies() {
         let body = br#"{"version":1}"#;
         let headers = sign(b"secret", 1_000, body);
         assert!(headers.signature.starts_with("v1="));
-        assert_eq!(verify(b"secret", &headers, body, 1_010, 300), Ok(()));
+        let mac = verify(b"secret", &headers, body, 1_010, 300).unwrap();
+        assert_eq!(format!("v1={}", hex(&mac)), headers.signature);
         assert_eq!(
             verify(b"other", &headers, body, 1_010, 300),
             Err(AuthError::BadSignature)

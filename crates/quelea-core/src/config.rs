@@ -83,6 +83,9 @@ impl Serialize for Secret {
     }
 }
 
+/// The longest duration a config key takes, in seconds (a year).
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Maps smaller than this run one element per runner call when no
 /// `chunksize` is given: dispatching them one by one costs too little.
 pub const AUTO_CHUNK_MIN: u32 = 512;
@@ -639,12 +642,35 @@ impl Config {
             origin: "resolved config".into(),
             message: format!("`{key}` {message}"),
         };
-        let timeout = self.execution.timeout;
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(bad(
-                "execution.timeout",
-                format!("must be a positive number of seconds, got {timeout}"),
-            ));
+        // Every duration a number of seconds that a `Duration` holds and a
+        // person means: positive and at most a year.
+        for (key, seconds) in [
+            ("execution.timeout", self.execution.timeout),
+            ("http.replay_window", self.http.replay_window),
+            ("http.invoke_deadline", self.http.invoke_deadline),
+            (
+                "aws_lambda.invoke_deadline",
+                self.aws_lambda.invoke_deadline,
+            ),
+            ("push_fallback_interval", self.push_fallback_interval),
+            ("nats.max_age", self.nats.max_age),
+        ] {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "must be a positive number of seconds up to {MAX_SECONDS} (a year), got {seconds}"
+                    ),
+                ));
+            }
+        }
+        if let Some(mb) = self.execution.memory_limit_mb {
+            if mb > u64::MAX >> 20 {
+                return Err(bad(
+                    "execution.memory_limit_mb",
+                    format!("must be at most {} MiB, got {mb}", u64::MAX >> 20),
+                ));
+            }
         }
         if self.execution.chunksize == Some(0) {
             return Err(bad("execution.chunksize", "must be at least 1".into()));
@@ -1513,5 +1539,27 @@ mod tests {
         );
         assert!(!config.redacted().to_string().contains("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_duration_and_size_is_checked_and_named() {
+        for (key, value) in [
+            ("execution.timeout", serde_json::json!(1e30)),
+            ("execution.timeout", serde_json::json!(-1.0)),
+            ("http.replay_window", serde_json::json!(1e30)),
+            ("http.invoke_deadline", serde_json::json!(0.0)),
+            ("aws_lambda.invoke_deadline", serde_json::json!(1e300)),
+            ("push_fallback_interval", serde_json::json!(1e30)),
+            ("execution.memory_limit_mb", serde_json::json!(1u64 << 50)),
+        ] {
+            let err = ConfigBuilder::new()
+                .no_file()
+                .env(env(&[]))
+                .set(key, value.clone())
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key} = {value}: {err}");
+        }
     }
 }

@@ -90,14 +90,27 @@ fn options(
     detach: bool,
 ) -> PyResult<MapOptions> {
     let timeout = match timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
+        None => None,
+        Some(t) => Some(
+            Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| t > 0.0 && *d <= quelea::worker::runtime::MAX_TIMEOUT)
+                .ok_or_else(|| {
+                    value_error(format!(
+                        "timeout must be a positive number of seconds up to {} (a week), got {t}",
+                        quelea::worker::runtime::MAX_TIMEOUT.as_secs()
+                    ))
+                })?,
+        ),
+    };
+    if let Some(mb) = memory_limit_mb {
+        if mb == 0 || mb > u64::MAX >> 20 {
             return Err(value_error(format!(
-                "timeout must be a positive number of seconds, got {t}"
+                "runtime_memory must be between 1 and {} MiB, got {mb}",
+                u64::MAX >> 20
             )));
         }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
+    }
     Ok(MapOptions {
         chunksize,
         timeout,
@@ -630,7 +643,7 @@ fn wait(
                 "timeout must be a non-negative number of seconds, got {t}"
             )))
         }
-        Some(t) => Some(Duration::from_secs_f64(t)),
+        Some(t) => Duration::try_from_secs_f64(t).ok(),
         None => None,
     };
     loop {

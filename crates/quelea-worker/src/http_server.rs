@@ -63,8 +63,9 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 struct State {
     config: ServerConfig,
     runtime: Runtime,
-    /// Accepted signatures and their timestamps, kept for the replay window.
-    seen: Mutex<(HashMap<String, u64>, Instant)>,
+    /// Accepted MACs (decoded: one per request, however it is spelled) and
+    /// their timestamps, kept for the replay window.
+    seen: Mutex<(HashMap<[u8; 32], u64>, Instant)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -327,7 +328,7 @@ async fn invoke(state: &State, req: Request<Incoming>) -> Answer {
 fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<(), AuthError> {
     let now = now_ts() as u64;
     let window = state.config.replay_window.as_secs().max(1);
-    auth::verify(&state.config.secret, signed, body, now, window)?;
+    let mac = auth::verify(&state.config.secret, signed, body, now, window)?;
     let mut seen = lock(&state.seen);
     let (signatures, last_purge) = &mut *seen;
     if last_purge.elapsed() > Duration::from_secs(1) {
@@ -335,7 +336,7 @@ fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<()
         *last_purge = Instant::now();
     }
     let ts = signed.timestamp.parse().unwrap_or(now);
-    if signatures.insert(signed.signature.clone(), ts).is_some() {
+    if signatures.insert(mac, ts).is_some() {
         return Err(AuthError::Replayed);
     }
     Ok(())

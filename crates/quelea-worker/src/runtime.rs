@@ -281,6 +281,13 @@ impl Runtime {
         if invocation.calls.is_empty() {
             return Err(refusal(RefusalKind::Invalid, "the invocation has no calls"));
         }
+        let hash = &invocation.function.hash;
+        if hash.is_empty() || hash.len() > 128 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!("the function hash `{hash}` is not a hex digest"),
+            ));
+        }
         if let Some(call) = invocation.calls.iter().find(|c| c.count == 0) {
             return Err(refusal(
                 RefusalKind::Invalid,
