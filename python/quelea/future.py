@@ -320,6 +320,12 @@ def _materializing(name: str):
 
     def wrapper(self, *args, **kwargs):
         self._materialize()
+        # C code reads another list's storage directly (`a + b`,
+        # `a.extend(b)`): an unmade list of futures must be made first, or
+        # its futures would be silently left out.
+        for arg in args:
+            if isinstance(arg, FuturesList):
+                arg._materialize()
         return method(self, *args, **kwargs)
 
     wrapper.__name__ = name

@@ -186,9 +186,11 @@ def _collect_fast(futures: list[ResponseFuture]) -> list | None:
     for f in futures:
         if f._job is not job:
             return None
-    indices = None if len(futures) == job.total else [f._index for f in futures]
-    if indices is not None and indices != sorted(set(indices)):
-        return None
+    indices = [f._index for f in futures]
+    if indices != sorted(set(indices)):
+        return None  # reordered or repeated: the per-future path keeps their order
+    if len(indices) == job.total:
+        indices = None
     results = _decode_runs(job.result_runs(indices))
     if results is None or _has_futures(results):
         return None
