@@ -1,12 +1,14 @@
 """A warm Python runner: ``python -m quelea.worker``.
 
 Started by the engine's local pool (or the HTTP/Lambda runtimes). It speaks
-the runner pipe protocol of ``quelea_worker::runner_protocol`` on its stdin
-and its original stdout: frames of ``u32 length | u8 tag | body``. It answers
-every call in order and flushes each answer at once, so the runtime always
-knows which call is running. A call may be a batch of several map elements
-(see ``runner_protocol``): each element gets its own outcome, and when all of
-them succeed quietly the answer is one pickle of all their values.
+the runner pipe protocol of ``quelea_worker::runner_protocol`` on the two
+descriptors the pool names in ``QUELEA_RUNNER_FDS`` (never 0/1/2: stdin is
+``/dev/null`` and fds 1/2 are the user's): frames of ``u32 length | u8 tag |
+body``. It answers every call in order and flushes each answer at once, so
+the runtime always knows which call is running. A call may be a batch of
+several map elements (see ``runner_protocol``): each element gets its own
+outcome, and when all of them succeed quietly the answer is one pickle of all
+their values.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import pickle
 import resource
+import signal
 import struct
 import sys
 import traceback
@@ -42,6 +45,15 @@ in_worker = False
 
 def _die_with_parent() -> None:
     try:
+        from ._engine import arm_runner_client_death
+    except ImportError:  # an extension without it: the runner alone dies with its client
+        arm_runner_client_death = None
+    if arm_runner_client_death is not None:
+        # Native: dies with the client and takes its process group along,
+        # and exits (code 3) if the client is already gone.
+        arm_runner_client_death()
+        return
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, 9)
@@ -50,6 +62,40 @@ def _die_with_parent() -> None:
     parent = os.environ.get("QUELEA_RUNNER_PARENT")
     if parent and os.getppid() != int(parent):
         os._exit(3)
+
+
+def _protocol_fds() -> tuple[int, int]:
+    """The descriptors the pool passed for the protocol: calls in, answers out."""
+    value = os.environ.get("QUELEA_RUNNER_FDS", "")
+    try:
+        calls, answers = (int(part) for part in value.split(","))
+    except ValueError:
+        calls = answers = -1
+    if calls <= 2 or answers <= 2 or calls == answers:
+        sys.stderr.write(
+            f"quelea worker: QUELEA_RUNNER_FDS={value!r} is not two descriptors above 2 like '3,4'"
+            " (runners are started by quelea's pool)\n"
+        )
+        raise SystemExit(2)
+    return calls, answers
+
+
+def _detach_protocol_in_child(fds: tuple[int, int]) -> None:
+    """In a child forked by a call: point the protocol descriptors at /dev/null.
+
+    The child must never read calls or write answers; they are not closed, so
+    their numbers are not reused under the file objects of the serve loop.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+
+
+def _end_own_group() -> None:
+    """End this runner's process group (itself included), if it leads one."""
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
 
 
 def _peak_rss() -> int:
@@ -65,10 +111,17 @@ class _Tee(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.parts.append(text)
-        return self.stream.write(text)
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):  # a call closed fd 1 or 2: its output is still captured
+            pass
+        return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def take(self) -> str:
         text = "".join(self.parts)
@@ -321,12 +374,16 @@ def serve() -> int:
     global in_worker
     in_worker = True
     _die_with_parent()
-    # Keep the protocol stream to ourselves; user prints go to stderr.
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
-    out = os.fdopen(proto_fd, "wb", buffering=0)
-    inp = os.fdopen(0, "rb", buffering=1 << 16)
+    # The protocol is on its own descriptors, kept out of processes that
+    # calls start (close-on-exec) or fork (pointed at /dev/null there).
+    calls_fd, answers_fd = _protocol_fds()
+    for fd in (calls_fd, answers_fd):
+        os.set_inheritable(fd, False)
+    os.register_at_fork(after_in_child=lambda: _detach_protocol_in_child((calls_fd, answers_fd)))
+    # fd 1 is the pool's stderr: user prints go there (and to the call's logs).
+    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0, closefd=False), write_through=True)
+    out = os.fdopen(answers_fd, "wb", buffering=0)
+    inp = os.fdopen(calls_fd, "rb", buffering=1 << 16)
     out.write(_HEADER.pack(9, ord("R")) + struct.pack("<II", VERSION, os.getpid()))
 
     from ._serialize import dumps_value
@@ -344,10 +401,13 @@ def serve() -> int:
     while True:
         head = read(5)
         if len(head) < 5:
+            # End of input: the pool is gone; take what our calls left behind along.
+            _end_own_group()
             return 0
         length, tag = unpack_head(head)
         body = read(length - 1)
         if len(body) < length - 1:
+            _end_own_group()
             return 0
         if tag == 70:  # F
             (function_id,) = _U32.unpack_from(body)

@@ -797,6 +797,14 @@ fn cli_main(py: Python<'_>, argv: Vec<String>, python: PathBuf) -> u8 {
     })
 }
 
+/// For the Python runner (`quelea.worker`): die with the client, taking
+/// every process left in the runner's process group along (a native
+/// `PR_SET_PDEATHSIG` handler, which runs whatever Python code is doing).
+#[pyfunction]
+fn arm_runner_client_death() {
+    quelea_worker::rust_runner::arm_client_death();
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Executor>()?;
@@ -808,6 +816,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clean_job, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
+    m.add_function(wrap_pyfunction!(arm_runner_client_death, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

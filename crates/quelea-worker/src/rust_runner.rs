@@ -10,13 +10,15 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::{BufReader, BufWriter, Write};
 use std::marker::PhantomData;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::pool::RUNNER_FDS_ENV;
 use crate::runner_protocol::{self, Answer, ToRunner};
 use quelea_core::config::EnvVars;
 
@@ -206,27 +208,151 @@ pub fn serve_if_runner(functions: &Functions) {
     }
 }
 
-/// Prepares a runner process: dies with its parent, keeps the protocol pipe
-/// to itself. Returns the protocol output stream.
-fn runner_setup() -> std::io::Result<std::fs::File> {
-    // SAFETY: plain libc calls on this process's own descriptors and state.
+/// The signal a runner asks for when its client dies (`PR_SET_PDEATHSIG`):
+/// its handler SIGKILLs the runner's whole process group, so processes its
+/// calls started die with it. A real-time signal, so that user code that
+/// handles the usual ones does not take it over by accident.
+fn client_death_signal() -> libc::c_int {
+    libc::SIGRTMAX()
+}
+
+extern "C" fn end_own_group_on_signal(_signal: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; 0 names our own process group,
+    // which this runner leads (the handler is only installed then).
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::kill(0, libc::SIGKILL);
+    }
+}
+
+/// True if this process leads its own process group, as the pool starts
+/// runners: only then may it end "its" group (started by hand from a shell,
+/// the group would be the shell's job).
+fn leads_own_group() -> bool {
+    // SAFETY: getpgrp and getpid have no preconditions.
+    unsafe { libc::getpgrp() == libc::getpid() }
+}
+
+/// Ends this runner's process group (itself included) if it leads one.
+pub fn end_own_group() {
+    if leads_own_group() {
+        // SAFETY: 0 names our own process group, which we lead.
+        unsafe {
+            libc::kill(0, libc::SIGKILL);
+        }
+    }
+}
+
+/// Makes this runner process die with its client, with every process left
+/// in its process group: arms `PR_SET_PDEATHSIG` (with a handler that
+/// SIGKILLs the group when the runner leads one, plain SIGKILL otherwise),
+/// then checks that the parent is still the one that started it
+/// (`QUELEA_RUNNER_PARENT`), exiting with code 3 if not. The Python runner
+/// calls this too, through the extension module.
+pub fn arm_client_death() {
+    let signal = if leads_own_group() {
+        // SAFETY: installs a handler that only calls kill (async-signal-safe);
+        // the sigaction struct is fully initialised before use.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = end_own_group_on_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(client_death_signal(), &action, std::ptr::null_mut()) == 0 {
+                client_death_signal()
+            } else {
+                libc::SIGKILL
+            }
+        }
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: plain prctl and getppid calls on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong);
         if let Some(parent) = std::env::var("QUELEA_RUNNER_PARENT")
             .ok()
             .and_then(|p| p.parse::<i32>().ok())
         {
             if libc::getppid() != parent {
                 // The parent died before the death signal was armed.
+                end_own_group();
                 std::process::exit(3);
             }
         }
-        let proto = libc::dup(1);
-        if proto < 0 || libc::dup2(2, 1) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(std::fs::File::from_raw_fd(proto))
     }
+}
+
+/// The protocol descriptors the pool passed this runner, from
+/// `QUELEA_RUNNER_FDS` (`"<calls in>,<answers out>"`).
+pub fn protocol_fds() -> std::io::Result<(RawFd, RawFd)> {
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let value = std::env::var(RUNNER_FDS_ENV).map_err(|_| {
+        bad(format!(
+            "`{RUNNER_FDS_ENV}` is not set: runners are started by quelea's pool"
+        ))
+    })?;
+    let parsed = value
+        .split_once(',')
+        .and_then(|(i, o)| Some((i.parse::<RawFd>().ok()?, o.parse::<RawFd>().ok()?)))
+        .filter(|(i, o)| *i > 2 && *o > 2 && i != o);
+    parsed.ok_or_else(|| {
+        bad(format!(
+            "`{RUNNER_FDS_ENV}={value}` is not two descriptors above 2, like `3,4`"
+        ))
+    })
+}
+
+static PROTOCOL_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+extern "C" fn close_protocol_fds_in_child() {
+    // SAFETY: open, dup3 and close are async-signal-safe. In a forked child
+    // the protocol descriptors are copies it must not use: they are pointed
+    // at /dev/null (not closed, so their numbers are never reused under the
+    // runner loop's feet if the child returns into it; it then reads end of
+    // input and exits, and as it leads no group it ends nothing).
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        for fd in &PROTOCOL_FDS {
+            let fd = fd.load(Ordering::Relaxed);
+            if fd >= 0 {
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+            }
+        }
+        libc::close(null);
+    }
+}
+
+/// Prepares a runner process: dies with its client (and takes its process
+/// group along), keeps the protocol descriptors out of processes its calls
+/// start (close-on-exec, and closed in forked children). Returns the
+/// protocol streams: calls in, answers out.
+fn runner_setup() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    arm_client_death();
+    let (calls, answers) = protocol_fds()?;
+    for (slot, fd) in PROTOCOL_FDS.iter().zip([calls, answers]) {
+        // SAFETY: fcntl on descriptors the pool passed us.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(std::io::Error::other(format!(
+                "protocol descriptor {fd} from `{RUNNER_FDS_ENV}` is not open: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        slot.store(fd, Ordering::Relaxed);
+    }
+    // SAFETY: registers a child-side fork handler that only calls close.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(close_protocol_fds_in_child));
+    }
+    // SAFETY: the two descriptors are open (checked above) and from now on
+    // owned by these files alone.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(calls),
+            std::fs::File::from_raw_fd(answers),
+        )
+    })
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -258,10 +384,12 @@ fn batch_error(call_id: u32, e: impl Display) -> RunnerError {
     }
 }
 
-/// The runner loop: read function and call frames from stdin, answer each
-/// call in order on the protocol stream.
+/// The runner loop: read function and call frames from the protocol input
+/// (the descriptors in `QUELEA_RUNNER_FDS`, never stdin), answer each call
+/// in order on the protocol output. When the input ends (the client is
+/// gone), the runner ends its process group, itself included.
 pub fn serve(functions: &Functions) -> std::io::Result<()> {
-    let proto_out = runner_setup()?;
+    let (proto_in, proto_out) = runner_setup()?;
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let trace = std::backtrace::Backtrace::force_capture();
@@ -271,7 +399,7 @@ pub fn serve(functions: &Functions) -> std::io::Result<()> {
         }
     }));
 
-    let mut input = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let mut input = BufReader::with_capacity(1 << 16, proto_in);
     let mut output = BufWriter::with_capacity(1 << 16, proto_out);
     let mut frame = Vec::with_capacity(256);
     runner_protocol::encode_ready(&mut frame, std::process::id());
@@ -345,6 +473,9 @@ pub fn serve(functions: &Functions) -> std::io::Result<()> {
             }
         }
     }
+    // End of input: the pool is gone. Take the processes our calls left
+    // behind along.
+    end_own_group();
     Ok(())
 }
 

@@ -27,15 +27,17 @@
 //! recycled pid.
 
 mod failure;
+mod process;
 mod schedule;
 mod slot;
 mod startup;
 mod watchdog;
 
+pub use self::process::{RUNNER_FDS_ENV, RUNNER_IN_FD, RUNNER_OUT_FD};
+
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -256,7 +258,7 @@ struct Inflight {
 }
 
 struct RunnerInput {
-    stdin: Option<ChildStdin>,
+    stdin: Option<process::CallsPipe>,
     generation: u64,
     loaded: HashSet<u32>,
 }
@@ -532,10 +534,10 @@ fn signal_runner(slot: &Slot, expected: Option<i32>, reason: KillReason) {
     }
     // SAFETY: `pid` was read with `kill_reason` locked, and the slot thread
     // clears it under that lock before it reaps the child: while we hold the
-    // lock, `pid` is our unreaped child (at worst a zombie), never a
-    // recycled pid.
+    // lock, `pid` is our unreaped child (at worst a zombie), the leader of
+    // its process group, so neither it nor its group id was recycled.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
+        process::kill_group(pid);
     }
 }
 

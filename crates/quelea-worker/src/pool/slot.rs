@@ -11,7 +11,8 @@ use quelea_core::model::now_ts;
 use super::failure::{
     cancelled_error, death_error, describe_exit, start_failure, user_error, KillReason,
 };
-use super::startup::{handshake, spawn_runner, ReadyWatch, StartFailures, READY_TIMEOUT};
+use super::process;
+use super::startup::{handshake, ReadyWatch, StartFailures, READY_TIMEOUT};
 use super::{fail_task, kill_runner, lock, Completion, Outputs, Shared, Slot, Task};
 use crate::runner_protocol::{self, Answer, FromRunner};
 
@@ -27,8 +28,8 @@ fn clear_pid(slot: &Slot) {
 pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
     let mut start_failures = StartFailures::default();
     while !shared.shutdown.load(Ordering::Acquire) {
-        let mut child = match spawn_runner(&shared.command, slot.index) {
-            Ok(child) => child,
+        let (runner, stdin, stdout) = match process::spawn(&shared.command, slot.index) {
+            Ok(started) => started,
             Err(e) => {
                 mark_broken(
                     shared,
@@ -40,17 +41,15 @@ pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
                 return;
             }
         };
-        let pid = child.id() as i32;
-        let mut stdout =
-            BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped stdout"));
-        let stdin = child.stdin.take().expect("piped stdin");
+        let pid = runner.pid();
+        let mut stdout = BufReader::with_capacity(1 << 16, stdout);
         // Publish the pid, then look at the shutdown flag (Drop does the
         // reverse): one of the two sides is sure to see the other and kill.
         slot.pid.store(pid, Ordering::SeqCst);
         if shared.shutdown.load(Ordering::SeqCst) {
+            runner.kill_group();
             clear_pid(slot);
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = runner.wait();
             return;
         }
 
@@ -63,9 +62,9 @@ pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
             ready
         };
         if let Err(reason) = ready {
+            runner.kill_group();
             clear_pid(slot);
-            let _ = child.kill();
-            let status = child.wait().map(describe_exit).unwrap_or_default();
+            let status = runner.wait().map(describe_exit).unwrap_or_default();
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
@@ -96,8 +95,9 @@ pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
         }
 
         let mut cold = true;
-        // Anything but an answer (end of stream, a stray frame, garbage)
-        // ends this runner.
+        // Anything but an answer (the runner exited, a stray frame, garbage)
+        // ends this runner. The stream ends when the process exits, even if
+        // a child of it still holds the pipe (see `process`).
         while let Ok(Some(FromRunner::Done {
             call_id,
             answer,
@@ -110,14 +110,12 @@ pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
             cold = false;
         }
 
-        // The runner is gone or misbehaved: make sure it is dead, stop
-        // everyone else from signalling it, then reap it.
-        // SAFETY: `pid` is our child and only this thread reaps it, below.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        // The runner exited or misbehaved: end it and whatever is left in its
+        // process group (children its calls started), stop everyone else
+        // from signalling it, then reap it.
+        runner.kill_group();
         clear_pid(slot);
-        let status = child
+        let status = runner
             .wait()
             .map(describe_exit)
             .unwrap_or_else(|e| format!("unknown exit ({e})"));

@@ -2,12 +2,11 @@
 //! that may take, and when repeated start failures mark the pool broken.
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{lock, spawn_thread, RunnerCommand};
+use super::{lock, process, spawn_thread};
 use crate::runner_protocol::{self, FromRunner, RUNNER_PROTOCOL_VERSION};
 
 /// How long a runner may take to say ready.
@@ -15,19 +14,6 @@ pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runners that die before saying ready this many times in a row mark the
 /// pool broken instead of being restarted forever.
 pub(super) const MAX_START_FAILURES: u32 = 3;
-
-/// Starts one runner process for slot `slot_index`.
-pub(super) fn spawn_runner(command: &RunnerCommand, slot_index: u32) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&command.program);
-    cmd.args(&command.args)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .env("QUELEA_RUNNER_PARENT", std::process::id().to_string())
-        .env("QUELEA_RUNNER_SLOT", slot_index.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd.spawn()
-}
 
 /// Reads the runner's first frame: it must be `Ready` in our protocol version.
 pub(super) fn handshake(stdout: &mut impl Read) -> Result<(), String> {
@@ -84,9 +70,10 @@ impl ReadyWatch {
                 let now = Instant::now();
                 if now >= deadline {
                     // SAFETY: the caller reaps `pid` only after stop(), which
-                    // joins this thread first: `pid` still names our child.
+                    // joins this thread first: `pid` still names our child,
+                    // the leader of its process group.
                     unsafe {
-                        libc::kill(pid, libc::SIGKILL);
+                        process::kill_group(pid);
                     }
                     return;
                 }
@@ -114,7 +101,8 @@ impl ReadyWatch {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::Command;
 
     use super::*;
 
@@ -159,7 +147,11 @@ mod tests {
 
     #[test]
     fn the_ready_watch_kills_a_runner_that_never_says_ready() {
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let watch = ReadyWatch::start(
             child.id() as i32,
             Instant::now() + Duration::from_millis(50),
@@ -173,7 +165,11 @@ mod tests {
 
     #[test]
     fn a_stopped_ready_watch_never_signals() {
-        let mut child = Command::new("sleep").arg("0.3").spawn().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("0.3")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let watch = ReadyWatch::start(
             child.id() as i32,
             Instant::now() + Duration::from_millis(100),

@@ -38,6 +38,62 @@ pub(super) fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
+/// At most this many processes of one runner's family are measured.
+const MAX_FAMILY: usize = 4096;
+
+/// The children of process `pid` (of all its threads), from
+/// `/proc/<pid>/task/<tid>/children`.
+fn children_of(pid: i32, into: &mut Vec<i32>) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        if let Ok(list) = std::fs::read_to_string(path) {
+            into.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+}
+
+/// Every live descendant of `pid` (children, their children, ...).
+pub(super) fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    children_of(pid, &mut found);
+    let mut next = 0;
+    while next < found.len() && found.len() < MAX_FAMILY {
+        let child = found[next];
+        children_of(child, &mut found);
+        next += 1;
+    }
+    found.truncate(MAX_FAMILY);
+    found
+}
+
+/// Proportional set size of `pid` (its private pages plus its share of
+/// pages it shares), from `/proc/<pid>/smaps_rollup`.
+fn pss_bytes(pid: i32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+/// The memory a runner's limit is checked against: its resident memory
+/// while it has no child processes (one cheap read per tick); while it has
+/// some, the proportional set size summed over it and every descendant, so
+/// that pages shared after a fork count once, not once per process.
+pub(super) fn family_memory_bytes(pid: i32) -> Option<u64> {
+    let family = descendants(pid);
+    if family.is_empty() {
+        return rss_bytes(pid);
+    }
+    let own = pss_bytes(pid).or_else(|| rss_bytes(pid))?;
+    Some(own + family.into_iter().filter_map(pss_bytes).sum::<u64>())
+}
+
 /// Enforces timeouts and memory limits until the pool shuts down.
 pub(super) fn watchdog_main(shared: &Shared) {
     while !shared.shutdown.load(Ordering::Acquire) {
@@ -60,7 +116,7 @@ pub(super) fn watchdog_main(shared: &Shared) {
                 )
             };
             let elapsed = now.saturating_duration_since(start);
-            if let Some(reason) = verdict(elapsed, timeout, limit, || rss_bytes(pid)) {
+            if let Some(reason) = verdict(elapsed, timeout, limit, || family_memory_bytes(pid)) {
                 // Only the runner looked at: if it died meanwhile and another
                 // took its slot, this verdict is not about the newcomer.
                 kill_runner_if(slot, pid, reason);
@@ -97,6 +153,44 @@ mod tests {
         assert_eq!(verdict(Duration::ZERO, S, Some(100), || Some(100)), None);
         // A process gone from /proc is not over its limit.
         assert_eq!(verdict(Duration::ZERO, S, Some(100), || None), None);
+    }
+
+    #[test]
+    fn the_family_of_a_process_counts_its_children_memory_once() {
+        use std::os::unix::process::CommandExt;
+        // A shell whose two `dd`s each hold a filled 64 MiB buffer (blocked
+        // writing it to a `sleep` that never reads).
+        let mut parent = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "dd if=/dev/zero bs=64M count=1 2>/dev/null | sleep 30 & \
+                 dd if=/dev/zero bs=64M count=1 2>/dev/null | sleep 30 & wait",
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = parent.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = 0;
+        while std::time::Instant::now() < deadline {
+            seen = family_memory_bytes(pid).unwrap_or(0);
+            if seen > 100 << 20 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let family = descendants(pid);
+        let own = rss_bytes(pid).unwrap_or(0);
+        // SAFETY: our unreaped child leads its own group.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        parent.wait().unwrap();
+        assert!(family.len() >= 4, "{family:?}");
+        // Two 64 MiB dd buffers, counted once each; the shell alone is tiny.
+        assert!(seen > 100 << 20, "family memory {seen}");
+        assert!(seen < 400 << 20, "family memory {seen}");
+        assert!(own < 64 << 20, "the shell alone holds {own}");
     }
 
     #[test]
