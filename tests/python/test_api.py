@@ -115,11 +115,12 @@ def nested_map(n):
     return inner.map(square, range(n))
 
 
-def test_a_function_that_returns_futures(executor, storage_root, monkeypatch):
-    # The nested executor in the worker uses its default config: local storage.
-    monkeypatch.setenv("QUELEA_STORAGE_DIR", str(storage_root))
+def test_a_function_that_returns_futures(executor, _own_home):
+    # The nested executor in the worker works where its caller does (the
+    # runner's config: the test's storage), not in the default ~/.quelea.
     futures = executor.map(nested_map, [2, 3])
     assert executor.get_result(futures) == [0, 1, 0, 1, 4]
+    assert not (_own_home / ".quelea").exists()
 
 
 def shout(word):
