@@ -81,7 +81,11 @@ def _deep_merged(base: dict, top: dict) -> dict:
     """``base`` with ``top``'s settings over it, section by section."""
     out = dict(base)
     for key, value in top.items():
-        out[key] = _deep_merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _deep_merged(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
