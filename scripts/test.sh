@@ -116,6 +116,7 @@ section "ruff check" "$VENV/bin/ruff" check python tests examples providers
 section "ruff format" "$VENV/bin/ruff" format --check python tests examples providers
 section "rust tests" cargo test --workspace --exclude quelea-py
 section "python tests" s_python_tests
+section "README blocks run as written" bash scripts/test-readme.sh
 section "airflow 3.3" bash providers/airflow/scripts/test.sh -q
 section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
 

@@ -187,7 +187,9 @@ impl Storage {
                  instance metadata service was asked for a role's, and it answered: {cause})"
             );
         } else if let Some(bucket) = missing_bucket(&cause) {
-            cause = format!("the bucket `{bucket}` does not exist (create it, or set `bucket`)");
+            cause = format!(
+                "the bucket `{bucket}` does not exist (S3 NoSuchBucket): create it, or set `bucket`"
+            );
         }
         Error::Backend {
             operation,
