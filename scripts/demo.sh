@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # Build quelea and run the demo: real map-reduces on the local backend, with
-# Rust functions and with Python functions.
+# Rust functions (`quelea hello`) and with Python functions.
 #
 #   ./scripts/demo.sh             the dev profile (what scripts/test.sh builds
 #                                 next, so its builds reuse this one's)
 #   ./scripts/demo.sh --release   optimised, for speed figures (longer build)
 #
-# It builds only what it runs: the `quelea` command, one Rust example, and
-# the Python engine (maturin develop into .venv), all in one target/ with one
-# profile, so each dependency is compiled once.
+# It builds one thing: the Python engine (`maturin develop` into .venv),
+# which also carries the whole `quelea` command line (the venv's `quelea`
+# console script) and its Rust functions. Building the `quelea` binary or
+# the Rust examples too would compile many crates a second time: their
+# dependency features differ (examples pull in dev-dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROFILE=dev
-CARGO_PROFILE=()
 MATURIN_PROFILE=()
 case "${1:-}" in
 "") ;;
 --release)
     PROFILE=release
-    CARGO_PROFILE=(--release)
     MATURIN_PROFILE=(--release)
     ;;
 *)
@@ -27,12 +27,8 @@ case "${1:-}" in
     exit 2
     ;;
 esac
-BIN_DIR="$(cargo metadata --no-deps --format-version 1 |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN_DIR="$BIN_DIR/$([[ $PROFILE == release ]] && echo release || echo debug)"
-
 STEP=0
-STEPS=6
+STEPS=5
 STARTED=$SECONDS
 step() {
     STEP=$((STEP + 1))
@@ -48,25 +44,22 @@ fi
 source scripts/python-env.sh
 
 if [[ $PROFILE == release ]]; then
-    step "building the quelea command and examples/rust/squares.rs (release profile: about 10 minutes on 2 cores the first time)"
+    step "building the Python engine and the quelea command into .venv (maturin develop --release: about 10 minutes on 2 cores the first time)"
 else
-    step "building the quelea command and examples/rust/squares.rs (dev profile: about 4 minutes on 2 cores the first time, seconds after)"
+    step "building the Python engine and the quelea command into .venv (maturin develop, dev profile: about 5 minutes on 2 cores the first time, seconds after)"
 fi
-cargo build "${CARGO_PROFILE[@]}" -p quelea-cli --bin quelea -p quelea --example squares
-
-step "building the Python engine into .venv with maturin (reuses the build above: about 1 minute the first time)"
 "$VENV/bin/maturin" develop "${MATURIN_PROFILE[@]}"
 
 step "quelea hello: map 10,000 calls of a Rust function, then map_reduce them"
-"$BIN_DIR/quelea" hello --calls 10000
+"$VENV/bin/quelea" hello --calls 10000
 [[ $PROFILE == release ]] || echo "(an unoptimised build: ./scripts/demo.sh --release for speed figures; bench/RESULTS.md has them)"
 
-step "examples/rust/squares.rs and examples/python/wordcount.py: word counts with Rust, then Python functions"
-"$BIN_DIR/examples/squares"
+step "examples/python/wordcount.py: a word count with Python functions"
 "$VENV/bin/python" examples/python/wordcount.py
 
 step "quelea clean: removing the demo's job objects"
-"$BIN_DIR/quelea" clean
+"$VENV/bin/quelea" clean
 echo
 echo "done in $((SECONDS - STARTED)) s. Next: source .venv/bin/activate, then python, import quelea;"
-echo "quelea test checks the configured backend; ./scripts/test.sh runs the test suite."
+echo "quelea test checks the configured backend; cargo run --example squares is the Rust API;"
+echo "./scripts/test.sh runs the test suite."
