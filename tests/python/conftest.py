@@ -14,6 +14,23 @@ import pytest
 import quelea
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_home(tmp_path_factory):
+    """A HOME of the suite's own, and no config file of the user's: the tests do
+    not depend on who runs them, and nothing they do lands in ~/.quelea."""
+    saved = {k: os.environ.get(k) for k in ("HOME", "QUELEA_CONFIG_FILE", "QUELEA_STORAGE_DIR")}
+    home = tmp_path_factory.mktemp("home")
+    os.environ["HOME"] = str(home)
+    os.environ.pop("QUELEA_CONFIG_FILE", None)
+    os.environ.pop("QUELEA_STORAGE_DIR", None)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def storage_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("quelea-storage")
@@ -42,9 +59,15 @@ def fresh_executor(config):
 
 
 def run_script(tmp_path: Path, source: str, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    """Starts a Python script as a second client process."""
+    """Starts a Python script as a second client process.
+
+    The script first restores Python's own Ctrl-C handler: a suite started with
+    SIGINT ignored (``nohup``, ``cmd &`` in a non-interactive shell, some CI
+    runners) passes that on to its children, which would then ignore the
+    SIGINT a test sends them."""
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
+    preamble = "import signal as _signal\n_signal.signal(_signal.SIGINT, _signal.default_int_handler)\n"
+    script.write_text(preamble + textwrap.dedent(source))
     full_env = {**os.environ, **(env or {})}
     return subprocess.Popen(
         [sys.executable, str(script), *args],

@@ -115,11 +115,14 @@ def nested_map(n):
     return inner.map(square, range(n))
 
 
-def test_a_function_that_returns_futures(executor, storage_root, monkeypatch):
-    # The nested executor in the worker uses its default config: local storage.
-    monkeypatch.setenv("QUELEA_STORAGE_DIR", str(storage_root))
+def test_a_function_that_returns_futures(executor, _own_home):
+    # The nested executor in the worker works where its caller does (the
+    # runner's config: the test's storage), not in the default ~/.quelea.
+    default_storage = _own_home / ".quelea"
+    before = set(default_storage.rglob("job.json"))
     futures = executor.map(nested_map, [2, 3])
     assert executor.get_result(futures) == [0, 1, 0, 1, 4]
+    assert set(default_storage.rglob("job.json")) == before
 
 
 def shout(word):
@@ -221,3 +224,8 @@ def test_context_manager_stops_runners(config):
     while any(pid_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(pid_alive(p) for p in pids)
+
+
+def test_serverless_mode_needs_a_serverless_backend(config):
+    with pytest.raises(ConfigError, match="mode='serverless' needs a serverless backend.*`local`"):
+        quelea.FunctionExecutor(mode="serverless", config=config)

@@ -70,3 +70,33 @@ def test_console_script_runs_the_cli(storage_root):
         env={**env, "QUELEA_WORKERS": "nope"},
     )
     assert out.returncode == 1 and "QUELEA_WORKERS=nope" in out.stderr
+
+
+def test_console_script_exits_quietly_into_a_closed_pipe(tmp_path):
+    """`quelea ... | head -1` through the Python console script: exit 0, no
+    traceback (no PanicException). Outputs are far larger than a pipe's 64 KiB,
+    so the console script is still writing when `head` has gone."""
+    exe = str(Path(sys.executable).parent / "quelea")
+    root = tmp_path / "storage"
+    many = root / "quelea" / "many"
+    many.mkdir(parents=True)
+    for i in range(3000):
+        (many / f"object-{i:05}").write_bytes(b"x")
+    config = {"localdisk": {"root": str(root)}, "execution": {"data_cleaner": False}}
+    with quelea.FunctionExecutor(config=config) as fexec:
+        futures = fexec.map(abs, range(3000))
+        fexec.get_result(futures)
+        job = f"{fexec.executor_id}-M000"
+    env = {"QUELEA_STORAGE_DIR": str(root), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "Q": exe}
+    for args in (["logs", job], ["storage", "ls"], ["jobs"], ["version"], ["hello", "--calls", "20"]):
+        out = subprocess.run(
+            ["bash", "-c", 'set -o pipefail; "$Q" "$@" | head -1', "bash", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert out.returncode == 0, (args, out.stderr)
+        assert len(out.stdout.splitlines()) == 1, (args, out.stdout)
+        for bad in ("Traceback", "PanicException", "panicked", "Broken pipe"):
+            assert bad not in out.stderr, (args, out.stderr)

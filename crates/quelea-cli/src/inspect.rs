@@ -15,6 +15,8 @@ use quelea::core::protocol::Message;
 use quelea::storage::Storage;
 use quelea::CallState;
 
+use crate::{errln, outln};
+
 /// One job as storage shows it.
 struct JobView {
     spec: JobSpec,
@@ -88,13 +90,19 @@ pub(crate) fn jobs(storage: &Storage, executor: Option<&str>) -> Result<()> {
         views.push(JobView::read(storage, &job_keys)?);
     }
     if views.is_empty() {
-        println!("no jobs in {}", storage.location().describe());
+        outln!("no jobs in {}", storage.location().describe());
         return Ok(());
     }
     views.sort_by(|a, b| a.spec.submit_ts.total_cmp(&b.spec.submit_ts));
-    println!(
+    outln!(
         "{:<16} {:<32} {:>7} {:>7} {:>7} {:>7}  {:>9}",
-        "JOB", "FUNCTION", "CALLS", "DONE", "FAILED", "RUNNING", "AGE"
+        "JOB",
+        "FUNCTION",
+        "CALLS",
+        "DONE",
+        "FAILED",
+        "RUNNING",
+        "AGE"
     );
     let now = now_ts();
     for view in &views {
@@ -107,7 +115,7 @@ pub(crate) fn jobs(storage: &Storage, executor: Option<&str>) -> Result<()> {
         } else {
             name.clone()
         };
-        println!(
+        outln!(
             "{:<16} {:<32} {:>7} {:>7} {:>7} {:>7}  {:>9}{}",
             view.spec.job_key(),
             function,
@@ -148,7 +156,7 @@ pub(crate) fn logs(storage: &Storage, job_key: &str, call: Option<&str>) -> Resu
         }
         None => None,
     };
-    println!(
+    outln!(
         "job {} ({}), {} calls, timeout {} s{}",
         view.spec.job_key(),
         view.spec.function.name,
@@ -161,7 +169,7 @@ pub(crate) fn logs(storage: &Storage, job_key: &str, call: Option<&str>) -> Resu
             continue;
         }
         let Some(status) = view.calls.get(&index) else {
-            println!("{:05} {:<8}", index, "invoked");
+            outln!("{:05} {:<8}", index, "invoked");
             continue;
         };
         let stats = &status.stats;
@@ -176,17 +184,17 @@ pub(crate) fn logs(storage: &Storage, job_key: &str, call: Option<&str>) -> Resu
             .unwrap_or_default();
         let state = format!("{:?}", status.state).to_lowercase();
         match &status.error {
-            None => println!("{index:05} {state:<8}{took}{worker}"),
+            None => outln!("{index:05} {state:<8}{took}{worker}"),
             Some(error) => {
                 let reason = serde_json::to_value(error.reason)?;
-                println!(
+                outln!(
                     "{index:05} {state:<8}{took}{worker} [{}] {}: {}",
                     reason.as_str().unwrap_or("error"),
                     error.error_type,
                     error.message
                 );
                 for line in error.traceback.lines() {
-                    println!("      | {line}");
+                    outln!("      | {line}");
                 }
             }
         }
@@ -230,10 +238,10 @@ fn age(seconds: f64) -> String {
 pub(crate) fn ls(storage: &Storage, prefix: &str) -> Result<()> {
     let objects = storage.list_blocking(prefix)?;
     for object in &objects {
-        println!("{:>12}  {}", object.size, object.key);
+        outln!("{:>12}  {}", object.size, object.key);
     }
     let total: u64 = objects.iter().map(|o| o.size).sum();
-    eprintln!(
+    errln!(
         "{} object(s), {total} bytes, in {}",
         objects.len(),
         storage.location().describe()
@@ -254,7 +262,7 @@ pub(crate) fn put(storage: &Storage, key: &str, file: &Path) -> Result<()> {
     };
     let size = data.len();
     storage.put_blocking(key, data)?;
-    eprintln!(
+    errln!(
         "put {key} ({size} bytes) in {}",
         storage.location().describe()
     );
@@ -281,12 +289,12 @@ pub(crate) fn rm(storage: &Storage, key: &str, prefix: bool) -> Result<()> {
             bail!("refusing to delete a whole bucket: give a non-empty prefix");
         }
         let deleted = storage.delete_prefix_blocking(key)?;
-        eprintln!("deleted {deleted} object(s) under {key}");
+        errln!("deleted {deleted} object(s) under {key}");
     } else {
         // A missing key is an error here: a typo must not pass silently.
         storage.head_blocking(key)?;
         storage.delete_blocking(key)?;
-        eprintln!("deleted {key}");
+        errln!("deleted {key}");
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The `quelea` command, as a library: the `quelea` binary and the Python
 //! package's console script both run [`run_cli`].
 
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 mod inspect;
 
 use std::ffi::OsString;
@@ -12,6 +14,25 @@ use quelea::{
     ConfigBuilder, Executor, FunctionRef, Functions, FuturesList, MapOptions, RunnerCommand,
     RunnerKind,
 };
+
+/// Writes a line of a command's output to standard output. A closed pipe
+/// (`quelea logs JOB | head -1`) is an `Err` that [`run_cli`] turns into a
+/// quiet exit, as Unix tools do, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+/// Writes a message line to standard error; a closed standard error is ignored.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use {errln, outln};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +58,13 @@ enum Command {
         /// Milliseconds each call sleeps (to watch progress)
         #[arg(long, default_value_t = 0)]
         sleep_ms: u64,
+    },
+    /// Check the configured backend and storage: storage, a map, a
+    /// map_reduce, a failing call and the partitioner; prints what works
+    Test {
+        /// Seconds each check may take
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
     },
     /// Show configuration
     Config {
@@ -272,10 +300,15 @@ pub fn run_cli(args: impl IntoIterator<Item = OsString>, rust_runner: Option<Run
         }
     };
     let builtins = builtins();
-    match run(&cli, &builtins, rust_runner) {
+    let outcome = run(&cli, &builtins, rust_runner)
+        .and_then(|()| Ok(std::io::Write::flush(&mut std::io::stdout())?));
+    match outcome {
         Ok(()) => 0,
+        // The reader of our output has gone (`quelea logs JOB | head -1`):
+        // stop quietly, as Unix tools do.
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             let interrupted = e
                 .downcast_ref::<quelea::Error>()
                 .is_some_and(|e| matches!(e, quelea::Error::Interrupted));
@@ -288,24 +321,34 @@ pub fn run_cli(args: impl IntoIterator<Item = OsString>, rust_runner: Option<Run
     }
 }
 
+/// Whether an error comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Result<()> {
     match &cli.command {
         Command::Version => {
-            println!("quelea {}", env!("CARGO_PKG_VERSION"));
+            outln!("quelea {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Config {
             action: ConfigAction::Show,
         } => {
             let config = config_builder(cli).build()?;
-            print!("{}", serde_yaml_ng::to_string(&config.redacted())?);
+            let yaml = serde_yaml_ng::to_string(&config.redacted())?;
+            std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes())?;
             Ok(())
         }
         Command::Clean => {
             let config = config_builder(cli).build()?;
             let storage = quelea::storage::Storage::from_config(&config)?;
             let deleted = storage.delete_prefix_blocking(&quelea::core::keys::jobs_root())?;
-            println!(
+            outln!(
                 "deleted {deleted} object(s) from {}",
                 storage.location().describe()
             );
@@ -322,6 +365,7 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
                 StorageAction::Rm { key, prefix } => inspect::rm(&storage, key, *prefix),
             }
         }
+        Command::Test { timeout } => self_test(cli, builtins, rust_runner, *timeout),
         Command::Hello { calls, sleep_ms } => hello(cli, builtins, rust_runner, *calls, *sleep_ms),
         Command::Worker {
             action: WorkerAction::Serve(args),
@@ -354,7 +398,7 @@ fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
         },
     )?;
     let function = config.aws_lambda.function_name.unwrap_or_default();
-    println!(
+    outln!(
         "{} Lambda function `{function}` from {}",
         match deployed {
             Deployed::Created => "created",
@@ -426,7 +470,7 @@ fn serve(cli: &Cli, args: &ServeArgs, rust_runner: Option<RunnerCommand>) -> Res
         })?;
     let unfinished = server.run(Duration::from_secs_f64(args.drain_seconds))?;
     if unfinished > 0 {
-        eprintln!("quelea worker: stopped with {unfinished} accepted call(s) unfinished");
+        errln!("quelea worker: stopped with {unfinished} accepted call(s) unfinished");
     }
     Ok(())
 }
@@ -470,23 +514,187 @@ fn hello(
     );
 
     let shown: Vec<String> = squares.iter().take(5).map(u64::to_string).collect();
-    println!(
+    outln!(
         "map: {calls} calls of x*x -> [{}{}]",
         shown.join(", "),
         if calls > 5 { ", ..." } else { "" }
     );
-    println!("map_reduce: sum of squares = {total} (checked)");
-    println!(
-        "{calls} calls in {:.3} s, executor start included: {:.0} calls/s",
+    outln!("map_reduce: sum of squares = {total} (checked)");
+    outln!(
+        "{calls} calls in {:.3} s, executor start included: {}",
         map_done.as_secs_f64(),
-        calls as f64 / map_done.as_secs_f64()
+        rate(calls as f64 / map_done.as_secs_f64())
     );
-    println!(
+    outln!(
         "job objects: {} in {}",
         exec.storage_prefix(),
         exec.storage().location().describe()
     );
-    println!("remove them with: quelea clean");
+    outln!("remove them with: quelea clean");
+    Ok(())
+}
+
+/// `quelea test`: a short self-check of the configured backend and storage,
+/// one line per check; fails if any check failed.
+fn self_test(
+    cli: &Cli,
+    builtins: &Builtins,
+    rust_runner: Option<RunnerCommand>,
+    timeout: f64,
+) -> Result<()> {
+    anyhow::ensure!(
+        timeout.is_finite() && timeout > 0.0,
+        "--timeout must be a positive number of seconds, not `{timeout}`"
+    );
+    let deadline = Some(Duration::from_secs_f64(timeout));
+    quelea::interrupt::install_ctrl_c_handler();
+    let config = config_builder(cli).build()?;
+    outln!(
+        "quelea test: backend {}, storage {}",
+        serde_json::to_value(config.backend)?
+            .as_str()
+            .unwrap_or("?"),
+        quelea::storage::Storage::from_config(&config)?
+            .location()
+            .describe()
+    );
+    let mut builder = Executor::builder().config(config.clone());
+    if let Some(runner) = rust_runner {
+        builder = builder.runner(RunnerKind::Rust, runner);
+    }
+    let exec = builder.build().context("cannot create the executor")?;
+    let storage = exec.storage().clone();
+    // Under the executor's prefix, so that `quelea clean` removes leftovers.
+    let scratch = format!("{}selftest/", exec.storage_prefix());
+    let lines = "one line\n".repeat(100);
+
+    type Check<'a> = (&'static str, Box<dyn Fn() -> Result<String> + 'a>);
+    let checks: Vec<Check> = vec![
+        (
+            "storage",
+            Box::new(|| {
+                let key = format!("{scratch}probe");
+                storage.put_blocking(&key, b"probe".to_vec())?;
+                let back = storage.get_blocking(&key)?;
+                storage.delete_blocking(&key)?;
+                anyhow::ensure!(
+                    back[..] == b"probe"[..],
+                    "read back {} bytes, not 5",
+                    back.len()
+                );
+                Ok("put, get and delete an object".to_owned())
+            }),
+        ),
+        (
+            "map",
+            Box::new(|| {
+                let map = exec.map(
+                    &builtins.square,
+                    (0..10).map(|x| (x, 0)),
+                    MapOptions::default(),
+                )?;
+                let got = exec.get_result(&map, deadline)?;
+                let want: Vec<u64> = (0..10).map(|x| x * x).collect();
+                anyhow::ensure!(got == want, "got {got:?}, expected {want:?}");
+                Ok("10 calls of x*x came back in order".to_owned())
+            }),
+        ),
+        (
+            "map_reduce",
+            Box::new(|| {
+                let total = exec
+                    .map_reduce(
+                        &builtins.square,
+                        (0..100).map(|x| (x, 0)),
+                        &builtins.sum,
+                        MapOptions::default(),
+                    )?
+                    .result(deadline)?;
+                anyhow::ensure!(
+                    total == 328_350,
+                    "the reduce returned {total}, expected 328350"
+                );
+                Ok("100 map calls reduced to their sum".to_owned())
+            }),
+        ),
+        (
+            "failing call",
+            Box::new(|| {
+                let future = exec.call_async(
+                    &builtins.fail,
+                    "on purpose".to_owned(),
+                    MapOptions::default(),
+                )?;
+                match future.result(deadline) {
+                    Ok(value) => anyhow::bail!("a failing call returned `{value}`"),
+                    Err(quelea::Error::CallFailed { error, .. })
+                        if error.message.contains("refused input `on purpose`") =>
+                    {
+                        Ok("its error came back with the remote message".to_owned())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }),
+        ),
+        (
+            "partitioner",
+            Box::new(|| {
+                let key = format!("{scratch}lines.txt");
+                storage.put_blocking(&key, lines.clone().into_bytes())?;
+                let counted = exec
+                    .map_objects(
+                        &builtins.count_lines,
+                        [format!("{}/{key}", config.bucket)],
+                        &quelea::objects::ObjOptions {
+                            chunking: quelea::objects::Chunking::Size(128),
+                            ..Default::default()
+                        },
+                        MapOptions::default(),
+                    )
+                    .and_then(|chunks| {
+                        let parts = chunks.len();
+                        Ok((parts, exec.get_result(&chunks, deadline)?))
+                    });
+                storage.delete_blocking(&key)?;
+                let (parts, counts) = counted?;
+                let total: u64 = counts.iter().sum();
+                anyhow::ensure!(total == 100, "the chunks held {total} lines, expected 100");
+                Ok(format!(
+                    "a 100-line object cut into {parts} chunks, every line counted once"
+                ))
+            }),
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, check) in &checks {
+        let started = Instant::now();
+        match check() {
+            Ok(what) => outln!(
+                "ok    {name:<13} {what} ({:.3} s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                if is_broken_pipe(&e) {
+                    return Err(e);
+                }
+                outln!("FAIL  {name:<13} {e:#}");
+                failed.push(*name);
+            }
+        }
+        if quelea::interrupt::is_interrupted() {
+            return Err(quelea::Error::Interrupted.into());
+        }
+    }
+    // Best effort: the checks' job objects, whatever data_cleaner says.
+    let _ = storage.delete_prefix_blocking(&exec.storage_prefix());
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} checks failed: {}",
+        failed.len(),
+        checks.len(),
+        failed.join(", ")
+    );
+    outln!("all {} checks passed", checks.len());
     Ok(())
 }
 
@@ -494,29 +702,63 @@ fn hello(
 fn show_progress<O>(futures: &FuturesList<O>) -> Result<()> {
     let started = Instant::now();
     let total = futures.len() as u64;
-    let mut bar: Option<indicatif::ProgressBar> = None;
+    // Counting from the start, drawn after a moment: the rate then covers
+    // the whole job, not a first jump.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::hidden(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} calls  {rate}  eta {eta}")?
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let elapsed = state.elapsed().as_secs_f64();
+                    let _ = w.write_str(&rate(state.pos() as f64 / elapsed));
+                },
+            ),
+    );
+    let mut shown = false;
     loop {
         let done = futures.done_count() as u64;
         if done >= total {
-            if let Some(bar) = bar {
-                bar.set_position(done);
-                bar.finish();
-            }
+            // Cleared, so that what follows starts on a line of its own.
+            bar.finish_and_clear();
             return Ok(());
         }
         if quelea::interrupt::is_interrupted() {
+            bar.finish_and_clear();
             return Ok(()); // get_result reports and cancels.
         }
-        if bar.is_none() && started.elapsed() > Duration::from_millis(500) {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} calls  {per_sec}  eta {eta}",
-            )?);
-            bar = Some(b);
+        if !shown && started.elapsed() > Duration::from_millis(500) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            shown = true;
         }
-        if let Some(bar) = &bar {
-            bar.set_position(done);
-        }
+        bar.set_position(done);
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A rate of calls as people read it: `399562 calls/s`, `12.5 calls/s`.
+fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "- calls/s".to_owned()
+    } else if per_sec >= 100.0 {
+        format!("{per_sec:.0} calls/s")
+    } else {
+        format!("{per_sec:.1} calls/s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate;
+
+    #[test]
+    fn rates_read_at_a_glance() {
+        assert_eq!(rate(399_561.185_2), "399561 calls/s");
+        assert_eq!(rate(12.48), "12.5 calls/s");
+        assert_eq!(rate(0.0), "- calls/s");
+        assert_eq!(rate(f64::INFINITY), "- calls/s");
     }
 }

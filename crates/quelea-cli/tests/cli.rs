@@ -4,7 +4,9 @@ use std::process::Command;
 
 fn quelea(storage: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
+    // HOME too: nothing of the user's (~/.quelea/config.yaml) is read.
     cmd.env("QUELEA_STORAGE_DIR", storage)
+        .env("HOME", storage)
         .env_remove("QUELEA_CONFIG_FILE");
     cmd
 }
@@ -220,4 +222,258 @@ fn storage_put_get_ls_rm() {
     assert!(err.contains("refusing to delete a whole bucket"), "{err}");
     let err = run_err(quelea(dir.path()).args(["storage", "put", "k", "/no/such/file"]));
     assert!(err.contains("reading `/no/such/file`"), "{err}");
+}
+
+/// Runs `quelea ARGS | head -1` in bash with `pipefail`: the exit status is
+/// quelea's. Returns (status, stdout, stderr).
+fn piped_into_head(storage: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"set -o pipefail; "$Q_BIN" "$@" | head -1"#)
+        .arg("bash")
+        .args(args)
+        .env("Q_BIN", env!("CARGO_BIN_EXE_quelea"))
+        .env("QUELEA_STORAGE_DIR", storage)
+        .env("HOME", storage)
+        .env("QUELEA_WORKERS", "2")
+        .env_remove("QUELEA_CONFIG_FILE");
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_piped_into_head_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Output far larger than a pipe's buffer (64 KiB), so that quelea is
+    // still writing when `head` has gone: a 3000-call job (logs), 3000
+    // objects (ls), a 1 MiB object (get).
+    let hello = run_ok(
+        quelea(dir.path())
+            .env("QUELEA_WORKERS", "2")
+            .args(["hello", "--calls", "3000"]),
+    );
+    let job = hello
+        .lines()
+        .find_map(|l| l.strip_prefix("job objects: quelea/jobs/"))
+        .and_then(|l| l.split('/').next())
+        .map(|executor| format!("{executor}-M000"))
+        .unwrap();
+    let many = dir.path().join("quelea").join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(many.join(format!("object-{i:05}")), b"x").unwrap();
+    }
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "a line of a big object\n".repeat(50_000)).unwrap();
+    run_ok(
+        quelea(dir.path())
+            .args(["storage", "put", "big.txt"])
+            .arg(&big),
+    );
+
+    let commands: &[&[&str]] = &[
+        &["version"],
+        &["--help"],
+        &["config", "show"],
+        &["jobs"],
+        &["logs", &job],
+        &["logs", &job, "7"],
+        &["storage", "ls"],
+        &["storage", "ls", "many/"],
+        &["storage", "get", "big.txt"],
+        &["storage", "get", "big.txt", "-"],
+        &["hello", "--calls", "50"],
+        &["test"],
+    ];
+    for args in commands {
+        let (status, stdout, stderr) = piped_into_head(dir.path(), args);
+        assert_eq!(status, 0, "quelea {args:?} | head -1: {stdout}\n{stderr}");
+        assert_eq!(stdout.lines().count(), 1, "quelea {args:?}: {stdout}");
+        for bad in ["panicked", "Broken pipe", "error", "Traceback"] {
+            assert!(!stderr.contains(bad), "quelea {args:?} | head -1: {stderr}");
+        }
+    }
+}
+
+/// Runs `quelea ARGS` in a real pseudo-terminal (util-linux `script`), and
+/// returns what the terminal received.
+fn in_a_terminal(storage: &std::path::Path, args: &str) -> String {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_quelea"));
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("QUELEA_STORAGE_DIR", storage)
+        .env("HOME", storage)
+        .env("QUELEA_WORKERS", "2")
+        .env("TERM", "xterm")
+        .env_remove("QUELEA_CONFIG_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a terminal shows of each line: escape sequences dropped, and a
+/// carriage return starting the line over.
+fn rendered_lines(raw: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then one final byte in @..~
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+        .split('\n')
+        .map(|line| {
+            let line = line.trim_end_matches('\r');
+            line.rsplit('\r').next().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn progress_and_rates_read_well_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // 400 calls of 10 ms on 2 runners: about 2 s, so the bar shows.
+    let raw = in_a_terminal(dir.path(), "hello --calls 400 --sleep-ms 10");
+    let bar_frames: Vec<&str> = raw
+        .split(['\r', '\n'])
+        .filter(|f| f.contains("/400 calls"))
+        .collect();
+    assert!(!bar_frames.is_empty(), "no progress bar drawn: {raw:?}");
+    for frame in &bar_frames {
+        // `187 calls/s`, never `399,561.1852/s`.
+        let rate = frame
+            .split("calls  ")
+            .nth(1)
+            .and_then(|r| r.split(" calls/s").next())
+            .unwrap_or_else(|| panic!("no rate in {frame:?}"));
+        assert!(
+            rate == "-" || rate.chars().all(|c| c.is_ascii_digit() || c == '.'),
+            "rate {rate:?} in {frame:?}"
+        );
+        assert!(
+            !rate.contains('.') || rate.split('.').nth(1).unwrap().len() == 1,
+            "{frame:?}"
+        );
+    }
+    // The bar is cleared: the report starts on a line of its own.
+    let lines = rendered_lines(&raw);
+    let map_line = lines
+        .iter()
+        .find(|l| l.contains("calls of x*x"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        map_line.starts_with("map: 400 calls of x*x"),
+        "{map_line:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("█")), "{lines:#?}");
+    let summary = lines
+        .iter()
+        .find(|l| l.contains("executor start included"))
+        .unwrap();
+    let rate = summary.rsplit(": ").next().unwrap();
+    assert!(
+        rate.ends_with(" calls/s") && !rate.contains(','),
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn self_test_reports_each_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(quelea(dir.path()).env("QUELEA_WORKERS", "2").arg("test"));
+    for check in [
+        "storage",
+        "map",
+        "map_reduce",
+        "failing call",
+        "partitioner",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok ") && l[5..].trim_start().starts_with(check)),
+            "{check}: {out}"
+        );
+    }
+    assert!(out.contains("all 5 checks passed"), "{out}");
+    // It cleans up after itself.
+    let jobs = run_ok(quelea(dir.path()).arg("jobs"));
+    assert!(jobs.starts_with("no jobs in"), "{jobs}");
+
+    // A storage that does not answer: each check says so, and it fails.
+    let out = quelea(dir.path())
+        .args(["test", "--timeout", "20"])
+        .env("QUELEA_STORAGE", "s3")
+        .env("QUELEA_S3_ENDPOINT", "http://127.0.0.1:9")
+        .env("QUELEA_S3_ALLOW_HTTP", "true")
+        .env("QUELEA_S3_ACCESS_KEY_ID", "k")
+        .env("QUELEA_S3_SECRET_ACCESS_KEY", "s")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("FAIL  storage"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:9"), "{stdout}");
+    assert!(stderr.contains("checks failed: storage"), "{stderr}");
+}
+
+#[test]
+fn errors_name_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    // S3 without any credentials: say so, not an instance metadata URL.
+    let mut cmd = quelea(dir.path());
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "QUELEA_S3_ACCESS_KEY_ID",
+        "QUELEA_S3_SECRET_ACCESS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let err = run_err(
+        cmd.args(["storage", "ls"])
+            .env("QUELEA_STORAGE", "s3")
+            .env("QUELEA_S3_ENDPOINT", "http://127.0.0.1:9")
+            .env("QUELEA_S3_ALLOW_HTTP", "true"),
+    );
+    assert!(err.contains("no S3 credentials found"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+
+    // aws_lambda: every missing setting at once, in plain words.
+    let err = run_err(
+        quelea(dir.path())
+            .args(["config", "show"])
+            .env("QUELEA_BACKEND", "aws_lambda"),
+    );
+    for needed in [
+        "aws_lambda.function_name",
+        "aws_lambda.region",
+        "aws_lambda.secret_access_key",
+        "storage: s3",
+    ] {
+        assert!(err.contains(needed), "{needed}: {err}");
+    }
+    assert!(!err.contains("resolved config"), "{err}");
 }

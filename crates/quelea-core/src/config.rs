@@ -302,6 +302,9 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
+/// The origin of an error found in the settings of every layer together.
+const COMBINED: &str = "the combined settings (file, environment, arguments)";
+
 /// The whole resolved configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -550,21 +553,21 @@ impl ConfigBuilder {
         }
 
         let env_layer = env_layer(&env)?;
-        check_layer(&env_layer, "environment")?;
+        check_layer(&env_layer, "the environment")?;
         merge(&mut merged, env_layer);
 
         for layer in self.overrides {
             if !layer.is_object() {
                 return Err(Error::Config {
-                    origin: "arguments".into(),
+                    origin: "the arguments".into(),
                     message: format!("expected a mapping of settings, got `{layer}`"),
                 });
             }
-            check_layer(&layer, "arguments")?;
+            check_layer(&layer, "the arguments")?;
             merge(&mut merged, layer);
         }
 
-        let config = parse_layer(merged, "resolved config")?;
+        let config = parse_layer(merged, COMBINED)?;
         config.validate()?;
         Ok(config)
     }
@@ -639,7 +642,7 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
-            origin: "resolved config".into(),
+            origin: COMBINED.into(),
             message: format!("`{key}` {message}"),
         };
         // Every duration a number of seconds that a `Duration` holds and a
@@ -709,7 +712,7 @@ impl Config {
 impl Config {
     fn validate_http(&self) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
-            origin: "resolved config".into(),
+            origin: COMBINED.into(),
             message: format!("`{key}` {message}"),
         };
         let http = &self.http;
@@ -775,7 +778,7 @@ impl Config {
 impl Config {
     fn validate_aws_lambda(&self) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
-            origin: "resolved config".into(),
+            origin: COMBINED.into(),
             message: format!("`{key}` {message}"),
         };
         let lambda = &self.aws_lambda;
@@ -821,22 +824,18 @@ impl Config {
         if self.backend != BackendKind::AwsLambda {
             return Ok(());
         }
+        // Everything missing at once, so that one try tells what to set.
+        let mut missing = Vec::new();
         if lambda.function_name.as_deref().is_none_or(str::is_empty) {
-            return Err(bad(
-                "aws_lambda.function_name",
-                format!(
-                    "must be set for `backend: aws_lambda` (or set `{}`)",
-                    EnvVars::AWS_LAMBDA_FUNCTION_NAME
-                ),
+            missing.push(format!(
+                "`aws_lambda.function_name` (or `{}`)",
+                EnvVars::AWS_LAMBDA_FUNCTION_NAME
             ));
         }
         if lambda.region.is_none() {
-            return Err(bad(
-                "aws_lambda.region",
-                format!(
-                    "must be set for `backend: aws_lambda` (or set `{}` or `AWS_REGION`)",
-                    EnvVars::AWS_LAMBDA_REGION
-                ),
+            missing.push(format!(
+                "`aws_lambda.region` (or `{}` or `AWS_REGION`)",
+                EnvVars::AWS_LAMBDA_REGION
             ));
         }
         if lambda.access_key_id.as_deref().is_none_or(str::is_empty)
@@ -845,26 +844,30 @@ impl Config {
                 .as_ref()
                 .is_none_or(|s| s.expose().is_empty())
         {
-            return Err(bad(
-                "aws_lambda.access_key_id",
-                "and `aws_lambda.secret_access_key` must be set for `backend: aws_lambda`: \
-                 Invoke requests are signed with them (set `AWS_ACCESS_KEY_ID` and \
-                 `AWS_SECRET_ACCESS_KEY`)"
-                    .into(),
-            ));
+            missing.push(
+                "`aws_lambda.access_key_id` and `aws_lambda.secret_access_key`, which sign \
+                 the Invoke requests (or `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`)"
+                    .to_owned(),
+            );
         }
         if self.storage != StorageKind::S3 {
-            return Err(bad(
-                "storage",
-                format!(
-                    "is `{}`, which a Lambda function cannot read: use `s3` with \
-                     `backend: aws_lambda`",
-                    serde_json::to_value(self.storage)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
-                ),
+            missing.push(format!(
+                "`storage: s3` (it is `{}`, which a Lambda function cannot read)",
+                serde_json::to_value(self.storage)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             ));
+        }
+        if !missing.is_empty() {
+            return Err(Error::Config {
+                origin: COMBINED.into(),
+                message: format!(
+                    "`backend: aws_lambda` needs {} more setting(s): {}",
+                    missing.len(),
+                    missing.join("; ")
+                ),
+            });
         }
         Ok(())
     }
@@ -873,7 +876,7 @@ impl Config {
 impl Config {
     fn validate_monitoring(&self) -> Result<()> {
         let bad = |key: &str, message: String| Error::Config {
-            origin: "resolved config".into(),
+            origin: COMBINED.into(),
             message: format!("`{key}` {message}"),
         };
         let interval = self.push_fallback_interval;
@@ -1042,12 +1045,12 @@ fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
         let Some((_, path, kind)) = ENV_KEYS.iter().find(|(var, _, _)| var == name) else {
             let known: Vec<&str> = ENV_KEYS.iter().map(|(v, _, _)| *v).collect();
             return Err(Error::Config {
-                origin: "environment".into(),
+                origin: "the environment".into(),
                 message: format!("unknown variable `{name}`; known: {}", known.join(", ")),
             });
         };
         let bad = |what: &str| Error::Config {
-            origin: "environment".into(),
+            origin: "the environment".into(),
             message: format!("`{name}={raw}` is not {what}"),
         };
         let value = match kind {
@@ -1398,6 +1401,31 @@ mod tests {
         };
         let err = build_without(&["QUELEA_AWS_LAMBDA_FUNCTION_NAME"], &[]);
         assert!(err.contains("aws_lambda.function_name"), "{err}");
+        // Everything missing is reported at once, in words a user reads.
+        let err = build_without(
+            &[
+                "QUELEA_AWS_LAMBDA_FUNCTION_NAME",
+                "AWS_REGION",
+                "AWS_SECRET_ACCESS_KEY",
+                "QUELEA_STORAGE",
+            ],
+            &[],
+        );
+        for needed in [
+            "needs 4 more setting(s)",
+            "aws_lambda.function_name",
+            "aws_lambda.region",
+            "aws_lambda.secret_access_key",
+            "`storage: s3`",
+            "localdisk",
+        ] {
+            assert!(err.contains(needed), "{needed} in {err}");
+        }
+        assert!(!err.contains("config resolved config"), "{err}");
+        assert!(
+            err.starts_with("bad config in the combined settings"),
+            "{err}"
+        );
         let err = build_without(&["AWS_REGION"], &[]);
         assert!(err.contains("aws_lambda.region"), "{err}");
         let err = build_without(&["AWS_SECRET_ACCESS_KEY"], &[]);

@@ -10,7 +10,7 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
-    #[error("config {origin}: {message}")]
+    #[error("bad config in {origin}: {message}")]
     Config { origin: String, message: String },
     #[error("unsupported {what} protocol version {found} (this build speaks version {supported})")]
     UnsupportedVersion {

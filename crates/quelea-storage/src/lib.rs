@@ -82,6 +82,9 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     location: StorageLocation,
     multipart_threshold: u64,
+    /// S3 without keys in the config: object_store then asks the EC2
+    /// instance metadata service, whose failure names only its own URL.
+    s3_without_keys: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -125,10 +128,13 @@ impl Storage {
             }
             StorageKind::S3 => Arc::new(build_s3(config)?),
         };
+        let s3_without_keys = config.storage == StorageKind::S3
+            && (config.s3.access_key_id.is_none() || config.s3.secret_access_key.is_none());
         Ok(Storage {
             store,
             location,
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            s3_without_keys,
         })
     }
 
@@ -157,17 +163,40 @@ impl Storage {
 
     fn map_err(&self, operation: &'static str, key: &str, e: object_store::Error) -> Error {
         match e {
+            // S3 answers 404 for a key in a missing bucket too.
+            object_store::Error::NotFound { .. }
+                if missing_bucket(&describe_cause(&e)).is_some() =>
+            {
+                self.backend_error(operation, key, e)
+            }
             object_store::Error::NotFound { .. } => Error::NotFound {
                 key: key.to_owned(),
                 store: self.describe(),
             },
-            other => Error::Backend {
-                operation,
-                key: key.to_owned(),
-                store: self.describe(),
-                cause: describe_cause(&other),
-                error: Box::new(other),
-            },
+            other => self.backend_error(operation, key, other),
+        }
+    }
+
+    fn backend_error(&self, operation: &'static str, key: &str, e: object_store::Error) -> Error {
+        let mut cause = describe_cause(&e);
+        if self.s3_without_keys && cause.contains(INSTANCE_METADATA_ENDPOINT) {
+            cause = format!(
+                "no S3 credentials found: set `s3.access_key_id` and `s3.secret_access_key` \
+                 in the config, or QUELEA_S3_ACCESS_KEY_ID and QUELEA_S3_SECRET_ACCESS_KEY, \
+                 or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (without them, the EC2 \
+                 instance metadata service was asked for a role's, and it answered: {cause})"
+            );
+        } else if let Some(bucket) = missing_bucket(&cause) {
+            cause = format!(
+                "the bucket `{bucket}` does not exist (S3 NoSuchBucket): create it, or set `bucket`"
+            );
+        }
+        Error::Backend {
+            operation,
+            key: key.to_owned(),
+            store: self.describe(),
+            cause,
+            error: Box::new(e),
         }
     }
 
@@ -274,13 +303,9 @@ impl Storage {
                 // Elsewhere a missing prefix lists as empty without an error,
                 // so "not found" means the bucket is missing: not an object's
                 // absence, so not `Error::NotFound`.
-                other @ object_store::Error::NotFound { .. } => Err(Error::Backend {
-                    operation: "list",
-                    key: prefix.to_owned(),
-                    store: self.describe(),
-                    cause: describe_cause(&other),
-                    error: Box::new(other),
-                }),
+                other @ object_store::Error::NotFound { .. } => {
+                    Err(self.backend_error("list", prefix, other))
+                }
                 other => Err(self.map_err("list", prefix, other)),
             })?;
         let mut metas = metas;
@@ -337,6 +362,22 @@ impl Storage {
     pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
         io_runtime().block_on(self.delete_prefix(prefix))
     }
+}
+
+/// Where object_store asks for an EC2 role's credentials when it has no keys.
+const INSTANCE_METADATA_ENDPOINT: &str = "169.254.169.254";
+
+/// The bucket an S3 error body says is missing (`<Code>NoSuchBucket</Code>`
+/// ... `<BucketName>b</BucketName>`), if it says so.
+fn missing_bucket(cause: &str) -> Option<String> {
+    if !cause.contains("NoSuchBucket") {
+        return None;
+    }
+    let name = cause
+        .split_once("<BucketName>")
+        .and_then(|(_, rest)| rest.split_once("</BucketName>"))
+        .map(|(name, _)| name.to_owned());
+    Some(name.unwrap_or_else(|| "?".to_owned()))
 }
 
 /// An error's message, and its root cause when the message leaves it out

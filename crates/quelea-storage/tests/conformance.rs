@@ -323,7 +323,20 @@ mod s3 {
             message.contains(&bucket) && message.contains("NoSuchBucket"),
             "{message}"
         );
-        let err = storage.get_blocking("quelea/x").unwrap_err().to_string();
+        // In words, not the server's XML.
+        assert!(
+            message.contains(&format!("the bucket `{bucket}` does not exist")),
+            "{message}"
+        );
+        assert!(!message.contains("<Code>"), "{message}");
+        let err = storage.get_blocking("quelea/x").unwrap_err();
+        // Not "object not found": the bucket is what is missing.
+        assert!(!matches!(err, Error::NotFound { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains(&bucket) && err.contains("quelea/x"), "{err}");
+        assert!(
+            err.contains(&format!("the bucket `{bucket}` does not exist")),
+            "{err}"
+        );
     }
 }
