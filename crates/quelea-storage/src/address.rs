@@ -66,15 +66,15 @@ pub struct Address {
 ///
 /// `s3://` names the configured storage when that is an S3 flavour
 /// (`ibm_cos`, `minio`), as their users write it; otherwise AWS-style `s3`.
-pub fn parse_address(input: &str, config: &Config) -> Result<Option<Address>> {
+pub fn parse_address(input: &str, configured: StorageKind) -> Result<Option<Address>> {
     let Some((scheme, rest)) = input.split_once("://") else {
         return Ok(None);
     };
     let Some(mut kind) = scheme_kind(scheme) else {
         return Ok(None);
     };
-    if kind == StorageKind::S3 && config.storage.is_s3() {
-        kind = config.storage;
+    if kind == StorageKind::S3 && configured.is_s3() {
+        kind = configured;
     }
     let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
     let (bucket, account) = match authority.split_once('@') {
@@ -82,17 +82,23 @@ pub fn parse_address(input: &str, config: &Config) -> Result<Option<Address>> {
         Some((container, host)) if kind == StorageKind::Azure => {
             let account = host.split('.').next().unwrap_or_default();
             if account.is_empty() {
-                return Err(Error::Config(format!(
-                    "`{input}`: no storage account after `@` (expected \
-                     `{scheme}://container@account.dfs.core.windows.net/path`)"
-                )));
+                return Err(Error::InvalidAddress {
+                    address: input.to_owned(),
+                    reason: format!(
+                        "no storage account after `@` (expected \
+                         `{scheme}://container@account.dfs.core.windows.net/path`)"
+                    ),
+                });
             }
             (container, Some(account.to_owned()))
         }
         _ => (authority, None),
     };
     if bucket.is_empty() {
-        return Err(Error::Config(format!("`{input}`: no bucket name")));
+        return Err(Error::InvalidAddress {
+            address: input.to_owned(),
+            reason: "no bucket name".into(),
+        });
     }
     Ok(Some(Address {
         kind,
@@ -185,16 +191,18 @@ mod tests {
     #[test]
     fn addresses_parse_per_scheme() {
         let c = config(&[]);
-        let a = parse_address("gs://b/k/x.csv", &c).unwrap().unwrap();
+        let a = parse_address("gs://b/k/x.csv", c.storage).unwrap().unwrap();
         assert_eq!(
             (a.kind, a.bucket.as_str(), a.key.as_str()),
             (StorageKind::Gcs, "b", "k/x.csv")
         );
-        let a = parse_address("gcs://b", &c).unwrap().unwrap();
+        let a = parse_address("gcs://b", c.storage).unwrap().unwrap();
         assert_eq!((a.kind, a.key.as_str()), (StorageKind::Gcs, ""));
-        let a = parse_address("azure_storage://c/p/", &c).unwrap().unwrap();
+        let a = parse_address("azure_storage://c/p/", c.storage)
+            .unwrap()
+            .unwrap();
         assert_eq!((a.kind, a.bucket.as_str()), (StorageKind::Azure, "c"));
-        let a = parse_address("abfss://c@acct.dfs.core.windows.net/p/q", &c)
+        let a = parse_address("abfss://c@acct.dfs.core.windows.net/p/q", c.storage)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -206,11 +214,13 @@ mod tests {
             ),
             (StorageKind::Azure, "c", "p/q", Some("acct"))
         );
-        let a = parse_address("localhost://b/k", &c).unwrap().unwrap();
+        let a = parse_address("localhost://b/k", c.storage)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.kind, StorageKind::Localdisk);
-        assert_eq!(parse_address("http://h/x", &c).unwrap(), None);
-        assert_eq!(parse_address("b/k", &c).unwrap(), None);
-        assert!(parse_address("gs:///k", &c).is_err());
+        assert_eq!(parse_address("http://h/x", c.storage).unwrap(), None);
+        assert_eq!(parse_address("b/k", c.storage).unwrap(), None);
+        assert!(parse_address("gs:///k", c.storage).is_err());
     }
 
     #[test]
@@ -219,9 +229,9 @@ mod tests {
             ("storage", "minio"),
             ("minio.endpoint", "http://127.0.0.1:9000"),
         ]);
-        let a = parse_address("s3://b/k", &c).unwrap().unwrap();
+        let a = parse_address("s3://b/k", c.storage).unwrap().unwrap();
         assert_eq!(a.kind, StorageKind::Minio);
-        let a = parse_address("aws_s3://b/k", &config(&[]))
+        let a = parse_address("aws_s3://b/k", StorageKind::Localdisk)
             .unwrap()
             .unwrap();
         assert_eq!(a.kind, StorageKind::S3);

@@ -24,6 +24,7 @@ pub use quelea_core::config::StorageKind;
 pub mod address;
 mod azure;
 mod location;
+pub mod settings;
 
 pub use address::{lithops_name, parse_address, schemes, Address};
 pub use location::{ibm_cos_endpoint, StorageLocation, StorageLocation as Location};
@@ -49,6 +50,8 @@ pub enum Error {
     Config(String),
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
+    #[error("invalid address `{address}`: {reason}")]
+    InvalidAddress { address: String, reason: String },
     #[error("bucket `{bucket}` is in {kind} storage, which is not configured: {hint}")]
     NotConfigured {
         kind: &'static str,
