@@ -24,6 +24,9 @@ echo "== airflow provider: a real Airflow 3.3, then 2.11 (SQLite), each in its o
 bash providers/airflow/scripts/test.sh -q
 AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
 
+echo "== storage: GCS and Azure Blob emulators (fake-gcs-server, Azurite on 127.0.0.1) =="
+bash scripts/test-cloud-storage.sh
+
 echo "== the same against a real S3 server (SeaweedFS on 127.0.0.1) =="
 S3_DIR="$(mktemp -d)"
 trap 'scripts/s3-server.sh stop "$S3_DIR"' EXIT

@@ -46,11 +46,16 @@ def test_lithops_storage_sections_translate():
     out = config_overrides(
         {
             "lithops": {"storage": "azure_storage"},
-            "azure_storage": {"storage_account_name": "acct", "storage_account_key": "k", "storage_bucket": "c"},
+            "azure_storage": {
+                "storage_account_name": "acct",
+                "storage_account_key": "k",
+                "storage_bucket": "c",
+            },
         }
     )
     assert out == {"storage": "azure", "bucket": "c", "azure": {"account": "acct", "access_key": "k"}}
-    out = config_overrides({"lithops": {"storage": "ibm_cos"}, "ibm_cos": {"region": "eu-de", "storage_bucket": "b"}})
+    lithops_cos = {"lithops": {"storage": "ibm_cos"}, "ibm_cos": {"region": "eu-de", "storage_bucket": "b"}}
+    out = config_overrides(lithops_cos)
     assert out == {"storage": "ibm_cos", "bucket": "b", "ibm_cos": {"region": "eu-de"}}
     out = config_overrides({"lithops": {"storage": "minio"}, "minio": {"endpoint": "http://127.0.0.1:9000"}})
     assert out == {"storage": "minio", "minio": {"endpoint": "http://127.0.0.1:9000"}}
@@ -64,7 +69,12 @@ def test_lithops_ibm_cos_config_builds_its_endpoint():
     storage = quelea.Storage(
         config={
             "lithops": {"storage": "ibm_cos"},
-            "ibm_cos": {"region": "us-east", "access_key_id": "k", "secret_access_key": "s", "storage_bucket": "b"},
+            "ibm_cos": {
+                "region": "us-east",
+                "access_key_id": "k",
+                "secret_access_key": "s",
+                "storage_bucket": "b",
+            },
         }
     )
     assert storage.backend == "ibm_cos" and storage.bucket == "b"

@@ -2,7 +2,8 @@
 Azure Blob emulators that scripts/cloud-emulators.sh starts (their
 ``QUELEA_GCS_*`` / ``QUELEA_AZURE_*`` variables in the environment), with job
 storage in a local directory: an address of another storage is read with that
-storage's settings."""
+storage's settings. Run by scripts/test-cloud-storage.sh; not a ``test_*``
+module, so a plain ``pytest tests/python`` (no emulators) leaves it out."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def emulators():
 def seed_gcs(endpoint: str, key: str, body: bytes) -> None:
     # Through the emulator's JSON API: fake-gcs-server takes no XML-API PUT
     # (what object_store writes with), only its reads.
-    url = f"{endpoint}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={urllib.parse.quote(key, safe='')}"
+    name = urllib.parse.quote(key, safe="")
+    url = f"{endpoint}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={name}"
     with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30) as r:
         assert r.status == 200
 
@@ -75,19 +77,25 @@ def test_az_inputs_under_every_azure_scheme(fexec):
         for _, _, key, data in rows:
             by_key[key] = by_key.get(key, b"") + data
         assert by_key == {f"{prefix}a.txt": TEXT, f"{prefix}b.txt": TEXT[:100]}, address
-    words = fexec.get_result(fexec.map_reduce(count_words, [f"az://{BUCKET}/{prefix}a.txt"], total, obj_chunk_number=4))
+    futures = fexec.map_reduce(count_words, [f"az://{BUCKET}/{prefix}a.txt"], total, obj_chunk_number=4)
+    words = fexec.get_result(futures)
     assert words == len(TEXT.split())
 
 
 def test_gs_inputs_under_every_gcs_scheme(fexec, emulators):
     prefix = f"py-{uuid.uuid4().hex[:8]}/"
     seed_gcs(emulators, f"{prefix}a.txt", TEXT)
-    for address in (f"gs://{BUCKET}/{prefix}", f"gcs://{BUCKET}/{prefix}a.txt", f"gcp_storage://{BUCKET}/{prefix}*.txt"):
+    for address in (
+        f"gs://{BUCKET}/{prefix}",
+        f"gcs://{BUCKET}/{prefix}a.txt",
+        f"gcp_storage://{BUCKET}/{prefix}*.txt",
+    ):
         rows = fexec.get_result(fexec.map(chunk_text, [address], obj_chunk_size=700))
         assert len(rows) > 2, address
         assert {r[0] for r in rows} == {"gcp_storage"} and {r[2] for r in rows} == {f"{prefix}a.txt"}
         assert rebuild(rows) == TEXT, address
-    words = fexec.get_result(fexec.map_reduce(count_words, [f"gs://{BUCKET}/{prefix}a.txt"], total, obj_chunk_number=3))
+    futures = fexec.map_reduce(count_words, [f"gs://{BUCKET}/{prefix}a.txt"], total, obj_chunk_number=3)
+    words = fexec.get_result(futures)
     assert words == len(TEXT.split())
 
 
