@@ -115,7 +115,7 @@ impl Storage {
 
 /// What each storage kind is, from the storage crate (the one place that
 /// knows): `[{kind, lithops_name, schemes, section, settings: [{key, secret,
-/// flag, help}]}]`, for the Python package's config translation and the
+/// flag, help}], connection: {host, login, password}}]`, for the Python package's config translation and the
 /// Airflow connection form.
 #[pyfunction]
 pub fn storage_kinds(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyList>> {
@@ -138,6 +138,12 @@ pub fn storage_kinds(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyList>>
             list.append(s)?;
         }
         entry.set_item("settings", list)?;
+        let (host, login, password) = settings::connection_fields(kind);
+        let fields = PyDict::new(py);
+        fields.set_item("host", host)?;
+        fields.set_item("login", login)?;
+        fields.set_item("password", password)?;
+        entry.set_item("connection", fields)?;
         out.append(entry)?;
     }
     Ok(out)

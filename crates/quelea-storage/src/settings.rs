@@ -120,6 +120,27 @@ pub fn settings(kind: StorageKind) -> &'static [Setting] {
     }
 }
 
+/// Which settings of a kind's section a connection's generic fields fill
+/// (Airflow's host, login and password): `(host, login, password)`.
+pub fn connection_fields(
+    kind: StorageKind,
+) -> (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+) {
+    match kind {
+        StorageKind::S3 | StorageKind::IbmCos | StorageKind::Minio => (
+            Some("endpoint"),
+            Some("access_key_id"),
+            Some("secret_access_key"),
+        ),
+        StorageKind::Gcs => (Some("endpoint"), None, Some("service_account_key")),
+        StorageKind::Azure => (Some("endpoint"), Some("account"), Some("access_key")),
+        StorageKind::Localdisk | StorageKind::Memory => (None, None, None),
+    }
+}
+
 /// How Lithops' config sections map onto quelea's: `(lithops section,
 /// lithops key, quelea path)`. `storage_bucket` of every storage section is
 /// the bucket.
@@ -186,6 +207,14 @@ mod tests {
                     .set(&path, value)
                     .build();
                 assert!(result.is_ok(), "{path}: {:?}", result.err());
+            }
+        }
+        for kind in StorageKind::ALL {
+            let (host, login, password) = connection_fields(kind);
+            for key in [host, login, password].into_iter().flatten() {
+                let setting = settings(kind).iter().find(|s| s.key == key);
+                assert!(setting.is_some(), "{kind}.{key}");
+                assert_eq!(setting.unwrap().secret, Some(key) == password, "{kind}.{key}");
             }
         }
         for (section, key, path) in LITHOPS_KEYS {
