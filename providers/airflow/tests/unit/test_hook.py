@@ -161,11 +161,12 @@ def test_storage_kinds_and_their_fields_fill_their_sections(monkeypatch):
         monkeypatch,
         "q_gcs",
         conn_type="quelea",
-        password='{"type": "service_account"}',
+        # object_store's credential file for emulators: no OAuth, no key.
+        password='{"client_email": "", "private_key": "", "private_key_id": "", "disable_oauth": true}',
         extra={"storage": "gcs", "gcs__endpoint": "http://127.0.0.1:4443", "gcs__anonymous": None},
     )
     config = QueleaHook("q_gcs").get_config()
-    key = '{"type": "service_account"}'
+    key = '{"client_email": "", "private_key": "", "private_key_id": "", "disable_oauth": true}'
     assert config["gcs"] == {"endpoint": "http://127.0.0.1:4443", "service_account_key": key}
     set_conn(
         monkeypatch,
