@@ -19,7 +19,9 @@ fn main() {
     let config = move || {
         let builder = ConfigBuilder::new().no_file();
         let builder = if let Some(kind) = &storage {
-            builder.set("storage", kind.as_str()).set("bucket", "quelea-test")
+            builder
+                .set("storage", kind.as_str())
+                .set("bucket", "quelea-test")
         } else {
             builder.env(Vec::new()).set("localdisk.root", root.as_str())
         };

@@ -214,7 +214,11 @@ mod tests {
             for key in [host, login, password].into_iter().flatten() {
                 let setting = settings(kind).iter().find(|s| s.key == key);
                 assert!(setting.is_some(), "{kind}.{key}");
-                assert_eq!(setting.unwrap().secret, Some(key) == password, "{kind}.{key}");
+                assert_eq!(
+                    setting.unwrap().secret,
+                    Some(key) == password,
+                    "{kind}.{key}"
+                );
             }
         }
         for (section, key, path) in LITHOPS_KEYS {
