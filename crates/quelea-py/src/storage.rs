@@ -151,11 +151,13 @@ pub fn storage_kinds(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyList>>
 
 /// Lithops' storage settings and their quelea paths: `(keys, ignored)`, with
 /// keys `[(section, key, path)]` and ignored `[(section, key)]`.
-#[pyfunction]
-pub fn lithops_storage_keys() -> (
+type LithopsKeys = (
     Vec<(&'static str, &'static str, &'static str)>,
     Vec<(&'static str, &'static str)>,
-) {
+);
+
+#[pyfunction]
+pub fn lithops_storage_keys() -> LithopsKeys {
     use quelea::storage::settings;
     (
         settings::LITHOPS_KEYS.to_vec(),
