@@ -119,6 +119,7 @@ section "python tests" s_python_tests
 section "README blocks run as written" bash scripts/test-readme.sh
 section "airflow 3.3" bash providers/airflow/scripts/test.sh -q
 section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
+section "storage: GCS and Azure Blob emulators" bash scripts/test-cloud-storage.sh
 
 S3_SECTIONS=("storage on S3" "engine on S3" "http backend on S3" "python on S3"
     "aws_lambda emulator" "push monitoring")

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from . import _batch, _engine
 from . import _serialize as ser
+from ._storage_kinds import lithops_storage_sections, storage_names, translate_lithops_section
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
 from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
@@ -27,13 +28,8 @@ _LITHOPS_BACKENDS = {
     "code_engine": "http",
     "aws_lambda": "aws_lambda",
 }
-_LITHOPS_STORAGES = {
-    "localhost": "localdisk",
-    "localdisk": "localdisk",
-    "memory": "memory",
-    "s3": "s3",
-    "aws_s3": "s3",
-}
+# Storage names (quelea's, Lithops', schemes) come from the storage crate.
+_LITHOPS_STORAGES = storage_names()
 # Validation of every element costs ~10 us; beyond this many, only a sample
 # is checked here and the rest fail in the worker with the same TypeError.
 _VALIDATE_ALL_UP_TO = 2000
@@ -67,6 +63,8 @@ def _translate_lithops(config: dict) -> dict:
                 continue
             else:
                 raise ConfigError(f"config `localhost.{key}` is not supported by quelea")
+    for section in lithops_storage_sections() & config.keys():
+        translate_lithops_section(section, config.pop(section), out)
     for key, value in config.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key].update(value)

@@ -13,6 +13,11 @@ from functools import cached_property
 from typing import Any
 
 from . import _engine
+from ._storage_kinds import storage_kinds
+
+
+def _lithops_name(kind: str) -> str:
+    return next((k["lithops_name"] for k in storage_kinds() if k["kind"] == kind), kind)
 
 
 class _RawChunk(io.RawIOBase):
@@ -45,7 +50,9 @@ class ChunkObject:
         location = d["location"]
         kind = location["type"]
         if kind == "storage":
-            self.backend, self.bucket, self.key = "storage", location["bucket"], location["key"]
+            # Lithops' name of the storage holding it (``aws_s3``, ``gcp_storage``, ...).
+            self.backend = _lithops_name(location.get("storage", "localdisk"))
+            self.bucket, self.key = location["bucket"], location["key"]
         elif kind == "local":
             path = location["path"]
             self.backend, self.path = "local", path

@@ -1,7 +1,9 @@
 //! The conformance tests (crates/quelea-conformance) on the `local`
 //! backend: real runner processes of the `quelea` binary, which serves the
 //! CLI builtins. Job storage is a temporary directory, or with
-//! `QTEST_STORAGE=s3` the S3 server of scripts/s3-server.sh.
+//! `QTEST_STORAGE=s3` the S3 server of scripts/s3-server.sh (`azure`: the
+//! Azurite emulator of scripts/cloud-emulators.sh; any storage kind whose
+//! settings are in the environment).
 
 use std::sync::Arc;
 
@@ -13,11 +15,13 @@ fn main() {
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap().to_owned();
-    let s3 = std::env::var("QTEST_STORAGE").as_deref() == Ok("s3");
+    let storage = std::env::var("QTEST_STORAGE").ok();
     let config = move || {
         let builder = ConfigBuilder::new().no_file();
-        let builder = if s3 {
-            builder.set("storage", "s3").set("bucket", "quelea-test")
+        let builder = if let Some(kind) = &storage {
+            builder
+                .set("storage", kind.as_str())
+                .set("bucket", "quelea-test")
         } else {
             builder.env(Vec::new()).set("localdisk.root", root.as_str())
         };

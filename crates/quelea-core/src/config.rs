@@ -40,6 +40,54 @@ pub enum StorageKind {
     Memory,
     /// An S3-compatible object store.
     S3,
+    /// Google Cloud Storage (or an emulator such as fake-gcs-server).
+    Gcs,
+    /// Azure Blob Storage (or the Azurite emulator).
+    Azure,
+    /// IBM Cloud Object Storage: S3 with HMAC keys, its endpoint from `region`.
+    IbmCos,
+    /// MinIO: S3 at an endpoint of its own, path-style addressing.
+    Minio,
+}
+
+impl StorageKind {
+    /// Every kind, in the order errors list them.
+    pub const ALL: [StorageKind; 7] = [
+        StorageKind::Localdisk,
+        StorageKind::Memory,
+        StorageKind::S3,
+        StorageKind::Gcs,
+        StorageKind::Azure,
+        StorageKind::IbmCos,
+        StorageKind::Minio,
+    ];
+
+    /// The name configs use (`storage: NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::Localdisk => "localdisk",
+            StorageKind::Memory => "memory",
+            StorageKind::S3 => "s3",
+            StorageKind::Gcs => "gcs",
+            StorageKind::Azure => "azure",
+            StorageKind::IbmCos => "ibm_cos",
+            StorageKind::Minio => "minio",
+        }
+    }
+
+    /// Whether it speaks the S3 API (`s3` and its named flavours).
+    pub fn is_s3(self) -> bool {
+        matches!(
+            self,
+            StorageKind::S3 | StorageKind::IbmCos | StorageKind::Minio
+        )
+    }
+}
+
+impl fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How a client learns of its remote calls' statuses.
@@ -304,6 +352,73 @@ pub struct S3Config {
 
 /// The origin of an error found in the settings of every layer together.
 const COMBINED: &str = "the combined settings (file, environment, arguments)";
+/// Google Cloud Storage. Credentials, first found: `service_account_key`,
+/// `service_account_path`, `application_credentials`
+/// (`GOOGLE_APPLICATION_CREDENTIALS`), then gcloud's application default
+/// credentials and the metadata server; `anonymous` sends none (emulators,
+/// public buckets).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    /// Base URL of the JSON API, for emulators (`http://127.0.0.1:4443`).
+    pub endpoint: Option<String>,
+    /// A service-account JSON key file.
+    pub service_account_path: Option<PathBuf>,
+    /// A service-account JSON key itself.
+    pub service_account_key: Option<Secret>,
+    /// An application-credentials file (service account or authorized user).
+    pub application_credentials: Option<PathBuf>,
+    /// Send no credentials.
+    pub anonymous: bool,
+}
+
+/// Azure Blob Storage: a storage account, authorized by its key, a SAS token,
+/// or a connection string holding either (then the Azure CLI / managed
+/// identity chain when none is given).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureConfig {
+    /// The storage account name.
+    pub account: Option<String>,
+    /// The account's shared key.
+    pub access_key: Option<Secret>,
+    /// A SAS token (`sv=...&sig=...`).
+    pub sas_token: Option<Secret>,
+    /// A connection string (`AccountName=..;AccountKey=..;BlobEndpoint=..`,
+    /// or `UseDevelopmentStorage=true`).
+    pub connection_string: Option<Secret>,
+    /// The blob service URL, for emulators and sovereign clouds; unset is
+    /// `https://<account>.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    /// Azurite's well-known development account (its key is public), at
+    /// `endpoint` (default `http://127.0.0.1:10000`).
+    pub use_emulator: bool,
+}
+
+/// IBM Cloud Object Storage with HMAC keys, as Lithops' `ibm_cos` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IbmCosConfig {
+    /// A COS region (`us-east`, `eu-de`, ...): the endpoint is
+    /// `https://s3.<region>.cloud-object-storage.appdomain.cloud`.
+    pub region: Option<String>,
+    /// An explicit endpoint instead (private or direct endpoints).
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+}
+
+/// MinIO, as Lithops' `minio` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinioConfig {
+    /// The server, `http://host:9000`.
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Unset is `us-east-1`, MinIO's default.
+    pub region: Option<String>,
+}
 
 /// The whole resolved configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -325,6 +440,10 @@ pub struct Config {
     pub aws_lambda: AwsLambdaConfig,
     pub localdisk: LocalDiskConfig,
     pub s3: S3Config,
+    pub gcs: GcsConfig,
+    pub azure: AzureConfig,
+    pub ibm_cos: IbmCosConfig,
+    pub minio: MinioConfig,
     pub nats: NatsConfig,
     pub rabbitmq: RabbitmqConfig,
 }
@@ -343,6 +462,10 @@ impl Default for Config {
             aws_lambda: AwsLambdaConfig::default(),
             localdisk: LocalDiskConfig::default(),
             s3: S3Config::default(),
+            gcs: GcsConfig::default(),
+            azure: AzureConfig::default(),
+            ibm_cos: IbmCosConfig::default(),
+            minio: MinioConfig::default(),
             nats: NatsConfig::default(),
             rabbitmq: RabbitmqConfig::default(),
         }
@@ -371,6 +494,23 @@ impl EnvVars {
     pub const S3_SECRET_ACCESS_KEY: &'static str = "QUELEA_S3_SECRET_ACCESS_KEY";
     pub const S3_PATH_STYLE: &'static str = "QUELEA_S3_PATH_STYLE";
     pub const S3_ALLOW_HTTP: &'static str = "QUELEA_S3_ALLOW_HTTP";
+    pub const GCS_ENDPOINT: &'static str = "QUELEA_GCS_ENDPOINT";
+    pub const GCS_SERVICE_ACCOUNT_PATH: &'static str = "QUELEA_GCS_SERVICE_ACCOUNT_PATH";
+    pub const GCS_SERVICE_ACCOUNT_KEY: &'static str = "QUELEA_GCS_SERVICE_ACCOUNT_KEY";
+    pub const GCS_ANONYMOUS: &'static str = "QUELEA_GCS_ANONYMOUS";
+    pub const AZURE_ACCOUNT: &'static str = "QUELEA_AZURE_ACCOUNT";
+    pub const AZURE_ACCESS_KEY: &'static str = "QUELEA_AZURE_ACCESS_KEY";
+    pub const AZURE_SAS_TOKEN: &'static str = "QUELEA_AZURE_SAS_TOKEN";
+    pub const AZURE_CONNECTION_STRING: &'static str = "QUELEA_AZURE_CONNECTION_STRING";
+    pub const AZURE_ENDPOINT: &'static str = "QUELEA_AZURE_ENDPOINT";
+    pub const AZURE_USE_EMULATOR: &'static str = "QUELEA_AZURE_USE_EMULATOR";
+    pub const IBM_COS_REGION: &'static str = "QUELEA_IBM_COS_REGION";
+    pub const IBM_COS_ENDPOINT: &'static str = "QUELEA_IBM_COS_ENDPOINT";
+    pub const IBM_COS_ACCESS_KEY_ID: &'static str = "QUELEA_IBM_COS_ACCESS_KEY_ID";
+    pub const IBM_COS_SECRET_ACCESS_KEY: &'static str = "QUELEA_IBM_COS_SECRET_ACCESS_KEY";
+    pub const MINIO_ENDPOINT: &'static str = "QUELEA_MINIO_ENDPOINT";
+    pub const MINIO_ACCESS_KEY_ID: &'static str = "QUELEA_MINIO_ACCESS_KEY_ID";
+    pub const MINIO_SECRET_ACCESS_KEY: &'static str = "QUELEA_MINIO_SECRET_ACCESS_KEY";
     /// Comma-separated worker server URLs.
     pub const HTTP_URLS: &'static str = "QUELEA_HTTP_URLS";
     pub const HTTP_SECRET: &'static str = "QUELEA_HTTP_SECRET";
@@ -423,6 +563,55 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     (EnvVars::S3_PATH_STYLE, "s3.path_style", Kind::Bool),
     (EnvVars::S3_ALLOW_HTTP, "s3.allow_http", Kind::Bool),
+    (EnvVars::GCS_ENDPOINT, "gcs.endpoint", Kind::Str),
+    (
+        EnvVars::GCS_SERVICE_ACCOUNT_PATH,
+        "gcs.service_account_path",
+        Kind::Str,
+    ),
+    (
+        EnvVars::GCS_SERVICE_ACCOUNT_KEY,
+        "gcs.service_account_key",
+        Kind::Str,
+    ),
+    (EnvVars::GCS_ANONYMOUS, "gcs.anonymous", Kind::Bool),
+    (EnvVars::AZURE_ACCOUNT, "azure.account", Kind::Str),
+    (EnvVars::AZURE_ACCESS_KEY, "azure.access_key", Kind::Str),
+    (EnvVars::AZURE_SAS_TOKEN, "azure.sas_token", Kind::Str),
+    (
+        EnvVars::AZURE_CONNECTION_STRING,
+        "azure.connection_string",
+        Kind::Str,
+    ),
+    (EnvVars::AZURE_ENDPOINT, "azure.endpoint", Kind::Str),
+    (
+        EnvVars::AZURE_USE_EMULATOR,
+        "azure.use_emulator",
+        Kind::Bool,
+    ),
+    (EnvVars::IBM_COS_REGION, "ibm_cos.region", Kind::Str),
+    (EnvVars::IBM_COS_ENDPOINT, "ibm_cos.endpoint", Kind::Str),
+    (
+        EnvVars::IBM_COS_ACCESS_KEY_ID,
+        "ibm_cos.access_key_id",
+        Kind::Str,
+    ),
+    (
+        EnvVars::IBM_COS_SECRET_ACCESS_KEY,
+        "ibm_cos.secret_access_key",
+        Kind::Str,
+    ),
+    (EnvVars::MINIO_ENDPOINT, "minio.endpoint", Kind::Str),
+    (
+        EnvVars::MINIO_ACCESS_KEY_ID,
+        "minio.access_key_id",
+        Kind::Str,
+    ),
+    (
+        EnvVars::MINIO_SECRET_ACCESS_KEY,
+        "minio.secret_access_key",
+        Kind::Str,
+    ),
     (EnvVars::HTTP_URLS, "http.urls", Kind::List),
     (EnvVars::HTTP_SECRET, "http.secret", Kind::Str),
     (EnvVars::HTTP_MAX_WORKERS, "http.max_workers", Kind::Int),
@@ -463,9 +652,9 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (EnvVars::RABBITMQ_URL, "rabbitmq.url", Kind::Str),
 ];
 
-/// The standard AWS variables, applied below the `QUELEA_*` ones, lowest
+/// The standard AWS, Google and Azure variables, applied below the `QUELEA_*` ones, lowest
 /// precedence first (the service-specific endpoint wins over the generic one).
-const AWS_ENV_KEYS: &[(&str, &str)] = &[
+const STANDARD_ENV_KEYS: &[(&str, &str)] = &[
     ("AWS_ACCESS_KEY_ID", "s3.access_key_id"),
     ("AWS_SECRET_ACCESS_KEY", "s3.secret_access_key"),
     ("AWS_SESSION_TOKEN", "s3.session_token"),
@@ -480,6 +669,18 @@ const AWS_ENV_KEYS: &[(&str, &str)] = &[
     ("AWS_REGION", "aws_lambda.region"),
     ("AWS_ENDPOINT_URL", "aws_lambda.endpoint"),
     ("AWS_ENDPOINT_URL_LAMBDA", "aws_lambda.endpoint"),
+    // Google's and Azure's own variables (as their SDKs and CLIs read them).
+    (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "gcs.application_credentials",
+    ),
+    ("STORAGE_EMULATOR_HOST", "gcs.endpoint"),
+    ("AZURE_STORAGE_ACCOUNT", "azure.account"),
+    ("AZURE_STORAGE_ACCOUNT_NAME", "azure.account"),
+    ("AZURE_STORAGE_KEY", "azure.access_key"),
+    ("AZURE_STORAGE_ACCOUNT_KEY", "azure.access_key"),
+    ("AZURE_STORAGE_SAS_TOKEN", "azure.sas_token"),
+    ("AZURE_STORAGE_CONNECTION_STRING", "azure.connection_string"),
 ];
 
 /// Variables with the `QUELEA_` prefix that are not config keys.
@@ -621,6 +822,21 @@ impl Config {
         if let Some(token) = &self.s3.session_token {
             s3["session_token"] = Value::String(token.expose().to_owned());
         }
+        let mut expose = |section: &str, key: &str, secret: &Option<Secret>| {
+            if let Some(secret) = secret {
+                value[section][key] = Value::String(secret.expose().to_owned());
+            }
+        };
+        expose("gcs", "service_account_key", &self.gcs.service_account_key);
+        expose("azure", "access_key", &self.azure.access_key);
+        expose("azure", "sas_token", &self.azure.sas_token);
+        expose("azure", "connection_string", &self.azure.connection_string);
+        expose(
+            "ibm_cos",
+            "secret_access_key",
+            &self.ibm_cos.secret_access_key,
+        );
+        expose("minio", "secret_access_key", &self.minio.secret_access_key);
         if let Some(secret) = &self.http.secret {
             value["http"]["secret"] = Value::String(secret.expose().to_owned());
         }
@@ -1030,7 +1246,7 @@ fn read_file_layer(path: &Path) -> Result<Value> {
 fn env_layer(env: &BTreeMap<String, String>) -> Result<Value> {
     let mut layer = Value::Object(Map::new());
     // Later entries win: AWS_REGION over AWS_DEFAULT_REGION, and so on.
-    for (var, path) in AWS_ENV_KEYS {
+    for (var, path) in STANDARD_ENV_KEYS {
         if let Some(value) = env.get(*var).filter(|v| !v.is_empty()) {
             merge(&mut layer, nest(path, Value::String(value.clone())));
         }

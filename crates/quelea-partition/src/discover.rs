@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobMatcher};
 use quelea_core::config::Config;
-use quelea_storage::{ObjectInfo, Storage};
+use quelea_storage::{address, ObjectInfo, Storage, StorageKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -16,9 +16,20 @@ use crate::source::{FileSource, HttpSource, RangeSource, StorageSource};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ObjectKind {
-    Storage { bucket: String, key: String },
-    Local { path: PathBuf },
-    Http { url: String },
+    /// An object in a storage: the configured one or, by its address's
+    /// scheme (`gs://`, `az://`, ...), another with settings in the config.
+    Storage {
+        #[serde(default)]
+        storage: StorageKind,
+        bucket: String,
+        key: String,
+    },
+    Local {
+        path: PathBuf,
+    },
+    Http {
+        url: String,
+    },
 }
 
 /// One object found by [`discover`].
@@ -47,8 +58,12 @@ impl ObjectRef {
     /// A ranged reader of the object.
     pub fn open(&self, storages: &StorageResolver) -> Result<Box<dyn RangeSource>> {
         Ok(match &self.kind {
-            ObjectKind::Storage { bucket, key } => Box::new(StorageSource::with_size(
-                storages.storage(bucket)?,
+            ObjectKind::Storage {
+                storage,
+                bucket,
+                key,
+            } => Box::new(StorageSource::with_size(
+                storages.storage_of(*storage, bucket)?,
                 key.clone(),
                 self.size,
             )),
@@ -65,7 +80,11 @@ impl ObjectRef {
 impl fmt::Display for ObjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ObjectKind::Storage { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            ObjectKind::Storage {
+                storage,
+                bucket,
+                key,
+            } => write!(f, "{}://{bucket}/{key}", address::schemes(*storage)[0]),
             ObjectKind::Local { path } => write!(f, "{}", path.display()),
             ObjectKind::Http { url } => f.write_str(url),
         }
@@ -79,6 +98,8 @@ type BucketFactory = Box<dyn Fn(&str) -> quelea_storage::Result<Storage> + Send 
 pub struct StorageResolver {
     default: Storage,
     for_bucket: Option<BucketFactory>,
+    /// Settings for the other storage kinds an address may name.
+    config: Option<Config>,
 }
 
 impl StorageResolver {
@@ -87,6 +108,7 @@ impl StorageResolver {
         StorageResolver {
             default,
             for_bucket: None,
+            config: None,
         }
     }
 
@@ -104,20 +126,40 @@ impl StorageResolver {
     pub fn from_config(config: &Config) -> Result<Self> {
         let default = Storage::from_config(config)?;
         let base = config.clone();
-        Ok(Self::new(default).with_factory(move |bucket| {
+        let mut resolver = Self::new(default).with_factory(move |bucket| {
             let mut config = base.clone();
             config.bucket = bucket.to_owned();
             Storage::from_config(&config)
-        }))
+        });
+        resolver.config = Some(config.clone());
+        Ok(resolver)
     }
 
     pub fn default_storage(&self) -> &Storage {
         &self.default
     }
 
-    /// The storage holding `bucket`.
+    /// The storage holding `bucket` of storage `kind`: the configured
+    /// storage's kind goes through [`StorageResolver::storage`]; another kind
+    /// needs its settings in the config.
+    pub fn storage_of(&self, kind: StorageKind, bucket: &str) -> Result<Storage> {
+        let configured = self.default.location().kind();
+        if kind == configured {
+            return self.storage(bucket);
+        }
+        match &self.config {
+            Some(config) => Ok(Storage::for_bucket(config, kind, bucket)?),
+            None => Err(Error::OtherStorage {
+                kind,
+                bucket: bucket.to_owned(),
+                configured,
+            }),
+        }
+    }
+
+    /// The storage holding `bucket` in the configured storage.
     pub fn storage(&self, bucket: &str) -> Result<Storage> {
-        let configured = &self.default.location().bucket;
+        let configured = self.default.location().bucket();
         if bucket == configured {
             return Ok(self.default.clone());
         }
@@ -125,7 +167,7 @@ impl StorageResolver {
             Some(factory) => Ok(factory(bucket)?),
             None => Err(Error::UnknownBucket {
                 bucket: bucket.to_owned(),
-                configured: configured.clone(),
+                configured: configured.to_owned(),
             }),
         }
     }
@@ -137,6 +179,12 @@ impl StorageResolver {
 ///   key is tried as a prefix (`key/`).
 /// - `s3://bucket/prefix/`, `bucket/prefix/`: every object under the prefix.
 /// - `s3://bucket`: every object in the bucket.
+/// - The same with every storage's schemes ([`address::schemes`]):
+///   `gs://`/`gcs://`, `az://`/`abfs(s)://container@account.../`/
+///   `azure_storage://`, `localhost://`, `cos://`, `minio://`, ... A bare
+///   `bucket/key` is in the configured storage, and so is `s3://` when the
+///   configured storage is an S3 flavour or no S3 settings are configured; another storage is read with its settings from the
+///   config, and refused with an error naming what to set when it has none.
 /// - A glob (`*`, `?`, `[..]`, `{a,b}`) in the key or path: the objects
 ///   under the directory before the first wildcard that match it; `*` stays
 ///   within one `/` segment, `**` crosses segments.
@@ -150,8 +198,37 @@ impl StorageResolver {
 /// Keys ending in `/` (folder markers) are skipped. Matching nothing is an
 /// error that says what was searched.
 pub fn discover(input: &str, storages: &StorageResolver) -> Result<Vec<ObjectRef>> {
-    if let Some(rest) = input.strip_prefix("s3://") {
-        discover_storage(input, rest, storages)
+    let configured = storages.default.location().kind();
+    let parsed = address::parse_address(input, configured).map_err(|e| match e {
+        quelea_storage::Error::InvalidAddress { reason, .. } => Error::InvalidInput {
+            input: input.to_owned(),
+            reason,
+        },
+        other => Error::Storage(other),
+    })?;
+    if let Some(addr) = parsed {
+        if let Some(account) = &addr.account {
+            storages.check_azure_account(input, account)?;
+        }
+        let rest = input.split_once("://").map_or("", |(_, rest)| rest);
+        // `container@account.host/path`: the path after the authority.
+        let rest = match &addr.account {
+            Some(_) => format!("{}/{}", addr.bucket, addr.key),
+            None => rest.to_owned(),
+        };
+        // quelea has always read `s3://bucket/key` from the configured
+        // storage, whatever its kind: it still does when no S3 settings are
+        // configured next to it.
+        let s3_elsewhere = storages
+            .config
+            .as_ref()
+            .is_some_and(|c| address::is_configured(c, StorageKind::S3));
+        let kind = if addr.kind == StorageKind::S3 && !s3_elsewhere {
+            configured
+        } else {
+            addr.kind
+        };
+        discover_storage(input, kind, &rest, storages)
     } else if input.starts_with("http://") || input.starts_with("https://") {
         discover_http(input)
     } else if let Some(path) = input.strip_prefix("file://") {
@@ -160,13 +237,39 @@ pub fn discover(input: &str, storages: &StorageResolver) -> Result<Vec<ObjectRef
         Err(Error::InvalidInput {
             input: input.to_owned(),
             reason: format!(
-                "unsupported scheme `{scheme}://` (supported: s3://, file://, http://, https://)"
+                "unsupported scheme `{scheme}://` (supported: {}, file://, http://, https://)",
+                address::all_schemes().join(", ")
             ),
         })
     } else if is_explicit_local_path(input) {
         discover_local(input, input)
     } else {
-        discover_storage(input, input, storages)
+        discover_storage(input, configured, input, storages)
+    }
+}
+
+impl StorageResolver {
+    /// An `abfs://container@account...` address must name the account the
+    /// config has settings (credentials) for.
+    fn check_azure_account(&self, input: &str, account: &str) -> Result<()> {
+        let configured = self
+            .config
+            .as_ref()
+            .and_then(|c| c.azure.account.clone())
+            .or_else(|| match self.default.location() {
+                quelea_storage::Location::Azure { account, .. } => account.clone(),
+                _ => None,
+            });
+        match configured {
+            Some(configured) if configured != account => Err(Error::InvalidInput {
+                input: input.to_owned(),
+                reason: format!(
+                    "storage account `{account}` is not the configured azure account \
+                     `{configured}`, and quelea holds credentials for that one only"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -191,7 +294,12 @@ fn compile_glob(input: &str, pattern: &str) -> Result<GlobMatcher> {
         })
 }
 
-fn discover_storage(input: &str, rest: &str, storages: &StorageResolver) -> Result<Vec<ObjectRef>> {
+fn discover_storage(
+    input: &str,
+    kind: StorageKind,
+    rest: &str,
+    storages: &StorageResolver,
+) -> Result<Vec<ObjectRef>> {
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(Error::InvalidInput {
@@ -205,7 +313,7 @@ fn discover_storage(input: &str, rest: &str, storages: &StorageResolver) -> Resu
             reason: format!("wildcards in bucket names are not supported (bucket `{bucket}`)"),
         });
     }
-    let storage = storages.storage(bucket)?;
+    let storage = storages.storage_of(kind, bucket)?;
     let store = storage.location().describe();
     let to_refs = |objects: Vec<ObjectInfo>| -> Vec<ObjectRef> {
         objects
@@ -213,6 +321,7 @@ fn discover_storage(input: &str, rest: &str, storages: &StorageResolver) -> Resu
             .filter(|o| !o.key.ends_with('/'))
             .map(|o| ObjectRef {
                 kind: ObjectKind::Storage {
+                    storage: kind,
                     bucket: bucket.to_owned(),
                     key: o.key,
                 },

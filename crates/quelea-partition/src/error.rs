@@ -25,6 +25,14 @@ pub enum Error {
     /// A bucket other than the configured one, with no way to reach it.
     #[error("bucket `{bucket}` is not the configured bucket `{configured}`, and no storage was given for other buckets")]
     UnknownBucket { bucket: String, configured: String },
+    /// An address in a storage other than the configured one, with no
+    /// settings to reach it.
+    #[error("bucket `{bucket}` is in {kind} storage, but only the configured {configured} storage can be read here")]
+    OtherStorage {
+        kind: quelea_storage::StorageKind,
+        bucket: String,
+        configured: quelea_storage::StorageKind,
+    },
     /// An input that matched no object.
     #[error("no objects found for `{input}`: searched {searched}")]
     NothingFound { input: String, searched: String },

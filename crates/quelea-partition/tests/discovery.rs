@@ -29,7 +29,7 @@ fn keys(found: &[ObjectRef]) -> Vec<String> {
     found
         .iter()
         .map(|o| match &o.kind {
-            ObjectKind::Storage { bucket, key } => format!("{bucket}/{key}"),
+            ObjectKind::Storage { bucket, key, .. } => format!("{bucket}/{key}"),
             other => panic!("not a storage object: {other:?}"),
         })
         .collect()
@@ -479,4 +479,53 @@ fn an_object_size_mismatch_is_caught() {
     let source = found[0].open(&storages).unwrap();
     let err = ChunkReader::new(&source, 0..10, None).err().unwrap();
     assert!(err.to_string().contains("f.txt"), "{err}");
+}
+
+#[test]
+fn each_storage_has_its_schemes_and_others_need_their_settings() {
+    let root = tempfile::tempdir().unwrap();
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("localdisk.root", root.path().to_str().unwrap())
+        .set("bucket", "jobs")
+        .build()
+        .unwrap();
+    std::fs::create_dir_all(root.path().join("inputs/dir")).unwrap();
+    std::fs::write(root.path().join("inputs/dir/a.txt"), "1\n2\n").unwrap();
+    let storages = StorageResolver::from_config(&config).unwrap();
+    // Lithops' name of the local store, and quelea's.
+    for scheme in ["localhost", "localdisk"] {
+        let found = discover(&format!("{scheme}://inputs/dir/"), &storages).unwrap();
+        assert_eq!(keys(&found), ["inputs/dir/a.txt"]);
+        assert_eq!(
+            found[0].kind.to_string(),
+            "localhost://inputs/dir/a.txt",
+            "{scheme}"
+        );
+    }
+    // GCS and Azure without their settings: an error naming what to set.
+    for (input, section) in [
+        ("gs://data/x.csv", "`gcs` section"),
+        ("gcs://data/x.csv", "`gcs` section"),
+        ("az://data/x.csv", "`azure` section"),
+        (
+            "abfss://data@acct.dfs.core.windows.net/x.csv",
+            "`azure` section",
+        ),
+        ("azure_storage://data/x.csv", "`azure` section"),
+        ("minio://data/x.csv", "`minio` section"),
+    ] {
+        let err = discover(input, &storages).unwrap_err().to_string();
+        assert!(
+            err.contains("`data`") && err.contains(section) && err.contains("not configured"),
+            "{input}: {err}"
+        );
+    }
+    let err = discover("ftp://data/x.csv", &storages)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gs://") && err.contains("az://"), "{err}");
+    let err = discover("gs:///x.csv", &storages).unwrap_err().to_string();
+    assert!(err.contains("no bucket name"), "{err}");
 }

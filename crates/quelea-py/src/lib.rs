@@ -818,6 +818,8 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(arm_runner_client_death, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(storage::storage_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(storage::lithops_storage_keys, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

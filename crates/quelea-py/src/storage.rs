@@ -34,15 +34,20 @@ impl Storage {
 
     #[getter]
     fn bucket(&self) -> String {
-        self.inner.location().bucket.clone()
+        self.inner.location().bucket().to_owned()
     }
 
+    /// Lithops' name of the storage (`localhost`, `aws_s3`, `gcp_storage`,
+    /// ...): also a scheme its addresses accept.
     #[getter]
-    fn backend(&self) -> String {
-        serde_json::to_value(self.inner.location().kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+    fn backend(&self) -> &'static str {
+        quelea::storage::lithops_name(self.inner.location().kind())
+    }
+
+    /// quelea's name of the storage kind (`localdisk`, `s3`, `gcs`, ...).
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.location().kind().name()
     }
 
     fn describe(&self) -> String {
@@ -106,4 +111,56 @@ impl Storage {
         py.detach(|| self.inner.delete_blocking(key))
             .map_err(storage_err)
     }
+}
+
+/// What each storage kind is, from the storage crate (the one place that
+/// knows): `[{kind, lithops_name, schemes, section, settings: [{key, secret,
+/// flag, help}], connection: {host, login, password}}]`, for the Python package's config translation and the
+/// Airflow connection form.
+#[pyfunction]
+pub fn storage_kinds(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyList>> {
+    use pyo3::types::{PyDict, PyList};
+    use quelea::storage::{address, settings, StorageKind};
+    let out = PyList::empty(py);
+    for kind in StorageKind::ALL {
+        let entry = PyDict::new(py);
+        entry.set_item("kind", kind.name())?;
+        entry.set_item("lithops_name", address::lithops_name(kind))?;
+        entry.set_item("schemes", address::schemes(kind).to_vec())?;
+        entry.set_item("section", settings::section(kind))?;
+        let list = PyList::empty(py);
+        for setting in settings::settings(kind) {
+            let s = PyDict::new(py);
+            s.set_item("key", setting.key)?;
+            s.set_item("secret", setting.secret)?;
+            s.set_item("flag", setting.flag)?;
+            s.set_item("help", setting.help)?;
+            list.append(s)?;
+        }
+        entry.set_item("settings", list)?;
+        let (host, login, password) = settings::connection_fields(kind);
+        let fields = PyDict::new(py);
+        fields.set_item("host", host)?;
+        fields.set_item("login", login)?;
+        fields.set_item("password", password)?;
+        entry.set_item("connection", fields)?;
+        out.append(entry)?;
+    }
+    Ok(out)
+}
+
+/// Lithops' storage settings and their quelea paths: `(keys, ignored)`, with
+/// keys `[(section, key, path)]` and ignored `[(section, key)]`.
+type LithopsKeys = (
+    Vec<(&'static str, &'static str, &'static str)>,
+    Vec<(&'static str, &'static str)>,
+);
+
+#[pyfunction]
+pub fn lithops_storage_keys() -> LithopsKeys {
+    use quelea::storage::settings;
+    (
+        settings::LITHOPS_KEYS.to_vec(),
+        settings::LITHOPS_IGNORED.to_vec(),
+    )
 }

@@ -1,5 +1,10 @@
 //! quelea's object storage, built on the `object_store` crate: a local
-//! directory (the default), process memory (tests), and S3-compatible stores.
+//! directory (the default), process memory (tests), S3-compatible stores (with
+//! IBM COS and MinIO as named flavours), Google Cloud Storage and Azure Blob.
+//!
+//! This crate is the one place that knows what a storage is: its kinds
+//! ([`StorageKind`]), their address schemes ([`address`]), their settings, and
+//! where a storage is without its credentials ([`Location`]).
 //!
 //! [`Storage`] offers async methods and `*_blocking` twins for the synchronous
 //! engine; the twins run on one shared I/O runtime owned by this crate.
@@ -13,12 +18,16 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use quelea_core::config::{Config, StorageKind};
-use serde_like::StorageLocation;
+use quelea_core::config::Config;
+pub use quelea_core::config::StorageKind;
 
-mod serde_like;
+pub mod address;
+mod azure;
+mod location;
+pub mod settings;
 
-pub use serde_like::StorageLocation as Location;
+pub use address::{lithops_name, parse_address, schemes, Address};
+pub use location::{ibm_cos_endpoint, StorageLocation, StorageLocation as Location};
 
 /// Storage errors, with the key and operation they concern.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +50,14 @@ pub enum Error {
     Config(String),
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
+    #[error("invalid address `{address}`: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    #[error("bucket `{bucket}` is in {kind} storage, which is not configured: {hint}")]
+    NotConfigured {
+        kind: &'static str,
+        bucket: String,
+        hint: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,6 +119,12 @@ fn memory_buckets() -> &'static Mutex<HashMap<String, Arc<object_store::memory::
 }
 
 impl Storage {
+    /// Bucket `bucket` of storage `kind`, with `config`'s settings for that
+    /// kind; [`Error::NotConfigured`] when it has none.
+    pub fn for_bucket(config: &Config, kind: StorageKind, bucket: &str) -> Result<Storage> {
+        Storage::from_config(&address::config_for(config, kind, bucket)?)
+    }
+
     /// The storage a config names.
     pub fn from_config(config: &Config) -> Result<Storage> {
         let location = StorageLocation::from_config(config);
@@ -126,7 +149,11 @@ impl Storage {
                 let mut buckets = memory_buckets().lock().expect("memory bucket registry");
                 buckets.entry(config.bucket.clone()).or_default().clone()
             }
-            StorageKind::S3 => Arc::new(build_s3(config)?),
+            StorageKind::S3 | StorageKind::IbmCos | StorageKind::Minio => {
+                Arc::new(build_s3(config)?)
+            }
+            StorageKind::Gcs => Arc::new(build_gcs(config)?),
+            StorageKind::Azure => Arc::new(build_azure(config)?),
         };
         let s3_without_keys = config.storage == StorageKind::S3
             && (config.s3.access_key_id.is_none() || config.s3.secret_access_key.is_none());
@@ -163,9 +190,13 @@ impl Storage {
 
     fn map_err(&self, operation: &'static str, key: &str, e: object_store::Error) -> Error {
         match e {
-            // S3 answers 404 for a key in a missing bucket too.
+            // S3 answers 404 for a key in a missing bucket too, and a write
+            // that finds nothing is a missing bucket or container (Azure
+            // answers `ContainerNotFound`), not a missing object.
             object_store::Error::NotFound { .. }
-                if missing_bucket(&describe_cause(&e)).is_some() =>
+                if missing_bucket(&describe_cause(&e)).is_some()
+                    || operation.contains("put")
+                    || operation.contains("upload") =>
             {
                 self.backend_error(operation, key, e)
             }
@@ -296,7 +327,7 @@ impl Storage {
             .or_else(|e| match e {
                 // A local directory that does not exist yet lists as empty.
                 object_store::Error::NotFound { .. }
-                    if self.location.kind == StorageKind::Localdisk =>
+                    if self.location.kind() == StorageKind::Localdisk =>
                 {
                     Ok(Vec::new())
                 }
@@ -398,28 +429,110 @@ fn describe_cause(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Bounded waits: a server that is down is an error in seconds, not a hang.
+fn client_options(allow_http: bool) -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(60))
+        .with_allow_http(allow_http)
+}
+
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        ..object_store::RetryConfig::default()
+    }
+}
+
+/// The settings of the S3 flavours, in `s3`'s terms.
+struct S3Settings {
+    endpoint: Option<String>,
+    region: String,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    path_style: bool,
+    allow_http: bool,
+}
+
+fn s3_settings(config: &Config) -> Result<S3Settings> {
+    let expose =
+        |s: &Option<quelea_core::config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
+    let http = |endpoint: &Option<String>| {
+        endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    };
+    Ok(match config.storage {
+        StorageKind::IbmCos => {
+            let cos = &config.ibm_cos;
+            let endpoint = match (&cos.endpoint, &cos.region) {
+                (Some(endpoint), _) => endpoint.clone(),
+                (None, Some(region)) => ibm_cos_endpoint(region),
+                (None, None) => {
+                    return Err(Error::Config(
+                        "ibm_cos: set `ibm_cos.region` (for example `us-east`) or                          `ibm_cos.endpoint`"
+                            .into(),
+                    ))
+                }
+            };
+            S3Settings {
+                allow_http: endpoint.starts_with("http://"),
+                endpoint: Some(endpoint),
+                // COS ignores the signing region; Lithops signs with the COS
+                // region name, which COS accepts too.
+                region: cos.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: cos.access_key_id.clone(),
+                secret_access_key: expose(&cos.secret_access_key),
+                session_token: None,
+                path_style: true,
+            }
+        }
+        StorageKind::Minio => {
+            let minio = &config.minio;
+            let Some(endpoint) = minio.endpoint.clone() else {
+                return Err(Error::Config(
+                    "minio: set `minio.endpoint` (for example `http://127.0.0.1:9000`)".into(),
+                ));
+            };
+            S3Settings {
+                allow_http: http(&minio.endpoint),
+                endpoint: Some(endpoint),
+                region: minio.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: minio.access_key_id.clone(),
+                secret_access_key: expose(&minio.secret_access_key),
+                session_token: None,
+                path_style: true,
+            }
+        }
+        _ => {
+            let s3 = &config.s3;
+            S3Settings {
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: expose(&s3.secret_access_key),
+                session_token: expose(&s3.session_token),
+                path_style: s3.path_style,
+                allow_http: s3.allow_http,
+            }
+        }
+    })
+}
+
 fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
     use object_store::aws::AmazonS3Builder;
-    use object_store::{ClientOptions, RetryConfig};
 
-    let s3 = &config.s3;
+    let name = config.storage.name();
+    let s3 = s3_settings(config)?;
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&config.bucket)
-        .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()))
+        .with_region(s3.region)
         .with_allow_http(s3.allow_http)
         .with_virtual_hosted_style_request(!s3.path_style)
-        // Bounded waits: a server that is down is an error in seconds, not a hang.
-        .with_client_options(
-            ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(60))
-                .with_allow_http(s3.allow_http),
-        )
-        .with_retry(RetryConfig {
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(20),
-            ..RetryConfig::default()
-        });
+        .with_client_options(client_options(s3.allow_http))
+        .with_retry(retry_config());
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -427,12 +540,82 @@ fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
         builder = builder.with_access_key_id(key);
     }
     if let Some(secret) = &s3.secret_access_key {
-        builder = builder.with_secret_access_key(secret.expose());
+        builder = builder.with_secret_access_key(secret);
     }
     if let Some(token) = &s3.session_token {
-        builder = builder.with_token(token.expose());
+        builder = builder.with_token(token);
     }
     builder
         .build()
-        .map_err(|e| Error::Config(format!("s3: {e}")))
+        .map_err(|e| Error::Config(format!("{name}: {e}")))
+}
+
+/// `host:port` (as `STORAGE_EMULATOR_HOST` is often given) means `http://`.
+fn with_scheme(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", endpoint.trim_end_matches('/'))
+    }
+}
+
+fn build_gcs(config: &Config) -> Result<object_store::gcp::GoogleCloudStorage> {
+    use object_store::gcp::GoogleCloudStorageBuilder;
+
+    let gcs = &config.gcs;
+    let endpoint = gcs.endpoint.as_deref().map(with_scheme);
+    let allow_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    let mut builder = GoogleCloudStorageBuilder::new()
+        .with_bucket_name(&config.bucket)
+        .with_client_options(client_options(allow_http))
+        .with_retry(retry_config());
+    if let Some(endpoint) = &endpoint {
+        builder = builder.with_base_url(endpoint);
+    }
+    let path_str = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    if gcs.anonymous {
+        // object_store's way to send no OAuth token at all (it would ask
+        // the metadata server otherwise, even for unsigned requests).
+        let key = serde_json::json!({
+            "gcs_base_url": endpoint.as_deref().unwrap_or("https://storage.googleapis.com"),
+            "disable_oauth": true,
+            "client_email": "",
+            "private_key": "",
+            "private_key_id": "",
+        });
+        builder = builder.with_service_account_key(key.to_string());
+    } else if let Some(key) = &gcs.service_account_key {
+        builder = builder.with_service_account_key(key.expose());
+    } else if let Some(path) = &gcs.service_account_path {
+        builder = builder.with_service_account_path(path_str(path));
+    } else if let Some(path) = &gcs.application_credentials {
+        builder = builder.with_application_credentials(path_str(path));
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("gcs: {}", describe_cause(&e))))
+}
+
+fn build_azure(config: &Config) -> Result<object_store::azure::MicrosoftAzure> {
+    use object_store::azure::MicrosoftAzureBuilder;
+
+    let resolved = azure::resolve(&config.azure)?;
+    let allow_http = resolved.endpoint.starts_with("http://");
+    let mut builder = MicrosoftAzureBuilder::new()
+        .with_account(&resolved.account)
+        .with_container_name(&config.bucket)
+        .with_endpoint(resolved.endpoint)
+        .with_allow_http(allow_http)
+        .with_client_options(client_options(allow_http))
+        .with_retry(retry_config());
+    if let Some(key) = &resolved.access_key {
+        builder = builder.with_access_key(key);
+    } else if let Some(sas) = &resolved.sas_token {
+        builder = builder.with_sas_authorization(azure::sas_pairs(sas)?);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("azure: {}", describe_cause(&e))))
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from quelea._storage_kinds import storage_kinds
+
 CONN_TYPE = "quelea"
 DEFAULT_CONN_ID = "quelea_default"
 _FORM_PREFIX = f"extra__{CONN_TYPE}__"
@@ -25,24 +27,48 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "storage": {
         "label": "Storage",
         "description": "Object storage for jobs (quelea `storage`); deferrable operators need a shared one.",
-        "schema": {"type": ["string", "null"], "enum": ["localdisk", "memory", "s3", None]},
+        "schema": {"type": ["string", "null"], "enum": [*(k["kind"] for k in storage_kinds()), None]},
     },
     "bucket": {
         "label": "Bucket",
-        "description": "Bucket of job objects (quelea `bucket`).",
+        "description": "Bucket of job objects (quelea `bucket`; Azure: the container).",
         "schema": {"type": ["string", "null"]},
     },
 }
+# Each storage kind's settings, from the storage crate, as `<section>__<key>`
+# fields (credentials excepted: the password field, or the extra JSON).
+SECTION_SEP = "__"
+for _kind in storage_kinds():
+    for _setting in _kind["settings"]:
+        if _setting["secret"] or _kind["section"] is None:
+            continue
+        CONN_FIELDS[f"{_kind['section']}{SECTION_SEP}{_setting['key']}"] = {
+            "label": f"{_kind['kind']}: {_setting['key']}",
+            "description": f"{_setting['help']} (quelea `{_kind['section']}.{_setting['key']}`).",
+            "schema": {"type": ["boolean", "null"]} if _setting["flag"] else {"type": ["string", "null"]},
+        }
+
+
+def connection_fields(storage: str | None) -> dict[str, str | None]:
+    """Which settings of ``storage``'s section the connection's host, login and
+    password fill (S3 when the storage has none of its own, as before kinds)."""
+    names = {name: k for k in storage_kinds() for name in (k["kind"], k["lithops_name"])}
+    kind = names.get(storage or "")
+    if kind is None or not any(kind["connection"].values()):
+        kind = names["s3"]
+    return {"section": kind["section"], **kind["connection"]}
+
+
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden_fields": ["schema"],
     "relabeling": {
-        "host": "S3 endpoint",
-        "login": "S3 access key id",
-        "password": "S3 secret access key",
+        "host": "Storage endpoint",
+        "login": "Access key id (S3, MinIO, IBM COS) / account (Azure)",
+        "password": "Secret key / account key (Azure) / service-account JSON (GCS)",
         "extra": "quelea config (JSON)",
     },
     "placeholders": {
-        "host": "http://127.0.0.1:8333 (only for storage: s3)",
+        "host": "http://127.0.0.1:8333 (S3 flavours, emulators)",
         "extra": json.dumps({"storage": "localdisk", "execution": {"timeout": 600}, "local": {"workers": 2}}),
     },
 }

@@ -139,3 +139,63 @@ def test_connection_form_yaml_and_legacy_agree():
     from quelea_airflow.hooks.quelea import validate_config
 
     validate_config(json.loads(behaviour["placeholders"]["extra"]), "placeholder")
+
+
+def test_storage_kinds_and_their_fields_fill_their_sections(monkeypatch):
+    set_conn(
+        monkeypatch,
+        "q_azure",
+        conn_type="quelea",
+        host="http://127.0.0.1:10000/acct",
+        login="acct",
+        password="a2V5",
+        extra={"storage": "azure", "bucket": "c", "extra__quelea__azure__use_emulator": False},
+    )
+    assert QueleaHook("q_azure").get_config()["azure"] == {
+        "use_emulator": False,
+        "endpoint": "http://127.0.0.1:10000/acct",
+        "account": "acct",
+        "access_key": "a2V5",
+    }
+    set_conn(
+        monkeypatch,
+        "q_gcs",
+        conn_type="quelea",
+        # object_store's credential file for emulators: no OAuth, no key.
+        password='{"client_email": "", "private_key": "", "private_key_id": "", "disable_oauth": true}',
+        extra={"storage": "gcs", "gcs__endpoint": "http://127.0.0.1:4443", "gcs__anonymous": None},
+    )
+    config = QueleaHook("q_gcs").get_config()
+    key = '{"client_email": "", "private_key": "", "private_key_id": "", "disable_oauth": true}'
+    assert config["gcs"] == {"endpoint": "http://127.0.0.1:4443", "service_account_key": key}
+    set_conn(
+        monkeypatch,
+        "q_minio",
+        conn_type="quelea",
+        host="http://127.0.0.1:9000",
+        login="minio",
+        password="minio123",
+        extra={"storage": "minio"},
+    )
+    assert QueleaHook("q_minio").get_config()["minio"] == {
+        "endpoint": "http://127.0.0.1:9000",
+        "access_key_id": "minio",
+        "secret_access_key": "minio123",
+    }
+
+
+def test_connection_form_lists_every_storage_kind_and_its_settings():
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    kinds = fields["storage"]["schema"]["enum"]
+    assert {"localdisk", "memory", "s3", "gcs", "azure", "ibm_cos", "minio"} <= set(kinds)
+    for name in (
+        "gcs__endpoint",
+        "azure__account",
+        "azure__use_emulator",
+        "ibm_cos__region",
+        "minio__endpoint",
+    ):
+        assert name in fields, name
+    assert fields["azure__use_emulator"]["schema"]["type"] == ["boolean", "null"]
+    # Credentials are never plain form fields.
+    assert not any(name.endswith(("secret_access_key", "access_key", "sas_token")) for name in fields)

@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 from quelea_airflow._compat import AirflowNotFoundException, BaseHook
-from quelea_airflow._connection_form import CONN_FIELDS, CONN_TYPE, DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR
+from quelea_airflow._connection_form import (
+    CONN_FIELDS,
+    CONN_TYPE,
+    DEFAULT_CONN_ID,
+    SECTION_SEP,
+    UI_FIELD_BEHAVIOUR,
+    connection_fields,
+)
 
 _FORM_PREFIX = f"extra__{CONN_TYPE}__"
 
@@ -44,8 +51,11 @@ def config_from_connection(conn: Any) -> dict:
 
     The extra is quelea's config as JSON. Form fields may arrive prefixed
     (``extra__quelea__storage``, the 2.x form) and empty form fields are
-    dropped. ``host``/``port`` give ``s3.endpoint``, ``login`` and ``password``
-    give ``s3.access_key_id`` and ``s3.secret_access_key``.
+    dropped; ``<section>__<key>`` form fields give that storage setting.
+    ``host``/``port``, ``login`` and ``password`` fill the settings the
+    storage crate names for the connection's storage kind (S3 flavours:
+    ``endpoint``, ``access_key_id``, ``secret_access_key``; Azure: ``endpoint``,
+    ``account``, ``access_key``; GCS: ``endpoint``, ``service_account_key``).
     """
     where = f"Airflow connection {conn.conn_id!r}"
     raw = conn.extra
@@ -63,25 +73,33 @@ def config_from_connection(conn: Any) -> dict:
             f"{where}: extra must be a JSON object (quelea's config), got {type(extra).__name__}"
         )
     config: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
     for key, value in extra.items():
         name = key[len(_FORM_PREFIX) :] if key.startswith(_FORM_PREFIX) else key
         if name in CONN_FIELDS and value in (None, ""):
             continue  # an empty form field
+        if name in CONN_FIELDS and SECTION_SEP in name:
+            section, setting = name.split(SECTION_SEP, 1)  # a storage setting's form field
+            sections.setdefault(section, {})[setting] = value
+            continue
         config[name] = value
-    s3: dict[str, Any] = {}
-    if conn.host:
+    fields = connection_fields(config.get("storage"))
+    generic: dict[str, Any] = {}
+    if conn.host and fields["host"]:
         endpoint = conn.host if "://" in conn.host else f"https://{conn.host}"
         if conn.port:
             endpoint = f"{endpoint.rstrip('/')}:{conn.port}"
-        s3["endpoint"] = endpoint
-    if conn.login:
-        s3["access_key_id"] = conn.login
-    if conn.password:
-        s3["secret_access_key"] = conn.password
-    if s3:
-        if not isinstance(config.get("s3", {}), dict):
-            raise ValueError(f"{where}: extra key `s3` must be an object")
-        config["s3"] = {**config.get("s3", {}), **s3}
+        generic[fields["host"]] = endpoint
+    if conn.login and fields["login"]:
+        generic[fields["login"]] = conn.login
+    if conn.password and fields["password"]:
+        generic[fields["password"]] = conn.password
+    if generic:
+        sections.setdefault(fields["section"], {}).update(generic)
+    for section, values in sections.items():
+        if not isinstance(config.get(section, {}), dict):
+            raise ValueError(f"{where}: extra key `{section}` must be an object")
+        config[section] = {**config.get(section, {}), **values}
     return config
 
 
