@@ -622,6 +622,12 @@ class FunctionExecutor:
             )
         return rows
 
+    def plot(self, fs: Any = None, dst: Any = None, figsize: tuple = (10, 6)) -> tuple[str, str]:
+        """Lithops' timeline and histogram PNGs of these futures (default: all); needs ``quelea[plot]``."""
+        from .plot import plot
+
+        return plot(self.futures if fs is None else _listify(fs), dst, figsize)
+
     def _cost(self, jobs: Any) -> dict | None:
         """Estimated Lambda cost of these jobs (their re-runs included)."""
         engine_jobs = []

@@ -1,6 +1,7 @@
 //! The `quelea` command, as a library: the `quelea` binary and the Python
 //! package's console script both run [`run_cli`].
 
+pub mod dashboard;
 mod inspect;
 
 use std::ffi::OsString;
@@ -57,6 +58,15 @@ enum Command {
         job: String,
         /// Only this call (`00007`, or `7`)
         call: Option<String>,
+    },
+    /// A live web page of the jobs in storage and their calls
+    Dashboard {
+        /// Address to listen on; any but loopback needs --token
+        #[arg(long, default_value = dashboard::DEFAULT_BIND)]
+        bind: std::net::SocketAddr,
+        /// Every request must carry this token (at least 16 characters)
+        #[arg(long, env = "QUELEA_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Objects in the configured storage
     Storage {
@@ -294,6 +304,7 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
         }
         Command::Jobs { executor } => inspect::jobs(&storage(cli, None)?, executor.as_deref()),
         Command::Logs { job, call } => inspect::logs(&storage(cli, None)?, job, call.as_deref()),
+        Command::Dashboard { bind, token } => dashboard(cli, *bind, token.clone()),
         Command::Storage { bucket, action } => {
             let storage = storage(cli, bucket.as_deref())?;
             match action {
@@ -320,6 +331,23 @@ fn storage(cli: &Cli, bucket: Option<&str>) -> Result<quelea::storage::Storage> 
         builder = builder.set("bucket", bucket);
     }
     Ok(quelea::storage::Storage::from_config(&builder.build()?)?)
+}
+
+fn dashboard(cli: &Cli, bind: std::net::SocketAddr, token: Option<String>) -> Result<()> {
+    use std::io::Write;
+    let storage = storage(cli, None)?;
+    let location = storage.location().describe();
+    let server = dashboard::Dashboard::bind(bind, token, storage)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "quelea dashboard on {} (jobs in {location}; Ctrl-C stops it)",
+        server.url()?
+    )?;
+    out.flush()?;
+    drop(out);
+    quelea::interrupt::install_ctrl_c_handler();
+    server.run(quelea::interrupt::is_interrupted)
 }
 
 fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
