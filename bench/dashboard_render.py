@@ -38,7 +38,11 @@ def main() -> None:
         env.pop("QUELEA_CONFIG_FILE", None)
         started = time.perf_counter()
         out = subprocess.run(
-            [args.quelea, "hello", "--calls", str(args.calls)], env=env, capture_output=True, text=True, timeout=600
+            [args.quelea, "hello", "--calls", str(args.calls)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert out.returncode == 0, out.stderr
         print(f"ran a {args.calls}-call job in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -48,7 +52,10 @@ def main() -> None:
             [args.quelea, "dashboard", "--bind", "127.0.0.1:0"], env=env, stdout=subprocess.PIPE, text=True
         )
         lines: list[str] = []
-        threading.Thread(target=lambda: lines.extend(iter(dashboard.stdout.readline, "")), daemon=True).start()
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(dashboard.stdout.readline, "")), daemon=True
+        )
+        reader.start()
         deadline = time.monotonic() + 30
         while not any("http://" in ln for ln in lines):
             assert time.monotonic() < deadline, "the dashboard did not start"
@@ -67,7 +74,8 @@ def main() -> None:
                 while True:
                     drawn = driver.execute_script(
                         "const m = performance.getEntriesByName('quelea-first-draw');"
-                        "return m.length ? [m[0].startTime, document.getElementById('timeline').dataset.bars] : null;"
+                        "return m.length ? [m[0].startTime,"
+                        " document.getElementById('timeline').dataset.bars] : null;"
                     )
                     if drawn:
                         break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 import weakref
@@ -344,6 +345,9 @@ class FunctionExecutor:
         self._jobs.append(job)
         futures = FuturesList._of_job(job, ser.function_name(func), self)
         self._lists.append(futures)
+        if os.environ.get("QUELEA_DASHBOARD_URL"):  # `quelea dashboard` runs there
+            url = os.environ["QUELEA_DASHBOARD_URL"].rstrip("/")
+            print(f"quelea: {url}/job/{job.executor_id}-{job.job_id}", file=sys.stderr)
         return futures
 
     def _bundle_size(self, chunksize: int | None, calls: int, timeout: Any, memory: Any) -> int:

@@ -45,7 +45,8 @@ def work(i):
 
 
 def output_dir() -> Path:
-    root = Path(os.environ.get("QUELEA_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "target" / "test-output"))
+    default = Path(__file__).resolve().parents[2] / "target" / "test-output"
+    root = Path(os.environ.get("QUELEA_TEST_OUTPUT", default))
     out = root / "dashboard"
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -88,7 +89,7 @@ def dashboard(storage_dir):
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        line = wait_for("the dashboard's URL", lambda: next((ln for ln in lines if "http://" in ln), None), 30)
+        line = wait_for("its URL", lambda: next((ln for ln in lines if "http://" in ln), None), 30)
         url = next(w for w in line.split() if w.startswith("http://")).rstrip("/")
         yield url
     finally:
@@ -176,8 +177,10 @@ def test_a_running_map_of_2000_calls_in_a_real_browser(storage_dir, dashboard, b
         box.send_keys(str(PRINTING) + "\n")
         call = wait_for(
             "the call's panel",
-            lambda: "hello from call 7" in browser.find_element(By.ID, "call").text
-            and browser.find_element(By.ID, "call").text,
+            lambda: (
+                "hello from call 7" in browser.find_element(By.ID, "call").text
+                and browser.find_element(By.ID, "call").text
+            ),
             10,
         )
         assert "Peak memory" in call and "success" in call, call

@@ -460,6 +460,9 @@ fn hello(
     let exec = builder.build().context("cannot create the executor")?;
     let inputs = (0..calls as u64).map(|x| (x, sleep_ms));
     let map = exec.map(&builtins.square, inputs, MapOptions::default())?;
+    if let Some(url) = dashboard::job_url(&format!("{}-M000", exec.id())) {
+        println!("dashboard: {url}");
+    }
     show_progress(&map)?;
     let squares = exec.get_result(&map, None)?;
     let map_done = started.elapsed();

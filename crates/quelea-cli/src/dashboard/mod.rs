@@ -53,6 +53,14 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
+/// Where a running dashboard shows this job (`<executor>-<job>`), when
+/// `QUELEA_DASHBOARD_URL` says where one runs.
+pub fn job_url(job_key: &str) -> Option<String> {
+    let base = std::env::var("QUELEA_DASHBOARD_URL").ok()?;
+    let base = base.trim().trim_end_matches('/');
+    (!base.is_empty()).then(|| format!("{base}/job/{job_key}"))
+}
+
 /// A bound dashboard, ready to [`Dashboard::run`].
 pub struct Dashboard {
     listener: std::net::TcpListener,
