@@ -19,6 +19,7 @@ cargo test --workspace --exclude quelea-py
 echo "== python tests =="
 "$VENV/bin/maturin" develop --quiet
 "$VENV/bin/python" -m pytest tests/python -q
+bash scripts/dashboard-tests.sh
 
 echo "== airflow provider: a real Airflow 3.3, then 2.11 (SQLite), each in its own venv =="
 bash providers/airflow/scripts/test.sh -q
