@@ -70,9 +70,25 @@ impl Dashboard {
         request(&self.addr, "GET", path, headers)
     }
 
-    fn stop(mut self) {
+    fn stop(self) {}
+}
+
+impl Drop for Dashboard {
+    /// By PID, also when a test fails half-way.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Stops a worker server when dropped, also when a test fails half-way.
+struct ServerGuard(Option<common::WorkerServer>);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(server) = self.0.take() {
+            server.stop();
+        }
     }
 }
 
@@ -146,6 +162,7 @@ fn runner() -> RunnerCommand {
 fn finished_job(dir: &Path) -> String {
     let config = common::storage_builder(dir)
         .set("storage", "localdisk")
+        .set("execution.data_cleaner", false)
         .build()
         .unwrap();
     let exec = Executor::builder()
@@ -340,11 +357,18 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
 #[test]
 fn cancel_writes_the_marker_and_a_worker_server_stops_the_job() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::WorkerServer::start(dir.path(), "w1", HTTP_SECRET, "", &[]);
+    let server = ServerGuard(Some(common::WorkerServer::start(
+        dir.path(),
+        "w1",
+        HTTP_SECRET,
+        "",
+        &[],
+    )));
+    let url = server.0.as_ref().unwrap().url.clone();
     let config = common::storage_builder(dir.path())
         .set("storage", "localdisk")
         .set("backend", "http")
-        .set("http.urls", server.url.as_str())
+        .set("http.urls", url.as_str())
         .set("http.secret", HTTP_SECRET)
         .build()
         .unwrap();
@@ -415,5 +439,5 @@ fn cancel_writes_the_marker_and_a_worker_server_stops_the_job() {
     assert!(cancelled_calls >= 30, "{outcomes:?}");
     drop(futures);
     dashboard.stop();
-    server.stop();
+    drop(server);
 }

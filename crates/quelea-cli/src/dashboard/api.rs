@@ -374,7 +374,7 @@ fn detail(view: &JobView, now: f64) -> Value {
 }
 
 /// What a Python call printed, read from its result.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Output {
     text: Option<String>,
     note: Option<String>,
@@ -530,5 +530,28 @@ mod tests {
         assert_eq!(micros(None, 10.0), -1);
         assert_eq!(micros(Some(10.5), 10.0), 500_000);
         assert_eq!(micros(Some(9.0), 10.0), 0);
+    }
+    #[test]
+    fn python_output_is_read_from_pickled_results() {
+        // Made by Python's pickle (protocol 5), as the worker makes them.
+        let simple = decode_python_result(b"\x01\x80\x05\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x4b\x31\x8c\x12\x68\x65\x6c\x6c\x6f\x20\x66\x72\x6f\x6d\x20\x63\x61\x6c\x6c\x20\x37\x0a\x94\x86\x94\x2e");
+        assert_eq!(simple.text.as_deref(), Some("hello from call 7\n"));
+        // A value of a class this side cannot know: only the output matters.
+        let object = decode_python_result(b"\x01\x80\x05\x95\x2e\x00\x00\x00\x00\x00\x00\x00\x8c\x0b\x75\x73\x65\x72\x5f\x6d\x6f\x64\x75\x6c\x65\x94\x8c\x05\x50\x6f\x69\x6e\x74\x94\x93\x94\x29\x81\x94\x8c\x0d\x6d\x61\x64\x65\x20\x61\x20\x70\x6f\x69\x6e\x74\x0a\x94\x86\x94\x2e");
+        assert_eq!(object.text.as_deref(), Some("made a point\n"), "{:?}", object.note);
+        let bundle = decode_python_result(b"\x03\x80\x05\x95\x99\x00\x00\x00\x00\x00\x00\x00\x5d\x94\x28\x88\x43\x06\x00\x80\x05\x4b\x01\x2e\x94\x86\x94\x88\x43\x19\x01\x80\x05\x95\x0d\x00\x00\x00\x00\x00\x00\x00\x4b\x04\x8c\x05\x66\x6f\x75\x72\x0a\x94\x86\x94\x2e\x94\x86\x94\x89\x43\x63\x7b\x22\x65\x72\x72\x6f\x72\x5f\x74\x79\x70\x65\x22\x3a\x20\x22\x56\x61\x6c\x75\x65\x45\x72\x72\x6f\x72\x22\x2c\x20\x22\x6d\x65\x73\x73\x61\x67\x65\x22\x3a\x20\x22\x62\x61\x64\x20\x32\x22\x2c\x20\x22\x74\x72\x61\x63\x65\x62\x61\x63\x6b\x22\x3a\x20\x22\x54\x72\x61\x63\x65\x62\x61\x63\x6b\x20\x2e\x2e\x2e\x5c\x6e\x56\x61\x6c\x75\x65\x45\x72\x72\x6f\x72\x3a\x20\x62\x61\x64\x20\x32\x5c\x6e\x22\x7d\x94\x86\x94\x65\x2e");
+        let elements = bundle.elements.unwrap();
+        assert_eq!(elements.len(), 2, "{elements:?}");
+        assert_eq!(elements[0]["element"], 1);
+        assert_eq!(elements[0]["output"], "four\n");
+        assert_eq!(elements[1]["ok"], false);
+        assert_eq!(elements[1]["message"], "bad 2");
+        assert!(bundle.note.unwrap().contains("a bundle of 3 elements"));
+        // A quiet result has no output, and garbage says so.
+        assert!(decode_python_result(b"\x00\x80\x05K\x01.").text.is_none());
+        assert!(decode_python_result(b"\x01nonsense")
+            .note
+            .unwrap()
+            .contains("could not be read"));
     }
 }
