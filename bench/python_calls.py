@@ -5,7 +5,7 @@ LocalCluster and Lithops 3.8 in local mode (its version 1 and version 2).
 
 Every system runs in its own fresh process, one after another, in one go.
 "cold" includes creating the executor/pool/cluster; "warm" is a second run on
-the same one. "quelea" is the default (large maps are bundled, as Pool.map
+the same one. "quelea" is the default (large maps are batched, as Pool.map
 chunks them); "quelea-chunksize-1" dispatches one runner call per element. Each figure is the best of --repeat runs. The output is a
 Markdown table with ratios against quelea.
 """

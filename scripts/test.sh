@@ -117,6 +117,7 @@ section "ruff format" "$VENV/bin/ruff" format --check python tests examples prov
 section "rust tests" cargo test --workspace --exclude quelea-py
 section "python tests" s_python_tests
 section "README blocks run as written" bash scripts/test-readme.sh
+section "dashboard in a real browser, plot()" bash scripts/dashboard-tests.sh
 section "airflow 3.3" bash providers/airflow/scripts/test.sh -q
 section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q
 section "storage: GCS and Azure Blob emulators" bash scripts/test-cloud-storage.sh

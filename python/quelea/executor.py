@@ -353,6 +353,9 @@ class FunctionExecutor:
         self._jobs.append(job)
         futures = FuturesList._of_job(job, ser.function_name(func), self)
         self._lists.append(futures)
+        if os.environ.get("QUELEA_DASHBOARD_URL"):  # `quelea dashboard` runs there
+            url = os.environ["QUELEA_DASHBOARD_URL"].rstrip("/")
+            print(f"quelea: {url}/job/{job.executor_id}-{job.job_id}", file=sys.stderr)
         return futures
 
     def _batches(
@@ -639,6 +642,12 @@ class FunctionExecutor:
                 }
             )
         return rows
+
+    def plot(self, fs: Any = None, dst: Any = None, figsize: tuple = (10, 6)) -> tuple[str, str]:
+        """Lithops' timeline and histogram PNGs of these futures (default: all); needs ``quelea[plot]``."""
+        from .plot import plot
+
+        return plot(self.futures if fs is None else _listify(fs), dst, figsize)
 
     def _cost(self, jobs: Any) -> dict | None:
         """Estimated Lambda cost of these jobs."""

@@ -3,7 +3,7 @@
 //! process can see (job specs and status batches), so it works for jobs
 //! started by any client, on any backend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -17,21 +17,43 @@ use quelea::CallState;
 
 use crate::{errln, outln};
 
-/// One job as storage shows it.
-struct JobView {
-    spec: JobSpec,
+/// One job as storage shows it. The dashboard keeps these and calls
+/// [`JobView::refresh`], which reads only the status batches it has not
+/// seen (batch keys are never reused, so a batch read once stays true).
+pub(crate) struct JobView {
+    pub(crate) keys: JobKeys,
+    pub(crate) spec: JobSpec,
     /// The latest status of each call that has one (a final one wins).
-    calls: BTreeMap<u32, CallStatus>,
-    cancelled: bool,
+    pub(crate) calls: BTreeMap<u32, CallStatus>,
+    pub(crate) cancelled: bool,
+    /// The status batches applied so far.
+    seen: HashSet<String>,
 }
 
 impl JobView {
-    fn read(storage: &Storage, keys: &JobKeys) -> Result<JobView> {
+    pub(crate) fn read(storage: &Storage, keys: &JobKeys) -> Result<JobView> {
         let spec_bytes = storage.get_blocking(&keys.spec())?;
         let spec: JobSpec = serde_json::from_slice(&spec_bytes)
             .with_context(|| format!("unreadable job spec `{}`", keys.spec()))?;
-        let mut calls: BTreeMap<u32, CallStatus> = BTreeMap::new();
-        for object in storage.list_blocking(&keys.status_prefix())? {
+        let mut view = JobView {
+            keys: keys.clone(),
+            spec,
+            calls: BTreeMap::new(),
+            cancelled: false,
+            seen: HashSet::new(),
+        };
+        view.refresh(storage)?;
+        Ok(view)
+    }
+
+    /// Applies the status batches written since the last read; returns
+    /// whether anything changed.
+    pub(crate) fn refresh(&mut self, storage: &Storage) -> Result<bool> {
+        let mut changed = false;
+        for object in storage.list_blocking(&self.keys.status_prefix())? {
+            if self.seen.contains(&object.key) {
+                continue;
+            }
             let body = storage.get_blocking(&object.key)?;
             let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
                 bail!("unreadable status batch `{}`", object.key);
@@ -45,7 +67,7 @@ impl JobView {
                 })
             });
             for status in per_call {
-                let slot = calls.entry(status.call_id.0);
+                let slot = self.calls.entry(status.call_id.0);
                 match slot {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(status);
@@ -57,18 +79,39 @@ impl JobView {
                     }
                 }
             }
+            self.seen.insert(object.key);
+            changed = true;
         }
-        let cancelled = storage.head_blocking(&keys.cancelled()).is_ok();
-        Ok(JobView {
-            spec,
-            calls,
-            cancelled,
-        })
+        if !self.cancelled {
+            self.cancelled = storage.head_blocking(&self.keys.cancelled()).is_ok();
+            changed |= self.cancelled;
+        }
+        Ok(changed)
     }
 
-    fn count(&self, state: CallState) -> usize {
+    /// How many status batches have been applied: grows with every change.
+    pub(crate) fn batches(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub(crate) fn count(&self, state: CallState) -> usize {
         self.calls.values().filter(|s| s.state == state).count()
     }
+
+    /// Every call has a final status.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.calls.len() as u64 >= u64::from(self.spec.total_calls)
+            && self.calls.values().all(|s| s.state.is_terminal())
+    }
+}
+
+/// The jobs whose specs are under `prefix`, as keys.
+pub(crate) fn job_keys_under(storage: &Storage, prefix: &str) -> Result<Vec<JobKeys>> {
+    Ok(storage
+        .list_blocking(prefix)?
+        .iter()
+        .filter_map(|object| job_of_spec_key(&object.key))
+        .collect())
 }
 
 /// `quelea jobs`: every job in storage (or one executor's), oldest first.
@@ -83,10 +126,7 @@ pub(crate) fn jobs(storage: &Storage, executor: Option<&str>) -> Result<()> {
         None => keys::jobs_root(),
     };
     let mut views = Vec::new();
-    for object in storage.list_blocking(&prefix)? {
-        let Some(job_keys) = job_of_spec_key(&object.key) else {
-            continue;
-        };
+    for job_keys in job_keys_under(storage, &prefix)? {
         views.push(JobView::read(storage, &job_keys)?);
     }
     if views.is_empty() {
@@ -203,7 +243,7 @@ pub(crate) fn logs(storage: &Storage, job_key: &str, call: Option<&str>) -> Resu
 }
 
 /// `JOB` on the command line: `<executor_id>-<job_id>`, as `jobs` prints it.
-fn parse_job_key(text: &str) -> Result<JobKeys> {
+pub(crate) fn parse_job_key(text: &str) -> Result<JobKeys> {
     let parsed = text.rsplit_once('-').and_then(|(executor, job)| {
         Some((
             executor.parse::<ExecutorId>().ok()?,
@@ -224,7 +264,7 @@ fn job_of_spec_key(key: &str) -> Option<JobKeys> {
     Some(JobKeys::new(&executor.parse().ok()?, job.parse().ok()?))
 }
 
-fn age(seconds: f64) -> String {
+pub(crate) fn age(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
     match s {
         0..=59 => format!("{s}s"),

@@ -3,6 +3,7 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod dashboard;
 mod inspect;
 
 use std::ffi::OsString;
@@ -85,6 +86,15 @@ enum Command {
         job: String,
         /// Only this call (`00007`, or `7`)
         call: Option<String>,
+    },
+    /// A live web page of the jobs in storage and their calls
+    Dashboard {
+        /// Address to listen on; any but loopback needs --token
+        #[arg(long, default_value = dashboard::DEFAULT_BIND)]
+        bind: std::net::SocketAddr,
+        /// Every request must carry this token (at least 16 characters)
+        #[arg(long, env = "QUELEA_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Objects in the configured storage
     Storage {
@@ -356,6 +366,7 @@ fn run(cli: &Cli, builtins: &Builtins, rust_runner: Option<RunnerCommand>) -> Re
         }
         Command::Jobs { executor } => inspect::jobs(&storage(cli, None)?, executor.as_deref()),
         Command::Logs { job, call } => inspect::logs(&storage(cli, None)?, job, call.as_deref()),
+        Command::Dashboard { bind, token } => dashboard(cli, *bind, token.clone()),
         Command::Storage { bucket, action } => {
             let storage = storage(cli, bucket.as_deref())?;
             match action {
@@ -383,6 +394,23 @@ fn storage(cli: &Cli, bucket: Option<&str>) -> Result<quelea::storage::Storage> 
         builder = builder.set("bucket", bucket);
     }
     Ok(quelea::storage::Storage::from_config(&builder.build()?)?)
+}
+
+fn dashboard(cli: &Cli, bind: std::net::SocketAddr, token: Option<String>) -> Result<()> {
+    use std::io::Write;
+    let storage = storage(cli, None)?;
+    let location = storage.location().describe();
+    let server = dashboard::Dashboard::bind(bind, token, storage)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "quelea dashboard on {} (jobs in {location}; Ctrl-C stops it)",
+        server.url()?
+    )?;
+    out.flush()?;
+    drop(out);
+    quelea::interrupt::install_ctrl_c_handler();
+    server.run(quelea::interrupt::is_interrupted)
 }
 
 fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
@@ -495,6 +523,9 @@ fn hello(
     let exec = builder.build().context("cannot create the executor")?;
     let inputs = (0..calls as u64).map(|x| (x, sleep_ms));
     let map = exec.map(&builtins.square, inputs, MapOptions::default())?;
+    if let Some(url) = dashboard::job_url(&format!("{}-M000", exec.id())) {
+        println!("dashboard: {url}");
+    }
     show_progress(&map)?;
     let squares = exec.get_result(&map, None)?;
     let map_done = started.elapsed();
