@@ -538,6 +538,17 @@ impl Executor {
         let reduce_id = map_job.spec.job_id.reduce_of();
         let reduce_job =
             self.create_job(reduce_id, &reducer.spec, groups.len() as u32, 1, &options)?;
+        if self.inner.detached_locally(&options) {
+            // The host runs the reduce once the map is done, so it happens
+            // even when this process is gone by then.
+            reduce_job.mark_detached();
+            self.inner
+                .launch_detached_reduce(&map_job, &reduce_job, reducer, groups)?;
+            return Ok((
+                FuturesList::for_job(&map_job),
+                FuturesList::for_job(&reduce_job),
+            ));
+        }
         let weak = Arc::downgrade(&self.inner);
         let (map, job, function) = (map_job.clone(), reduce_job.clone(), reducer.clone());
         let thread = std::thread::Builder::new()
@@ -837,6 +848,33 @@ impl Inner {
             *host = Some(Host::start(command, &self.config, &self.host_runners)?);
         }
         host.as_mut().expect("started above").send(step)
+    }
+
+    /// A detached map-reduce's reduce: its function and spec go to storage
+    /// (so that any process can attach to it), and the host is told to run
+    /// it once the map is done; this process follows it through storage.
+    fn launch_detached_reduce(
+        &self,
+        map_job: &Arc<JobState>,
+        reduce_job: &Arc<JobState>,
+        reducer: &RawFunction,
+        groups: Vec<Range<u32>>,
+    ) -> Result<()> {
+        self.store_function(reducer)?;
+        self.storage.put_blocking(
+            &reduce_job.keys.spec(),
+            serde_json::to_vec(&reduce_job.spec).expect("job specs serialize"),
+        )?;
+        let deadline_ts = self
+            .deadline_ts(&map_job.spec)
+            .max(self.deadline_ts(&reduce_job.spec));
+        self.host_send(&HostStep::Reduce {
+            map: Box::new(map_job.spec.clone()),
+            reduce: Box::new(reduce_job.spec.clone()),
+            groups,
+            deadline_ts,
+        })?;
+        crate::monitor::follow(reduce_job, self.storage.clone(), deadline_ts, true, None)
     }
 
     /// Writes the job's objects and hands its Invocations to the backend

@@ -1,270 +1,140 @@
-"""Jobs that outlive the Airflow task that submitted them.
+"""Jobs that outlive the Airflow task that submitted them, on quelea's public API.
 
-On the local backend, quelea's runners are children of the process that made
-the ``FunctionExecutor`` and die with it. A deferrable task's process exits
-after deferring, so it submits through a detached process
-(``python -m quelea_airflow._detached``, in its own session) that owns the
-executor and lives until the job is finished. The job is described by a small
-JSON-able dict (:func:`submit_detached` returns it; the trigger carries it):
+A deferrable task submits its job with ``detach=True``: on the local backend
+the job runs in a host process of the engine's that outlives the task's
+process; on remote backends it runs remotely anyway. Whoever follows it later
+(the trigger, the resumed task, a sensor) attaches by handle, reads
+``quelea.progress``, reads results with ``quelea.get_result``, cancels with
+``quelea.cancel`` and deletes its objects with ``quelea.clean_job``. The job
+is described by a small JSON-able dict (the trigger carries it, XCom holds
+it under ``quelea_job``; no secrets in it):
 
-    {"kind": "map", "handles": [<job handle JSON>, ...], "executor_id": "...",
-     "pid": 1234, "pid_start": "<start time of that pid>", "host": "...",
-     "workdir": "/tmp/quelea-airflow-..."}
+    {"kind": "map", "handles": [<job handle JSON>, ...], "executor_id": "..."}
 
-``handles`` has one handle for ``call_async``/``map`` and two (map, reduce) for
-``map_reduce``; the last one holds the task's result. No secrets are in it.
+``handles`` has one handle for ``call_async``/``map`` and two (map, reduce)
+for ``map_reduce``; the last one holds the task's result.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 KINDS = ("call_async", "map", "map_reduce")
-SUBMIT_DEADLINE_S = 120.0
-STOP_GRACE_S = 10.0
+# How long a freshly submitted job is given to finish before the task defers
+# (a job done by then is read at once: no deferral, no scheduler race).
+CHECK_BEFORE_DEFER_S = 1.0
 # How long a fresh attach may take to show calls that are already finished.
 FIRST_LISTING_S = 1.0
-# `quelea_core::keys` (docs/architecture.md): every object of an executor's jobs.
-JOBS_PREFIX = "quelea/jobs/{executor_id}/"
+# How long a cancelled job's calls get to stop before its objects are deleted.
+STOP_GRACE_S = 30.0
 
 
-class DetachedSubmitError(RuntimeError):
-    """The detached process could not submit the job; the message says why."""
+@dataclass
+class Submitted:
+    """What :func:`submit` gives: the job dict, the pid of the local host
+    process running it (None on remote backends; for the task log), and whether
+    the job was already finished when submit returned."""
+
+    job: dict
+    host_pid: int | None
+    finished: bool
 
 
-def _ship_by_value(*funcs: Any) -> dict[str, str]:
-    """Functions from DAG files (``unusual_prefix_*`` modules) and other modules
-    another interpreter could not import travel by value, as quelea's own payloads
-    do. Returns ``{module name: file}`` of those modules, so that the detached
-    process can name the file in remote tracebacks."""
-    try:
-        from quelea._serialize import _ship_modules_by_value
-    except ImportError:  # pragma: no cover - older quelea
-        return {}
-    modules: dict[str, str] = {}
-    for func in funcs:
-        if func is not None:
-            for name, (path, _source) in _ship_modules_by_value(func).items():
-                modules[name] = path
-    return modules
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (guards against PID reuse); None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def process_alive(pid: int | None, start: str | None = None) -> bool:
-    """True when ``pid`` runs (not a zombie) and, if given, started at ``start``."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if fields[0] in ("Z", "X"):
-        return False
-    return start is None or fields[19] == start
-
-
-def same_host(job: dict) -> bool:
-    return job.get("host") == socket.gethostname()
-
-
-def submit_detached(
-    kind: str,
-    args: tuple,
-    kwargs: dict,
-    config: dict,
-    executor_kwargs: dict | None = None,
-    deadline: float | None = None,
-    submit_deadline: float = SUBMIT_DEADLINE_S,
-) -> dict:
-    """Starts ``python -m quelea_airflow._detached``, which creates a
-    ``FunctionExecutor(config=config, **executor_kwargs)`` and calls
-    ``executor.<kind>(*args, **kwargs)``; returns the job dict once it has
-    submitted. The process stays until the job is finished, cancelled
-    (SIGTERM), or ``deadline`` (epoch seconds) passes."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+def check_config(config: dict) -> None:
     if config.get("storage") == "memory":
         raise ValueError(
             "storage `memory` cannot be followed from another process: deferrable quelea operators "
             "need a shared storage (localdisk or s3)"
         )
-    config = json.loads(json.dumps(config))
-    config.setdefault("execution", {})["data_cleaner"] = False  # the operator reads results, then cleans
-    by_value = _ship_by_value(*(a for a in args if callable(a)))
-    workdir = tempfile.mkdtemp(prefix="quelea-airflow-")
-    spec = {
-        "kind": kind,
-        "args": args,
-        "kwargs": kwargs,
-        "config": config,
-        "executor_kwargs": executor_kwargs or {},
-        "deadline": deadline,
-        "by_value_modules": by_value,
-    }
-    spec_path = os.path.join(workdir, "spec.pkl")
-    fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(cloudpickle.dumps(spec))
-    env = dict(os.environ)
-    # The detached process imports what this one can (DAG folder helpers, plugins).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    log_path = os.path.join(workdir, "detached.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "quelea_airflow._detached", workdir],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-            cwd=workdir,
-        )
-    _CHILDREN.append(proc)
-    submitted = os.path.join(workdir, "submitted.json")
-    failed = os.path.join(workdir, "failed.json")
-    limit = time.monotonic() + submit_deadline
-    while True:
-        if os.path.exists(submitted):
-            with open(submitted, encoding="utf-8") as f:
-                info = json.load(f)
-            break
-        if os.path.exists(failed):
-            with open(failed, encoding="utf-8") as f:
-                err = json.load(f)
-            proc.wait(timeout=STOP_GRACE_S)
-            _remove(workdir)
-            raise DetachedSubmitError(f"{err['error_type']}: {err['message']}\n{err['traceback']}")
-        code = proc.poll()
-        if code is not None:
-            tail = _tail(log_path)
-            _remove(workdir)
-            raise DetachedSubmitError(
-                f"the detached quelea process exited with code {code} before submitting:\n{tail}"
-            )
-        if time.monotonic() > limit:
-            stop_process(proc.pid, process_start_time(proc.pid), grace=STOP_GRACE_S)
-            tail = _tail(log_path)
-            _remove(workdir)
-            raise DetachedSubmitError(
-                f"the detached quelea process did not submit within {submit_deadline:.0f} s:\n{tail}"
-            )
-        time.sleep(0.02)
-    return {
-        "kind": kind,
-        "handles": info["handles"],
-        "executor_id": info["executor_id"],
-        "pid": proc.pid,
-        "pid_start": process_start_time(proc.pid),
-        "host": socket.gethostname(),
-        "workdir": workdir,
-    }
 
 
-# Popen objects of detached processes, kept so that this process reaps them if
-# it lives on (dag.test(), a long-lived worker) instead of leaving zombies.
-_CHILDREN: list[subprocess.Popen] = []
-
-
-def _reap() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is not None:
-            _CHILDREN.remove(proc)
-
-
-def _remove(workdir: str) -> None:
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _tail(path: str, limit: int = 4000) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()[-limit:]
-    except OSError:
-        return "(no log)"
-
-
-def stop_process(pid: int | None, start: str | None, grace: float = STOP_GRACE_S) -> bool:
-    """SIGTERM (the detached process cancels its job), then SIGKILL to its session
-    after ``grace`` seconds. Returns True when the process was running."""
-    _reap()
-    if not process_alive(pid, start):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    limit = time.monotonic() + grace
-    while time.monotonic() < limit:
-        _reap()
-        if not process_alive(pid, start):
-            return True
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    _reap()
-    return True
-
-
-def attach_all(job: dict, config: dict) -> list:
+def submit(
+    kind: str,
+    args: tuple,
+    kwargs: dict,
+    config: dict,
+    executor_kwargs: dict | None = None,
+    check_s: float = CHECK_BEFORE_DEFER_S,
+) -> Submitted:
+    """``FunctionExecutor(config=config, **executor_kwargs).<kind>(*args, detach=True, **kwargs)``;
+    waits up to ``check_s`` seconds for the job, then lets it go on without
+    this process. If anything fails after the job was submitted, the job is
+    cancelled and its objects deleted before the error propagates."""
     import quelea
+    from quelea.exceptions import WaitTimeoutError
 
-    return [quelea.attach(h, config=config) for h in job["handles"]]
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_config(config)
+    executor = quelea.FunctionExecutor(config=config, **(executor_kwargs or {}))
+    futures: list = []
+    handles: list[str] = []
+    try:
+        submitted = getattr(executor, kind)(*args, detach=True, **kwargs)
+        futures = [submitted] if isinstance(submitted, quelea.ResponseFuture) else list(submitted)
+        parts: dict[str, list] = {}
+        for f in futures:
+            parts.setdefault(f.job_key, []).append(f)
+        handles = [executor.job_handle(fs) for fs in parts.values()]
+        job = {"kind": kind, "handles": handles, "executor_id": executor.executor_id}
+        host_pid = executor.host_pid()
+        finished = False
+        if check_s > 0:
+            try:
+                quelea.wait(futures, return_when=quelea.ALL_COMPLETED, timeout=check_s, throw_except=False)
+                finished = True
+            except WaitTimeoutError:
+                pass
+    except BaseException:
+        # Submitted, then interrupted (or a handle failed): leave nothing running or stored.
+        if futures:
+            try:
+                quelea.cancel(futures)
+                quelea.wait(futures, timeout=STOP_GRACE_S, throw_except=False)
+            except Exception:  # noqa: BLE001, S110 - the original error matters more
+                pass
+        executor.close()
+        for handle in handles:
+            try:
+                quelea.clean_job(handle, config=config)
+            except Exception:  # noqa: BLE001, S110
+                pass
+        raise
+    executor.close()  # a detached job is neither cancelled nor cleaned by this
+    return Submitted(job=job, host_pid=host_pid, finished=finished)
 
 
-class Watcher:
-    """Follows a job's parts through storage. A ``map_reduce``'s reduce part has no
-    objects until its map is done, so parts are attached when they appear."""
+def _total(handle: str) -> int:
+    return int(json.loads(handle)["total_calls"])
+
+
+def _job_id(handle: str) -> str:
+    h = json.loads(handle)
+    return f"{h['executor_id']}-{h['job_id']}"
+
+
+class Job:
+    """Follows a job's parts (see the module doc) through storage, by handle."""
 
     def __init__(self, job: dict, config: dict):
         self.job = job
         self.config = config
-        self.totals = [json.loads(h)["total_calls"] for h in job["handles"]]
-        self.parts: list[Any] = [None] * len(job["handles"])
+        self.handles: list[str] = list(job["handles"])
+        self.totals = [_total(h) for h in self.handles]
+        self._parts: list[Any] = [None] * len(self.handles)
+
+    @property
+    def name(self) -> str:
+        return str(self.job.get("executor_id") or _job_id(self.handles[0]))
 
     def _part(self, i: int) -> Any:
-        if self.parts[i] is None:
+        if self._parts[i] is None:
             import quelea
-            from quelea.exceptions import JobHandleError, WaitTimeoutError
+            from quelea.exceptions import WaitTimeoutError
 
-            try:
-                futures = quelea.attach(self.job["handles"][i], config=self.config)
-            except JobHandleError:
-                if i == 0:
-                    raise  # the first part exists as soon as it is submitted
-                return None
+            futures = quelea.attach(self.handles[i], config=self.config)
             # An attached job's states fill in from storage a moment after attach():
             # wait (briefly) for them so that one-shot checks are not stale.
             try:
@@ -273,83 +143,84 @@ class Watcher:
                 )
             except WaitTimeoutError:
                 pass
-            self.parts[i] = futures
-        return self.parts[i]
+            self._parts[i] = futures
+        return self._parts[i]
+
+    def parts(self) -> list:
+        return [self._part(i) for i in range(len(self.handles))]
 
     def progress(self) -> dict:
-        """Counts over every call of every part, and the first failed call."""
+        """``{"total", "done", "failed", "first_failed"}`` in elements over every
+        part; ``first_failed`` is ``[part, index]`` of the first failed call."""
+        import quelea
+
         done = failed = 0
         first_failed = None
-        for i in range(len(self.totals)):
-            futures = self._part(i)
-            if futures is None:
-                continue
-            for index, state in enumerate(futures[0]._job.states()):
-                if state in ("success", "error"):
-                    done += 1
-                if state == "error":
-                    failed += 1
-                    if first_failed is None:
-                        first_failed = [i, index]
+        for i, futures in enumerate(self.parts()):
+            p = quelea.progress(futures)
+            done += p["done"]
+            failed += p["failed"]
+            if p["failed"] and first_failed is None:
+                first_failed = next(([i, n] for n, f in enumerate(futures) if f.error), None)
         return {"total": sum(self.totals), "done": done, "failed": failed, "first_failed": first_failed}
 
+    def results(self, timeout: float) -> Any:
+        """The task's result: a list for ``map``, the value for the others."""
+        import quelea
 
-def progress(job: dict, config: dict) -> dict:
-    return Watcher(job, config).progress()
+        values = quelea.get_result(self._part(len(self.handles) - 1), timeout=timeout)
+        return values if self.job.get("kind") == "map" else values[0]
+
+    def raise_failed_call(self, first_failed: list, timeout: float) -> None:
+        """Raises the failed call's exception (original type, remote traceback as ``__cause__``)."""
+        import quelea
+
+        part, index = first_failed
+        quelea.get_result([self._part(part)[index]], timeout=timeout)
+        raise RuntimeError(
+            f"call {index} of job {_job_id(self.handles[part])} was reported failed but has no error"
+        )
+
+    def cancel(self, grace: float = STOP_GRACE_S) -> None:
+        """Cancels every part (the cancel marker stops the calls wherever they
+        run) and waits up to ``grace`` seconds for the calls to stop."""
+        import quelea
+        from quelea.exceptions import WaitTimeoutError
+
+        parts = self.parts()
+        for futures in parts:
+            quelea.cancel(futures)
+        try:
+            quelea.wait([f for fs in parts for f in fs], timeout=grace, throw_except=False)
+        except WaitTimeoutError:
+            pass
+
+    def clean(self) -> int:
+        """Deletes every object of every part; returns how many."""
+        import quelea
+
+        return sum(quelea.clean_job(h, config=self.config) for h in self.handles)
+
+    def finish(self, log: Any = None, cancel: bool = False) -> None:
+        """After the results are read (or the job failed): cancel it if asked
+        (or if it is not finished), then delete its objects. Never raises."""
+        try:
+            if cancel or self.progress()["done"] < sum(self.totals):
+                if log:
+                    log.info("Cancelling quelea job %s", self.name)
+                self.cancel()
+        except Exception as e:  # noqa: BLE001
+            if log:
+                log.warning("could not cancel quelea job %s: %s", self.name, e)
+        try:
+            n = self.clean()
+            if log:
+                log.info("Deleted %d storage object(s) of quelea job %s", n, self.name)
+        except Exception as e:  # noqa: BLE001
+            if log:
+                log.warning("could not delete the objects of quelea job %s: %s", self.name, e)
 
 
-def results(job: dict, config: dict, timeout: float = 60.0) -> Any:
-    """The task's result: a list for ``map``, the value for the others."""
-    import quelea
-
-    futures = attach_all(job, config)[-1]
-    values = quelea.get_result(futures, timeout=timeout)
-    return values if job["kind"] == "map" else values[0]
-
-
-def raise_failed_call(job: dict, config: dict, first_failed: list, timeout: float = 60.0) -> None:
-    """Raises the failed call's exception (original type, remote traceback as ``__cause__``)."""
-    import quelea
-
-    part, index = first_failed
-    futures = attach_all(job, config)[part]
-    quelea.get_result([futures[index]], timeout=timeout)
-    raise RuntimeError(f"call {index} of job part {part} was reported failed but has no error")
-
-
-def clean_storage(job: dict, config: dict) -> int:
-    """Deletes every object of the job's executor (it ran only this job); returns how many."""
-    import quelea
-
-    storage = quelea.Storage(config=config)
-    keys = storage.list_keys(storage.bucket, prefix=JOBS_PREFIX.format(executor_id=job["executor_id"]))
-    if keys:
-        storage.delete_objects(storage.bucket, keys)
-    return len(keys)
-
-
-def remove_workdir(job: dict) -> None:
-    import shutil
-
-    workdir = job.get("workdir")
-    if workdir and os.path.basename(workdir).startswith("quelea-airflow-") and same_host(job):
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def finish(job: dict, config: dict, log: Any = None) -> None:
-    """After the results are read (or the job failed): stop the detached process,
-    delete the job's objects and the work directory. Never raises."""
-    try:
-        if same_host(job):
-            stop_process(job.get("pid"), job.get("pid_start"))
-    except Exception as e:  # noqa: BLE001
-        if log:
-            log.warning("could not stop the detached quelea process %s: %s", job.get("pid"), e)
-    try:
-        n = clean_storage(job, config)
-        if log:
-            log.info("Deleted %d storage object(s) of quelea executor %s", n, job["executor_id"])
-    except Exception as e:  # noqa: BLE001
-        if log:
-            log.warning("could not delete the objects of quelea executor %s: %s", job.get("executor_id"), e)
-    remove_workdir(job)
+def progress_line(job: Job, progress: dict) -> str:
+    """``job <id>: done/total (failed)``, the progress line of the task log."""
+    return f"job {job.name}: {progress['done']}/{progress['total']} ({progress['failed']} failed)"

@@ -33,11 +33,16 @@ class QueleaBaseOperator(BaseOperator):
     :param quelea_config: a quelea config dict merged over the connection's (templated).
     :param max_workers: runner processes of the local backend.
     :param deferrable: submit, then wait in the triggerer (default ``[operators]
-        default_deferrable``). The job runs in a detached process that outlives
-        the task's process; it needs a storage both can reach (not ``memory``).
+        default_deferrable``). The job is submitted with ``detach=True``: it
+        outlives the task's process (on the local backend it runs in a host
+        process of quelea's on the worker). It needs a storage both can reach
+        (not ``memory``). A job finished within a second is read without deferring.
     :param poll_interval: seconds between status polls when deferred.
     :param cancel_on_kill: cancel the job when the task is killed.
     :param result_timeout: seconds to wait for results once the job is finished.
+    :param wait_for_completion: ``False``: submit (detached), push the job
+        (XCom ``quelea_job``) and finish at once, leaving the job and its
+        objects to a downstream ``QueleaJobSensor``.
     """
 
     kind: str = ""
@@ -54,6 +59,7 @@ class QueleaBaseOperator(BaseOperator):
         poll_interval: float = 2.0,
         cancel_on_kill: bool = True,
         result_timeout: float = 300.0,
+        wait_for_completion: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -68,6 +74,7 @@ class QueleaBaseOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.cancel_on_kill = cancel_on_kill
         self.result_timeout = result_timeout
+        self.wait_for_completion = wait_for_completion
         self._executor: Any = None
 
     # -- what subclasses give ----------------------------------------------------------------------
@@ -87,8 +94,8 @@ class QueleaBaseOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         args, kwargs = self.executor_call()
-        if self.deferrable:
-            return self._submit_and_defer(context, args, kwargs)
+        if self.deferrable or not self.wait_for_completion:
+            return self._submit_detached(context, args, kwargs)
         executor = self.hook.get_executor(**self._executor_kwargs())
         self._executor = executor
         try:
@@ -106,22 +113,45 @@ class QueleaBaseOperator(BaseOperator):
             executor.close()
         return self._xcom_value(result)
 
-    def _submit_and_defer(self, context: Context, args: tuple, kwargs: dict) -> Any:
+    def _submit_detached(self, context: Context, args: tuple, kwargs: dict) -> Any:
+        """Submits with ``detach=True``; then returns at once (``wait_for_completion=False``),
+        finishes if the job is already done, or defers to ``QueleaJobTrigger``."""
         config = self.hook.get_config()
         timeout = self.execution_timeout
         end_time = time.time() + timeout.total_seconds() if timeout else None
-        job = _job.submit_detached(
-            self.kind, args, kwargs, config, executor_kwargs=self._executor_kwargs(), deadline=end_time
-        )
-        self.log.info(
-            "Submitted a quelea %s as executor %s (detached process %s); deferring",
+        submitted = _job.submit(
             self.kind,
+            args,
+            kwargs,
+            config,
+            executor_kwargs=self._executor_kwargs(),
+            check_s=_job.CHECK_BEFORE_DEFER_S if self.wait_for_completion else 0.0,
+        )
+        job = submitted.job
+        self.log.info(
+            "Submitted a quelea %s of %d element(s) as job %s (detached%s)",
+            self.kind,
+            sum(_job.Job(job, config).totals),
             job["executor_id"],
-            job["pid"],
+            f"; local host process {submitted.host_pid}" if submitted.host_pid else "",
         )
         ti = context.get("ti") if hasattr(context, "get") else None
         if ti is not None:
             ti.xcom_push(key=XCOM_JOB_KEY, value=job)
+        if not self.wait_for_completion:
+            self.log.info(
+                "wait_for_completion=False: the job goes on without this task; a QueleaJobSensor "
+                "(job=XComArg(task, key=%r)) can follow it and clean it",
+                XCOM_JOB_KEY,
+            )
+            return None
+        if submitted.finished:
+            # Done before deferring: read it now (no deferral, no scheduler race).
+            progress = _job.Job(job, config).progress()
+            status = "error" if progress["failed"] else "success"
+            self.log.info("quelea job %s finished before deferring", job["executor_id"])
+            return self.execute_complete(context, event={"status": status, "job": job, **progress})
+        self.log.info("Deferring to QueleaJobTrigger")
         self.defer(
             trigger=QueleaJobTrigger(
                 job=job,
@@ -142,9 +172,10 @@ class QueleaBaseOperator(BaseOperator):
             raise AirflowException(f"task {self.task_id!r} resumed without a trigger event")
         job = event.get("job") or job
         config = self.hook.get_config()
+        follower = _job.Job(job, config)
         status = event.get("status")
         self.log.info(
-            "quelea job %s: %s (%s/%s calls done, %s failed)",
+            "quelea job %s: %s (%s/%s done, %s failed)",
             job["executor_id"],
             status,
             event.get("done"),
@@ -153,12 +184,11 @@ class QueleaBaseOperator(BaseOperator):
         )
         try:
             if status == "success":
-                result = _job.results(job, config, timeout=self.result_timeout)
+                result = follower.results(timeout=self.result_timeout)
             elif status == "error" and event.get("first_failed"):
-                if _job.same_host(job):
-                    _job.stop_process(job.get("pid"), job.get("pid_start"))
+                follower.cancel()  # the other calls stop; their objects go below
                 try:
-                    _job.raise_failed_call(job, config, event["first_failed"], timeout=self.result_timeout)
+                    follower.raise_failed_call(event["first_failed"], timeout=self.result_timeout)
                 except Exception as e:
                     self._log_remote_error(e)
                     raise
@@ -167,7 +197,7 @@ class QueleaBaseOperator(BaseOperator):
                     f"task {self.task_id!r}: quelea job {job['executor_id']} {status}: {event.get('message')}"
                 )
         finally:
-            _job.finish(job, config, self.log)
+            follower.finish(self.log)
         return self._xcom_value(result)
 
     def resume_execution(self, next_method: str, next_kwargs: dict | None, context: Context) -> Any:
@@ -175,7 +205,7 @@ class QueleaBaseOperator(BaseOperator):
         # execute_complete: cancel the job here.
         if next_method == "__fail__" and next_kwargs and isinstance(next_kwargs.get("job"), dict):
             try:
-                _job.finish(next_kwargs["job"], self.hook.get_config(), self.log)
+                _job.Job(next_kwargs["job"], self.hook.get_config()).finish(self.log, cancel=True)
             except Exception as e:  # noqa: BLE001
                 self.log.warning("could not cancel the quelea job: %s", e)
         return super().resume_execution(next_method, next_kwargs, context)

@@ -49,6 +49,10 @@ class QueleaJobSensor(BaseSensorOperator):
     :param quelea_conn_id: connection giving the storage the job uses.
     :param quelea_config: quelea config merged over the connection's.
     :param deferrable: wait in the triggerer instead of poking.
+    :param clean_when_done: delete the job's objects once it has finished (or
+        failed): for the job of a ``wait_for_completion=False`` operator, which
+        nobody else reads.
+    :param result_timeout: seconds to wait for a failed call's error.
     """
 
     template_fields: Sequence[str] = ("job", "quelea_config")
@@ -61,10 +65,14 @@ class QueleaJobSensor(BaseSensorOperator):
         quelea_conn_id: str = DEFAULT_CONN_ID,
         quelea_config: dict | None = None,
         deferrable: bool | None = None,
+        clean_when_done: bool = False,
+        result_timeout: float = 60.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.job = job
+        self.clean_when_done = clean_when_done
+        self.result_timeout = result_timeout
         self.quelea_conn_id = quelea_conn_id
         self.quelea_config = quelea_config
         self.deferrable = default_deferrable() if deferrable is None else deferrable
@@ -74,18 +82,22 @@ class QueleaJobSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool:
         job = job_from(self.job)
-        config = self._hook().get_config()
-        progress = _job.Watcher(job, config).progress()
-        self.log.info(
-            "quelea job %s: %d/%d calls done, %d failed",
-            job["executor_id"],
-            progress["done"],
-            progress["total"],
-            progress["failed"],
-        )
+        follower = _job.Job(job, self._hook().get_config())
+        progress = follower.progress()
+        self.log.info("%s", _job.progress_line(follower, progress))
         if progress["failed"]:
-            _job.raise_failed_call(job, config, progress["first_failed"])
-        return progress["done"] == progress["total"]
+            try:
+                follower.raise_failed_call(progress["first_failed"], timeout=self.result_timeout)
+            except Exception as e:
+                _log_remote_error(self.log, e)
+                if self.clean_when_done:
+                    follower.finish(self.log, cancel=True)
+                raise
+        if progress["done"] == progress["total"]:
+            if self.clean_when_done:
+                follower.finish(self.log)
+            return True
+        return False
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -108,8 +120,27 @@ class QueleaJobSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict | None = None) -> None:
         if not event:
             raise AirflowException(f"task {self.task_id!r} resumed without a trigger event")
-        if event["status"] == "success":
-            return None
-        if event["status"] == "error" and event.get("first_failed"):
-            _job.raise_failed_call(job_from(self.job), self._hook().get_config(), event["first_failed"])
-        raise AirflowException(f"task {self.task_id!r}: quelea job {event['status']}: {event.get('message')}")
+        follower = _job.Job(job_from(self.job), self._hook().get_config())
+        try:
+            if event["status"] == "success":
+                return None
+            if event["status"] == "error" and event.get("first_failed"):
+                try:
+                    follower.raise_failed_call(event["first_failed"], timeout=self.result_timeout)
+                except Exception as e:
+                    _log_remote_error(self.log, e)
+                    raise
+            raise AirflowException(
+                f"task {self.task_id!r}: quelea job {event['status']}: {event.get('message')}"
+            )
+        finally:
+            if self.clean_when_done:
+                follower.finish(self.log, cancel=event["status"] != "success")
+
+
+def _log_remote_error(log: Any, exc: BaseException) -> None:
+    from quelea_airflow.operators.quelea import remote_traceback
+
+    tb = remote_traceback(exc)
+    if tb:
+        log.error("A quelea call failed with %s: %s\nRemote traceback:\n%s", type(exc).__name__, exc, tb)

@@ -11,9 +11,6 @@ from quelea_airflow import _job
 from quelea_airflow._compat import AIRFLOW_V_3_3_PLUS, BaseTrigger, TriggerEvent
 from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
 
-# How long statuses may take to show once the job's process has exited.
-EXIT_GRACE_S = 5.0
-
 
 class QueleaJobTrigger(BaseTrigger):
     """Fires when a quelea job (see ``quelea_airflow._job``) is finished.
@@ -21,10 +18,10 @@ class QueleaJobTrigger(BaseTrigger):
     Only status is polled here (through storage, off the event loop); results
     are read by the resumed task. Events: ``{"status": "success" | "error" |
     "timeout", "message", "job", "done", "failed", "total", "first_failed"}``.
-    A failed call fires ``error`` at once; so does the job's detached process
-    exiting before the job is finished.
+    A failed call fires ``error`` at once. Progress goes to the triggerer's log
+    as ``job <id>: done/total (failed)`` lines.
 
-    :param job: the job dict (handles, detached pid; JSON, no secrets).
+    :param job: the job dict (``quelea_airflow._job``: handles; JSON, no secrets).
     :param quelea_conn_id: connection giving the storage config (and secrets).
     :param quelea_config: quelea config merged over the connection's.
     :param poll_interval: seconds between polls.
@@ -86,49 +83,19 @@ class QueleaJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             config = await asyncio.to_thread(self._config)
-            watcher = _job.Watcher(self.job, config)
-            watch_pid = self.job.get("pid") and _job.same_host(self.job)
+            follower = _job.Job(self.job, config)
             last = None
             while True:
-                progress = await asyncio.to_thread(watcher.progress)
+                progress = await asyncio.to_thread(follower.progress)
                 seen = (progress["done"], progress["failed"])
                 if seen != last:
-                    self.log.info(
-                        "quelea job %s: %d/%d calls done, %d failed",
-                        self.job.get("executor_id"),
-                        progress["done"],
-                        progress["total"],
-                        progress["failed"],
-                    )
+                    self.log.info("%s", _job.progress_line(follower, progress))
                     last = seen
                 if progress["failed"]:
                     yield self._event("error", "a call failed", progress)
                     return
                 if progress["done"] == progress["total"]:
                     yield self._event("success", "the job finished", progress)
-                    return
-                if watch_pid and not _job.process_alive(self.job["pid"], self.job.get("pid_start")):
-                    # It may have finished the job just before exiting: its last statuses
-                    # can take a moment to show through storage.
-                    limit = time.monotonic() + EXIT_GRACE_S
-                    while True:
-                        progress = await asyncio.to_thread(watcher.progress)
-                        complete = progress["done"] == progress["total"]
-                        if complete or progress["failed"] or time.monotonic() > limit:
-                            break
-                        await asyncio.sleep(0.2)
-                    if progress["failed"]:
-                        yield self._event("error", "a call failed", progress)
-                    elif complete:
-                        yield self._event("success", "the job finished", progress)
-                    else:
-                        yield self._event(
-                            "error",
-                            f"the process that ran the job (pid {self.job['pid']}) exited before the job "
-                            f"finished ({progress['done']}/{progress['total']} calls done); see "
-                            f"{self.job.get('workdir')}/detached.log",
-                            progress,
-                        )
                     return
                 if self.end_time is not None and time.time() >= self.end_time:
                     await asyncio.to_thread(self._cancel)
@@ -146,18 +113,8 @@ class QueleaJobTrigger(BaseTrigger):
             yield self._event("error", f"{type(e).__name__}: {e}")
 
     def _cancel(self) -> None:
-        """Stops the detached process (which cancels the job) and deletes the job's objects."""
-        self.log.info("Cancelling quelea job %s", self.job.get("executor_id"))
-        try:
-            config = self._config()
-        except Exception as e:  # noqa: BLE001
-            self.log.warning("no config to clean the job's storage: %s", e)
-            config = None
-        if config is None:
-            if _job.same_host(self.job):
-                _job.stop_process(self.job.get("pid"), self.job.get("pid_start"))
-            return
-        _job.finish(self.job, config, self.log)
+        """Cancels the job (its cancel marker stops every call) and deletes its objects."""
+        _job.Job(self.job, self._config()).finish(self.log, cancel=True)
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user killed the deferred task (mark failed/success, clear)."""
