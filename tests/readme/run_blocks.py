@@ -67,9 +67,7 @@ def run(line: int, language: str, source: str, venv: Path, work: Path) -> tuple[
     here = work / f"block-{line}"
     home = here / "home"
     home.mkdir(parents=True)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("QUELEA_", "AWS_", "QTEST_", "CARGO_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUELEA_", "AWS_", "QTEST_", "CARGO_"))}
     env.update(
         HOME=str(home),
         VIRTUAL_ENV=str(venv),

@@ -472,6 +472,33 @@ fn sigterm_drains_accepted_calls(fx: &Fixture) -> Result<(), Failed> {
     check(results == vec![400, 400, 400], format!("{results:?}"))
 }
 
+/// `quelea test`, the self-check a user runs when setting up a backend,
+/// passes against the worker servers.
+fn self_check_passes_on_the_servers(fx: &Fixture) -> Result<(), Failed> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quelea"));
+    cmd.arg("test")
+        .env_remove("QUELEA_CONFIG_FILE")
+        .env("HOME", fx.dir.path())
+        .env("QUELEA_BACKEND", "http")
+        .env("QUELEA_HTTP_URLS", fx.urls.join(","))
+        .env("QUELEA_HTTP_SECRET", SECRET);
+    if common::s3() {
+        cmd.env("QUELEA_STORAGE", "s3")
+            .env("QUELEA_BUCKET", "quelea-test");
+    } else {
+        cmd.env("QUELEA_STORAGE_DIR", fx.dir.path());
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    if !stdout.starts_with("quelea test: backend http") || !stdout.contains("all 5 checks passed") {
+        return Err(format!("unexpected report: {stdout}").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
@@ -526,6 +553,10 @@ fn main() {
             wrong_protocol_version_is_a_clear_400,
         ),
         ("health_needs_no_signature", health_needs_no_signature),
+        (
+            "self_check_passes_on_the_servers",
+            self_check_passes_on_the_servers,
+        ),
         (
             "server_refuses_to_start_without_a_secret",
             server_refuses_to_start_without_a_secret,
