@@ -25,7 +25,7 @@ from typing import Any
 KINDS = ("call_async", "map", "map_reduce")
 # How long a freshly submitted job is given to finish before the task defers
 # (a job done by then is read at once: no deferral, no scheduler race).
-CHECK_BEFORE_DEFER_S = 1.0
+CHECK_BEFORE_DEFER_S = 5.0
 # How long a fresh attach may take to show calls that are already finished.
 FIRST_LISTING_S = 1.0
 # How long a cancelled job's calls get to stop before its objects are deleted.
