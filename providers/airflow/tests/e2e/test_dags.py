@@ -96,7 +96,10 @@ def test_deferrable_maps_of_5000_elements(dagbag, storage_root, capfd, caplog):
         assert _xcom(run, task_id) == [2 * x for x in range(5000)]
     out, err = capfd.readouterr()
     text = out + err + caplog.text
-    assert text.count("Deferring to QueleaJobTrigger") == 2, text[-3000:]
+    # Each task deferred once (Airflow 2.11 logs to both the stream and caplog).
+    assert 2 in {part.count("Deferring to QueleaJobTrigger") for part in (out + err, caplog.text)}, text[
+        -3000:
+    ]
     assert re.search(r"job [0-9a-f]+-\d+: 5000/5000 \(0 failed\)", text), text[-3000:]
     assert _objects(storage_root) == []
 
