@@ -52,6 +52,9 @@ class SpyExecutor:
     def map_reduce(self, *args, **kwargs):
         return self._record("map_reduce", *args, **kwargs)
 
+    def wait(self, fs=None, throw_except=True, timeout=None):
+        return fs, []
+
     def get_result(self):
         return "spy-result"
 
@@ -281,6 +284,18 @@ class Unserializable:
 
 def _returns_unserializable(_):
     return Unserializable()
+
+
+def test_a_sync_map_logs_progress_lines(quelea_conn, capfd, caplog):
+    op = QueleaMapOperator(
+        task_id="progress", map_function=slow_inc, map_iterdata=list(range(4)), poll_interval=0.5
+    )
+    with caplog.at_level("INFO"):
+        assert _run(op) == [1, 2, 3, 4]
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert re.search(r"job [0-9a-f]+-\d+: 0/4 \(0 failed\)", text), text[-2000:]
+    assert re.search(r"job [0-9a-f]+-\d+: 4/4 \(0 failed\)", text), text[-2000:]
 
 
 def test_remote_error_keeps_its_type_and_is_logged(quelea_conn, capfd, caplog):

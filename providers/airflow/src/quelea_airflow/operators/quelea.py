@@ -108,6 +108,7 @@ class QueleaBaseOperator(BaseOperator):
         try:
             futures = getattr(executor, self.kind)(*args, **kwargs)
             self.log.info("Submitted a quelea %s of %d call(s)", self.kind, _count(futures))
+            self._wait_logging_progress(executor, futures)
             try:
                 # With no futures given, get_result gives a list for a map and the
                 # value for call_async and map_reduce (the reducer's).
@@ -119,6 +120,28 @@ class QueleaBaseOperator(BaseOperator):
             self._executor = None
             executor.close()
         return self._xcom_value(result)
+
+    def _wait_logging_progress(self, executor: Any, futures: Any) -> None:
+        """Waits for the job, logging ``job <id>: done/total (N failed)`` every
+        ``poll_interval`` seconds when the count moved, and once at the end."""
+        import quelea
+        from quelea.exceptions import WaitTimeoutError
+
+        name = getattr(executor, "executor_id", "?")
+        last = None
+        while True:
+            try:
+                executor.wait(futures, throw_except=False, timeout=self.poll_interval)
+                finished = True
+            except WaitTimeoutError:
+                finished = False
+            if isinstance(futures, quelea.FuturesList | quelea.ResponseFuture):
+                p = quelea.progress(futures)
+                if finished or (p["done"], p["failed"]) != last:
+                    self.log.info("job %s: %d/%d (%d failed)", name, p["done"], p["total"], p["failed"])
+                    last = (p["done"], p["failed"])
+            if finished:
+                return
 
     def _submit_detached(self, context: Context, args: tuple, kwargs: dict) -> Any:
         """Submits with ``detach=True``; then returns at once (``wait_for_completion=False``),
