@@ -67,7 +67,8 @@ def progress(fs: Any) -> dict:
 
 def clean_job(handle: str, config: dict | None = None, config_file: str | None = None) -> int:
     """Deletes every storage object of the job behind ``handle`` (a detached
-    job's last reader cleans it); returns how many."""
+    job's last reader cleans it), and its executor's stored functions once no
+    other job of that executor is left; returns how many."""
     import json
 
     from . import _engine

@@ -119,3 +119,41 @@ def test_a_third_process_cancels_a_detached_job_and_no_runner_is_left(tmp_path, 
         raise AssertionError("a cancelled call raises CancelledError")
     assert _wait_gone([host, *runners], 30), f"host {host} or runners {runners} still running"
     assert all(not os.path.exists(f"/proc/{p}") or not pid_alive(p) for p in runners)
+
+
+MAP_REDUCE_CLIENT = """
+    import os, signal, time
+    import quelea
+
+    def slow_triple(x):
+        time.sleep(0.01)
+        return 3 * x
+
+    config = {{"localdisk": {{"root": {root!r}}}, "local": {{"workers": 2}}}}
+    fexec = quelea.FunctionExecutor(config=config)
+    futures = fexec.map_reduce(slow_triple, range(200), sum, detach=True)
+    parts = {{}}
+    for f in futures:
+        parts.setdefault(f.job_key, []).append(f)
+    for fs in parts.values():
+        print(fexec.job_handle(fs), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_detached_map_reduce_reduces_after_its_client_is_killed(tmp_path, storage_root):
+    """The host runs the reduce once the map is done: the client is long gone by
+    then. Cleaning both parts leaves nothing of the executor behind."""
+    config = {"localdisk": {"root": str(storage_root)}}
+    proc = run_script(tmp_path, MAP_REDUCE_CLIENT.format(root=str(storage_root)))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    map_handle, reduce_handle = out.strip().splitlines()[-2:]
+    # Both parts can be attached at once, before the map is done.
+    reduce_part = quelea.attach(reduce_handle, config=config)
+    assert quelea.get_result(reduce_part, timeout=120) == [sum(3 * x for x in range(200))]
+    assert quelea.clean_job(map_handle, config=config) > 0
+    assert quelea.clean_job(reduce_handle, config=config) > 0
+    executor_id = json.loads(map_handle)["executor_id"]
+    left = [p for p in storage_root.rglob("*") if p.is_file() and executor_id in p.parts]
+    assert left == [], left

@@ -327,15 +327,21 @@ impl Executor {
     }
 
     /// Deletes every object of the job behind `handle` (a detached job's
-    /// last reader cleans it); returns how many.
+    /// last reader cleans it), and its executor's functions once no other
+    /// job of that executor is left; returns how many.
     pub fn clean_job(&self, handle: &JobHandle) -> Result<usize> {
         if handle.storage != *self.inner.storage.location() {
             return Err(Error::Handle(
                 "the job's objects are in another storage than this executor's".into(),
             ));
         }
-        let keys = JobKeys::new(&handle.executor_id, handle.job_id);
-        Ok(self.inner.storage.delete_prefix_blocking(keys.prefix())?)
+        // Not this executor's own functions: it may submit more (and
+        // remembers which functions it stored).
+        crate::monitor::delete_job(
+            &self.inner.storage,
+            handle,
+            handle.executor_id == self.inner.id,
+        )
     }
 
     /// Starts the Rust runner pool now instead of on the first job (remote

@@ -78,12 +78,33 @@ pub fn attach_with<O>(base: ConfigBuilder, handle: &JobHandle) -> Result<Futures
 }
 
 /// Deletes every object of the job behind `handle` (its last reader cleans
-/// a detached job), with credentials from `base`; returns how many.
+/// a detached job) and its executor's functions once no other job of it is
+/// left, with credentials from `base`; returns how many.
 pub fn clean_job_with(base: ConfigBuilder, handle: &JobHandle) -> Result<usize> {
     let config = handle.storage.to_config(base)?;
     let storage = Storage::from_config(&config)?;
+    delete_job(&storage, handle, false)
+}
+
+/// Deletes the objects of the job behind `handle` and, unless
+/// `keep_functions`, its executor's functions once no other job of that
+/// executor has objects left (functions are shared by an executor's jobs).
+pub(crate) fn delete_job(
+    storage: &Storage,
+    handle: &JobHandle,
+    keep_functions: bool,
+) -> Result<usize> {
     let keys = JobKeys::new(&handle.executor_id, handle.job_id);
-    Ok(storage.delete_prefix_blocking(keys.prefix())?)
+    let mut deleted = storage.delete_prefix_blocking(keys.prefix())?;
+    if !keep_functions {
+        let prefix = quelea_core::keys::executor_prefix(&handle.executor_id);
+        let functions = format!("{prefix}functions/");
+        let rest = storage.list_blocking(&prefix)?;
+        if !rest.is_empty() && rest.iter().all(|o| o.key.starts_with(&functions)) {
+            deleted += storage.delete_prefix_blocking(&functions)?;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The push side of a followed job: its subscription, and how often storage

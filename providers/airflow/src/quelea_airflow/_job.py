@@ -18,17 +18,25 @@ for ``map_reduce``; the last one holds the task's result.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("call_async", "map", "map_reduce")
 # How long a freshly submitted job is given to finish before the task defers
 # (a job done by then is read at once: no deferral, no scheduler race).
-CHECK_BEFORE_DEFER_S = 1.0
+CHECK_BEFORE_DEFER_S = 5.0
 # How long a fresh attach may take to show calls that are already finished.
 FIRST_LISTING_S = 1.0
 # How long a cancelled job's calls get to stop before its objects are deleted.
 STOP_GRACE_S = 30.0
+# quelea.cancel writes the job's cancel marker and returns; the runtime running
+# the job looks for it about once a second (quelea_worker CANCEL_POLL) and then
+# stops the calls and writes their statuses. Deleting the job's objects (the
+# marker with them) before that would let the calls run on and write statuses
+# after the clean-up, so a cancelled job is given this long first. The public
+# API has no "the runtime has stopped the job" signal to wait on instead.
+CANCEL_SETTLE_S = 3.0
 
 
 @dataclass
@@ -93,7 +101,8 @@ def submit(
             try:
                 quelea.cancel(futures)
                 quelea.wait(futures, timeout=STOP_GRACE_S, throw_except=False)
-            except Exception:  # noqa: BLE001, S110 - the original error matters more
+                time.sleep(CANCEL_SETTLE_S)
+            except BaseException:  # noqa: BLE001, S110 - the original error matters more
                 pass
         executor.close()
         for handle in handles:
@@ -194,6 +203,7 @@ class Job:
             quelea.wait([f for fs in parts for f in fs], timeout=grace, throw_except=False)
         except WaitTimeoutError:
             pass
+        time.sleep(CANCEL_SETTLE_S)
 
     def clean(self) -> int:
         """Deletes every object of every part; returns how many."""

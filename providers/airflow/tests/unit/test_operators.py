@@ -8,9 +8,12 @@ else runs on a real quelea executor with localdisk storage.
 from __future__ import annotations
 
 import datetime
+import re
+import time
 
 import pytest
 
+from helpers import objects
 from quelea_airflow._compat import AirflowException, TaskDeferred
 from quelea_airflow.hooks.quelea import QueleaHook
 from quelea_airflow.operators.quelea import (
@@ -48,6 +51,9 @@ class SpyExecutor:
 
     def map_reduce(self, *args, **kwargs):
         return self._record("map_reduce", *args, **kwargs)
+
+    def wait(self, fs=None, throw_except=True, timeout=None):
+        return fs, []
 
     def get_result(self):
         return "spy-result"
@@ -234,6 +240,8 @@ def test_bad_arguments_are_named():
         QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1], quelea_config="x")
     with pytest.raises(ValueError, match="poll_interval"):
         QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1], poll_interval=0)
+    with pytest.raises(ValueError, match="defer_after must be 0 or more seconds"):
+        QueleaMapOperator(task_id="t", map_function=inc, map_iterdata=[1], defer_after=-1)
 
 
 def test_deferrable_default_comes_from_airflow_config(monkeypatch):
@@ -278,6 +286,18 @@ def _returns_unserializable(_):
     return Unserializable()
 
 
+def test_a_sync_map_logs_progress_lines(quelea_conn, capfd, caplog):
+    op = QueleaMapOperator(
+        task_id="progress", map_function=slow_inc, map_iterdata=list(range(4)), poll_interval=0.5
+    )
+    with caplog.at_level("INFO"):
+        assert _run(op) == [1, 2, 3, 4]
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert re.search(r"job [0-9a-f]+-\d+: 0/4 \(0 failed\)", text), text[-2000:]
+    assert re.search(r"job [0-9a-f]+-\d+: 4/4 \(0 failed\)", text), text[-2000:]
+
+
 def test_remote_error_keeps_its_type_and_is_logged(quelea_conn, capfd, caplog):
     op = QueleaMapOperator(task_id="boom", map_function=_fails_on_3, map_iterdata=[1, 2, 3, 4])
     with pytest.raises(KeyError) as e:
@@ -294,12 +314,18 @@ def _fails_on_3(x):
     return x
 
 
+def slow_inc(x):
+    time.sleep(3)  # outlasts the check before deferring
+    return x + 1
+
+
 def test_execution_timeout_bounds_the_deferral(quelea_conn, monkeypatch):
     op = QueleaMapOperator(
         task_id="d",
-        map_function=inc,
+        map_function=slow_inc,
         map_iterdata=[1],
         deferrable=True,
+        defer_after=0.5,
         execution_timeout=datetime.timedelta(seconds=30),
     )
     with pytest.raises(TaskDeferred) as e:
@@ -309,6 +335,87 @@ def test_execution_timeout_bounds_the_deferral(quelea_conn, monkeypatch):
     assert trigger.end_time is not None and trigger.cancel_on_kill
     job = e.value.kwargs["job"]
     assert op.execute_complete({}, event={"status": "success", "job": job}) == [2]
+
+
+def test_a_job_done_before_deferring_is_read_without_deferring(quelea_conn, storage_dir):
+    """Issue 13's scheduler race: a job that is done at once never defers."""
+    op = QueleaMapOperator(task_id="quick", map_function=inc, map_iterdata=[1, 2, 3], deferrable=True)
+    assert _run(op) == [2, 3, 4]  # no TaskDeferred
+    assert objects(storage_dir) == []
+    failing = QueleaMapOperator(
+        task_id="quick_fail", map_function=_fails_on_3, map_iterdata=[3], deferrable=True
+    )
+    with pytest.raises(KeyError, match="missing-3"):
+        _run(failing)
+    assert objects(storage_dir) == []
+
+
+def _host_pid(text: str) -> int:
+    found = re.findall(r"local host process (\d+)", text)
+    assert found, text[-2000:]
+    return int(found[-1])
+
+
+def test_a_deferred_task_killed_mid_run_leaves_no_runner(quelea_conn, storage_dir, capfd, caplog):
+    """Deferred, then killed while the trigger polls: the host and every runner are
+    gone (by PID) and no object is left."""
+    import asyncio
+
+    from test_trigger_and_job import _children_of, wait_gone
+
+    op = QueleaMapOperator(
+        task_id="killed",
+        map_function=_sleeps,
+        map_iterdata=list(range(6)),
+        deferrable=True,
+        poll_interval=0.1,
+        defer_after=0.5,
+    )
+    with caplog.at_level("INFO"), pytest.raises(TaskDeferred) as e:
+        _run(op)
+    out, err = capfd.readouterr()
+    host = _host_pid(out + err + caplog.text)
+    runners = _children_of(host, at_least=2)
+    assert len(runners) == 2
+    trigger = e.value.trigger
+
+    async def kill_while_polling():
+        task = asyncio.create_task(trigger.run().__anext__())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        await trigger.on_kill()
+        task.cancel()
+
+    asyncio.run(kill_while_polling())
+    assert wait_gone([host, *runners], 10), f"host {host} or runners {runners} still running"
+    assert objects(storage_dir) == []
+
+
+def _sleeps(x):
+    time.sleep(60)
+    return x
+
+
+def test_submit_only_leaves_the_job_to_a_sensor(quelea_conn, storage_dir):
+    """wait_for_completion=False: the task pushes the job and returns; a sensor
+    follows it and, with clean_when_done, deletes its objects."""
+    from quelea_airflow.sensors.quelea import QueleaJobSensor
+
+    pushed = {}
+
+    class TaskInstance:  # the one method of Airflow's task instance the operator uses
+        def xcom_push(self, key, value):
+            pushed[key] = value
+
+    op = QueleaMapOperator(task_id="submit", map_function=inc, map_iterdata=[1, 2], wait_for_completion=False)
+    assert op.execute(context={"ti": TaskInstance()}) is None
+    job = pushed["quelea_job"]
+    sensor = QueleaJobSensor(task_id="s", job=job, deferrable=False, clean_when_done=True)
+    deadline = time.monotonic() + 60
+    while not sensor.poke({}):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert objects(storage_dir) == []
 
 
 def test_memory_storage_cannot_defer(monkeypatch):

@@ -36,7 +36,10 @@ class QueleaBaseOperator(BaseOperator):
         default_deferrable``). The job is submitted with ``detach=True``: it
         outlives the task's process (on the local backend it runs in a host
         process of quelea's on the worker). It needs a storage both can reach
-        (not ``memory``). A job finished within a second is read without deferring.
+        (not ``memory``).
+    :param defer_after: seconds a deferrable task waits for its job before
+        deferring (default 5). A job done by then is read at once, without
+        deferring (and without the scheduler's deferral race); 0 defers at once.
     :param poll_interval: seconds between status polls when deferred.
     :param cancel_on_kill: cancel the job when the task is killed.
     :param result_timeout: seconds to wait for results once the job is finished.
@@ -60,6 +63,7 @@ class QueleaBaseOperator(BaseOperator):
         cancel_on_kill: bool = True,
         result_timeout: float = 300.0,
         wait_for_completion: bool = True,
+        defer_after: float = _job.CHECK_BEFORE_DEFER_S,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -75,6 +79,9 @@ class QueleaBaseOperator(BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.result_timeout = result_timeout
         self.wait_for_completion = wait_for_completion
+        if not defer_after >= 0:
+            raise ValueError(f"defer_after must be 0 or more seconds, got {defer_after!r}")
+        self.defer_after = float(defer_after)
         self._executor: Any = None
 
     # -- what subclasses give ----------------------------------------------------------------------
@@ -101,6 +108,7 @@ class QueleaBaseOperator(BaseOperator):
         try:
             futures = getattr(executor, self.kind)(*args, **kwargs)
             self.log.info("Submitted a quelea %s of %d call(s)", self.kind, _count(futures))
+            self._wait_logging_progress(executor, futures)
             try:
                 # With no futures given, get_result gives a list for a map and the
                 # value for call_async and map_reduce (the reducer's).
@@ -112,6 +120,28 @@ class QueleaBaseOperator(BaseOperator):
             self._executor = None
             executor.close()
         return self._xcom_value(result)
+
+    def _wait_logging_progress(self, executor: Any, futures: Any) -> None:
+        """Waits for the job, logging ``job <id>: done/total (N failed)`` every
+        ``poll_interval`` seconds when the count moved, and once at the end."""
+        import quelea
+        from quelea.exceptions import WaitTimeoutError
+
+        name = getattr(executor, "executor_id", "?")
+        last = None
+        while True:
+            try:
+                executor.wait(futures, throw_except=False, timeout=self.poll_interval)
+                finished = True
+            except WaitTimeoutError:
+                finished = False
+            if isinstance(futures, quelea.FuturesList | quelea.ResponseFuture):
+                p = quelea.progress(futures)
+                if finished or (p["done"], p["failed"]) != last:
+                    self.log.info("job %s: %d/%d (%d failed)", name, p["done"], p["total"], p["failed"])
+                    last = (p["done"], p["failed"])
+            if finished:
+                return
 
     def _submit_detached(self, context: Context, args: tuple, kwargs: dict) -> Any:
         """Submits with ``detach=True``; then returns at once (``wait_for_completion=False``),
@@ -125,7 +155,7 @@ class QueleaBaseOperator(BaseOperator):
             kwargs,
             config,
             executor_kwargs=self._executor_kwargs(),
-            check_s=_job.CHECK_BEFORE_DEFER_S if self.wait_for_completion else 0.0,
+            check_s=self.defer_after if self.wait_for_completion else 0.0,
         )
         job = submitted.job
         self.log.info(

@@ -15,6 +15,12 @@ from quelea_airflow.operators.quelea import (
     QueleaMapOperator,
     QueleaMapReduceOperator,
 )
+from quelea_airflow.sensors.quelea import QueleaJobSensor
+
+try:  # Airflow 3
+    from airflow.sdk import XComArg
+except ImportError:  # Airflow 2.11
+    from airflow.models.xcom_arg import XComArg
 
 N = 200
 
@@ -36,6 +42,55 @@ def unlucky(x):
     if x == 13:
         raise ValueError(f"unlucky number {x}")
     return x
+
+
+BIG = 5000
+
+
+def slow_double(x):
+    # About 7 s for 5,000 elements on 2 workers: the task defers (defer_after=1).
+    import time
+
+    time.sleep(0.003)
+    return 2 * x
+
+
+def big(dag_id: str) -> DAG:
+    """Deferrable maps of 5,000 elements through the trigger: the automatic batch size
+    (a local map of 512+ elements is batched) and chunksize=10."""
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        for task_id, chunksize in (("big_auto", None), ("big_chunked", 10)):
+            QueleaMapOperator(
+                task_id=task_id,
+                map_function=slow_double,
+                map_iterdata=list(range(BIG)),
+                chunksize=chunksize,
+                deferrable=True,
+                defer_after=1.0,
+                poll_interval=0.5,
+            )
+    return dag
+
+
+def submit_only(dag_id: str, deferrable_sensor: bool) -> DAG:
+    """An operator that only submits, and a sensor downstream that follows the job
+    from the operator's `quelea_job` XCom and cleans it."""
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        submit = QueleaMapOperator(
+            task_id="submit",
+            map_function=slow_double,
+            map_iterdata=list(range(600)),
+            wait_for_completion=False,
+        )
+        submit >> QueleaJobSensor(
+            task_id="wait",
+            job=XComArg(submit, key="quelea_job"),
+            deferrable=deferrable_sensor,
+            clean_when_done=True,
+            poke_interval=0.5,
+            timeout=300,
+        )
+    return dag
 
 
 def pipeline(dag_id: str, deferrable: bool) -> DAG:
@@ -123,3 +178,6 @@ e2e_fail_sync = failing("quelea_e2e_fail_sync", deferrable=False)
 e2e_fail_deferrable = failing("quelea_e2e_fail_deferrable", deferrable=True)
 e2e_decorator_sync = decorated("quelea_e2e_decorator_sync", deferrable=False)
 e2e_decorator_deferrable = decorated("quelea_e2e_decorator_deferrable", deferrable=True)
+e2e_big_deferrable = big("quelea_e2e_big_deferrable")
+e2e_submit_only = submit_only("quelea_e2e_submit_only", deferrable_sensor=False)
+e2e_submit_only_deferrable = submit_only("quelea_e2e_submit_only_deferrable", deferrable_sensor=True)
