@@ -368,7 +368,7 @@ fn cancel_writes_the_marker_and_a_worker_server_stops_the_job() {
     let config = common::storage_builder(dir.path())
         .set("storage", "localdisk")
         .set("backend", "http")
-        .set("http.urls", url.as_str())
+        .set("http.urls", vec![url])
         .set("http.secret", HTTP_SECRET)
         .build()
         .unwrap();

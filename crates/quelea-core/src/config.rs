@@ -479,6 +479,10 @@ impl EnvVars {
     pub const CONFIG_FILE: &'static str = "QUELEA_CONFIG_FILE";
     /// Set by the local pool on the processes it starts as runners.
     pub const RUNNER: &'static str = "QUELEA_RUNNER";
+    /// `quelea dashboard`'s token (not a config setting).
+    pub const DASHBOARD_TOKEN: &'static str = "QUELEA_DASHBOARD_TOKEN";
+    /// Where a dashboard runs, for clients to print their jobs' pages.
+    pub const DASHBOARD_URL: &'static str = "QUELEA_DASHBOARD_URL";
     pub const BACKEND: &'static str = "QUELEA_BACKEND";
     pub const STORAGE: &'static str = "QUELEA_STORAGE";
     pub const BUCKET: &'static str = "QUELEA_BUCKET";
@@ -684,7 +688,14 @@ const STANDARD_ENV_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Variables with the `QUELEA_` prefix that are not config keys.
-const NON_CONFIG_ENV: &[&str] = &[EnvVars::CONFIG_FILE, EnvVars::RUNNER, "QUELEA_LOG"];
+const NON_CONFIG_ENV: &[&str] = &[
+    EnvVars::CONFIG_FILE,
+    EnvVars::RUNNER,
+    "QUELEA_LOG",
+    // Read by `quelea dashboard` and by the clients that print its URL.
+    EnvVars::DASHBOARD_TOKEN,
+    EnvVars::DASHBOARD_URL,
+];
 
 /// Builds a [`Config`] from its layers.
 #[derive(Clone, Debug, Default)]
