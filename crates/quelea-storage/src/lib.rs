@@ -194,13 +194,7 @@ impl Storage {
                     store: self.describe(),
                 }
             }
-            other => Error::Backend {
-                operation,
-                key: key.to_owned(),
-                store: self.describe(),
-                cause: describe_cause(&other),
-                error: Box::new(other),
-            },
+            other => backend_error(operation, key, self.describe(), other),
         }
     }
 
@@ -307,13 +301,9 @@ impl Storage {
                 // Elsewhere a missing prefix lists as empty without an error,
                 // so "not found" means the bucket is missing: not an object's
                 // absence, so not `Error::NotFound`.
-                other @ object_store::Error::NotFound { .. } => Err(Error::Backend {
-                    operation: "list",
-                    key: prefix.to_owned(),
-                    store: self.describe(),
-                    cause: describe_cause(&other),
-                    error: Box::new(other),
-                }),
+                other @ object_store::Error::NotFound { .. } => {
+                    Err(backend_error("list", prefix, self.describe(), other))
+                }
                 other => Err(self.map_err("list", prefix, other)),
             })?;
         let mut metas = metas;
@@ -370,6 +360,51 @@ impl Storage {
     pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
         io_runtime().block_on(self.delete_prefix(prefix))
     }
+}
+
+/// `Error::Backend`, with SAS signatures (`sig=` in request URLs, which
+/// object_store's messages quote) redacted: then the original error is
+/// dropped too, so no `Debug` print can show it.
+fn backend_error(
+    operation: &'static str,
+    key: &str,
+    store: String,
+    e: object_store::Error,
+) -> Error {
+    let cause = describe_cause(&e);
+    let redacted = redact_signatures(&cause);
+    let error: Box<dyn std::error::Error + Send + Sync> = if redacted == cause {
+        Box::new(e)
+    } else {
+        redacted.clone().into()
+    };
+    Error::Backend {
+        operation,
+        key: key.to_owned(),
+        store,
+        cause: redacted,
+        error,
+    }
+}
+
+/// `...&sig=SECRET&...` → `...&sig=<redacted>&...`.
+fn redact_signatures(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        let at_boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&');
+        out.push_str(&rest[..i + 4]);
+        rest = &rest[i + 4..];
+        if at_boundary {
+            let end = rest
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str("<redacted>");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An error's message, and its root cause when the message leaves it out
@@ -579,4 +614,22 @@ fn build_azure(config: &Config) -> Result<object_store::azure::MicrosoftAzure> {
     builder
         .build()
         .map_err(|e| Error::Config(format!("azure: {}", describe_cause(&e))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_signatures;
+
+    #[test]
+    fn sas_signatures_are_redacted_from_messages() {
+        assert_eq!(
+            redact_signatures("GET http://h/c?sv=1&sig=abc%2B&se=2 in 3ms"),
+            "GET http://h/c?sv=1&sig=<redacted>&se=2 in 3ms"
+        );
+        assert_eq!(redact_signatures("?sig=x"), "?sig=<redacted>");
+        assert_eq!(
+            redact_signatures("no signature; design=1"),
+            "no signature; design=1"
+        );
+    }
 }
