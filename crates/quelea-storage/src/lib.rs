@@ -222,12 +222,22 @@ impl Storage {
                 "the bucket `{bucket}` does not exist (S3 NoSuchBucket): create it, or set `bucket`"
             );
         }
+        // SAS signatures (`sig=` in request URLs, which object_store's
+        // messages quote) are redacted, and then the original error is
+        // dropped too, so no `Debug` print can show it.
+        let redacted = redact_signatures(&cause);
+        let error: Box<dyn std::error::Error + Send + Sync> =
+            if redact_signatures(&describe_cause(&e)) == describe_cause(&e) {
+                Box::new(e)
+            } else {
+                redacted.clone().into()
+            };
         Error::Backend {
             operation,
             key: key.to_owned(),
             store: self.describe(),
-            cause,
-            error: Box::new(e),
+            cause: redacted,
+            error,
         }
     }
 
@@ -409,6 +419,26 @@ fn missing_bucket(cause: &str) -> Option<String> {
         .and_then(|(_, rest)| rest.split_once("</BucketName>"))
         .map(|(name, _)| name.to_owned());
     Some(name.unwrap_or_else(|| "?".to_owned()))
+}
+
+/// `...&sig=SECRET&...` → `...&sig=<redacted>&...`.
+fn redact_signatures(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        let at_boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&');
+        out.push_str(&rest[..i + 4]);
+        rest = &rest[i + 4..];
+        if at_boundary {
+            let end = rest
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str("<redacted>");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An error's message, and its root cause when the message leaves it out
@@ -618,4 +648,22 @@ fn build_azure(config: &Config) -> Result<object_store::azure::MicrosoftAzure> {
     builder
         .build()
         .map_err(|e| Error::Config(format!("azure: {}", describe_cause(&e))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_signatures;
+
+    #[test]
+    fn sas_signatures_are_redacted_from_messages() {
+        assert_eq!(
+            redact_signatures("GET http://h/c?sv=1&sig=abc%2B&se=2 in 3ms"),
+            "GET http://h/c?sv=1&sig=<redacted>&se=2 in 3ms"
+        );
+        assert_eq!(redact_signatures("?sig=x"), "?sig=<redacted>");
+        assert_eq!(
+            redact_signatures("no signature; design=1"),
+            "no signature; design=1"
+        );
+    }
 }

@@ -583,6 +583,26 @@ mod emulators {
     }
 
     #[test]
+    fn azure_bad_sas_token_is_a_clear_error_that_hides_it() {
+        let config = emulator_config(
+            "azure",
+            BUCKET,
+            ConfigBuilder::new().set(
+                "azure.sas_token",
+                "sv=2021-08-06&sp=rwl&sig=c2VjcmV0LXNpZw%3D%3D",
+            ),
+        );
+        let storage = Storage::from_config(&config).unwrap();
+        let key = format!("{}x", unique_prefix("bad-sas"));
+        let started = Instant::now();
+        let err = storage.put_blocking(&key, &b"x"[..]).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains(&key) && shown.contains("403"), "{shown}");
+        assert!(!shown.contains("c2VjcmV0LXNpZw"), "{shown}");
+    }
+
+    #[test]
     fn gcs_bad_service_account_is_a_clear_error() {
         // fake-gcs-server accepts any credential, so the bad credentials are
         // ones the client itself must refuse: a file that is not there, and
