@@ -38,6 +38,10 @@ pub(super) fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
+/// While a runner has children, its family's memory (more costly to read)
+/// is measured on one tick in this many (every 50 ms).
+const FAMILY_EVERY: u64 = 10;
+
 /// At most this many processes of one runner's family are measured.
 const MAX_FAMILY: usize = 4096;
 
@@ -84,11 +88,15 @@ fn pss_bytes(pid: i32) -> Option<u64> {
 /// The memory a runner's limit is checked against: its resident memory
 /// while it has no child processes (one cheap read per tick); while it has
 /// some, the proportional set size summed over it and every descendant, so
-/// that pages shared after a fork count once, not once per process.
-pub(super) fn family_memory_bytes(pid: i32) -> Option<u64> {
+/// that pages shared after a fork count once, not once per process. That is
+/// read only when `family_tick` is true (`None` otherwise: not measured).
+pub(super) fn family_memory_bytes(pid: i32, family_tick: bool) -> Option<u64> {
     let family = descendants(pid);
     if family.is_empty() {
         return rss_bytes(pid);
+    }
+    if !family_tick {
+        return None;
     }
     let own = pss_bytes(pid).or_else(|| rss_bytes(pid))?;
     Some(own + family.into_iter().filter_map(pss_bytes).sum::<u64>())
@@ -96,8 +104,11 @@ pub(super) fn family_memory_bytes(pid: i32) -> Option<u64> {
 
 /// Enforces timeouts and memory limits until the pool shuts down.
 pub(super) fn watchdog_main(shared: &Shared) {
+    let mut tick = 0u64;
     while !shared.shutdown.load(Ordering::Acquire) {
         std::thread::sleep(WATCHDOG_TICK);
+        tick += 1;
+        let family_tick = tick % FAMILY_EVERY == 0;
         let now = Instant::now();
         for slot in &shared.slots {
             let pid = slot.pid.load(Ordering::Acquire);
@@ -116,7 +127,9 @@ pub(super) fn watchdog_main(shared: &Shared) {
                 )
             };
             let elapsed = now.saturating_duration_since(start);
-            if let Some(reason) = verdict(elapsed, timeout, limit, || family_memory_bytes(pid)) {
+            if let Some(reason) = verdict(elapsed, timeout, limit, || {
+                family_memory_bytes(pid, family_tick)
+            }) {
                 // Only the runner looked at: if it died meanwhile and another
                 // took its slot, this verdict is not about the newcomer.
                 kill_runner_if(slot, pid, reason);
@@ -173,7 +186,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut seen = 0;
         while std::time::Instant::now() < deadline {
-            seen = family_memory_bytes(pid).unwrap_or(0);
+            seen = family_memory_bytes(pid, true).unwrap_or(0);
             if seen > 100 << 20 {
                 break;
             }
@@ -181,6 +194,8 @@ mod tests {
         }
         let family = descendants(pid);
         let own = rss_bytes(pid).unwrap_or(0);
+        // Off the family tick, a process with children is not measured.
+        let skipped = family_memory_bytes(pid, false);
         // SAFETY: our unreaped child leads its own group.
         unsafe {
             libc::kill(-pid, libc::SIGKILL);
@@ -191,6 +206,7 @@ mod tests {
         assert!(seen > 100 << 20, "family memory {seen}");
         assert!(seen < 400 << 20, "family memory {seen}");
         assert!(own < 64 << 20, "the shell alone holds {own}");
+        assert_eq!(skipped, None);
     }
 
     #[test]
