@@ -114,7 +114,12 @@ fn now() -> u64 {
 fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
     let executor = ExecutorId::next();
     let job_id = JobId::new(JobKind::Map, 0);
-    let hash = format!("{executor}-square");
+    // A content hash is a hex digest; this one is unique to the executor.
+    let hash = executor
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
     fx.storage()
         .put_blocking(&keys::function(&executor, &hash), b"hello_square".to_vec())
         .unwrap();

@@ -69,8 +69,10 @@ pub fn with_runner_config(
 /// What a front door that is in the same process as the runtime (the local
 /// backend) hears of each call, as soon as the pool knows it.
 pub trait CallObserver: Send + Sync {
-    fn started(&self, call_id: CallId, worker_id: u32, ts: f64);
-    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Output, CallError>);
+    /// `count` calls from `call_id` (a batch) started on runner `worker_id`.
+    fn started(&self, call_id: CallId, count: u32, worker_id: u32, ts: f64);
+    /// Calls from `first` ended, in order, each with its stats and outcome.
+    fn finished(&self, first: CallId, outcomes: Vec<(CallStats, Result<Output, CallError>)>);
 }
 
 /// How a runtime runs calls.
@@ -676,22 +678,21 @@ impl JobSink for RuntimeSink {
         self.counters
             .running
             .fetch_add(u64::from(count), Ordering::Relaxed);
-        for k in 0..count {
-            let call = CallId(call_id.0 + k);
-            self.writer.started(
-                &self.target,
-                call,
-                CallStats {
-                    submit_ts: self.submit_ts,
-                    start_ts: Some(ts),
-                    worker_id: Some(worker_id),
-                    memory_mb: self.memory_mb,
-                    ..CallStats::default()
-                },
-            );
-            if let Some(observer) = &self.observer {
-                observer.started(call, worker_id, ts);
-            }
+        // One running record for the whole batch.
+        self.writer.started(
+            &self.target,
+            call_id,
+            count,
+            CallStats {
+                submit_ts: self.submit_ts,
+                start_ts: Some(ts),
+                worker_id: Some(worker_id),
+                memory_mb: self.memory_mb,
+                ..CallStats::default()
+            },
+        );
+        if let Some(observer) = &self.observer {
+            observer.started(call_id, count, worker_id, ts);
         }
     }
 
@@ -733,7 +734,7 @@ impl JobSink for RuntimeSink {
                     Some(observer) => {
                         self.writer
                             .finished(&self.target, status, Some(bytes.clone()));
-                        observer.finished(first, stats, Ok(Output::Own(bytes)));
+                        observer.finished(first, vec![(stats, Ok(Output::Own(bytes)))]);
                     }
                     None => self.writer.finished(&self.target, status, Some(bytes)),
                 }
@@ -748,19 +749,24 @@ impl JobSink for RuntimeSink {
                         self.writer
                             .finished(&self.target, status, Some(bytes.clone()));
                         let blob = Arc::new(bytes);
-                        for (index, stats) in (0..count).zip(stats) {
-                            let output = Output::Shared {
-                                blob: blob.clone(),
-                                index,
-                                count,
-                            };
-                            observer.finished(CallId(first.0 + index), stats, Ok(output));
-                        }
+                        let outcomes = (0..count)
+                            .zip(stats)
+                            .map(|(index, stats)| {
+                                let output = Output::Shared {
+                                    blob: blob.clone(),
+                                    index,
+                                    count,
+                                };
+                                (stats, Ok(output))
+                            })
+                            .collect();
+                        observer.finished(first, outcomes);
                     }
                     None => self.writer.finished(&self.target, status, Some(bytes)),
                 }
             }
             Ok(Outputs::Each(entries)) => {
+                let mut outcomes = Vec::with_capacity(entries.len());
                 for (k, entry) in entries.into_iter().enumerate() {
                     let call = CallId(first.0 + k as u32);
                     let (error, size) = match &entry {
@@ -769,18 +775,13 @@ impl JobSink for RuntimeSink {
                     };
                     let mut status = status(call, 1, error, size);
                     status.stats = element_stats(&status, k as u32);
-                    let stats = status.stats.clone();
-                    match observer {
-                        Some(observer) => {
-                            self.writer.finished(
-                                &self.target,
-                                status,
-                                entry.as_ref().ok().cloned(),
-                            );
-                            observer.finished(call, stats, entry.map(Output::Own));
-                        }
-                        None => self.writer.finished(&self.target, status, entry.ok()),
+                    if observer.is_some() {
+                        outcomes.push((status.stats.clone(), entry.clone().map(Output::Own)));
                     }
+                    self.writer.finished(&self.target, status, entry.ok());
+                }
+                if let Some(observer) = observer {
+                    observer.finished(first, outcomes);
                 }
             }
             Err(error) => {
@@ -788,10 +789,10 @@ impl JobSink for RuntimeSink {
                 let stats = status.stats.clone();
                 self.writer.finished(&self.target, status, None);
                 if let Some(observer) = observer {
-                    for k in 0..count {
-                        let call = CallId(first.0 + k);
-                        observer.finished(call, stats.clone(), Err(error.clone()));
-                    }
+                    let outcomes = (0..count)
+                        .map(|_| (stats.clone(), Err(error.clone())))
+                        .collect();
+                    observer.finished(first, outcomes);
                 }
             }
         }

@@ -99,6 +99,7 @@ enum Event {
     Started {
         job: Arc<JobTarget>,
         call_id: CallId,
+        count: u32,
         stats: CallStats,
     },
     Finished {
@@ -112,7 +113,8 @@ enum Event {
 #[derive(Default)]
 struct JobBuffer {
     finished: Vec<CallStatus>,
-    running: HashMap<CallId, CallStats>,
+    /// Running calls (a batch is one entry: its first call and count).
+    running: HashMap<CallId, (u32, CallStats)>,
 }
 
 /// A background writer of statuses. Dropping it flushes what it holds.
@@ -146,8 +148,10 @@ impl StatusWriter {
         }
     }
 
-    pub fn started(&self, job: &Arc<JobTarget>, call_id: CallId, stats: CallStats) {
+    /// `count` calls from `call_id` (a batch, one record) started running.
+    pub fn started(&self, job: &Arc<JobTarget>, call_id: CallId, count: u32, stats: CallStats) {
         self.send(Event::Started {
+            count,
             job: job.clone(),
             call_id,
             stats,
@@ -194,12 +198,13 @@ fn writer_main(rx: Receiver<Event>) {
             Ok(Event::Started {
                 job,
                 call_id,
+                count,
                 stats,
             }) => {
                 let entry = buffers
                     .entry(Arc::as_ptr(&job))
                     .or_insert_with(|| (job, JobBuffer::default()));
-                entry.1.running.insert(call_id, stats);
+                entry.1.running.insert(call_id, (count, stats));
             }
             Ok(Event::Finished {
                 job,
@@ -267,14 +272,19 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
             return false;
         }
         let mut statuses = std::mem::take(&mut buffer.finished);
-        statuses.extend(buffer.running.iter().map(|(call_id, stats)| CallStatus {
-            call_id: *call_id,
-            count: 1,
-            state: CallState::Running,
-            stats: stats.clone(),
-            result: None,
-            error: None,
-        }));
+        statuses.extend(
+            buffer
+                .running
+                .iter()
+                .map(|(call_id, (count, stats))| CallStatus {
+                    call_id: *call_id,
+                    count: *count,
+                    state: CallState::Running,
+                    stats: stats.clone(),
+                    result: None,
+                    error: None,
+                }),
+        );
         // Running calls are written once; their end comes in a later batch.
         buffer.running.clear();
         let key = job.keys.status_batch(

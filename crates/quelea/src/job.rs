@@ -129,13 +129,63 @@ impl JobState {
     }
 
     pub fn mark_running(&self, call: CallId, worker_id: Option<u32>, start_ts: f64) {
+        self.mark_running_from(call, 1, worker_id, start_ts);
+    }
+
+    /// Marks `count` calls from `first` (a batch) running, under one lock.
+    pub fn mark_running_from(
+        &self,
+        first: CallId,
+        count: u32,
+        worker_id: Option<u32>,
+        start_ts: f64,
+    ) {
         let mut calls = self.calls();
-        let record = &mut calls[call.index()];
-        if record.state < CallState::Running {
-            record.state = CallState::Running;
-            record.stats.start_ts = Some(start_ts);
-            record.stats.worker_id = worker_id;
+        let start = first.index().min(calls.len());
+        let end = (start + count as usize).min(calls.len());
+        for record in &mut calls[start..end] {
+            if record.state < CallState::Running {
+                record.state = CallState::Running;
+                record.stats.start_ts = Some(start_ts);
+                record.stats.worker_id = worker_id;
+            }
         }
+    }
+
+    /// Records the ends of consecutive calls from `first` (a batch), under
+    /// one lock and with one wake-up; returns how many were new.
+    pub fn complete_from(
+        &self,
+        first: CallId,
+        outcomes: impl IntoIterator<Item = (CallStats, Result<Output, Box<CallError>>)>,
+    ) -> u32 {
+        let mut new = 0;
+        {
+            let mut calls = self.calls();
+            for (i, (stats, outcome)) in outcomes.into_iter().enumerate() {
+                let Some(record) = calls.get_mut(first.index() + i) else {
+                    break;
+                };
+                if record.state.is_terminal() {
+                    continue;
+                }
+                record.state = if outcome.is_ok() {
+                    CallState::Success
+                } else {
+                    CallState::Error
+                };
+                record.stats = stats;
+                record.outcome = Some(outcome);
+                new += 1;
+            }
+        }
+        if new > 0 {
+            let done = self.done.fetch_add(new, Ordering::AcqRel) + new;
+            if done >= self.total() || self.notifier.eager_waiters.load(Ordering::Acquire) > 0 {
+                self.notifier.notify();
+            }
+        }
+        new
     }
 
     /// Records a call's end; a second end for the same call is ignored (a

@@ -37,12 +37,18 @@ struct JobObserver {
 }
 
 impl CallObserver for JobObserver {
-    fn started(&self, call_id: CallId, worker_id: u32, ts: f64) {
-        self.job.mark_running(call_id, Some(worker_id), ts);
+    fn started(&self, call_id: CallId, count: u32, worker_id: u32, ts: f64) {
+        self.job
+            .mark_running_from(call_id, count, Some(worker_id), ts);
     }
 
-    fn finished(&self, call_id: CallId, stats: CallStats, outcome: Result<Output, CallError>) {
-        self.job.complete(call_id, stats, outcome.map_err(Box::new));
+    fn finished(&self, first: CallId, outcomes: Vec<(CallStats, Result<Output, CallError>)>) {
+        self.job.complete_from(
+            first,
+            outcomes
+                .into_iter()
+                .map(|(stats, outcome)| (stats, outcome.map_err(Box::new))),
+        );
     }
 }
 
