@@ -112,8 +112,7 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -123,7 +122,8 @@ fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Re
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut text = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut text =
+        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         text.push_str(&format!("Host: {addr}\r\n"));
     }
@@ -172,7 +172,11 @@ fn finished_job(dir: &Path) -> String {
         .unwrap();
     let b = quelea_cli::builtins();
     let futures = exec
-        .map(&b.fail, ["pear".to_owned(), "apple".to_owned()], MapOptions::default())
+        .map(
+            &b.fail,
+            ["pear".to_owned(), "apple".to_owned()],
+            MapOptions::default(),
+        )
         .unwrap();
     let _ = exec.get_result(&futures, Some(Duration::from_secs(60)));
     let squares = exec
@@ -219,28 +223,45 @@ fn a_bind_beyond_loopback_needs_a_long_token() {
 fn a_token_is_enforced_on_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let dashboard = Dashboard::start(dir.path(), &["--bind", "127.0.0.1:0", "--token", TOKEN]);
-    assert!(dashboard.url.ends_with(&format!("/?token={TOKEN}")), "{}", dashboard.url);
+    assert!(
+        dashboard.url.ends_with(&format!("/?token={TOKEN}")),
+        "{}",
+        dashboard.url
+    );
     for path in ["/", "/api/jobs", "/static/app.js", "/job/a1b2c3-0-M000"] {
         let reply = dashboard.get(path, &[]);
         assert_eq!(reply.status, 401, "{path}: {}", reply.body);
         assert!(reply.body.contains("needs its token"), "{}", reply.body);
         assert!(!reply.body.contains(TOKEN));
-        let wrong = dashboard.get(path, &[("Authorization", "Bearer dashboard-token-4c2e8a0b6e")]);
+        let wrong = dashboard.get(
+            path,
+            &[("Authorization", "Bearer dashboard-token-4c2e8a0b6e")],
+        );
         assert_eq!(wrong.status, 401, "{path}");
     }
     // The URL's token answers and becomes a cookie for the page's requests.
     let page = dashboard.get(&format!("/?token={TOKEN}"), &[]);
     assert_eq!(page.status, 200);
     assert!(
-        page.head.contains(&format!("quelea_dashboard={TOKEN}; Path=/; HttpOnly; SameSite=Strict")),
+        page.head.contains(&format!(
+            "quelea_dashboard={TOKEN}; Path=/; HttpOnly; SameSite=Strict"
+        )),
         "{}",
         page.head
     );
     assert!(!page.body.contains(TOKEN));
     let cookie = format!("quelea_dashboard={TOKEN}");
-    assert_eq!(dashboard.get("/api/jobs", &[("Cookie", &cookie)]).status, 200);
+    assert_eq!(
+        dashboard.get("/api/jobs", &[("Cookie", &cookie)]).status,
+        200
+    );
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(dashboard.get("/api/jobs", &[("Authorization", &bearer)]).status, 200);
+    assert_eq!(
+        dashboard
+            .get("/api/jobs", &[("Authorization", &bearer)])
+            .status,
+        200
+    );
     dashboard.stop();
 }
 
@@ -250,7 +271,11 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
     let failed_job = finished_job(dir.path());
     let squares_job = failed_job.replace("-M000", "-M001");
     let dashboard = Dashboard::start(dir.path(), &["--bind", "127.0.0.1:0"]);
-    assert!(dashboard.url.starts_with("http://127.0.0.1:"), "{}", dashboard.url);
+    assert!(
+        dashboard.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        dashboard.url
+    );
 
     let mut replies = Vec::new();
     let jobs = dashboard.get("/api/jobs", &[]);
@@ -267,7 +292,11 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
     };
     let failed = by_key(&failed_job);
     assert_eq!(
-        (failed["total"].as_u64(), failed["done"].as_u64(), failed["failed"].as_u64()),
+        (
+            failed["total"].as_u64(),
+            failed["done"].as_u64(),
+            failed["failed"].as_u64()
+        ),
         (Some(2), Some(2), Some(2)),
         "{failed}"
     );
@@ -275,14 +304,24 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
     assert_eq!(failed["kind"], "map");
     assert_eq!(failed["live"], false);
     let squares = by_key(&squares_job);
-    assert_eq!((squares["done"].as_u64(), squares["failed"].as_u64()), (Some(10), Some(0)));
+    assert_eq!(
+        (squares["done"].as_u64(), squares["failed"].as_u64()),
+        (Some(10), Some(0))
+    );
     assert!(squares["duration_s"].as_f64().unwrap() >= 0.0);
-    assert!(squares["cost"].is_null(), "no billed memory on the local backend");
+    assert!(
+        squares["cost"].is_null(),
+        "no billed memory on the local backend"
+    );
     replies.push(jobs);
 
     let detail = dashboard.get(&format!("/api/jobs/{failed_job}"), &[]);
     let body = detail.json();
-    assert_eq!(body["calls"]["outcome"], serde_json::json!([3, 3]), "{body}");
+    assert_eq!(
+        body["calls"]["outcome"],
+        serde_json::json!([3, 3]),
+        "{body}"
+    );
     let failures = body["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2);
     assert_eq!(failures[1]["message"], "refused input `apple`");
@@ -294,7 +333,9 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
     replies.push(detail);
     replies.push(again);
 
-    let squares_detail = dashboard.get(&format!("/api/jobs/{squares_job}"), &[]).json();
+    let squares_detail = dashboard
+        .get(&format!("/api/jobs/{squares_job}"), &[])
+        .json();
     let starts = squares_detail["calls"]["start_us"].as_array().unwrap();
     let ends = squares_detail["calls"]["end_us"].as_array().unwrap();
     assert_eq!(starts.len(), 10);
@@ -314,12 +355,23 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
     let bad = dashboard.get("/api/jobs/M000", &[]);
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("is not a job key"), "{}", bad.body);
-    let missing = dashboard.get(&format!("/api/jobs/{}", failed_job.replace("M000", "M042")), &[]);
+    let missing = dashboard.get(
+        &format!("/api/jobs/{}", failed_job.replace("M000", "M042")),
+        &[],
+    );
     assert_eq!(missing.status, 404);
-    assert!(missing.body.contains("is not in local directory"), "{}", missing.body);
+    assert!(
+        missing.body.contains("is not in local directory"),
+        "{}",
+        missing.body
+    );
     let beyond = dashboard.get(&format!("/api/jobs/{failed_job}/calls/9"), &[]);
     assert_eq!(beyond.status, 404);
-    assert!(beyond.body.contains("has calls 00000 to 00001, not 00009"), "{}", beyond.body);
+    assert!(
+        beyond.body.contains("has calls 00000 to 00001, not 00009"),
+        "{}",
+        beyond.body
+    );
     let not_a_number = dashboard.get(&format!("/api/jobs/{failed_job}/calls/x"), &[]);
     assert_eq!(not_a_number.status, 400);
     replies.extend([bad, missing, beyond, not_a_number]);
@@ -340,7 +392,9 @@ fn it_shows_jobs_from_storage_and_never_a_secret() {
         assert!(reply.head.contains("content-security-policy"), "{path}");
         replies.push(reply);
     }
-    assert!(replies.iter().any(|r| r.body.contains("<canvas id=\"timeline\"")));
+    assert!(replies
+        .iter()
+        .any(|r| r.body.contains("<canvas id=\"timeline\"")));
     for reply in &replies {
         for secret in [HTTP_SECRET, S3_SECRET, AWS_SECRET] {
             assert!(
@@ -380,7 +434,11 @@ fn cancel_writes_the_marker_and_a_worker_server_stops_the_job() {
     let b = quelea_cli::builtins();
     // 40 calls of 500 ms on 2 runners: 10 s of work unless cancelled.
     let futures = exec
-        .map(&b.sleep_ms, std::iter::repeat_n(500u64, 40), MapOptions::default())
+        .map(
+            &b.sleep_ms,
+            std::iter::repeat_n(500u64, 40),
+            MapOptions::default(),
+        )
         .unwrap();
     let job = format!("{}-M000", exec.id());
     let dashboard = Dashboard::start(dir.path(), &[]);
@@ -388,19 +446,29 @@ fn cancel_writes_the_marker_and_a_worker_server_stops_the_job() {
     let path = format!("/api/jobs/{job}/cancel");
     let no_header = request(&dashboard.addr, "POST", &path, &[]);
     assert_eq!(no_header.status, 403);
-    assert!(no_header.body.contains("x-quelea-dashboard"), "{}", no_header.body);
+    assert!(
+        no_header.body.contains("x-quelea-dashboard"),
+        "{}",
+        no_header.body
+    );
     let cross_site = request(
         &dashboard.addr,
         "POST",
         &path,
-        &[("X-Quelea-Dashboard", "cancel"), ("Origin", "http://evil.example")],
+        &[
+            ("X-Quelea-Dashboard", "cancel"),
+            ("Origin", "http://evil.example"),
+        ],
     );
     assert_eq!(cross_site.status, 403, "{}", cross_site.body);
     let get = dashboard.get(&path, &[]);
     assert_eq!(get.status, 405);
     let storage = quelea::storage::Storage::from_config(&config).unwrap();
     let keys = JobKeys::new(exec.id(), "M000".parse().unwrap());
-    assert!(storage.head_blocking(&keys.cancelled()).is_err(), "nothing cancelled yet");
+    assert!(
+        storage.head_blocking(&keys.cancelled()).is_err(),
+        "nothing cancelled yet"
+    );
 
     let origin = format!("http://{}", dashboard.addr);
     let cancelled = request(

@@ -204,7 +204,10 @@ fn not_found_or(storage: &quelea::storage::Storage, key: &str, e: &anyhow::Error
             ),
         )
     } else {
-        error(StatusCode::BAD_GATEWAY, format!("cannot read job {key}: {e:#}"))
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot read job {key}: {e:#}"),
+        )
     }
 }
 
@@ -235,7 +238,13 @@ fn summary(view: &JobView, now: f64) -> Value {
         .reduce(f64::max);
     let finished = view.is_finished();
     let live = !finished && !view.cancelled;
-    let duration = start.map(|s| if live { now - s } else { end.unwrap_or(now) - s });
+    let duration = start.map(|s| {
+        if live {
+            now - s
+        } else {
+            end.unwrap_or(now) - s
+        }
+    });
     // Calls that ran on a platform billing by memory (Lambda) carry it.
     let billed: Vec<(f64, u32)> = view
         .calls
@@ -498,9 +507,16 @@ mod tests {
         assert_eq!(simple.text.as_deref(), Some("hello from call 7\n"));
         // A value of a class this side cannot know: only the output matters.
         let object = decode_python_result(b"\x01\x80\x05\x95\x2e\x00\x00\x00\x00\x00\x00\x00\x8c\x0b\x75\x73\x65\x72\x5f\x6d\x6f\x64\x75\x6c\x65\x94\x8c\x05\x50\x6f\x69\x6e\x74\x94\x93\x94\x29\x81\x94\x8c\x0d\x6d\x61\x64\x65\x20\x61\x20\x70\x6f\x69\x6e\x74\x0a\x94\x86\x94\x2e");
-        assert_eq!(object.text.as_deref(), Some("made a point\n"), "{:?}", object.note);
+        assert_eq!(
+            object.text.as_deref(),
+            Some("made a point\n"),
+            "{:?}",
+            object.note
+        );
         // A batch's shared values printed nothing.
-        assert!(decode_python_result(b"\x02\x80\x05]\x94(K\x01K\x02e.").text.is_none());
+        assert!(decode_python_result(b"\x02\x80\x05]\x94(K\x01K\x02e.")
+            .text
+            .is_none());
         // A quiet result has no output, and garbage says so.
         assert!(decode_python_result(b"\x00\x80\x05K\x01.").text.is_none());
         assert!(decode_python_result(b"\x01nonsense")

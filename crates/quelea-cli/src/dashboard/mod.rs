@@ -91,9 +91,15 @@ impl Dashboard {
                 "the dashboard token is {} characters long; use at least {MIN_TOKEN_CHARS}",
                 t.chars().count()
             ),
-            Some(t) if !t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) => bail!(
+            Some(t)
+                if !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) =>
+            {
+                bail!(
                 "the dashboard token may hold only letters, digits and `-_.~` (it travels in a URL)"
-            ),
+            )
+            }
             _ => {}
         }
         let listener = std::net::TcpListener::bind(addr)
@@ -181,7 +187,11 @@ impl Dashboard {
 
 pub(crate) type Answer = Response<Full<Bytes>>;
 
-pub(crate) fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+pub(crate) fn answer(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Answer {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -192,7 +202,10 @@ pub(crate) fn answer(status: StatusCode, content_type: &'static str, body: impl 
             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'",
         ),
     );
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -289,7 +302,10 @@ async fn api_route(state: Arc<State>, req: Request<Incoming>, path: &str) -> Ans
 async fn blocking(f: impl FnOnce() -> Answer + Send + 'static) -> Answer {
     match tokio::task::spawn_blocking(f).await {
         Ok(answer) => answer,
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request failed: {e}"),
+        ),
     }
 }
 
@@ -409,10 +425,22 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["127.0.0.1:8265", "localhost:1", "LOCALHOST", "[::1]:80", "127.1.2.3"] {
+        for host in [
+            "127.0.0.1:8265",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["evil.example:8265", "10.0.0.1:8265", "", "[fe80::1]:80", "localhost.evil"] {
+        for host in [
+            "evil.example:8265",
+            "10.0.0.1:8265",
+            "",
+            "[fe80::1]:80",
+            "localhost.evil",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }
