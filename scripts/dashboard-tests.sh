@@ -3,7 +3,7 @@
 # chromium-driver, driven by selenium from PyPI), and `fexec.plot()` with
 # matplotlib (the `quelea[plot]` extra). Installs what it needs itself;
 # expects the project venv with the engine built (`maturin develop`).
-# The browser test's screenshot is kept under $QUELEA_TEST_OUTPUT
+# The browser test's screenshot is kept under $DASHBOARD_TEST_OUTPUT
 # (default target/test-output)/dashboard/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,6 @@ fi
 if ! "$VENV/bin/python" -c "import selenium, matplotlib" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet "selenium>=4.20" "matplotlib>=3.7"
 fi
-export QUELEA_TEST_OUTPUT="${QUELEA_TEST_OUTPUT:-$PWD/target/test-output}"
+export DASHBOARD_TEST_OUTPUT="${DASHBOARD_TEST_OUTPUT:-$PWD/target/test-output}"
 "$VENV/bin/python" -m pytest tests/dashboard -q "$@"
-echo "dashboard screenshot: $QUELEA_TEST_OUTPUT/dashboard/job-page.png"
+echo "dashboard screenshot: $DASHBOARD_TEST_OUTPUT/dashboard/job-page.png"

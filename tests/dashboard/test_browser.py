@@ -3,7 +3,7 @@ of 2,000 calls with failures and stragglers runs on the local backend (real
 runner processes) while the browser watches it.
 
 Run by scripts/dashboard-tests.sh, which installs Chromium, chromedriver and
-selenium. The screenshot goes to $QUELEA_TEST_OUTPUT (default
+selenium. The screenshot goes to $DASHBOARD_TEST_OUTPUT (default
 target/test-output)/dashboard/.
 """
 
@@ -46,7 +46,7 @@ def work(i):
 
 def output_dir() -> Path:
     default = Path(__file__).resolve().parents[2] / "target" / "test-output"
-    root = Path(os.environ.get("QUELEA_TEST_OUTPUT", default))
+    root = Path(os.environ.get("DASHBOARD_TEST_OUTPUT", default))
     out = root / "dashboard"
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -31,7 +31,7 @@ def test_plot_writes_a_timeline_and_a_histogram(tmp_path, monkeypatch):
     config = {"localdisk": {"root": str(tmp_path / "storage")}, "local": {"workers": 2}}
     with quelea.FunctionExecutor(config=config) as fexec:
         fs = fexec.map(slow_square, range(24), chunksize=1)
-        fexec.wait(fs)
+        fexec.wait(fs, throw_except=False)
         timeline, histogram = fexec.plot(fs, dst=tmp_path / "out" / "job")
         assert timeline == str(tmp_path / "out" / "job_timeline.png")
         assert histogram == str(tmp_path / "out" / "job_histogram.png")
