@@ -524,7 +524,7 @@ fn hello(
     let inputs = (0..calls as u64).map(|x| (x, sleep_ms));
     let map = exec.map(&builtins.square, inputs, MapOptions::default())?;
     if let Some(url) = dashboard::job_url(&format!("{}-M000", exec.id())) {
-        println!("dashboard: {url}");
+        outln!("dashboard: {url}");
     }
     show_progress(&map)?;
     let squares = exec.get_result(&map, None)?;
