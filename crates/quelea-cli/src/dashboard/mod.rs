@@ -12,10 +12,6 @@
 //! marker and needs a header that a cross-site form cannot send. Nothing it
 //! answers comes from the config: it shows job specs and call statuses only.
 
-// A request handler's early answer (403, 401) is its `Err`: it is built once
-// per refused request, so boxing it would buy nothing.
-#![allow(clippy::result_large_err)]
-
 mod api;
 
 use std::collections::HashMap;
