@@ -356,8 +356,9 @@ def _decode_reduce_input(data: bytes) -> tuple[tuple, dict]:
         if entry[:1] == b"\x05":
             # A run of elements sharing their batch's values.
             lo, hi = struct.unpack_from("<II", entry, 1)
-            # The shared bytes are b"\x02" + the pickled list of values.
-            results.extend(pickle.loads(entry[10:][1:])[lo:hi])
+            # 0x05, lo, hi (9 bytes), then the shared bytes: b"\x02" + the
+            # pickled list of values.
+            results.extend(pickle.loads(entry[10:])[lo:hi])
         else:
             results.append(_load_result(entry))
         pos += length

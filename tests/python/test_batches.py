@@ -126,6 +126,20 @@ def test_small_maps_and_chunksize_1_are_not_batched(executor, storage_root):
         assert fexec.get_result(futures) == [x * x for x in range(20)]
 
 
+def total(values):
+    return sum(values)
+
+
+def test_a_reducer_gets_every_batched_result_in_order(executor):
+    # Automatic batches (shared results) and a chunksize that leaves a
+    # single-element last call: the reducer sees each map result once, in order.
+    assert executor.get_result(executor.map_reduce(square, range(5000), total)) == sum(
+        x * x for x in range(5000)
+    )
+    futures = executor.map_reduce(chatty, range(7), list, chunksize=3)
+    assert executor.get_result(futures) == list(range(7))
+
+
 def test_each_element_keeps_its_exception_and_traceback(executor):
     futures = executor.map(fussy, range(30), chunksize=8)
     assert executor.get_result(futures, throw_except=False) == [None if x % 10 == 3 else x for x in range(30)]
