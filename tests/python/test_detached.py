@@ -15,6 +15,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 import quelea
 from conftest import pid_alive, run_script
 from quelea.exceptions import CancelledError
@@ -87,7 +89,11 @@ def test_a_detached_map_outlives_its_killed_client(tmp_path, storage_root):
     # The host ends with its job, and the last reader cleans the job's objects.
     assert _wait_gone([host], 30)
     assert quelea.clean_job(handle, config=config) > 0
-    assert not list((storage_root / "quelea" / "jobs").glob(f"{json.loads(handle)['executor_id']}/M000/*"))
+    # Nothing of the job is left: no file under its executor, and attaching says so.
+    executor_id = json.loads(handle)["executor_id"]
+    assert not [p for p in storage_root.rglob("*") if p.is_file() and executor_id in p.parts]
+    with pytest.raises(quelea.exceptions.JobHandleError, match="has no objects"):
+        quelea.attach(handle, config=config)
 
 
 def test_a_third_process_cancels_a_detached_job_and_no_runner_is_left(tmp_path, storage_root):
