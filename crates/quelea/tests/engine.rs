@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use std::io::Read;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "common/procs.rs"]
+mod procs;
+use procs::alive;
 use quelea::objects::{ChunkObject, ObjOptions};
 use quelea::{
     CallState, Config, ConfigBuilder, Error, Executor, FailureReason, Functions, JobHandle,
@@ -767,7 +771,7 @@ fn attach_from_a_second_process() -> Result<(), Failed> {
 }
 
 /// The children of `pid` (over all its threads), from /proc.
-fn children(pid: u32) -> Vec<u32> {
+fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -777,20 +781,12 @@ fn children(pid: u32) -> Vec<u32> {
         .flat_map(|c| {
             c.split_whitespace()
                 .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
+                .collect::<Vec<i32>>()
         })
         .collect()
 }
 
-/// Whether `pid` is a live process (not gone, not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit(')').next().map(str::to_owned))
-        .is_some_and(|rest| !rest.trim_start().starts_with(['Z', 'X']))
-}
-
-fn wait_gone(pids: &[u32], limit: Duration) -> bool {
+fn wait_gone(pids: &[i32], limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if !pids.iter().any(|&p| alive(p)) {
@@ -803,7 +799,7 @@ fn wait_gone(pids: &[u32], limit: Duration) -> bool {
 
 /// Starts a driver that submits a detached map of 40 sleeps of `ms` and
 /// kills itself; returns the handle and the host's pid.
-fn detached_driver(dir: &std::path::Path, ms: u64) -> Result<(JobHandle, u32), Failed> {
+fn detached_driver(dir: &std::path::Path, ms: u64) -> Result<(JobHandle, i32), Failed> {
     let mut driver = Command::new(std::env::current_exe()?)
         .env("QTEST_DRIVER", "detach")
         .env("QTEST_SLEEP_MS", ms.to_string())
@@ -812,7 +808,7 @@ fn detached_driver(dir: &std::path::Path, ms: u64) -> Result<(JobHandle, u32), F
         .spawn()?;
     let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
     let handle = JobHandle::from_json(&lines.next().ok_or("the driver prints a handle")??)?;
-    let host: u32 = lines
+    let host: i32 = lines
         .next()
         .ok_or("the driver prints the host pid")??
         .parse()?;

@@ -13,6 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "common/procs.rs"]
+mod procs;
+use procs::{alive, stat};
 use quelea::{
     Config, ConfigBuilder, Executor, FailureReason, FunctionRef, Functions, MapOptions, ReturnWhen,
 };
@@ -145,21 +149,6 @@ fn check(cond: bool, message: impl Into<String>) -> Result<(), Failed> {
     } else {
         Err(message.into().into())
     }
-}
-
-/// The process's state letter from `/proc/<pid>/stat`, and its process group.
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Alive: exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    stat(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 /// Live processes (not zombies) in process group `pgid`.
