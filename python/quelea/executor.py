@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import _batch, _engine
+from . import _batch, _engine, _iterdata
 from . import _serialize as ser
 from ._storage_kinds import lithops_storage_sections, storage_names, translate_lithops_section
 from .exceptions import ConfigError
@@ -129,7 +129,9 @@ def _to_list(iterdata: Any) -> list | range:
         return iterdata
     if isinstance(iterdata, set | frozenset):
         return list(iterdata)
-    if isinstance(iterdata, (str, bytes, dict, tuple)) or not isinstance(iterdata, Iterable):
+    if isinstance(iterdata, tuple):
+        return list(iterdata)  # iterdata, not one call's arguments (see _iterdata)
+    if isinstance(iterdata, (str, bytes, dict)) or not isinstance(iterdata, Iterable):
         return [iterdata]
     return list(iterdata)  # generators and other iterators
 
@@ -153,7 +155,8 @@ def _element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
         return (elem,), {}
     if isinstance(extra_args, dict):
         raise TypeError(f"extra_args is a dict, so map_iterdata[{index}] must be a dict too")
-    return (elem,) + tuple(extra_args if isinstance(extra_args, tuple) else (extra_args,)), {}
+    # A list spreads as a tuple does (Lithops: `(item, *extra_args)`); one other value is one argument.
+    return (elem,) + tuple(extra_args if isinstance(extra_args, tuple | list) else (extra_args,)), {}
 
 
 _NO_KWARGS: dict = {}
@@ -179,8 +182,11 @@ def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[b
         return True, elements
     check = len(elements) <= _VALIDATE_ALL_UP_TO
     items = []
+    var_sig = _iterdata.var_signature(func, sig)
     for i, elem in enumerate(elements):
         args, kwargs = _element_args(elem, extra_args, i)
+        if var_sig is not None and isinstance(elem, dict):
+            args, kwargs = _iterdata.expand_var_keys(var_sig, kwargs, i)
         if sig is not None and (check or i < 100):
             _bind_or_raise(sig, func, args, kwargs, i)
         items.append((args, kwargs))
@@ -320,6 +326,9 @@ class FunctionExecutor:
             # Chaining: the previous calls' results become this map's input.
             results = collect_results_after_wait(iterdata)
             iterdata = list(results)
+        elif (chained := _iterdata.chained_futures(iterdata)) is not None:
+            # A slice of a FuturesList, or a list of futures: chaining too.
+            iterdata = list(collect_results_after_wait(FuturesList(chained, self)))
         elements = _to_list(iterdata)
         if not elements:
             raise ValueError("map_iterdata is empty: there is nothing to map")
