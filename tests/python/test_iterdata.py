@@ -72,7 +72,8 @@ def test_dict_elements_carry_args_and_kwargs_of_var_parameters(executor):
     # The decorator-friendly form: a wrapper's *args/**kwargs.
     got = executor.get_result(executor.map(decorated, [{"args": (3,), "kwargs": {"b": 4}}, {"a": 2}]))
     assert got == [("traced", 12), ("traced", 2)]
-    assert executor.get_result(executor.call_async(pack, {"args": [7], "kwargs": {"k": 8}})) == ((7,), {"k": 8})
+    future = executor.call_async(pack, {"args": [7], "kwargs": {"k": 8}})
+    assert executor.get_result(future) == ((7,), {"k": 8})
 
 
 def test_a_var_key_of_the_wrong_type_names_it(executor):
