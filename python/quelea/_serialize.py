@@ -29,7 +29,8 @@ import cloudpickle
 
 from .exceptions import SerializationError
 
-RESERVED = ("id", "storage")
+# Filled in by the worker (see worker._Function.call and _clients), as in Lithops.
+RESERVED = ("id", "storage", "ibm_cos", "rabbitmq")
 PROTOCOL = 5
 
 
@@ -44,6 +45,9 @@ class FunctionPayload:
     # module name -> (file name, source) of modules shipped by value, so remote
     # tracebacks can name the file and show the line (cloudpickle drops both).
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # How the calls' output is shown (see worker._Tee and _output):
+    # "lines", "prefixed" (by call id) or "logs" (future.logs only).
+    output: str = "lines"
 
 
 def function_name(func: Any) -> str:

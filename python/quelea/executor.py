@@ -9,25 +9,14 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import _batch, _engine, _iterdata
+from . import _batch, _engine, _iterdata, _lithops_config, _output, _progress
 from . import _serialize as ser
-from ._storage_kinds import lithops_storage_sections, storage_names, translate_lithops_section
+from ._storage_kinds import storage_names
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
 from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
 from .wait import wait as _wait_futures
 
-# Lithops' names for a platform map to the quelea backend that serves it:
-# container platforms speak the `http` front door (`quelea worker serve`).
-_LITHOPS_BACKENDS = {
-    "localhost": "local",
-    "local": "local",
-    "http": "http",
-    "knative": "http",
-    "gcp_cloudrun": "http",
-    "code_engine": "http",
-    "aws_lambda": "aws_lambda",
-}
 # Storage names (quelea's, Lithops', schemes) come from the storage crate.
 _LITHOPS_STORAGES = storage_names()
 # Validation of every element costs ~10 us; beyond this many, only a sample
@@ -35,42 +24,8 @@ _LITHOPS_STORAGES = storage_names()
 _VALIDATE_ALL_UP_TO = 2000
 
 
-def _translate_lithops(config: dict) -> dict:
-    """Accepts a Lithops-shaped config (``{'lithops': {...}, 'localhost': {...}}``)."""
-    config = dict(config)
-    out: dict[str, Any] = {}
-    lithops = config.pop("lithops", None)
-    if lithops is not None:
-        for key, value in lithops.items():
-            if key == "backend":
-                out["backend"] = _name(value, _LITHOPS_BACKENDS, "lithops.backend")
-            elif key == "storage":
-                out["storage"] = _name(value, _LITHOPS_STORAGES, "lithops.storage")
-            elif key == "execution_timeout":
-                out.setdefault("execution", {})["timeout"] = value
-            elif key in ("chunksize", "data_cleaner"):
-                out.setdefault("execution", {})[key] = value
-            elif key in ("log_level", "monitoring", "mode"):
-                continue
-            else:
-                raise ConfigError(f"config `lithops.{key}` is not supported by quelea")
-    localhost = config.pop("localhost", None)
-    if localhost is not None:
-        for key, value in localhost.items():
-            if key == "worker_processes":
-                out.setdefault("local", {})["workers"] = value
-            elif key in ("version", "runtime"):
-                continue
-            else:
-                raise ConfigError(f"config `localhost.{key}` is not supported by quelea")
-    for section in lithops_storage_sections() & config.keys():
-        translate_lithops_section(section, config.pop(section), out)
-    for key, value in config.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+_translate_lithops = _lithops_config.translate
+_LITHOPS_BACKENDS = _lithops_config.LITHOPS_BACKENDS
 
 
 def _deep_merged(base: dict, top: dict) -> dict:
@@ -85,10 +40,7 @@ def _deep_merged(base: dict, top: dict) -> dict:
     return out
 
 
-def _name(value: str, table: dict[str, str], what: str) -> str:
-    if value not in table:
-        raise ConfigError(f"`{what}` = {value!r} is not one of {sorted(table)}")
-    return table[value]
+_name = _lithops_config.name
 
 
 def config_overrides(
@@ -96,12 +48,18 @@ def config_overrides(
     backend: str | None = None,
     storage: str | None = None,
     max_workers: int | None = None,
+    extras: dict | None = None,
     **kwargs: Any,
 ) -> dict:
-    """The explicit config layer from FunctionExecutor's arguments."""
+    """The explicit config layer from FunctionExecutor's arguments
+    (``extras`` receives what is not an engine setting: ``log_level``)."""
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"config must be a dict, got {type(config).__name__}")
     overrides = _translate_lithops(config or {})
+    # `lithops.log_level` is the executor's (see FunctionExecutor), not the engine's.
+    log_level = overrides.pop(_lithops_config.LOG_LEVEL, False)
+    if extras is not None:
+        extras["log_level"] = log_level
     if backend is not None:
         overrides["backend"] = _name(backend, _LITHOPS_BACKENDS, "backend")
     if storage is not None:
@@ -222,7 +180,22 @@ class FunctionExecutor:
     ):
         if mode not in (None, "localhost", "local", "serverless"):
             raise ConfigError(f"mode {mode!r} is not one of 'localhost' or 'serverless'")
-        self._overrides = config_overrides(config, backend, storage, max_workers, **kwargs)
+        config, config_file, source = _lithops_config_layer(config, config_file)
+        extras: dict = {}
+        try:
+            self._overrides = config_overrides(config, backend, storage, max_workers, extras=extras, **kwargs)
+        except ConfigError as e:
+            if source is None:
+                raise
+            _lithops_config.logger.error("quelea: refused the Lithops config in %s: %s", source, e)
+            raise ConfigError(f"{e} (in the Lithops config {source})") from None
+        if source is not None:
+            _lithops_config.logger.info(
+                "quelea: read the Lithops config in %s: took %s", source, _lithops_config.keys_of(config)
+            )
+        level, self._output = _output.resolve(log_level, extras.get("log_level", False))
+        _output.setup_logger(level)
+        self._log_level = _output.level_name(level)
         text = json.dumps(self._overrides) if self._overrides else None
         if _in_worker():
             # A nested executor works where its caller does (the runner's config:
@@ -250,6 +223,7 @@ class FunctionExecutor:
         self._last_call: str | None = None
         self._storage = None
         self._jobs: list[Any] = []
+        self.cleaned_jobs: set[str] = set()
         self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, _in_worker())
 
     def _engine_executor(self) -> Any:
@@ -262,8 +236,26 @@ class FunctionExecutor:
 
     @property
     def config(self) -> dict:
-        """The resolved config, secrets redacted."""
-        return json.loads(self._engine.config_json())
+        """The resolved config, secrets redacted, with its Lithops view: the
+        ``lithops`` section (backend, storage, mode, ... in Lithops' names)
+        and, on the local backend, ``localhost``."""
+        resolved = json.loads(self._engine.config_json())
+        return {**resolved, **_lithops_config.lithops_sections(resolved, self._log_level)}
+
+    @property
+    def backend(self) -> str:
+        """The compute backend, by its Lithops name (``localhost``, ``aws_lambda``, ``http``)."""
+        return _lithops_config.lithops_sections({"backend": self._backend}, None)["lithops"]["backend"]
+
+    @property
+    def mode(self) -> str:
+        """``localhost`` on the local backend, else ``serverless`` (Lithops' modes)."""
+        return "localhost" if self._backend == "local" else "serverless"
+
+    @property
+    def last_call(self) -> str | None:
+        """``call_async``, ``map`` or ``map_reduce``: the last submission (None before any)."""
+        return self._last_call
 
     @property
     def storage(self):
@@ -343,6 +335,7 @@ class FunctionExecutor:
         func: Callable,
         extra_env: dict | None,
         reduce_extra_args: tuple | None = None,
+        calls: int = 1,
     ) -> bytes:
         env = {}
         for key, value in (extra_env or {}).items():
@@ -355,6 +348,7 @@ class FunctionExecutor:
             extra_env=env,
             reserved=ser.reserved_params(func),
             reduce_extra_args=reduce_extra_args,
+            output=_output.payload_output(self._output, calls),
         )
         return ser.dump_function(payload)
 
@@ -463,7 +457,7 @@ class FunctionExecutor:
         job = self._engine.submit(
             "map",
             ser.function_name(map_function),
-            self._payload(map_function, extra_env),
+            self._payload(map_function, extra_env, calls=total or len(inputs)),
             inputs,
             size,
             timeout,
@@ -520,10 +514,12 @@ class FunctionExecutor:
         groups = parts if obj_reduce_by_key else [total if total is not None else len(inputs)]
         map_job, reduce_job = self._engine.map_reduce_grouped(
             ser.function_name(map_function),
-            self._payload(map_function, extra_env),
+            self._payload(map_function, extra_env, calls=total or len(inputs)),
             inputs,
             ser.function_name(reduce_function),
-            self._payload(reduce_function, extra_env, reduce_extra_args=extra_args_reduce or ()),
+            self._payload(
+                reduce_function, extra_env, reduce_extra_args=extra_args_reduce or (), calls=len(groups)
+            ),
             groups,
             size,
             timeout,
@@ -541,6 +537,7 @@ class FunctionExecutor:
 
     # -- waiting -----------------------------------------------------------------------------------
 
+    @_progress.option
     def wait(
         self,
         fs: Any = None,
@@ -550,7 +547,7 @@ class FunctionExecutor:
         timeout: float | None = None,
         threadpool_size: int = 64,
         wait_dur_sec: float | None = None,
-        show_progressbar: bool = False,
+        show_progressbar: bool = True,
     ) -> tuple[FuturesList, FuturesList]:
         """Waits on futures (default: all of this executor's); returns ``(done, not_done)``."""
         futures = self.futures if fs is None else fs
@@ -559,8 +556,10 @@ class FunctionExecutor:
             throw_except=throw_except,
             return_when=return_when,
             timeout=timeout,
+            show_progressbar=show_progressbar,
         )
 
+    @_progress.option
     def get_result(
         self,
         fs: Any = None,
@@ -568,7 +567,7 @@ class FunctionExecutor:
         timeout: float | None = None,
         threadpool_size: int = 64,
         wait_dur_sec: float | None = None,
-        show_progressbar: bool = False,
+        show_progressbar: bool = True,
     ) -> Any:
         """Results in call order. With ``fs=None``: this executor's results not
         read yet. A ``map`` gives a list; ``call_async`` and ``map_reduce`` a value."""
@@ -696,8 +695,24 @@ class FunctionExecutor:
         force: bool = False,
         on_exit: bool = False,
     ) -> int:
-        """Deletes the storage objects of finished jobs; returns how many."""
-        return self._engine.clean()
+        """Deletes the storage objects of finished jobs and the cloudobjects
+        ``cs`` (one or a list, from ``storage.put_cloudobject``); returns how
+        many objects went. The jobs cleaned are added to ``cleaned_jobs``.
+        Every finished job of this executor is cleaned, whatever ``fs``."""
+        deleted = 0
+        if cs is not None:
+            from .storage import CloudObject
+
+            objects = [cs] if isinstance(cs, CloudObject) else list(cs)
+            for i, co in enumerate(objects):
+                if not isinstance(co, CloudObject):
+                    raise TypeError(f"cs[{i}] is a {type(co).__name__}, not a CloudObject")
+            self.storage.delete_cloudobjects(objects)
+            deleted += len(objects)
+        finished = {f"{job.executor_id}-{job.job_id}" for job in self._jobs if job.done_count() == job.total}
+        deleted += self._engine.clean()
+        self.cleaned_jobs.update(finished)
+        return deleted
 
     def runner_pids(self) -> list[int]:
         return self._engine.runner_pids()
@@ -718,6 +733,21 @@ class FunctionExecutor:
 
     def __repr__(self) -> str:
         return f"<quelea.FunctionExecutor {self.executor_id}>"
+
+
+def _lithops_config_layer(config: Any, config_file: Any) -> tuple[Any, Any, str | None]:
+    """``(config, config_file, source)``: a Lithops-shaped ``config_file`` is
+    read as a ``config`` dict (under the given one); with no config at all,
+    the Lithops config file a Lithops program would read (see
+    ``_lithops_config.from_files``); ``source`` names where it came from."""
+    if config_file is not None and _lithops_config.is_lithops_file(config_file):
+        data = _lithops_config.load_file(config_file)
+        return _deep_merged(data, config or {}), None, str(config_file)
+    if config is None and config_file is None and not _in_worker():
+        found = _lithops_config.from_files()
+        if found is not None:
+            return found[0], None, found[1]
+    return config, config_file, None
 
 
 def _close_engine(engine: Any, jobs: list, in_worker: bool) -> None:

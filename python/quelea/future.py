@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING, Any
 
-from . import _engine
+from . import _engine, _progress
 from ._batch import shared_values
 from .exceptions import (
     CallTimeoutError,
@@ -37,8 +37,9 @@ def attach_job(handle: str, overrides: str | None = None, config_file: str | Non
 
 
 def engine_wait(groups: list[tuple[Any, Any]], return_when: float, timeout: float | None) -> None:
-    """Waits in the engine for ``(job, indices or None)`` groups."""
-    _engine.wait(groups, return_when, timeout)
+    """Waits in the engine for ``(job, indices or None)`` groups (with a
+    progress bar when the API call asked for one: see ``_progress``)."""
+    _progress.engine_wait(groups, return_when, timeout)
 
 
 def _load_result(blob: bytes) -> tuple[Any, str]:

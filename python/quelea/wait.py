@@ -6,6 +6,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
+from . import _progress
 from ._batch import shared_values
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture, engine_wait
 
@@ -59,6 +60,7 @@ def _check_return_when(return_when: int) -> float:
     return float(return_when)
 
 
+@_progress.option
 def wait(
     fs,
     throw_except: bool = True,
@@ -67,7 +69,7 @@ def wait(
     timeout: float | None = None,
     threadpool_size: int = 64,
     wait_dur_sec: float | None = None,
-    show_progressbar: bool = False,
+    show_progressbar: bool = True,
 ) -> tuple[FuturesList, FuturesList]:
     """Waits on futures; returns ``(done, not_done)``. With ``throw_except``, a
     failed call's exception is raised once the wait is over."""
@@ -92,13 +94,14 @@ def wait(
     return done, not_done
 
 
+@_progress.option
 def get_result(
     fs,
     throw_except: bool = True,
     timeout: float | None = None,
     threadpool_size: int = 64,
     wait_dur_sec: float | None = None,
-    show_progressbar: bool = False,
+    show_progressbar: bool = True,
 ) -> list:
     """Waits for every call and returns the results in call order."""
     job = _lazy_job(fs)

@@ -102,28 +102,73 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class _Current:
+    """The call running now and how its output is shown (see ``_Tee``)."""
+
+    __slots__ = ("call_id", "output")
+
+    def __init__(self) -> None:
+        self.call_id = 0
+        # "lines": whole lines on the terminal; "prefixed": each line led by
+        # the call id (a job of several calls); "logs": only in the call's logs.
+        self.output = "lines"
+
+
+_CURRENT = _Current()
+
+
 class _Tee(io.TextIOBase):
-    """Passes output through to the real stream and keeps a copy for the call's logs."""
+    """Keeps a call's output for its logs and passes it on to the real stream
+    as whole lines, one write each, so that the runners sharing a terminal
+    never cut into each other's lines; a line not finished when the call
+    ends is finished then."""
 
     def __init__(self, stream: Any):
         self.stream = stream
         self.parts: list[str] = []
+        self._pending = ""
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self.parts.append(text)
-        try:
-            self.stream.write(text)
-        except (OSError, ValueError):  # a call closed fd 1 or 2: its output is still captured
-            pass
+        if _CURRENT.output != "logs":
+            pending = self._pending + text
+            cut = pending.rfind("\n") + 1
+            self._pending = pending[cut:]
+            if cut:
+                self._emit(pending[:cut])
         return len(text)
 
-    def flush(self) -> None:
+    def _emit(self, lines: str) -> None:
+        if _CURRENT.output == "prefixed":
+            prefix = f"[{_CURRENT.call_id:05d}] "
+            lines = "".join(prefix + line for line in lines.splitlines(keepends=True))
+        data = lines.encode(getattr(self.stream, "encoding", None) or "utf-8", "replace")
         try:
-            self.stream.flush()
-        except (OSError, ValueError):
+            fd = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
+        try:
+            if fd is None:
+                self.stream.write(lines)
+                self.stream.flush()
+                return
+            while data:
+                data = data[os.write(fd, data) :]
+        except (OSError, ValueError):  # a call closed fd 1 or 2: its output is still captured
             pass
 
+    def flush(self) -> None:
+        pass  # whole lines are written at once; a partial one waits for its end
+
+    def finish_line(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self._emit(pending + "\n")
+
     def take(self) -> str:
+        self.finish_line()
         text = "".join(self.parts)
         self.parts.clear()
         return text
@@ -138,6 +183,7 @@ class _Function:
         self.payload = pickle.loads(payload)
         self.func = self.payload.func
         self.reserved = self.payload.reserved
+        self.output = getattr(self.payload, "output", "lines")
         self.sig = None
         if self.reserved:
             import inspect
@@ -153,6 +199,17 @@ class _Function:
 
             self._storage = Storage(config=json.loads(os.environ.get("QUELEA_RUNNER_CONFIG") or "null"))
         return self._storage
+
+    def client(self, name: str) -> Any:
+        """The ready client of a reserved parameter, made once per function
+        (a closed broker connection is opened again)."""
+        clients = self.__dict__.setdefault("_clients", {})
+        client = clients.get(name)
+        if client is None or getattr(client, "is_closed", False):
+            from . import _clients
+
+            client = clients[name] = _clients.make(name)
+        return client
 
     def _run_plain(self, call_id: int, data: Any) -> Any:
         args, kwargs = pickle.loads(data)
@@ -176,6 +233,9 @@ class _Function:
             values["id"] = call_id
         if "storage" in self.reserved:
             values["storage"] = self.storage()
+        for name in ("ibm_cos", "rabbitmq"):
+            if name in self.reserved:
+                values[name] = self.client(name)
         return _call_with_reserved(self.func, self.sig, args, kwargs, values)
 
     def batch_items(self, data: Any) -> tuple[bool, list, bool]:
@@ -211,7 +271,9 @@ class _Function:
         values: list[Any] = []
         entries: list[tuple[bool, bytes]] | None = None
         with _extra_env(self.payload.extra_env):
+            current = _CURRENT
             for k, item in enumerate(items):
+                current.call_id = first + k
                 try:
                     value = func(item) if simple else run(first + k, plain, framed, item)
                 except BaseException as exc:  # noqa: BLE001 - reported as this element's error
@@ -425,6 +487,8 @@ def serve() -> int:
             if type(function) is bytes:
                 function = functions[function_id] = _Function(function)
             data = memoryview(body)[16:]
+            _CURRENT.output = function.output
+            _CURRENT.call_id = call_id if select == _ALL else call_id + select
             if count > 1 and select == _ALL:
                 kind, payload = function.run_batch(call_id, data, stdout_tee, stderr_tee)
                 rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
