@@ -49,13 +49,15 @@ needs_s3() {
 # ---- sections of more than one command ----
 
 s_python_tests() {
-    "$VENV/bin/maturin" develop --quiet
+    # The extras: boto3 and pika (the ibm_cos / rabbitmq clients), PyYAML (Lithops config files).
+    "$VENV/bin/maturin" develop --quiet --extras clients,lithops
     "$VENV/bin/python" -m pytest tests/python -q
 }
 
 s_python_s3() {
     QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_api.py \
-        tests/python/test_partitioner.py tests/python/test_http_backend.py -q
+        tests/python/test_partitioner.py tests/python/test_http_backend.py \
+        tests/python/test_clients.py tests/python/test_executor_surface.py -q
     "$VENV/bin/python" examples/python/wordcount_s3.py
 }
 
@@ -102,6 +104,7 @@ s_push() {
     env="$(scripts/brokers.sh start "$dir")"
     eval "$env"
     QTEST_STORAGE=s3 cargo test -p quelea-cli --features push-tests --test push_monitoring
+    QTEST_STORAGE=s3 "$VENV/bin/python" -m pytest tests/python/test_clients.py -q  # `rabbitmq` client
 }
 
 # ---- the sections, in order ----
@@ -117,6 +120,7 @@ section "ruff format" "$VENV/bin/ruff" format --check python tests examples prov
 section "rust tests" cargo test --workspace --exclude quelea-py
 section "python tests" s_python_tests
 section "README blocks run as written" bash scripts/test-readme.sh
+section "lithops 3.8 side by side" bash scripts/test-lithops-side-by-side.sh
 section "dashboard in a real browser, plot()" bash scripts/dashboard-tests.sh
 section "airflow 3.3" bash providers/airflow/scripts/test.sh -q
 section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts/test.sh -q

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -38,7 +39,9 @@ def test_attributes_follow_the_submissions(fresh_executor):
 
 def test_config_has_its_lithops_sections(fresh_executor):
     lithops = fresh_executor.config["lithops"]
-    assert lithops["backend"] == "localhost" and lithops["storage"] == "localhost"
+    on_s3 = os.environ.get("QTEST_STORAGE") == "s3"
+    assert lithops["backend"] == "localhost"
+    assert lithops["storage"] == ("aws_s3" if on_s3 else "localhost")
     assert lithops["mode"] == "localhost" and lithops["monitoring"] == "storage"
     assert lithops["data_cleaner"] is True and lithops["execution_timeout"] == 600.0
     assert fresh_executor.config["localhost"]["worker_processes"] == 2
