@@ -112,3 +112,21 @@ def test_extra_args_in_every_form(executor):
         executor.map(add, [(1,)], extra_args={"y": 1})
     with pytest.raises(TypeError, match="extra_args must be a dict"):
         executor.map(add, [{"x": 1}], extra_args=(1,))
+
+
+def count_words(obj):
+    return len(obj.data_stream.read().split())
+
+
+def test_a_single_object_address_is_the_whole_iterdata(executor):
+    storage = executor.storage
+    storage.put_object(storage.bucket, "iterdata-url/a.txt", "one two three\n")
+    storage.put_object(storage.bucket, "iterdata-url/b.txt", "four five\n")
+    url = f"{storage.backend}://{storage.bucket}/iterdata-url/"
+    try:
+        # A str (not a list of them): one element, naming every object under the prefix.
+        assert sorted(executor.get_result(executor.map(count_words, url))) == [2, 3]
+        assert sorted(executor.get_result(executor.map(count_words, {"obj": url}))) == [2, 3]
+    finally:
+        for key in storage.list_keys(storage.bucket, prefix="iterdata-url/"):
+            storage.delete_object(storage.bucket, key)
