@@ -16,7 +16,7 @@ use quelea_core::config::{auto_chunksize, BackendKind, Config};
 use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
-    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, Output, RunnerKind,
+    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
 use quelea_storage::Storage;
@@ -29,7 +29,7 @@ use crate::detached::{Host, HostStep};
 use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
-use crate::job::{lock, JobState, Notifier};
+use crate::job::{lock, JobState, Notifier, Piece};
 use crate::monitor::PushFollow;
 use crate::objects::{partition, ChunkObject, ObjOptions};
 use crate::push::Subscription;
@@ -501,11 +501,7 @@ impl Executor {
         let all = 0..inputs.total;
         let (map, reduce) =
             self.map_reduce_grouped_raw(map_function, inputs, reducer, options, vec![all])?;
-        let reduce = reduce
-            .futures
-            .into_iter()
-            .next()
-            .expect("one group, one reduce call");
+        let reduce = reduce.get(0).expect("one group, one reduce call");
         Ok((map, reduce))
     }
 
@@ -616,13 +612,10 @@ impl Executor {
             options,
             groups,
         )?;
-        Ok(FuturesList {
-            futures: reduce
-                .futures
-                .into_iter()
-                .map(|f| ResponseFuture::new(f.job, f.call))
-                .collect(),
-        })
+        Ok(reduce
+            .into_iter()
+            .map(|f| ResponseFuture::new(f.job, f.call))
+            .collect())
     }
 
     /// Waits on futures; returns `(done, not_done)`.
@@ -663,17 +656,17 @@ impl Executor {
     /// ones are stopped; all of them end as cancelled.
     pub fn cancel<O>(&self, futures: &FuturesList<O>) -> Result<()> {
         let mut seen: Vec<*const JobState> = Vec::new();
-        for future in &futures.futures {
-            let ptr = Arc::as_ptr(&future.job);
+        for part in &futures.parts {
+            let ptr = Arc::as_ptr(&part.job);
             if seen.contains(&ptr) {
                 continue;
             }
             seen.push(ptr);
-            future.job.cancel("cancelled by the client");
-            future.job.run_cancel_hook();
+            part.job.cancel("cancelled by the client");
+            part.job.run_cancel_hook();
             self.inner
                 .storage
-                .put_blocking(&future.job.keys.cancelled(), Vec::new())?;
+                .put_blocking(&part.job.keys.cancelled(), Vec::new())?;
         }
         Ok(())
     }
@@ -951,12 +944,7 @@ impl Inner {
                 }
             })
             .collect();
-        {
-            let mut records = job.calls();
-            for record in records.iter_mut() {
-                record.state = CallState::Invoked;
-            }
-        }
+        job.mark_invoked();
         if detached {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(&HostStep::Invocation {
@@ -1031,9 +1019,7 @@ fn run_reducer(
     function: RawFunction,
     groups: Vec<Range<u32>>,
 ) {
-    let map_calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
-        .map(|i| (map_job.clone(), CallId(i)))
-        .collect();
+    let map_calls = FuturesList::<()>::for_job(&map_job);
     let fail = |message: String, reason: FailureReason| {
         reduce_job.fail_unfinished(|_| CallError {
             reason,
@@ -1043,7 +1029,7 @@ fn run_reducer(
             payload: None,
         });
     };
-    if let Err(e) = wait_calls(&map_calls, ReturnWhen::AllCompleted, None) {
+    if let Err(e) = wait_calls(&map_calls.parts, ReturnWhen::AllCompleted, None) {
         fail(
             format!("the map job {} did not finish: {e}", map_job.job_key()),
             FailureReason::Cancelled,
@@ -1079,35 +1065,20 @@ pub(crate) fn reduce_inputs(
     runner: RunnerKind,
     groups: &[Range<u32>],
 ) -> std::result::Result<Vec<Vec<u8>>, (String, FailureReason)> {
-    let records = map_job.calls();
-    if let Some((i, error)) =
-        records
-            .iter()
-            .enumerate()
-            .find_map(|(i, record)| match &record.outcome {
-                Some(Err(error)) => Some((i, error)),
-                _ => None,
-            })
-    {
+    let records = map_job.records();
+    if let Some((call, error)) = records.first_failure() {
         return Err((
-            format!(
-                "map call {} of {} failed: {error}",
-                CallId(i as u32),
-                map_job.job_key()
-            ),
+            format!("map call {call} of {} failed: {error}", map_job.job_key()),
             error.reason,
         ));
     }
     Ok(groups
         .iter()
         .map(|group| {
-            let results = records[group.start as usize..group.end as usize]
-                .iter()
-                .map(|r| match &r.outcome {
-                    Some(Ok(output)) => output,
-                    _ => unreachable!("every map call succeeded"),
-                });
-            combine_results(runner, results)
+            let mut pieces = Vec::new();
+            let all = records.for_each_success(group.clone(), |piece| pieces.push(piece));
+            debug_assert!(all, "every map call succeeded");
+            combine_results(runner, &pieces)
         })
         .collect())
 }
@@ -1117,48 +1088,41 @@ pub(crate) fn reduce_inputs(
 /// `QRED`, a u32 entry count, then each entry as u32 length + bytes: a
 /// result's own bytes, or, for a run of elements sharing their batch's
 /// result, `0x05`, u32 first index, u32 end index, then the shared bytes.
-fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a Output>) -> Vec<u8> {
+fn combine_results(runner: RunnerKind, results: &[Piece<'_>]) -> Vec<u8> {
     match runner {
         RunnerKind::Rust => {
             let mut input = Vec::from(&b"["[..]);
-            for (i, output) in results.enumerate() {
-                if i > 0 {
-                    input.push(b',');
+            let mut first = true;
+            for piece in results {
+                let (bytes, n): (&[u8], u32) = match piece {
+                    Piece::Own(bytes) => (bytes, 1),
+                    Piece::Shared { blob, lo, hi } => (blob, hi - lo),
+                };
+                for _ in 0..n {
+                    if !first {
+                        input.push(b',');
+                    }
+                    first = false;
+                    input.extend_from_slice(bytes);
                 }
-                input.extend_from_slice(output.bytes());
             }
             input.push(b']');
             input
         }
         RunnerKind::Python => {
             let mut entries: Vec<Vec<u8>> = Vec::new();
-            let mut run: Option<(&Arc<Vec<u8>>, u32, u32)> = None;
-            let close = |run: &mut Option<(&Arc<Vec<u8>>, u32, u32)>,
-                         entries: &mut Vec<Vec<u8>>| {
-                if let Some((blob, lo, hi)) = run.take() {
-                    let mut entry = vec![5u8];
-                    entry.extend_from_slice(&lo.to_le_bytes());
-                    entry.extend_from_slice(&hi.to_le_bytes());
-                    entry.extend_from_slice(blob);
-                    entries.push(entry);
-                }
-            };
-            for output in results {
-                match output {
-                    Output::Own(bytes) => {
-                        close(&mut run, &mut entries);
-                        entries.push(bytes.clone());
+            for piece in results {
+                match piece {
+                    Piece::Own(bytes) => entries.push(bytes.to_vec()),
+                    Piece::Shared { blob, lo, hi } => {
+                        let mut entry = vec![5u8];
+                        entry.extend_from_slice(&lo.to_le_bytes());
+                        entry.extend_from_slice(&hi.to_le_bytes());
+                        entry.extend_from_slice(blob);
+                        entries.push(entry);
                     }
-                    Output::Shared { blob, index, .. } => match &mut run {
-                        Some((b, _, hi)) if Arc::ptr_eq(b, blob) && *hi == *index => *hi += 1,
-                        _ => {
-                            close(&mut run, &mut entries);
-                            run = Some((blob, *index, index + 1));
-                        }
-                    },
                 }
             }
-            close(&mut run, &mut entries);
             let mut input = Vec::from(&b"QRED"[..]);
             input.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             for entry in entries {
@@ -1176,17 +1140,17 @@ pub fn wait<O>(
     return_when: ReturnWhen,
     timeout: Option<Duration>,
 ) -> Result<DoneAndPending<O>> {
-    wait_calls(&futures.calls(), return_when, timeout)?;
-    Ok(futures.futures.iter().cloned().partition(|f| f.done()))
+    wait_calls(&futures.parts, return_when, timeout)?;
+    Ok(futures.iter().partition(|f| f.done()))
 }
 
 /// Cancels the jobs of these futures without an executor at hand (the
 /// cancelled marker in storage is written by [`Executor::cancel`]).
 pub fn cancel<O>(futures: &FuturesList<O>) {
-    for future in &futures.futures {
-        if !future.job.is_complete() {
-            future.job.cancel("cancelled by the client");
-            future.job.run_cancel_hook();
+    for part in &futures.parts {
+        if !part.job.is_complete() {
+            part.job.cancel("cancelled by the client");
+            part.job.run_cancel_hook();
         }
     }
 }
@@ -1196,9 +1160,8 @@ pub fn get_result<O: DeserializeOwned>(
     futures: &FuturesList<O>,
     timeout: Option<Duration>,
 ) -> Result<Vec<O>> {
-    wait_calls(&futures.calls(), ReturnWhen::AllCompleted, timeout)?;
+    wait_calls(&futures.parts, ReturnWhen::AllCompleted, timeout)?;
     futures
-        .futures
         .iter()
         .map(|f| crate::future::decode(&f.job, f.call))
         .collect()

@@ -35,6 +35,7 @@ pub use executor::{
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
+pub use job::Piece;
 pub use monitor::{attach, attach_with, clean_job_with};
 pub use quelea_core::config::{Config, ConfigBuilder};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
