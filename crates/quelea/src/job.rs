@@ -278,7 +278,7 @@ impl Records {
             first_start = first_start.min(start);
             last_end = last_end.max(end);
         }
-        summary.wall_time = (first_start <= last_end).then(|| last_end - first_start);
+        summary.wall_time = (first_start <= last_end).then_some(last_end - first_start);
         summary
     }
 
