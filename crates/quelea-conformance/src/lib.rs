@@ -528,9 +528,12 @@ const DETACHED_CALLS: u64 = 40;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Setup {
     builder: ConfigBuilder,
-    runner: Option<(String, Vec<String>, Vec<(String, String)>)>,
+    runner: Option<Runner>,
     handle: Option<String>,
 }
+
+/// A runner command as text: program, arguments, environment.
+type Runner = (String, Vec<String>, Vec<(String, String)>);
 
 impl Setup {
     fn new(backend: &Backend, handle: Option<String>) -> Self {
