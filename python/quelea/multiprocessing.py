@@ -93,7 +93,7 @@ class AsyncResult:
         with self._lock:
             if self._outcome is not None:
                 return self._outcome
-            from .wait import get_result
+            from ._wait import get_result
 
             try:
                 if self._single:
@@ -258,7 +258,7 @@ class Pool:
 
     @staticmethod
     def _as_completed(futures: list[ResponseFuture]) -> Iterator:
-        from .wait import wait
+        from ._wait import wait
 
         pending = list(futures)
         while pending:

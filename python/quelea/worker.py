@@ -39,6 +39,15 @@ _ALL = 0xFFFFFFFF
 _DONE_HEAD = struct.Struct("<IBIBQ")
 _ENTRY = struct.Struct("<BI")
 _BATCH_MAGIC = b"QBAT"
+_EXPAND = "expand"  # quelea._batch.EXPAND, without importing it for every runner
+_EXPANDED = (dict, tuple)  # elements that are arguments, not one argument
+
+
+def _pickled_futures() -> int:
+    """How many futures this process has pickled (none if it never loaded them)."""
+    future = sys.modules.get("quelea.future")
+    return future.PICKLED[0] if future is not None else 0
+
 
 in_worker = False
 
@@ -105,10 +114,12 @@ def _peak_rss() -> int:
 class _Current:
     """The call running now and how its output is shown (see ``_Tee``)."""
 
-    __slots__ = ("call_id", "output")
+    __slots__ = ("call_id", "output", "exact")
 
     def __init__(self) -> None:
         self.call_id = 0
+        # False while a batch's hot loop runs elements without saying which.
+        self.exact = True
         # "lines": whole lines on the terminal; "prefixed": each line led by
         # the call id (a job of several calls); "logs": only in the call's logs.
         self.output = "lines"
@@ -127,6 +138,7 @@ class _Tee(io.TextIOBase):
         self.stream = stream
         self.parts: list[str] = []
         self._pending = ""
+        self._held: list[str] = []
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
@@ -137,7 +149,10 @@ class _Tee(io.TextIOBase):
             cut = pending.rfind("\n") + 1
             self._pending = pending[cut:]
             if cut:
-                self._emit(pending[:cut])
+                if _CURRENT.output == "prefixed" and not _CURRENT.exact:
+                    self._held.append(pending[:cut])
+                else:
+                    self._emit(pending[:cut])
         return len(text)
 
     def _emit(self, lines: str) -> None:
@@ -163,9 +178,14 @@ class _Tee(io.TextIOBase):
         pass  # whole lines are written at once; a partial one waits for its end
 
     def finish_line(self) -> None:
+        """Writes what is held and finishes a partial line (a call's end)."""
+        lines = "".join(self._held)
+        self._held.clear()
         if self._pending:
-            pending, self._pending = self._pending, ""
-            self._emit(pending + "\n")
+            lines += self._pending + "\n"
+            self._pending = ""
+        if lines:
+            self._emit(lines)
 
     def take(self) -> str:
         self.finish_line()
@@ -254,11 +274,15 @@ class _Function:
         plain, items = pickle.loads(data)
         return plain, items, False
 
-    def run_element(self, call_id: int, plain: bool, framed: bool, item: Any) -> Any:
+    def run_element(self, call_id: int, plain: Any, framed: bool, item: Any) -> Any:
         if framed:
             return self.run(call_id, item)
-        if plain:
+        if plain is True:
             return self.call(call_id, (item,), {})
+        if plain == _EXPAND:
+            from ._batch import element_args
+
+            return self.call(call_id, *element_args(item, None, call_id))
         return self.call(call_id, item[0], item[1])
 
     def run_batch(self, first: int, data: Any, out: _Tee, err: _Tee) -> tuple[int, bytes]:
@@ -266,22 +290,40 @@ class _Function:
         payload)``, kind 2 with all values pickled at once when every element
         succeeded quietly, else 3 with each element's entry."""
         plain, items, framed = self.batch_items(data)
-        func, run = self.func, self.run_element
-        simple = plain and not framed and not self.reserved and self.payload.reduce_extra_args is None
+        run = self.run_element
+        simple = (
+            (plain is True or plain == _EXPAND)
+            and not framed
+            and not self.reserved
+            and self.payload.reduce_extra_args is None
+        )
         values: list[Any] = []
         entries: list[tuple[bool, bytes]] | None = None
         with _extra_env(self.payload.extra_env):
             current = _CURRENT
-            for k, item in enumerate(items):
+            # The hot loop does not say which element runs: prefixed lines
+            # wait for the element's end, when `current.call_id` is set.
+            current.exact = False
+            start, ended = 0, None
+            if simple:
+                start, ended = self._run_plain_batch(items, plain == _EXPAND, values, out, err)
+            for k in range(start, len(items)):
+                if ended is not None:
+                    # The element the hot loop stopped at, already run.
+                    (failed, value), ended = ended, None
+                else:
+                    current.call_id, current.exact = first + k, True
+                    try:
+                        failed, value = False, run(first + k, plain, framed, items[k])
+                    except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                        failed, value = True, exc
                 current.call_id = first + k
-                try:
-                    value = func(item) if simple else run(first + k, plain, framed, item)
-                except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                if failed:
                     if entries is None:
                         entries = self._entries(first, values)
                     out.take()
                     err.take()
-                    entries.append((False, _error_report(exc, self.payload.sources)))
+                    entries.append((False, _error_report(value, self.payload.sources)))
                     continue
                 if entries is None and not (out.parts or err.parts):
                     values.append(value)
@@ -291,15 +333,43 @@ class _Function:
                 logs = out.take() + err.take()
                 entries.append(self._entry(first + k, value, logs))
         if entries is None:
+            # Values that are futures (a call that returned another map's) are
+            # answered each on its own, so the client chains on them without
+            # scanning every shared value: their pickling counts itself.
+            futures_before = _pickled_futures()
             try:
-                return 2, b"\x02" + pickle.dumps(values, protocol=5)
+                blob = pickle.dumps(values, protocol=5)
+                if _pickled_futures() == futures_before:
+                    return 2, b"\x02" + blob
             except Exception:  # noqa: BLE001 - find the element that does not pickle
-                entries = self._entries(first, values)
+                pass
+            entries = self._entries(first, values)
         parts = [_U32.pack(len(entries))]
         for ok, blob in entries:
             parts.append(_ENTRY.pack(0 if ok else 1, len(blob)))
             parts.append(blob)
         return 3, b"".join(parts)
+
+    def _run_plain_batch(
+        self, items: list, expand: bool, values: list, out: _Tee, err: _Tee
+    ) -> tuple[int, tuple[bool, Any] | None]:
+        """The hot loop of a batch of single arguments: runs elements while
+        each is one plain argument that succeeds quietly, appending their
+        values. Returns where it stopped and, if it ran that element, its
+        ``(failed, value or exception)`` (its output is still in the tees)."""
+        func, append = self.func, values.append
+        out_parts, err_parts = out.parts, err.parts
+        for k, item in enumerate(items):
+            if expand and isinstance(item, _EXPANDED):
+                return k, None
+            try:
+                value = func(item)
+            except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                return k, (True, exc)
+            if out_parts or err_parts:
+                return k, (False, value)
+            append(value)
+        return len(items), None
 
     def run_selected(self, first: int, select: int, data: Any) -> Any:
         """Runs only element ``select`` of a batch (its re-run on its own)."""
@@ -489,6 +559,7 @@ def serve() -> int:
             data = memoryview(body)[16:]
             _CURRENT.output = function.output
             _CURRENT.call_id = call_id if select == _ALL else call_id + select
+            _CURRENT.exact = True
             if count > 1 and select == _ALL:
                 kind, payload = function.run_batch(call_id, data, stdout_tee, stderr_tee)
                 rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024

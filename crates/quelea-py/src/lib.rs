@@ -581,6 +581,25 @@ impl Job {
         Ok(all.then_some(items))
     }
 
+    /// The job's calls in numbers: `calls`, `runner_calls` (a batch's
+    /// elements share one), `success`, `error`, `submitted`, `wall_time`,
+    /// `total_exec_time` — read run by run, not call by call.
+    fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let summary = self
+            .futures
+            .job_summary()
+            .ok_or_else(|| value_error("a summary is of a whole job".to_string()))?;
+        let dict = PyDict::new(py);
+        dict.set_item("calls", summary.calls)?;
+        dict.set_item("runner_calls", summary.runner_calls)?;
+        dict.set_item("success", summary.success)?;
+        dict.set_item("error", summary.error)?;
+        dict.set_item("submitted", self.future(0)?.stats().submit_ts)?;
+        dict.set_item("wall_time", summary.wall_time)?;
+        dict.set_item("total_exec_time", summary.total_exec_time)?;
+        Ok(dict)
+    }
+
     fn outcomes<'py>(
         &self,
         py: Python<'py>,
@@ -644,7 +663,7 @@ fn wait(
         if let Some(limit) = limit {
             slice = slice.min(limit.saturating_sub(started.elapsed()));
         }
-        match py.detach(|| quelea::wait(&futures, when, Some(slice))) {
+        match py.detach(|| quelea::wait_until(&futures, when, Some(slice))) {
             Ok(_) => return Ok(()),
             Err(quelea::Error::Timeout { pending, .. }) => {
                 if let Err(interrupt) = py.check_signals() {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -150,13 +150,36 @@ struct Inner {
     notifier: Arc<Notifier>,
     job_counter: AtomicU32,
     stored_functions: Mutex<HashSet<String>>,
-    jobs: Mutex<Vec<Arc<JobState>>>,
+    /// This executor's jobs until cleaned. Weak: the futures keep a job's
+    /// records, not the executor, so a long session's memory stays flat.
+    jobs: Mutex<Vec<JobEntry>>,
     reducers: Mutex<Vec<JoinHandle<()>>>,
     /// The host of this executor's detached local jobs, once there is one.
     host: Mutex<Option<Host>>,
     host_command: Option<RunnerCommand>,
     host_runners: HashMap<RunnerKind, RunnerCommand>,
 }
+
+/// A job as the executor remembers it: enough to cancel it while anyone
+/// holds it, and to delete its objects once nobody can read them.
+struct JobEntry {
+    job: Weak<JobState>,
+    prefix: String,
+    /// Detached, or its handle was given out: another process may read it.
+    kept: Arc<AtomicBool>,
+}
+
+impl JobEntry {
+    /// Nobody holds the job any more, it is finished (its records went with
+    /// its last holder: a running job is held by its backend), and no other
+    /// process can want it: its objects can go.
+    fn is_forgotten(&self) -> bool {
+        self.job.strong_count() == 0 && !self.kept.load(Ordering::Acquire)
+    }
+}
+
+/// Forgotten jobs swept at once: fewer, larger deletions keep submits cheap.
+const SWEEP_AFTER: usize = 16;
 
 /// Runs functions on the configured backend. Dropping it stops its runners
 /// and, with `execution.data_cleaner`, deletes its finished jobs' objects.
@@ -641,6 +664,8 @@ impl Executor {
 
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
+        // Another process may follow the job: its objects stay until clean.
+        future.job.keep();
         let spec = &future.job.spec;
         JobHandle {
             version: JobHandle::VERSION,
@@ -761,7 +786,7 @@ impl Executor {
             self.inner.notifier.clone(),
             CallState::New,
         ));
-        lock(&self.inner.jobs).push(job.clone());
+        self.inner.remember(&job);
         Ok(job)
     }
 
@@ -903,11 +928,16 @@ impl Inner {
         )?;
 
         // Small inputs travel inside the Invocation; if any is large, all go
-        // into one data object and each call gets its byte range.
-        let inline = inputs
-            .iter()
-            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
-            && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES);
+        // into one data object and each call gets its byte range. The local
+        // runtime in this process takes them as they are, whatever their
+        // size: nothing else reads a job's inputs, so they never touch
+        // storage (one copy fewer, and no write before the first call).
+        let in_process = !detached && self.backend.local().is_some();
+        let inline = in_process
+            || (inputs
+                .iter()
+                .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
+                && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES));
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
@@ -973,20 +1003,51 @@ impl Inner {
         })
     }
 
+    fn remember(&self, job: &Arc<JobState>) {
+        let forgotten: Vec<String> = {
+            let mut jobs = lock(&self.jobs);
+            jobs.push(JobEntry {
+                job: Arc::downgrade(job),
+                prefix: job.keys.prefix().to_string(),
+                kept: job.kept(),
+            });
+            if !self.config.execution.data_cleaner
+                || jobs.iter().filter(|e| e.is_forgotten()).count() < SWEEP_AFTER
+            {
+                return;
+            }
+            let (gone, live): (Vec<_>, Vec<_>) = jobs.drain(..).partition(JobEntry::is_forgotten);
+            *jobs = live;
+            gone.into_iter().map(|e| e.prefix).collect()
+        };
+        // Their last statuses are written before their objects go; the
+        // deletions run in the background (a slow store never slows a submit).
+        let _ = self.flush_statuses();
+        let storage = self.storage.clone();
+        quelea_storage::io_runtime().spawn(async move {
+            for prefix in forgotten {
+                let _ = storage.delete_prefix(&prefix).await;
+            }
+        });
+    }
+
     fn clean(&self) -> Result<usize> {
         let _ = self.flush_statuses();
-        let finished: Vec<Arc<JobState>> = {
+        let finished: Vec<String> = {
             let mut jobs = lock(&self.jobs);
             // Detached jobs are cleaned by whoever reads them last.
-            let (done, running): (Vec<_>, Vec<_>) = jobs
-                .drain(..)
-                .partition(|j| j.is_complete() && !j.is_detached());
+            let (done, running): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|e| {
+                let job = e.job.upgrade();
+                let detached = job.as_ref().is_some_and(|j| j.is_detached());
+                let complete = job.as_ref().is_none_or(|j| j.is_complete());
+                complete && !detached
+            });
             *jobs = running;
-            done
+            done.into_iter().map(|e| e.prefix).collect()
         };
         let mut deleted = 0;
-        for job in finished {
-            deleted += self.storage.delete_prefix_blocking(job.keys.prefix())?;
+        for prefix in finished {
+            deleted += self.storage.delete_prefix_blocking(&prefix)?;
         }
         if lock(&self.jobs).is_empty() && lock(&self.host).is_none() {
             deleted += self.storage.delete_prefix_blocking(&format!(
@@ -1144,6 +1205,16 @@ pub fn wait<O>(
     Ok(futures.iter().partition(|f| f.done()))
 }
 
+/// Waits until `return_when` holds for these futures (see [`wait`], which
+/// also sorts them into done and pending).
+pub fn wait_until<O>(
+    futures: &FuturesList<O>,
+    return_when: ReturnWhen,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    wait_calls(&futures.parts, return_when, timeout)
+}
+
 /// Cancels the jobs of these futures without an executor at hand (the
 /// cancelled marker in storage is written by [`Executor::cancel`]).
 pub fn cancel<O>(futures: &FuturesList<O>) {
@@ -1171,7 +1242,11 @@ impl Drop for Executor {
     fn drop(&mut self) {
         // Reducers finish (or fail) once their map jobs end; pools stop below.
         let inner = &self.inner;
-        for job in lock(&inner.jobs).iter() {
+        let jobs: Vec<Arc<JobState>> = lock(&inner.jobs)
+            .iter()
+            .filter_map(|e| e.job.upgrade())
+            .collect();
+        for job in jobs {
             // A detached job goes on without this executor.
             if !job.is_complete() && !job.is_detached() {
                 job.cancel("the executor was dropped");

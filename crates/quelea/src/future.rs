@@ -12,7 +12,7 @@ use quelea_core::model::{CallError, CallState, CallStats, Output};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::job::{JobState, Notifier, OutcomeRef, Piece};
+use crate::job::{CallsSummary, JobState, Notifier, OutcomeRef, Piece};
 
 /// When a wait returns.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -276,6 +276,17 @@ impl<O> FuturesList<O> {
         states
     }
 
+    /// The counts and times of a whole job's calls (the list of one job's
+    /// futures, as a map returns it), read run by run.
+    pub fn job_summary(&self) -> Option<CallsSummary> {
+        match self.parts.as_slice() {
+            [part] if part.calls.start == 0 && part.calls.end == part.job.total() => {
+                Some(part.job.records().summary())
+            }
+            _ => None,
+        }
+    }
+
     /// Visits the results of these calls in order, a batch's run of shared
     /// values at a time (see [`Piece`]); false at the first call that has
     /// not succeeded. Reads each job's records under one lock.
@@ -369,7 +380,11 @@ impl Groups {
 }
 
 /// Waits until `when` holds for `calls`, the timeout passes, or Ctrl-C.
-pub(crate) fn wait_calls(parts: &[Part], when: ReturnWhen, timeout: Option<Duration>) -> Result<()> {
+pub(crate) fn wait_calls(
+    parts: &[Part],
+    when: ReturnWhen,
+    timeout: Option<Duration>,
+) -> Result<()> {
     let groups = Groups::new(parts);
     let needed = match when {
         ReturnWhen::Always => return Ok(()),

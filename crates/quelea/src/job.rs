@@ -105,6 +105,20 @@ impl OutcomeRef<'_> {
     }
 }
 
+/// A job's calls in numbers (see [`Records::summary`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallsSummary {
+    pub calls: usize,
+    /// Runner calls: a batch's elements share one.
+    pub runner_calls: usize,
+    pub success: usize,
+    pub error: usize,
+    /// From the first start to the last end.
+    pub wall_time: Option<f64>,
+    /// The runner calls' execution times, summed.
+    pub total_exec_time: f64,
+}
+
 /// Successful results, a run at a time (see [`Records::for_each_success`]).
 pub enum Piece<'a> {
     Own(&'a [u8]),
@@ -230,6 +244,44 @@ impl Records {
         true
     }
 
+    /// The calls' counts and times, read from the runs (not call by call).
+    pub fn summary(&self) -> CallsSummary {
+        let mut summary = CallsSummary {
+            calls: self.len(),
+            ..CallsSummary::default()
+        };
+        let mut runs = std::collections::HashSet::new();
+        let (mut first_start, mut last_end) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (i, state) in self.state.iter().enumerate() {
+            match state {
+                CallState::Success => summary.success += 1,
+                CallState::Error => summary.error += 1,
+                _ => {}
+            }
+            let stats = match self.end(i) {
+                Some(end) => &end.stats,
+                None => {
+                    // A call that has not ended is a run of its own.
+                    summary.runner_calls += 1;
+                    continue;
+                }
+            };
+            let (Some(start), Some(end)) = (stats.start_ts, stats.end_ts) else {
+                summary.runner_calls += 1;
+                continue;
+            };
+            // Elements of one batch share its run: each run counts once.
+            if runs.insert((stats.worker_id, start.to_bits(), end.to_bits())) {
+                summary.runner_calls += 1;
+                summary.total_exec_time += end - start;
+            }
+            first_start = first_start.min(start);
+            last_end = last_end.max(end);
+        }
+        summary.wall_time = (first_start <= last_end).then_some(last_end - first_start);
+        summary
+    }
+
     /// The first failed call, by call order, and its error.
     pub fn first_failure(&self) -> Option<(CallId, &CallError)> {
         let i = self.state.iter().position(|s| *s == CallState::Error)?;
@@ -322,6 +374,9 @@ pub(crate) struct JobState {
     cancel_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// The job outlives its executor (not cancelled or cleaned when it goes).
     detached: std::sync::atomic::AtomicBool,
+    /// Another process may read the job (detached, or its handle given out):
+    /// its objects stay until the executor's clean.
+    kept: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobState {
@@ -335,11 +390,22 @@ impl JobState {
             notifier,
             cancel_hook: Mutex::new(None),
             detached: std::sync::atomic::AtomicBool::new(false),
+            kept: Arc::default(),
         }
     }
 
     pub fn mark_detached(&self) {
         self.detached.store(true, Ordering::Release);
+        self.keep();
+    }
+
+    /// Keeps the job's objects until the executor's clean.
+    pub fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
+    }
+
+    pub fn kept(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.kept.clone()
     }
 
     pub fn is_detached(&self) -> bool {
