@@ -698,10 +698,26 @@ class FunctionExecutor:
                     raise TypeError(f"cs[{i}] is a {type(co).__name__}, not a CloudObject")
             self.storage.delete_cloudobjects(objects)
             deleted += len(objects)
-        finished = {f"{job.executor_id}-{job.job_id}" for job in self._jobs if job.done_count() == job.total}
+        finished = self._finished_job_keys()
         deleted += self._engine.clean()
         self.cleaned_jobs.update(finished)
         return deleted
+
+    def _finished_job_keys(self) -> set[str]:
+        """The job keys of this executor's finished jobs (without making futures)."""
+        keys: set[str] = set()
+        for entry in self._lists:
+            if isinstance(entry, _ReadList):
+                if entry.job is None:  # read, and its list is gone: finished
+                    if entry.row and entry.row.get("job_key"):
+                        keys.add(entry.row["job_key"])
+                    continue
+                jobs = [entry.job]
+            else:
+                lazy = entry._job_source()
+                jobs = [lazy[0]] if lazy is not None else list({id(f._job): f._job for f in entry}.values())
+            keys.update(f"{j.executor_id}-{j.job_id}" for j in jobs if j.done_count() == j.total)
+        return keys
 
     def runner_pids(self) -> list[int]:
         return self._engine.runner_pids()

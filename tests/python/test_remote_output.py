@@ -87,3 +87,37 @@ def test_quelea_log_env(tmp_path):
     # An explicit log_level wins over the environment.
     _, stderr = run(tmp_path, "info", env={"QUELEA_LOG": "off"})
     assert len([line for line in stderr if "line" in line]) == 100
+
+
+BATCHED = """
+import sys, quelea
+
+def sometimes(x):
+    if x % 100 == 7:
+        print("value", x, end="")
+        print(" done")
+    return x
+
+config = {"localdisk": {"root": sys.argv[1]}, "local": {"workers": 2}}
+with quelea.FunctionExecutor(config=config) as fexec:
+    fs = fexec.map(sometimes, range(600))  # batched: many elements per runner call
+    assert fexec.get_result(fs) == list(range(600))
+    assert fs[107].logs == "value 107 done\\n" and fs[108].logs == ""
+"""
+
+
+def test_batched_elements_are_prefixed_by_their_own_call_id(tmp_path):
+    script = tmp_path / "batched.py"
+    script.write_text(BATCHED)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("QUELEA_LOG", None)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "storage")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = sorted(line for line in out.stderr.splitlines() if "value" in line)
+    assert lines == sorted(f"[{x:05d}] value {x} done" for x in range(7, 600, 100))
