@@ -9,6 +9,8 @@ use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
 use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, JobSpec, Output};
 
+use crate::retry::{settle, Retrier, Settled};
+
 /// Wakes waiters when calls complete. Shared by the jobs of one executor.
 #[derive(Default)]
 pub(crate) struct Notifier {
@@ -58,6 +60,8 @@ pub(crate) struct CallRecord {
     pub state: CallState,
     pub stats: CallStats,
     pub outcome: Option<Result<Output, Box<CallError>>>,
+    /// Earlier attempts' errors, oldest first (see `crate::retry`).
+    pub failed_attempts: Vec<Box<CallError>>,
 }
 
 /// One job as the client sees it.
@@ -70,6 +74,9 @@ pub(crate) struct JobState {
     cancel_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// The job outlives its executor (not cancelled or cleaned when it goes).
     detached: std::sync::atomic::AtomicBool,
+    /// Runs failed calls again (a job with retries, in the process that
+    /// submitted it).
+    retrier: std::sync::OnceLock<Arc<Retrier>>,
 }
 
 impl JobState {
@@ -83,6 +90,7 @@ impl JobState {
                     ..CallStats::default()
                 },
                 outcome: None,
+                failed_attempts: Vec::new(),
             })
             .collect();
         JobState {
@@ -93,7 +101,12 @@ impl JobState {
             notifier,
             cancel_hook: Mutex::new(None),
             detached: std::sync::atomic::AtomicBool::new(false),
+            retrier: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_retrier(&self, retrier: Arc<Retrier>) {
+        let _ = self.retrier.set(retrier);
     }
 
     pub fn mark_detached(&self) {
@@ -128,10 +141,6 @@ impl JobState {
         self.calls()[call.index()].state
     }
 
-    pub fn mark_running(&self, call: CallId, worker_id: Option<u32>, start_ts: f64) {
-        self.mark_running_from(call, 1, worker_id, start_ts);
-    }
-
     /// Marks `count` calls from `first` (a batch) running, under one lock.
     pub fn mark_running_from(
         &self,
@@ -152,31 +161,67 @@ impl JobState {
         }
     }
 
+    /// Marks a call running as reported by `attempt` (from storage, where
+    /// attempts' reports may arrive in any order): an earlier attempt's is
+    /// ignored, a later one's moves the call on to it.
+    pub fn mark_running_attempt(
+        &self,
+        call: CallId,
+        worker_id: Option<u32>,
+        start_ts: f64,
+        attempt: u32,
+    ) {
+        let mut calls = self.calls();
+        let Some(record) = calls.get_mut(call.index()) else {
+            return;
+        };
+        let newer = attempt > record.stats.attempt;
+        if record.state.is_terminal() || attempt < record.stats.attempt {
+            return;
+        }
+        if record.state < CallState::Running || newer {
+            record.state = CallState::Running;
+            record.stats.start_ts = Some(start_ts);
+            record.stats.worker_id = worker_id;
+            record.stats.attempt = attempt;
+        }
+    }
+
     /// Records the ends of consecutive calls from `first` (a batch), under
-    /// one lock and with one wake-up; returns how many were new.
+    /// one lock and with one wake-up; returns how many were new final ends
+    /// (a failed attempt that runs again is not one, see `crate::retry`).
     pub fn complete_from(
         &self,
         first: CallId,
         outcomes: impl IntoIterator<Item = (CallStats, Result<Output, Box<CallError>>)>,
     ) -> u32 {
         let mut new = 0;
+        let mut retried = Vec::new();
         {
             let mut calls = self.calls();
             for (i, (stats, outcome)) in outcomes.into_iter().enumerate() {
                 let Some(record) = calls.get_mut(first.index() + i) else {
                     break;
                 };
-                if record.state.is_terminal() {
-                    continue;
+                match settle(&self.spec.retry, record, stats, outcome, true) {
+                    Settled::Final => new += 1,
+                    Settled::Retried(attempt) => {
+                        retried.push((CallId(first.0 + i as u32), attempt))
+                    }
+                    Settled::Stale => {}
                 }
-                record.state = if outcome.is_ok() {
-                    CallState::Success
-                } else {
-                    CallState::Error
-                };
-                record.stats = stats;
-                record.outcome = Some(outcome);
-                new += 1;
+            }
+        }
+        self.after_settled(new, retried);
+        new
+    }
+
+    /// Counts new final ends (waking waiters) and hands retried calls to
+    /// the retry driver.
+    fn after_settled(&self, new: u32, retried: Vec<(CallId, u32)>) {
+        if let Some(retrier) = self.retrier.get() {
+            for (call, attempt) in retried {
+                retrier.schedule(call, attempt);
             }
         }
         if new > 0 {
@@ -185,39 +230,51 @@ impl JobState {
                 self.notifier.notify();
             }
         }
-        new
     }
 
     /// Records a call's end; a second end for the same call is ignored (a
-    /// cancelled call may still report from its runner).
+    /// cancelled call may still report from its runner). True when it was
+    /// the call's final end.
     pub fn complete(
         &self,
         call: CallId,
         stats: CallStats,
         outcome: Result<Output, Box<CallError>>,
     ) -> bool {
-        {
+        self.complete_with(call, stats, outcome, true)
+    }
+
+    /// Like [`Self::complete`], never retried (the end is final whatever
+    /// the job's retry policy).
+    pub fn complete_final(
+        &self,
+        call: CallId,
+        stats: CallStats,
+        outcome: Result<Output, Box<CallError>>,
+    ) -> bool {
+        self.complete_with(call, stats, outcome, false)
+    }
+
+    fn complete_with(
+        &self,
+        call: CallId,
+        stats: CallStats,
+        outcome: Result<Output, Box<CallError>>,
+        may_retry: bool,
+    ) -> bool {
+        let settled = {
             let mut calls = self.calls();
             let Some(record) = calls.get_mut(call.index()) else {
                 return false;
             };
-            if record.state.is_terminal() {
-                return false;
-            }
-            record.state = if outcome.is_ok() {
-                CallState::Success
-            } else {
-                CallState::Error
-            };
-            record.stats = stats;
-            record.outcome = Some(outcome);
+            settle(&self.spec.retry, record, stats, outcome, may_retry)
+        };
+        match settled {
+            Settled::Final => self.after_settled(1, Vec::new()),
+            Settled::Retried(attempt) => self.after_settled(0, vec![(call, attempt)]),
+            Settled::Stale => {}
         }
-        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
-        let finished = done >= self.total();
-        if finished || self.notifier.eager_waiters.load(Ordering::Acquire) > 0 {
-            self.notifier.notify();
-        }
-        true
+        settled == Settled::Final
     }
 
     /// Marks every unfinished call with `error`; returns how many.
@@ -238,7 +295,7 @@ impl JobState {
                 stats.end_ts = Some(now);
                 stats
             };
-            if self.complete(call, stats, Err(Box::new(make_error(call)))) {
+            if self.complete_final(call, stats, Err(Box::new(make_error(call)))) {
                 failed += 1;
             }
         }

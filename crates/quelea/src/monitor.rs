@@ -288,7 +288,12 @@ fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::Call
         CallState::Running => {
             if let Some(start) = status.stats.start_ts {
                 for call in calls {
-                    job.mark_running(call, status.stats.worker_id, start);
+                    job.mark_running_attempt(
+                        call,
+                        status.stats.worker_id,
+                        start,
+                        status.stats.attempt,
+                    );
                 }
             }
         }
