@@ -21,6 +21,7 @@ from . import exceptions
 from ._engine import __version__
 from .executor import FunctionExecutor
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
+from .retries import RetryingFunctionExecutor, RetryingFuture
 from .storage import CloudObject, Storage
 from .wait import get_result, wait
 
@@ -83,6 +84,8 @@ __all__ = [
     "LocalhostExecutor",
     "ResponseFuture",
     "FuturesList",
+    "RetryingFunctionExecutor",
+    "RetryingFuture",
     "Storage",
     "CloudObject",
     "wait",

@@ -62,6 +62,8 @@ pub(crate) struct CallRecord {
     pub outcome: Option<Result<Output, Box<CallError>>>,
     /// Earlier attempts' errors, oldest first (see `crate::retry`).
     pub failed_attempts: Vec<Box<CallError>>,
+    /// The client gave up retrying the call (its next end is final).
+    pub retries_stopped: bool,
 }
 
 /// One job as the client sees it.
@@ -91,6 +93,7 @@ impl JobState {
                 },
                 outcome: None,
                 failed_attempts: Vec::new(),
+                retries_stopped: false,
             })
             .collect();
         JobState {

@@ -51,7 +51,7 @@ pub(crate) fn settle(
         return Settled::Stale;
     }
     if let Err(error) = &outcome {
-        if may_retry && policy.retries(error.reason, stats.attempt) {
+        if may_retry && !record.retries_stopped && policy.retries(error.reason, stats.attempt) {
             let attempt = stats.attempt + 1;
             record.state = CallState::Invoked;
             record.stats = CallStats {
