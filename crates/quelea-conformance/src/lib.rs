@@ -520,13 +520,15 @@ fn memory_limit_fails_only_that_call(backend: &Backend) -> Result<(), Failed> {
     )
 }
 
-/// Every ended attempt in storage for a job, by call: `(attempt, state,
-/// retried)` in attempt order.
+/// One ended attempt as stored: `(attempt, state, retried)`.
+pub type Attempt = (u32, CallState, bool);
+
+/// Every ended attempt in storage for a job, by call, in attempt order.
 pub fn ended_attempts(
     storage: &Storage,
     keys: &JobKeys,
-) -> Result<HashMap<u32, Vec<(u32, CallState, bool)>>, Failed> {
-    let mut calls: HashMap<u32, Vec<(u32, CallState, bool)>> = HashMap::new();
+) -> Result<HashMap<u32, Vec<Attempt>>, Failed> {
+    let mut calls: HashMap<u32, Vec<Attempt>> = HashMap::new();
     for object in storage.list_blocking(&keys.status_prefix())? {
         let body = storage.get_blocking(&object.key)?;
         let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {

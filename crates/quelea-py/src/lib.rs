@@ -102,15 +102,13 @@ fn retry_options(
     retry_user_errors: Option<bool>,
 ) -> PyResult<MapOptions> {
     let max = quelea::core::config::MAX_RETRIES;
-    let retries = match retries {
-        None => None,
-        Some(n) => Some(
-            u32::try_from(n)
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| value_error(format!("retries must be between 0 and {max}, got {n}")))?,
-        ),
-    };
+    let retries =
+        match retries {
+            None => None,
+            Some(n) => Some(u32::try_from(n).ok().filter(|n| *n <= max).ok_or_else(|| {
+                value_error(format!("retries must be between 0 and {max}, got {n}"))
+            })?),
+        };
     let timeout = match timeout {
         None => None,
         Some(t) => Some(
@@ -562,7 +560,11 @@ impl Job {
         Ok(dict)
     }
     /// The earlier attempts' errors of call `index` (dicts, oldest first).
-    fn failed_attempts<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    fn failed_attempts<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.future(index)?
             .failed_attempts()
             .iter()

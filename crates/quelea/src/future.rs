@@ -99,11 +99,7 @@ impl<O> ResponseFuture<O> {
     /// The errors of the call's earlier attempts, oldest first (each failed
     /// attempt that was run again; see `MapOptions::retries`).
     pub fn failed_attempts(&self) -> Vec<CallError> {
-        self.job.calls()[self.call.index()]
-            .failed_attempts
-            .iter()
-            .map(|e| (**e).clone())
-            .collect()
+        self.job.calls()[self.call.index()].failed_attempts.clone()
     }
 
     /// No further retries of this call: the attempt running now (if any)

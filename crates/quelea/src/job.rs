@@ -61,7 +61,7 @@ pub(crate) struct CallRecord {
     pub stats: CallStats,
     pub outcome: Option<Result<Output, Box<CallError>>>,
     /// Earlier attempts' errors, oldest first (see `crate::retry`).
-    pub failed_attempts: Vec<Box<CallError>>,
+    pub failed_attempts: Vec<CallError>,
     /// The client gave up retrying the call (its next end is final).
     pub retries_stopped: bool,
 }

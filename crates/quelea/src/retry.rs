@@ -59,7 +59,7 @@ pub(crate) fn settle(
                 attempt,
                 ..CallStats::default()
             };
-            record.failed_attempts.push(error.clone());
+            record.failed_attempts.push((**error).clone());
             return Settled::Retried(attempt);
         }
     }
