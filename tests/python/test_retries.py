@@ -80,6 +80,13 @@ def test_a_killed_runner_and_a_timeout_are_retried(executor, tmp_path):
         executor.get_result(fs)
 
 
+def test_a_detached_job_is_retried_through_its_host(executor, tmp_path):
+    fs = executor.map(flaky, [(x, tmp_path, 1, "kill") for x in (20, 21)], retries=1, detach=True)
+    assert executor.get_result(fs) == [(20, 1), (21, 1)]
+    assert [f.stats["attempt"] for f in fs] == [1, 1]
+    assert executor._engine.host_pid() is not None
+
+
 def test_in_a_batch_only_the_failing_element_runs_again(executor, tmp_path):
     items = [(x, tmp_path, 1 if x == 2 else 0) for x in range(5)]
     fs = executor.map(flaky, items, chunksize=5, retries=1, retry_user_errors=True)
