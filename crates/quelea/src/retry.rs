@@ -8,70 +8,22 @@
 //! statuses it writes (`retried` for an attempt that runs again, so storage
 //! holds every attempt and exactly one final status per call).
 //!
-//! The hooks in `JobState` are narrow: [`settle`] says what a call's end
-//! means for its record, and a job with retries carries a [`Retrier`] that
-//! resubmits retried calls from a thread of its own (never from the thread
-//! that reported the failure: a pool's, or the monitor's).
+//! The hooks in `JobState` are narrow: `Records::finish_attempt` puts a
+//! call whose failure is retried back to `invoked` on its next attempt
+//! (and ignores an earlier attempt's late report), and a job with retries
+//! carries a [`Retrier`] that resubmits retried calls from a thread of its
+//! own (never from the thread that reported the failure: a pool's, or the
+//! monitor's).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use quelea_core::ids::CallId;
-use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, Output};
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason};
 use quelea_core::protocol::{Invocation, InvokedCall};
-use quelea_core::retry::RetryPolicy;
 
 use crate::error::Result;
-use crate::job::{lock, CallRecord, JobState};
-
-/// What an ended attempt means for its call's record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// The call's one final outcome: recorded.
-    Final,
-    /// The attempt failed and the call runs again as this attempt: the
-    /// record is back to `invoked`.
-    Retried(u32),
-    /// Not news: the call already ended, or this is an earlier attempt's
-    /// report arriving late.
-    Stale,
-}
-
-/// Applies an attempt's end to `record` under the job's lock. `may_retry`
-/// is false for ends that are final whatever the policy (the job's
-/// deadline, a cancel, an Invocation that could not be delivered).
-pub(crate) fn settle(
-    policy: &RetryPolicy,
-    record: &mut CallRecord,
-    stats: CallStats,
-    outcome: std::result::Result<Output, Box<CallError>>,
-    may_retry: bool,
-) -> Settled {
-    if record.state.is_terminal() || stats.attempt < record.stats.attempt {
-        return Settled::Stale;
-    }
-    if let Err(error) = &outcome {
-        if may_retry && !record.retries_stopped && policy.retries(error.reason, stats.attempt) {
-            let attempt = stats.attempt + 1;
-            record.state = CallState::Invoked;
-            record.stats = CallStats {
-                submit_ts: record.stats.submit_ts,
-                attempt,
-                ..CallStats::default()
-            };
-            record.failed_attempts.push((**error).clone());
-            return Settled::Retried(attempt);
-        }
-    }
-    record.state = if outcome.is_ok() {
-        CallState::Success
-    } else {
-        CallState::Error
-    };
-    record.stats = stats;
-    record.outcome = Some(outcome);
-    Settled::Final
-}
+use crate::job::{lock, JobState, RunOutcome};
 
 /// Sends runner calls of a job again: builds and delivers the Invocations
 /// (the executor's backend, or the detached-job host).
@@ -151,11 +103,11 @@ impl Retrier {
         let k = spec.chunksize.max(1);
         let mut by_attempt: BTreeMap<u32, Vec<InvokedCall>> = BTreeMap::new();
         {
-            let records = job.calls();
+            let records = job.records();
             for &(call, attempt) in batch {
-                let waiting = records
-                    .get(call.index())
-                    .is_some_and(|r| r.state == CallState::Invoked && r.stats.attempt == attempt);
+                let waiting = call.index() < records.len()
+                    && records.state(call) == CallState::Invoked
+                    && records.attempt(call.index()) == attempt;
                 let Some(first) = self.calls.get((call.0 / k) as usize) else {
                     continue;
                 };
@@ -209,7 +161,7 @@ fn fail(job: &JobState, calls: &[(CallId, u32)], why: &str) {
         job.complete_final(
             call,
             stats,
-            Err(Box::new(CallError {
+            RunOutcome::Failed(Box::new(CallError {
                 reason: FailureReason::WorkerCrashed,
                 error_type: "RetryFailed".into(),
                 message: format!("call {call} failed and {why}"),
