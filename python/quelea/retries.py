@@ -117,7 +117,9 @@ class RetryingFuture:
     def stats(self) -> dict:
         return self.response_future.stats
 
-    def status(self, throw_except: bool = True, internal_storage: Any = None, check_only: bool = False) -> Any:
+    def status(
+        self, throw_except: bool = True, internal_storage: Any = None, check_only: bool = False
+    ) -> Any:
         """The call's status once its last attempt ended (raises that
         attempt's error with ``throw_except``)."""
         return self.response_future.status(throw_except=throw_except)
@@ -194,8 +196,10 @@ class RetryingFunctionExecutor:
             # One call per chunk of data (obj maps): no element per call.
             inputs = [None] * len(futures)
         return [
-            RetryingFuture(f, map_function=map_function, input=i, retries=retries, _executor=self, **map_kwargs)
-            for i, f in zip(inputs, futures)
+            RetryingFuture(
+                f, map_function=map_function, input=i, retries=retries, _executor=self, **map_kwargs
+            )
+            for i, f in zip(inputs, futures, strict=True)
         ]
 
     def wait(

@@ -120,7 +120,7 @@ def test_retrying_function_executor_as_in_lithops(config, tmp_path):
         assert type(fs) is list and all(isinstance(f, RetryingFuture) for f in fs)
         done, pending = fexec.wait(fs, throw_except=False)
         assert (len(done), len(pending)) == (4, 0)
-        assert all(d is f for d, f in zip(sorted(done, key=fs.index), fs))
+        assert all(d is f for d, f in zip(sorted(done, key=fs.index), fs, strict=True))
         assert [f.result() for f in fs] == [(0, 0), (1, 2), (2, 0), (3, 2)]
         assert [f.failure_count for f in fs] == [0, 2, 0, 2]
         assert [f.attempts for f in fs] == [1, 3, 1, 3]
