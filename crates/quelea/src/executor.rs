@@ -682,8 +682,14 @@ impl Executor {
 
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
-        // Another process may follow the job: its objects stay until clean.
-        future.job.keep();
+        // Another process may follow the job: its objects stay until clean,
+        // and large results this process held go to storage.
+        if !future.job.is_kept() {
+            future.job.keep();
+            if self.inner.backend.local().is_some() {
+                self.inner.store_held_results(&future.job);
+            }
+        }
         let spec = &future.job.spec;
         JobHandle {
             version: JobHandle::VERSION,
@@ -1077,6 +1083,35 @@ impl Inner {
             Ok(())
         });
         job.set_retrier(crate::retry::Retrier::new(job, calls.to_vec(), resubmit));
+    }
+
+    /// Writes the large results the in-process runtime left with this
+    /// client (`ResultRef::Held`) where readers look for them. Twice: a
+    /// result that ended while the first pass ran is stored by the writer
+    /// or by the second pass.
+    fn store_held_results(&self, job: &JobState) {
+        let limit = self.config.execution.inline_result_bytes;
+        let mut written = HashSet::new();
+        for _ in 0..2 {
+            let _ = self.flush_statuses();
+            let outputs: Vec<(CallId, Vec<u8>)> = job
+                .records()
+                .large_outputs(limit)
+                .into_iter()
+                .filter(|(call, _)| !written.contains(call))
+                .map(|(call, bytes)| (call, bytes.to_vec()))
+                .collect();
+            for (call, bytes) in outputs {
+                if let Err(e) = self.storage.put_blocking(&job.keys.output(call), bytes) {
+                    eprintln!(
+                        "quelea: the result of call {call} of {} could not be stored \
+                         for other readers: {e}",
+                        job.job_key()
+                    );
+                }
+                written.insert(call);
+            }
+        }
     }
 
     fn remember(&self, job: &Arc<JobState>) {

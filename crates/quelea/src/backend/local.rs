@@ -178,7 +178,7 @@ impl LocalBackend {
         }
         let observer = Arc::new(JobObserver { job: job.clone() });
         self.runtime
-            .accept_in_process(invocation, function_payload, observer)
+            .accept_in_process(invocation, function_payload, observer, job.kept())
             .map_err(|refusal| Error::InvalidArgument {
                 name: "runner",
                 message: refusal.message,
