@@ -445,6 +445,12 @@ impl Runtime {
 
     /// Starts the pool for `kind` now rather than on the first call, and
     /// waits until its runners are ready.
+    /// Starts the pool for `kind` now, without waiting for its runners: they
+    /// start while the client prepares its first job.
+    pub fn prestart(&self, kind: RunnerKind) {
+        let _ = self.pool(kind);
+    }
+
     pub fn warm_up(&self, kind: RunnerKind, timeout: Duration) -> Result<(), Refusal> {
         let pool = self.pool(kind)?;
         if pool.wait_ready(timeout) {

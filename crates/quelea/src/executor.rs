@@ -387,6 +387,14 @@ impl Executor {
 
     /// Starts the Rust runner pool now instead of on the first job (remote
     /// backends' servers start their own).
+    /// Starts the local runners of `kind` in the background (a no-op on
+    /// remote backends): the first map need not wait for them to start.
+    pub fn prestart(&self, kind: RunnerKind) {
+        if let Some(local) = self.inner.backend.local() {
+            local.prestart(kind);
+        }
+    }
+
     pub fn warm_up(&self) -> Result<()> {
         match self.inner.backend.local() {
             Some(local) => local.warm_up(RunnerKind::Rust),

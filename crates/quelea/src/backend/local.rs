@@ -110,6 +110,10 @@ impl LocalBackend {
             })
     }
 
+    pub fn prestart(&self, kind: RunnerKind) {
+        self.runtime.prestart(kind);
+    }
+
     pub fn runner_pids(&self) -> Vec<u32> {
         self.runtime.runner_pids()
     }
