@@ -74,7 +74,7 @@ def translate(config: dict) -> dict:
                 out["storage"] = name(value, storage_names(), "lithops.storage")
             elif key == "execution_timeout":
                 out.setdefault("execution", {})["timeout"] = value
-            elif key in ("chunksize", "data_cleaner"):
+            elif key in ("chunksize", "data_cleaner", "retries"):
                 out.setdefault("execution", {})[key] = value
             elif key == "monitoring":
                 if value not in ("storage", "rabbitmq"):
