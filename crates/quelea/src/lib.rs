@@ -27,7 +27,7 @@ pub mod objects;
 mod push;
 pub mod summary;
 
-pub use detached::serve_host;
+pub use detached::{host_lease_with, serve_host, HostLease, LEASE_INTERVAL};
 pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, Batches, DoneAndPending, Executor, ExecutorBuilder,

@@ -17,8 +17,9 @@ class QueleaJobTrigger(BaseTrigger):
 
     Only status is polled here (through storage, off the event loop); results
     are read by the resumed task. Events: ``{"status": "success" | "error" |
-    "timeout", "message", "job", "done", "failed", "total", "first_failed"}``.
-    A failed call fires ``error`` at once. Progress goes to the triggerer's log
+    "timeout" | "abandoned", "message", "job", "done", "failed", "total",
+    "first_failed"}``. A failed call fires ``error`` at once; a job whose host
+    process is gone (``quelea.host_lease``) fires ``abandoned``. Progress goes to the triggerer's log
     as ``job <id>: done/total (failed)`` lines.
 
     :param job: the job dict (``quelea_airflow._job``: handles; JSON, no secrets).
@@ -96,6 +97,9 @@ class QueleaJobTrigger(BaseTrigger):
                     return
                 if progress["done"] == progress["total"]:
                     yield self._event("success", "the job finished", progress)
+                    return
+                if progress["abandoned"]:
+                    yield self._event("abandoned", progress["abandoned"], progress)
                     return
                 if self.end_time is not None and time.time() >= self.end_time:
                     await asyncio.to_thread(self._cancel)
