@@ -39,8 +39,9 @@ class QueleaJobLink(BaseOperatorLink):
     def persist(context: Any, job: dict) -> str | None:
         page = job_page(job)
         ti = context.get("ti") if hasattr(context, "get") else None
-        if page and ti is not None:
-            ti.xcom_push(key=XCOM_LINK_KEY, value=page)
+        if ti is not None:
+            # Pushed even without a dashboard ("": no link), so the UI finds the key.
+            ti.xcom_push(key=XCOM_LINK_KEY, value=page or "")
         return page
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:

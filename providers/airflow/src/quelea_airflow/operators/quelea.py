@@ -209,7 +209,7 @@ class QueleaBaseOperator(BaseOperator):
         try_number = getattr(ti, "try_number", None)
         return isinstance(try_number, int) and try_number <= (self.retries or 0)
 
-    def _resume_plan(self, context: Context, args: tuple) -> tuple[tuple, dict | None]:
+    def _resume_plan(self, context: Context, args: tuple, quiet: bool = False) -> tuple[tuple, dict | None]:
         """For a map of a list on a retry: ``(args over the elements a previous try
         did not finish, {"total", "previous"})``; else ``(args, None)``."""
         if self.kind != "map" or not isinstance(args[1], list | tuple) or "ti" not in context:
@@ -221,7 +221,7 @@ class QueleaBaseOperator(BaseOperator):
             if previous:
                 plan["previous"] = previous
                 missing = [i for i in range(total) if i not in previous]
-                self.log.info(
+                (self.log.debug if quiet else self.log.info)(
                     "Resuming: a previous try finished %d of %d element(s); running the other %d",
                     len(previous),
                     total,
@@ -402,15 +402,12 @@ class QueleaBaseOperator(BaseOperator):
                 XCOM_JOB_KEY,
             )
             return None
-        resume = {"total": plan["total"]} if plan else None
         if submitted.finished:
             # Done before deferring: read it now (no deferral, no scheduler race).
             progress = _job.Job(job, config).progress()
             status = "error" if progress["failed"] else "success"
             self.log.info("quelea job %s finished before deferring", job["executor_id"])
-            return self.execute_complete(
-                context, event={"status": status, "job": job, **progress}, job=job, resume=resume
-            )
+            return self.execute_complete(context, event={"status": status, "job": job, **progress}, job=job)
         self.log.info("Deferring to QueleaJobTrigger")
         self.defer(
             trigger=QueleaJobTrigger(
@@ -422,13 +419,11 @@ class QueleaBaseOperator(BaseOperator):
                 cancel_on_kill=self.cancel_on_kill,
             ),
             method_name="execute_complete",
-            kwargs={"job": job, "resume": resume},
+            kwargs={"job": job},
             timeout=timeout,
         )
 
-    def execute_complete(
-        self, context: Context, event: dict | None = None, job: dict | None = None, resume: dict | None = None
-    ) -> Any:
+    def execute_complete(self, context: Context, event: dict | None = None, job: dict | None = None) -> Any:
         """Resumes after the trigger: reads the results (or raises the failure), then cleans up."""
         if not event:
             raise AirflowException(f"task {self.task_id!r} resumed without a trigger event")
@@ -437,9 +432,10 @@ class QueleaBaseOperator(BaseOperator):
         follower = _job.Job(job, config)
         status = event.get("status")
         plan = None
-        if resume:
-            previous = _store.read_resume(config, context, resume["total"]) or {}
-            plan = {"total": resume["total"], "previous": previous}
+        if self.kind == "map" and status != "abandoned":
+            # The same plan as execute's (the previous try's record is unchanged during this
+            # try). Not from the defer kwargs: dag.test() resumes with the event only.
+            _, plan = self._resume_plan(context, self.executor_call()[0], quiet=True)
         self.log.info(
             "quelea job %s: %s (%s/%s done, %s failed)",
             job["executor_id"],
@@ -489,11 +485,6 @@ class QueleaBaseOperator(BaseOperator):
                 _job.Job(next_kwargs["job"], self.hook.get_config()).finish(self.log, cancel=True)
             except Exception as e:  # noqa: BLE001
                 self.log.warning("could not cancel the quelea job: %s", e)
-            error = str((next_kwargs or {}).get("error") or "")
-            if "timeout" in error.lower() or "timed out" in error.lower():
-                raise AirflowTaskTimeout(
-                    f"task {self.task_id!r}: the deferral timed out ({error}); the quelea job was cancelled"
-                )
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
