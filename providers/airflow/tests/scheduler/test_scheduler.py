@@ -81,8 +81,10 @@ def airflow_services(connections, tmp_path_factory):
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
     commands = {
         "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        "scheduler": ["scheduler"],
-        "triggerer": ["triggerer"],
+        # No log servers: they would listen on every interface, and the task logs are
+        # files on this machine anyway.
+        "scheduler": ["scheduler", "--skip-serve-logs"],
+        "triggerer": ["triggerer", "--skip-serve-logs"],
         "dag-processor": ["dag-processor"],
     }
     procs: dict[str, subprocess.Popen] = {}

@@ -173,17 +173,24 @@ def test_trigger_reports_the_first_failed_call(quelea_conn):
     follower.finish()
 
 
-def test_a_killed_host_is_bounded_by_end_time(quelea_conn, storage_dir):
-    """The job's host is SIGKILLed: nothing runs its calls any more. quelea has no
-    public sign of that (see the provider README), so the trigger's end_time bounds
-    the wait, the job is cancelled and its objects deleted."""
+def test_a_killed_host_is_reported_abandoned(quelea_conn, storage_dir):
+    """The job's host is SIGKILLed: nothing runs its calls any more. Its lease
+    (quelea.host_lease) says so, and the trigger fires `abandoned` at its next poll,
+    long before end_time; the job's objects are deleted by whoever finishes it."""
     submitted = _submit("map", (sleepy, [1, 2]), quelea_conn)
+    handle = submitted.job["handles"][0]
+    deadline = time.monotonic() + 30
+    while quelea.host_lease(handle, config=quelea_conn) is None:  # the host accepted the job
+        assert time.monotonic() < deadline, "no lease"
+        time.sleep(0.1)
     os.killpg(submitted.host_pid, 9)
     started = time.monotonic()
-    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, end_time=time.time() + 2)
+    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, end_time=time.time() + 120)
     event = asyncio.run(_first_event(trigger))
-    assert event.payload["status"] == "timeout"
+    assert event.payload["status"] == "abandoned", event.payload
+    assert f"pid {submitted.host_pid}" in event.payload["message"], event.payload
     assert time.monotonic() - started < 30
+    _job.Job(submitted.job, quelea_conn).finish(cancel=True, grace=0.0)
     assert objects(storage_dir) == []
 
 
