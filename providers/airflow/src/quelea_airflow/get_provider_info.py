@@ -34,6 +34,17 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "1048576",
                         "default": "1048576",
                     },
+                    "min_deferral_s": {
+                        "description": "The least time (seconds) a deferred quelea task stays "
+                        "deferred, so that the scheduler has handled the exit of the task process "
+                        "that deferred before the trigger fires (Airflow's race: 'finished with "
+                        "state success, but the task instance's state attribute is queued'). "
+                        "0 under dag.test(), which has no such race.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "10",
+                        "default": "10",
+                    },
                     "dashboard_url": {
                         "description": "Base URL of a running `quelea dashboard`: the operators' "
                         "'quelea job' link points to the job's page there. Empty: "

@@ -79,6 +79,8 @@ def airflow_services(connections, tmp_path_factory):
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs / "tasks"),
     }
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    # The real scheduler has the deferral race: the default [quelea] min_deferral_s holds.
+    env.pop("AIRFLOW__QUELEA__MIN_DEFERRAL_S", None)
     commands = {
         "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         # No log servers: they would listen on every interface, and the task logs are

@@ -165,3 +165,29 @@ def test_a_killed_sync_task_reports_a_cancellation(quelea_conn, storage_dir):
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), QueleaJobCancelled), outcome
     assert "was killed" in str(outcome["error"]) and "cancelled" in str(outcome["error"])
+
+
+def test_a_deferral_timeout_is_a_timeout_error(quelea_conn, storage_dir):
+    import datetime
+
+    from quelea_airflow import _job
+    from quelea_airflow._compat import AirflowTaskTimeout, TaskDeferred
+
+    op = QueleaMapOperator(
+        task_id="slow",
+        map_function=_sleeps,
+        map_iterdata=[1],
+        deferrable=True,
+        defer_after=0,
+        execution_timeout=datetime.timedelta(seconds=20),
+    )
+    with pytest.raises(TaskDeferred) as e:
+        op.execute(context={})
+    trigger = e.value.trigger
+    # The trigger gives up (cancelling the job) before Airflow's own deferral timeout.
+    assert trigger.end_time < time.time() + 20
+    job = e.value.kwargs["job"]
+    _job.Job(job, quelea_conn).finish(cancel=True)
+    with pytest.raises(AirflowTaskTimeout, match="did not finish within the task's execution_timeout"):
+        op.execute_complete({}, event={"status": "timeout", "job": job, "done": 0, "total": 1})
+    assert objects(storage_dir) == []

@@ -110,6 +110,7 @@ def test_serialize_round_trip():
         "poll_interval": 0.25,
         "end_time": 1e10,
         "cancel_on_kill": True,
+        "fire_after": None,
     }
 
 
@@ -145,6 +146,18 @@ def test_trigger_success_then_results_and_cleanup(quelea_conn, storage_dir):
     assert objects(storage_dir) == []
     # The host ends with its job.
     assert wait_gone([submitted.host_pid])
+
+
+def test_the_trigger_fires_no_earlier_than_fire_after(quelea_conn):
+    """A job done at once still fires only at fire_after (the scheduler's deferral race)."""
+    submitted = _submit("map", (slow_square, [1, 2]), quelea_conn)
+    assert quelea.get_result(quelea.attach(submitted.job["handles"][0], config=quelea_conn), timeout=60)
+    started = time.time()
+    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, fire_after=started + 2.0)
+    event = asyncio.run(_first_event(trigger))
+    assert event.payload["status"] == "success"
+    assert time.time() >= started + 2.0
+    _job.Job(submitted.job, quelea_conn).finish()
 
 
 def test_trigger_logs_progress_lines(quelea_conn, caplog, capfd):

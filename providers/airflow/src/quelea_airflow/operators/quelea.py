@@ -76,6 +76,14 @@ def parse_rendered(value: Any, name: str, *, allow_str: bool = False) -> Any:
     )
 
 
+def min_deferral_s() -> float:
+    """``[quelea] min_deferral_s`` (``AIRFLOW__QUELEA__MIN_DEFERRAL_S``, default 10): the
+    least time a deferred quelea task stays deferred, so that the scheduler has handled
+    the deferring process's exit before the trigger's event (Airflow's race: "finished
+    with state success, but the task instance's state attribute is queued")."""
+    return conf.getfloat("quelea", "min_deferral_s", fallback=10.0)
+
+
 def _executor_name(operator: Any) -> str:
     name = getattr(operator, "executor", None) or conf.get("core", "executor", fallback="") or ""
     return name.split(",")[0].strip()
@@ -417,6 +425,7 @@ class QueleaBaseOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 end_time=end_time,
                 cancel_on_kill=self.cancel_on_kill,
+                fire_after=time.time() + min_deferral_s(),
             ),
             method_name="execute_complete",
             kwargs={"job": job},

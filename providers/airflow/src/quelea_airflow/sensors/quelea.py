@@ -13,6 +13,12 @@ from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
 from quelea_airflow.triggers.quelea import QueleaJobTrigger
 
 
+def min_deferral_s() -> float:
+    from quelea_airflow.operators.quelea import min_deferral_s as value
+
+    return value()
+
+
 def job_from(value: Any) -> dict:
     """A job dict from what users have: a job dict (the ``quelea_job`` XCom of an
     operator), one handle (``FunctionExecutor.job_handle``, JSON text or dict),
@@ -121,6 +127,7 @@ class QueleaJobSensor(BaseSensorOperator):
                 poll_interval=self.poke_interval,
                 end_time=time.time() + self.timeout if self.timeout else None,
                 cancel_on_kill=False,  # the job is not this task's
+                fire_after=time.time() + min_deferral_s(),
             ),
             method_name="execute_complete",
         )
