@@ -165,6 +165,33 @@ def test_a_killed_sync_task_reports_a_cancellation(quelea_conn, storage_dir):
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), QueleaJobCancelled), outcome
     assert "was killed" in str(outcome["error"]) and "cancelled" in str(outcome["error"])
+    # Nothing left: no runner process of this process's pool, no storage object.
+    deadline = time.monotonic() + 30
+    while (left := _runner_children()) or objects(storage_dir):
+        assert time.monotonic() < deadline, (left, objects(storage_dir))
+        time.sleep(0.2)
+
+
+def _runner_children() -> list[int]:
+    import os
+    from pathlib import Path
+
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    running = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X") and b"quelea" in cmd:
+            running.append(pid)
+    return running
 
 
 def test_a_deferral_timeout_is_a_timeout_error(quelea_conn, storage_dir):

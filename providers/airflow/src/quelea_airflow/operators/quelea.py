@@ -283,6 +283,7 @@ class QueleaBaseOperator(BaseOperator):
             return self._submit_detached(context, args, kwargs, plan)
         executor = self.hook.get_executor(**self._executor_kwargs())
         self._executor = executor
+        futures = None
         try:
             futures = getattr(executor, self.kind)(*args, **kwargs)
             self._persist_link(context, executor, futures)
@@ -299,6 +300,7 @@ class QueleaBaseOperator(BaseOperator):
                 result = executor.get_result()
             except Exception as e:
                 if self._killed or _killed_by_sigterm(e):
+                    self._killed = True  # the objects go in `finally`
                     raise QueleaJobCancelled(
                         f"task {self.task_id!r} was killed: quelea job "
                         f"{getattr(executor, 'executor_id', '?')} was cancelled"
@@ -309,6 +311,8 @@ class QueleaBaseOperator(BaseOperator):
                 raise
         finally:
             self._executor = None
+            if self._killed and futures is not None:
+                _settle_cancelled(executor, futures)
             executor.close()
         if plan:
             _store.delete_resume(self.hook.get_config(), context)
@@ -497,14 +501,13 @@ class QueleaBaseOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
+        # Cancels only: the task's thread (execute) then waits for the calls to stop and
+        # deletes the job's objects before it closes the executor.
         self._killed = True
         executor = self._executor
         if executor is not None and self.cancel_on_kill:
             self.log.info("Cancelling the quelea job")
-            try:
-                executor.cancel()
-            finally:
-                executor.close()
+            executor.cancel()
 
     def _log_remote_error(self, exc: BaseException) -> None:
         tb = remote_traceback(exc)
@@ -538,6 +541,23 @@ class QueleaBaseOperator(BaseOperator):
             )
             return ref
         return result
+
+
+def _settle_cancelled(executor: Any, futures: Any) -> None:
+    """After a kill: lets the cancelled calls stop and write their statuses, then
+    deletes the job's objects (deleting first would leave those statuses behind)."""
+    from quelea.exceptions import WaitTimeoutError
+
+    try:
+        executor.cancel(futures)
+        executor.wait(futures, throw_except=False, timeout=_job.STOP_GRACE_S)
+    except (WaitTimeoutError, Exception):  # noqa: BLE001 - best effort on the way out
+        pass
+    time.sleep(_job.CANCEL_SETTLE_S)
+    try:
+        executor.clean()
+    except Exception:  # noqa: BLE001, S110
+        pass
 
 
 def _killed_by_sigterm(exc: BaseException) -> bool:
