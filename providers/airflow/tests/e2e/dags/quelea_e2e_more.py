@@ -127,12 +127,18 @@ def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
         def kill_host(job):
             import os
             import signal
+            import time
 
             import quelea
             from quelea_airflow.hooks.quelea import QueleaHook
 
-            lease = quelea.host_lease(job["handles"][0], config=QueleaHook().get_config())
-            assert lease is not None and not lease["gone"], lease
+            config = QueleaHook().get_config()
+            deadline = time.monotonic() + 30
+            # The host writes its lease once it has accepted the job.
+            while (lease := quelea.host_lease(job["handles"][0], config=config)) is None:
+                assert time.monotonic() < deadline, "the host wrote no lease"
+                time.sleep(0.1)
+            assert not lease["gone"], lease
             os.kill(lease["pid"], signal.SIGKILL)
             return lease["pid"]
 
