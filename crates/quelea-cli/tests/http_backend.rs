@@ -201,7 +201,7 @@ fn attach_follows_an_http_job(fx: &Fixture) -> Result<(), Failed> {
     let b = quelea_cli::builtins();
     let exec = fx.executor();
     let futures = exec.map(&b.square, (0..20u64).map(|x| (x, 5)), MapOptions::default())?;
-    let handle = exec.job_handle(futures.get(0).unwrap());
+    let handle = exec.job_handle(&futures.get(0).unwrap());
     let attached = quelea::attach_with::<u64>(storage_builder(fx.dir.path()), &handle)?;
     let results: Vec<u64> = attached
         .iter()
