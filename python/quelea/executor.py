@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 from . import _batch, _engine
 from . import _serialize as ser
 from ._storage_kinds import lithops_storage_sections, storage_names, translate_lithops_section
+from ._wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
+from ._wait import wait as _wait_futures
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
-from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
-from .wait import wait as _wait_futures
 
 # Lithops' names for a platform map to the quelea backend that serves it:
 # container platforms speak the `http` front door (`quelea worker serve`).

@@ -310,12 +310,12 @@ class FuturesList(list):
         return self._executor_or_new().map_reduce(map_function, self, reduce_function, **kwargs)
 
     def wait(self, **kwargs):
-        from .wait import wait
+        from ._wait import wait
 
         return wait(self, **kwargs)
 
     def get_result(self, **kwargs):
-        from .wait import get_result
+        from ._wait import get_result
 
         return get_result(self, **kwargs)
 

@@ -505,6 +505,7 @@ fn self_check_passes_on_the_servers(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)

@@ -248,6 +248,7 @@ fn no_secret_in_job_objects_or_handles(fx: &Fixture, broker: Broker) -> Result<(
 }
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)

@@ -928,11 +928,16 @@ impl Inner {
         )?;
 
         // Small inputs travel inside the Invocation; if any is large, all go
-        // into one data object and each call gets its byte range.
-        let inline = inputs
-            .iter()
-            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
-            && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES);
+        // into one data object and each call gets its byte range. The local
+        // runtime in this process takes them as they are, whatever their
+        // size: nothing else reads a job's inputs, so they never touch
+        // storage (one copy fewer, and no write before the first call).
+        let in_process = !detached && self.backend.local().is_some();
+        let inline = in_process
+            || (inputs
+                .iter()
+                .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
+                && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES));
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
