@@ -251,6 +251,9 @@ class FunctionExecutor:
         self._storage = None
         self._jobs: list[Any] = []
         self._nested = _in_worker()
+        if not self._nested:
+            # Runners start while the caller prepares its first map.
+            self._engine.prestart()
         self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, self._nested)
 
     def _engine_executor(self) -> Any:

@@ -177,6 +177,13 @@ pub enum ResultRef {
         key: String,
         size: u64,
     },
+    /// Too large to inline, and kept in memory by the process that submitted
+    /// the job (the local backend's client): it writes the object at
+    /// `output/<call>` when it hands the job out (`job_handle`), so a reader
+    /// elsewhere finds it there, or is told where it stayed.
+    Held {
+        size: u64,
+    },
 }
 
 /// One call's status as stored and pushed.

@@ -168,6 +168,14 @@ impl Executor {
         self.id.clone()
     }
 
+    /// Starts the local Python runners in the background.
+    fn prestart(&self) -> PyResult<()> {
+        self.with(|e| {
+            e.prestart(RunnerKind::Python);
+            Ok(())
+        })
+    }
+
     /// The resolved config as JSON, secrets redacted.
     fn config_json(&self) -> PyResult<String> {
         self.with(|e| Ok(e.config().redacted().to_string()))

@@ -14,7 +14,7 @@
 //! cancelled without running, running ones are killed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -266,11 +266,15 @@ impl Runtime {
     /// Queues an Invocation handed over in this process with its function
     /// payload and inline inputs (the local front door): nothing is read
     /// from storage, and `observer` hears of every call as the pool does.
+    ///
+    /// `store_large`: whether results too large to inline go to storage now;
+    /// unset, they stay with the observer (see [`quelea_core::model::ResultRef::Held`]).
     pub fn accept_in_process(
         &self,
         mut invocation: Invocation,
         function_payload: &[u8],
         observer: Arc<dyn CallObserver>,
+        store_large: Arc<AtomicBool>,
     ) -> Result<Accepted, Refusal> {
         let limits = self.check(&invocation)?;
         let pool = self.pool(invocation.function.runner)?;
@@ -293,7 +297,8 @@ impl Runtime {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.queue(invocation, limits, &pool, function, inputs, Some(observer)))
+        let observer = Some((observer, store_large));
+        Ok(self.queue(invocation, limits, &pool, function, inputs, observer))
     }
 
     /// The checks every Invocation passes before anything is loaded: calls,
@@ -365,12 +370,13 @@ impl Runtime {
         pool: &Arc<Pool>,
         function: Arc<PoolFunction>,
         inputs: Vec<Vec<u8>>,
-        observer: Option<Arc<dyn CallObserver>>,
+        observer: Option<(Arc<dyn CallObserver>, Arc<AtomicBool>)>,
     ) -> Accepted {
         let n = elements(&invocation) as usize;
         let counters = &self.counters;
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
-        let target = self.target(&invocation);
+        let (observer, store_large) = observer.unzip();
+        let target = self.target(&invocation, store_large);
         let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
         let sink = Arc::new(RuntimeSink {
             target,
@@ -425,6 +431,12 @@ impl Runtime {
 
     /// Starts the pool for `kind` now rather than on the first call, and
     /// waits until its runners are ready.
+    /// Starts the pool for `kind` now, without waiting for its runners: they
+    /// start while the client prepares its first job.
+    pub fn prestart(&self, kind: RunnerKind) {
+        let _ = self.pool(kind);
+    }
+
     pub fn warm_up(&self, kind: RunnerKind, timeout: Duration) -> Result<(), Refusal> {
         let pool = self.pool(kind)?;
         if pool.wait_ready(timeout) {
@@ -452,7 +464,7 @@ impl Runtime {
     /// run, so that the client learns why at once instead of at its deadline
     /// (a front door with no synchronous answer, like an async Lambda event).
     pub fn fail_calls(&self, invocation: &Invocation, error_type: &str, message: &str) {
-        let target = self.target(invocation);
+        let target = self.target(invocation, None);
         let now = now_ts();
         for call in &invocation.calls {
             let status = CallStatus {
@@ -572,14 +584,19 @@ impl Runtime {
             .collect()
     }
 
-    fn target(&self, invocation: &Invocation) -> Arc<JobTarget> {
+    fn target(
+        &self,
+        invocation: &Invocation,
+        store_large: Option<Arc<AtomicBool>>,
+    ) -> Arc<JobTarget> {
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
         let mut targets = lock(&self.targets);
         let now = Instant::now();
         targets.retain(|_, (_, used)| now.duration_since(*used) < TARGET_IDLE);
         let entry = targets.entry(keys.prefix().to_owned()).or_insert_with(|| {
-            let target =
+            let mut target =
                 JobTarget::new(keys, self.storage.clone(), self.config.inline_result_bytes);
+            target.store_large = store_large;
             let target = match &invocation.push {
                 Some(channel) => target.with_push(self.publisher.clone(), channel.clone()),
                 None => target,

@@ -53,6 +53,9 @@ use crate::job::{JobState, Notifier};
 pub const HOST_MODE: &str = "host";
 /// The host's runner commands, as JSON (`{"python": {...}, "rust": {...}}`).
 const HOST_RUNNERS_ENV: &str = "QUELEA_RUNNER_HOST_COMMANDS";
+/// The host's log (its stderr): kept for a host that failed, deleted by
+/// one that ends well.
+const HOST_LOG_ENV: &str = "QUELEA_RUNNER_HOST_LOG";
 
 /// How often a host rewrites the lease of each job it runs.
 pub const LEASE_INTERVAL: Duration = Duration::from_secs(2);
@@ -286,7 +289,9 @@ impl Host {
         use std::os::unix::process::CommandExt;
         let runners: HashMap<RunnerKind, CommandJson> =
             runners.iter().map(|(k, c)| (*k, c.into())).collect();
-        let log = std::env::temp_dir().join(format!("quelea-host-{}.log", std::process::id()));
+        static HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("quelea-host-{}-{n}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -305,6 +310,7 @@ impl Host {
                 HOST_RUNNERS_ENV,
                 serde_json::to_string(&runners).expect("commands serialize"),
             )
+            .env(HOST_LOG_ENV, &log)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -360,7 +366,12 @@ impl Drop for Host {
 /// then until every accepted call has finished or the latest deadline.
 pub fn serve_host() -> i32 {
     match host_main() {
-        Ok(()) => 0,
+        Ok(()) => {
+            if let Some(log) = std::env::var_os(HOST_LOG_ENV) {
+                let _ = std::fs::remove_file(log);
+            }
+            0
+        }
         Err(e) => {
             eprintln!("quelea host: {e}");
             2

@@ -369,6 +369,14 @@ impl Executor {
 
     /// Starts the Rust runner pool now instead of on the first job (remote
     /// backends' servers start their own).
+    /// Starts the local runners of `kind` in the background (a no-op on
+    /// remote backends): the first map need not wait for them to start.
+    pub fn prestart(&self, kind: RunnerKind) {
+        if let Some(local) = self.inner.backend.local() {
+            local.prestart(kind);
+        }
+    }
+
     pub fn warm_up(&self) -> Result<()> {
         match self.inner.backend.local() {
             Some(local) => local.warm_up(RunnerKind::Rust),
@@ -664,8 +672,14 @@ impl Executor {
 
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
-        // Another process may follow the job: its objects stay until clean.
-        future.job.keep();
+        // Another process may follow the job: its objects stay until clean,
+        // and large results this process held go to storage.
+        if !future.job.is_kept() {
+            future.job.keep();
+            if self.inner.backend.local().is_some() {
+                self.inner.store_held_results(&future.job);
+            }
+        }
         let spec = &future.job.spec;
         JobHandle {
             version: JobHandle::VERSION,
@@ -1001,6 +1015,35 @@ impl Inner {
             deadline_ts: self.deadline_ts(spec),
             push,
         })
+    }
+
+    /// Writes the large results the in-process runtime left with this
+    /// client (`ResultRef::Held`) where readers look for them. Twice: a
+    /// result that ended while the first pass ran is stored by the writer
+    /// or by the second pass.
+    fn store_held_results(&self, job: &JobState) {
+        let limit = self.config.execution.inline_result_bytes;
+        let mut written = HashSet::new();
+        for _ in 0..2 {
+            let _ = self.flush_statuses();
+            let outputs: Vec<(CallId, Vec<u8>)> = job
+                .records()
+                .large_outputs(limit)
+                .into_iter()
+                .filter(|(call, _)| !written.contains(call))
+                .map(|(call, bytes)| (call, bytes.to_vec()))
+                .collect();
+            for (call, bytes) in outputs {
+                if let Err(e) = self.storage.put_blocking(&job.keys.output(call), bytes) {
+                    eprintln!(
+                        "quelea: the result of call {call} of {} could not be stored \
+                         for other readers: {e}",
+                        job.job_key()
+                    );
+                }
+                written.insert(call);
+            }
+        }
     }
 
     fn remember(&self, job: &Arc<JobState>) {

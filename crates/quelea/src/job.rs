@@ -282,6 +282,21 @@ impl Records {
         summary
     }
 
+    /// Finished results over `min_bytes`, each with the call its status is
+    /// recorded under (a batch's first call for its shared result).
+    pub fn large_outputs(&self, min_bytes: u64) -> Vec<(CallId, &[u8])> {
+        self.ends
+            .iter()
+            .filter_map(|end| match &end.outcome {
+                EndOutcome::Own(bytes) => Some((end.first, &bytes[..])),
+                EndOutcome::Shared(blob) => Some((end.first, &blob[..])),
+                EndOutcome::Failed(_) => None,
+            })
+            .filter(|(_, bytes)| bytes.len() as u64 > min_bytes)
+            .map(|(first, bytes)| (CallId(first), bytes))
+            .collect()
+    }
+
     /// The first failed call, by call order, and its error.
     pub fn first_failure(&self) -> Option<(CallId, &CallError)> {
         let i = self.state.iter().position(|s| *s == CallState::Error)?;
@@ -402,6 +417,10 @@ impl JobState {
     /// Keeps the job's objects until the executor's clean.
     pub fn keep(&self) {
         self.kept.store(true, Ordering::Release);
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
     }
 
     pub fn kept(&self) -> Arc<std::sync::atomic::AtomicBool> {

@@ -110,6 +110,10 @@ impl LocalBackend {
             })
     }
 
+    pub fn prestart(&self, kind: RunnerKind) {
+        self.runtime.prestart(kind);
+    }
+
     pub fn runner_pids(&self) -> Vec<u32> {
         self.runtime.runner_pids()
     }
@@ -151,7 +155,12 @@ impl LocalBackend {
         };
         let observer = Arc::new(JobObserver { job: job.clone() });
         self.runtime
-            .accept_in_process(invocation, submission.function_payload, observer)
+            .accept_in_process(
+                invocation,
+                submission.function_payload,
+                observer,
+                job.kept(),
+            )
             .map_err(|refusal| Error::InvalidArgument {
                 name: "runner",
                 message: refusal.message,
