@@ -320,6 +320,21 @@ impl Runtime {
                 format!("call {} has no elements (`count` 0)", call.call_id),
             ));
         }
+        if let Some(call) = invocation
+            .calls
+            .iter()
+            .find(|c| c.select.is_some_and(|k| k >= c.count))
+        {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "call {} selects element {} of a batch of {}",
+                    call.call_id,
+                    call.select.unwrap_or_default(),
+                    call.count
+                ),
+            ));
+        }
         let n = elements(invocation);
         let timeout = (invocation.timeout_s > 0.0)
             .then(|| Duration::try_from_secs_f64(invocation.timeout_s).ok())
@@ -386,6 +401,8 @@ impl Runtime {
             counters: counters.clone(),
             remaining: remaining_tx,
             observer,
+            attempt: invocation.attempt,
+            retry_on: invocation.retry_on.clone(),
         });
         let ctx = Arc::new(JobContext::new(
             pool.next_job_serial(),
@@ -398,7 +415,10 @@ impl Runtime {
             .calls
             .iter()
             .zip(inputs)
-            .map(|(call, input)| Task::new(ctx.clone(), call.call_id, call.count, input.into()))
+            .map(|(call, input)| match call.select {
+                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input.into(), k),
+                None => Task::new(ctx.clone(), call.call_id, call.count, input.into()),
+            })
             .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
@@ -467,20 +487,24 @@ impl Runtime {
         let target = self.target(invocation, None);
         let now = now_ts();
         for call in &invocation.calls {
+            let (call_id, count) = call.elements();
             let status = CallStatus {
-                call_id: call.call_id,
-                count: call.count.max(1),
+                call_id,
+                count,
                 state: CallState::Error,
                 stats: CallStats {
                     submit_ts: invocation.submit_ts,
                     end_ts: Some(now),
+                    attempt: invocation.attempt,
                     ..CallStats::default()
                 },
                 result: None,
+                // A refusal is a crash to the client, which retries it.
+                retried: invocation.retry_on.contains(&FailureReason::WorkerCrashed),
                 error: Some(CallError {
                     reason: FailureReason::WorkerCrashed,
                     error_type: error_type.to_owned(),
-                    message: format!("call {} was refused by the worker: {message}", call.call_id),
+                    message: format!("call {call_id} was refused by the worker: {message}"),
                     traceback: String::new(),
                     payload: None,
                 }),
@@ -621,7 +645,7 @@ fn elements(invocation: &Invocation) -> u64 {
     invocation
         .calls
         .iter()
-        .map(|c| u64::from(c.count.max(1)))
+        .map(|c| u64::from(c.elements().1))
         .sum()
 }
 
@@ -707,6 +731,10 @@ struct RuntimeSink {
     remaining: tokio::sync::watch::Sender<usize>,
     /// The in-process front door's tee (the client's fast path).
     observer: Option<Arc<dyn CallObserver>>,
+    /// The Invocation's attempt, written into every call's stats.
+    attempt: u32,
+    /// Failures the client runs again: written `retried`, not final.
+    retry_on: Vec<FailureReason>,
 }
 
 impl JobSink for RuntimeSink {
@@ -724,6 +752,7 @@ impl JobSink for RuntimeSink {
                 start_ts: Some(ts),
                 worker_id: Some(worker_id),
                 memory_mb: self.memory_mb,
+                attempt: self.attempt,
                 ..CallStats::default()
             },
         );
@@ -746,8 +775,11 @@ impl JobSink for RuntimeSink {
         let first = completion.call_id;
         let mut template = finished_status(self.submit_ts, &completion, first, 1, None, 0);
         template.stats.memory_mb = self.memory_mb;
+        template.stats.attempt = self.attempt;
+        let retry_on = &self.retry_on;
         let status = |call_id: CallId, count: u32, error: Option<CallError>, size: usize| {
             let mut status = template.clone();
+            status.retried = error.as_ref().is_some_and(|e| retry_on.contains(&e.reason));
             status.call_id = call_id;
             status.count = count;
             status.state = if error.is_none() {

@@ -93,9 +93,11 @@ pub fn finished_status(
             peak_memory_bytes: completion.peak_memory_bytes,
             result_size,
             memory_mb: None,
+            attempt: 0,
         },
         result: None,
         error,
+        retried: false,
     }
 }
 
@@ -292,6 +294,7 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
                     stats: stats.clone(),
                     result: None,
                     error: None,
+                    retried: false,
                 }),
         );
         // Running calls are written once; their end comes in a later batch.

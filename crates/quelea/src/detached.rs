@@ -536,6 +536,10 @@ fn run_reduce(
         memory_limit_mb: reduce.memory_limit_mb,
         submit_ts: reduce.submit_ts,
         push: None,
+        // The host's reduce is not retried (its client resubmits only what
+        // it sent itself).
+        attempt: 0,
+        retry_on: Vec::new(),
     };
     let fail = |message: String| {
         let calls = (0..groups.len() as u32)
@@ -543,6 +547,7 @@ fn run_reduce(
                 call_id: CallId(i),
                 count: 1,
                 input: CallInput::Inline(Vec::new()),
+                select: None,
             })
             .collect();
         runtime.fail_calls(&invocation(calls), "ReduceNotRun", &message);
@@ -565,6 +570,7 @@ fn run_reduce(
             call_id: CallId(i as u32),
             count: 1,
             input: CallInput::Inline(input),
+            select: None,
         })
         .collect();
     accept(runtime, invocation(calls), pending, leases);
