@@ -119,6 +119,26 @@ def clean_job(handle: str, config: dict | None = None, config_file: str | None =
     return _engine.clean_job(handle, json.dumps(overrides) if overrides else None, config_file)
 
 
+def host_lease(handle: str, config: dict | None = None, config_file: str | None = None) -> dict | None:
+    """The heartbeat of the host running the detached local job behind ``handle``:
+    ``{"pid", "machine", "ts", "interval_s", "age_s", "gone"}``, or ``None`` when
+    the job has none (a remote backend's job, a finished or cleaned one).
+
+    The host rewrites it every ``interval_s`` seconds while the job has
+    unfinished calls; ``gone`` is true once it has not for several intervals,
+    or when the host ran on this machine and its process has exited: the
+    job's unfinished calls will then never finish. It is read from the job's
+    storage, so it works from any machine that can read that storage."""
+    import json
+
+    from . import _engine
+    from .executor import config_overrides
+
+    overrides = config_overrides(config)
+    text = _engine.host_lease(handle, json.dumps(overrides) if overrides else None, config_file)
+    return None if text is None else json.loads(text)
+
+
 __all__ = [
     "FunctionExecutor",
     "LocalhostExecutor",
@@ -134,6 +154,7 @@ __all__ = [
     "cancel",
     "progress",
     "clean_job",
+    "host_lease",
     "ALWAYS",
     "ANY_COMPLETED",
     "ALL_COMPLETED",

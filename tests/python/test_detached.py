@@ -163,3 +163,39 @@ def test_a_detached_map_reduce_reduces_after_its_client_is_killed(tmp_path, stor
     executor_id = json.loads(map_handle)["executor_id"]
     left = [p for p in storage_root.rglob("*") if p.is_file() and executor_id in p.parts]
     assert left == [], left
+
+
+def test_the_host_lease_says_when_a_detached_jobs_host_is_gone(tmp_path, storage_root):
+    """The host rewrites its lease while the job runs; once the host is SIGKILLed the
+    lease says it is gone (same machine: its pid is dead), and a job that finishes
+    normally leaves no lease behind."""
+    config = {"localdisk": {"root": str(storage_root)}}
+    handle, host = _submit(tmp_path, storage_root, 40, 1, 1.0)
+    # Written once the host has accepted the job (the client does not wait for that).
+    deadline = time.monotonic() + 30
+    while (lease := quelea.host_lease(handle, config=config)) is None:
+        assert time.monotonic() < deadline, "the host wrote no lease"
+        time.sleep(0.1)
+    assert lease is not None and lease["pid"] == host and not lease["gone"], lease
+    assert lease["interval_s"] > 0 and lease["age_s"] < 5 * lease["interval_s"], lease
+    # Rewritten while the job runs.
+    first = lease["ts"]
+    deadline = time.monotonic() + 30
+    while (lease := quelea.host_lease(handle, config=config))["ts"] == first:
+        assert time.monotonic() < deadline, "the lease was not renewed"
+        time.sleep(0.2)
+    os.kill(host, signal.SIGKILL)
+    assert _wait_gone([host], 30)
+    lease = quelea.host_lease(handle, config=config)
+    assert lease is not None and lease["gone"], lease
+    assert quelea.progress(quelea.attach(handle, config=config))["done"] < 40
+    quelea.clean_job(handle, config=config)
+    assert quelea.host_lease(handle, config=config) is None
+
+    # A job that finishes: its host deletes the lease before it exits.
+    handle, host = _submit(tmp_path, storage_root, 4, 1, 0.01)
+    futures = quelea.attach(handle, config=config)
+    assert quelea.get_result(futures, timeout=60) == [0, 1, 4, 9]
+    assert _wait_gone([host], 30)
+    assert quelea.host_lease(handle, config=config) is None
+    quelea.clean_job(handle, config=config)

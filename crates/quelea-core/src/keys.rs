@@ -8,6 +8,7 @@
 //! quelea/jobs/<executor_id>/<job_id>/status/<batch>   call statuses, small results inline
 //! quelea/jobs/<executor_id>/<job_id>/output/<call>    results too large to inline
 //! quelea/jobs/<executor_id>/<job_id>/cancelled        present once the job is cancelled
+//! quelea/jobs/<executor_id>/<job_id>/host.lease       a detached job's host heartbeat
 //! ```
 
 use crate::ids::{CallId, ExecutorId, JobId};
@@ -68,6 +69,11 @@ impl JobKeys {
 
     pub fn cancelled(&self) -> String {
         format!("{}cancelled", self.prefix)
+    }
+
+    /// The heartbeat a detached job's host rewrites while it runs the job.
+    pub fn host_lease(&self) -> String {
+        format!("{}host.lease", self.prefix)
     }
 }
 

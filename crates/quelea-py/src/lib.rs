@@ -847,6 +847,34 @@ fn clean_job(
         .map_err(to_py_err)
 }
 
+/// The host lease of the detached job behind a handle, as JSON (`pid`,
+/// `machine`, `ts`, `interval_s`, plus `age_s` and `gone`), or `None`.
+#[pyfunction]
+#[pyo3(signature = (handle, overrides=None, config_file=None))]
+fn host_lease(
+    py: Python<'_>,
+    handle: &str,
+    overrides: Option<&str>,
+    config_file: Option<PathBuf>,
+) -> PyResult<Option<String>> {
+    let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
+    let base = config_builder(overrides, config_file)?;
+    let lease = py
+        .detach(|| quelea::host_lease_with(base, &handle))
+        .map_err(to_py_err)?;
+    Ok(lease.map(|lease| {
+        serde_json::json!({
+            "pid": lease.pid,
+            "machine": lease.machine,
+            "ts": lease.ts,
+            "interval_s": lease.interval_s,
+            "age_s": lease.age_s(),
+            "gone": lease.is_gone(),
+        })
+        .to_string()
+    }))
+}
+
 /// Serves the CLI's built-in Rust functions on this process's pipes and exits
 /// (how `quelea hello` gets Rust runners when it runs inside Python).
 #[pyfunction]
@@ -890,6 +918,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(attach, m)?)?;
     m.add_function(wrap_pyfunction!(clean_job, m)?)?;
+    m.add_function(wrap_pyfunction!(host_lease, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(arm_runner_client_death, m)?)?;

@@ -193,6 +193,12 @@ impl Accepted {
         // The sender lives in the calls' sink; if it is gone, so are they.
         let _ = self.remaining.wait_for(|n| *n == 0).await;
     }
+
+    /// How many calls of the Invocation have not finished yet, to read
+    /// while it runs (for as long as the receiver is kept).
+    pub fn watch_remaining(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.remaining.clone()
+    }
 }
 
 /// The runtime: pools, function cache, status targets, counters.

@@ -13,12 +13,20 @@
 //! runners die with it. Any process can attach to a detached job by handle,
 //! follow it, read its results and cancel it by its marker.
 //!
+//!
+//! While it runs a job's calls the host rewrites the job's lease
+//! (`host.lease` in the job's storage: its pid, machine and the time) every
+//! [`LEASE_INTERVAL`], and deletes it once the job's calls are done. A
+//! follower anywhere reads it with [`host_lease_with`]: a lease that stopped
+//! being rewritten ([`HostLease::is_gone`]) means the host died (killed, its
+//! machine or pod gone) and the job's unfinished calls will never finish.
+//!
 //! Why a host process and not a re-parented pool: the runtime already knows
 //! how to run Invocations from storage for remote front doors, so a detached
 //! job is the same path with a pipe for a network, and nothing about the
 //! local runtime needs to survive its process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -27,7 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use quelea_core::config::Config;
+use quelea_core::config::{Config, ConfigBuilder};
 use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
 use quelea_core::model::{now_ts, CallState, JobSpec, RunnerKind};
@@ -38,6 +46,7 @@ use quelea_worker::runtime::{with_runner_config, Runtime, RuntimeConfig};
 
 use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ReturnWhen};
+use crate::handle::JobHandle;
 use crate::job::{JobState, Notifier};
 
 /// `QUELEA_RUNNER` value that makes a process a detached-job host.
@@ -47,6 +56,158 @@ const HOST_RUNNERS_ENV: &str = "QUELEA_RUNNER_HOST_COMMANDS";
 /// The host's log (its stderr): kept for a host that failed, deleted by
 /// one that ends well.
 const HOST_LOG_ENV: &str = "QUELEA_RUNNER_HOST_LOG";
+
+/// How often a host rewrites the lease of each job it runs.
+pub const LEASE_INTERVAL: Duration = Duration::from_secs(2);
+/// A lease older than this many of its intervals means its host is gone.
+pub const LEASE_STALE_INTERVALS: f64 = 5.0;
+
+/// A detached job's heartbeat, written by the host running it (see the
+/// module doc).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostLease {
+    /// The host's process id, on `machine`.
+    pub pid: u32,
+    /// The host's machine (its hostname).
+    pub machine: String,
+    /// Unix time of the last rewrite (the host's clock).
+    pub ts: f64,
+    /// Seconds between rewrites.
+    pub interval_s: f64,
+}
+
+impl HostLease {
+    /// Seconds since the last rewrite, by this machine's clock.
+    pub fn age_s(&self) -> f64 {
+        (now_ts() - self.ts).max(0.0)
+    }
+
+    /// Whether the host is gone: the lease was not rewritten for
+    /// [`LEASE_STALE_INTERVALS`] intervals, or the host ran on this machine
+    /// and its process has exited.
+    pub fn is_gone(&self) -> bool {
+        self.age_s() > LEASE_STALE_INTERVALS * self.interval_s
+            || (self.machine == machine_name() && !process_running(self.pid))
+    }
+}
+
+/// The lease of the job behind `handle`, with credentials from `base`;
+/// `None` when the job has none (not a detached local job, finished, or
+/// cleaned).
+pub fn host_lease_with(base: ConfigBuilder, handle: &JobHandle) -> Result<Option<HostLease>> {
+    let config = handle.storage.to_config(base)?;
+    let storage = Storage::from_config(&config)?;
+    let key = JobKeys::new(&handle.executor_id, handle.job_id).host_lease();
+    match storage.get_blocking(&key) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Handle(format!("unreadable host lease {key}: {e}"))),
+        Err(quelea_storage::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a process of this machine that has not exited (a zombie
+/// has).
+fn process_running(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
+/// The leases a host keeps: one per job with unfinished calls.
+struct Leases {
+    storage: Storage,
+    me: (u32, String),
+    running: Mutex<Vec<(String, tokio::sync::watch::Receiver<usize>)>>,
+    written: Mutex<BTreeSet<String>>,
+}
+
+impl Leases {
+    fn new(storage: Storage) -> Arc<Leases> {
+        let leases = Arc::new(Leases {
+            storage,
+            me: (std::process::id(), machine_name()),
+            running: Mutex::new(Vec::new()),
+            written: Mutex::new(BTreeSet::new()),
+        });
+        let beat = Arc::downgrade(&leases);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(LEASE_INTERVAL);
+            match beat.upgrade() {
+                Some(leases) => leases.beat(),
+                None => return,
+            }
+        });
+        leases
+    }
+
+    fn add(&self, key: String, remaining: tokio::sync::watch::Receiver<usize>) {
+        crate::job::lock(&self.running).push((key.clone(), remaining));
+        self.write(&key);
+    }
+
+    fn write(&self, key: &str) {
+        let lease = HostLease {
+            pid: self.me.0,
+            machine: self.me.1.clone(),
+            ts: now_ts(),
+            interval_s: LEASE_INTERVAL.as_secs_f64(),
+        };
+        let body = serde_json::to_vec(&lease).expect("leases serialize");
+        match self.storage.put_blocking(key, body) {
+            Ok(()) => {
+                crate::job::lock(&self.written).insert(key.to_string());
+            }
+            Err(e) => eprintln!("quelea host: cannot write the lease {key}: {e}"),
+        }
+    }
+
+    /// The keys of jobs with unfinished calls.
+    fn live(&self) -> BTreeSet<String> {
+        let mut running = crate::job::lock(&self.running);
+        running.retain(|(_, remaining)| *remaining.borrow() > 0);
+        running.iter().map(|(key, _)| key.clone()).collect()
+    }
+
+    fn beat(&self) {
+        for key in self.live() {
+            self.write(&key);
+        }
+    }
+
+    /// Deletes the leases of finished jobs (a job left unfinished keeps its
+    /// lease, which goes stale: its followers learn the host is gone).
+    fn finish(&self) {
+        let live = self.live();
+        let written = std::mem::take(&mut *crate::job::lock(&self.written));
+        for key in written.difference(&live) {
+            if let Err(e) = self.storage.delete_blocking(key) {
+                eprintln!("quelea host: cannot delete the lease {key}: {e}");
+            }
+        }
+    }
+}
 
 /// What a client hands its host.
 #[derive(Debug, Serialize, Deserialize)]
@@ -242,6 +403,7 @@ fn host_main() -> Result<()> {
         },
         storage.clone(),
     ));
+    let leases = Leases::new(storage.clone());
     let mut stdin = std::io::stdin().lock();
     let mut deadline = now_ts();
     let mut waits: Vec<std::thread::JoinHandle<()>> = Vec::new();
@@ -253,7 +415,7 @@ fn host_main() -> Result<()> {
                 deadline_ts,
             } => {
                 deadline = deadline.max(deadline_ts);
-                accept(&runtime, invocation, &pending);
+                accept(&runtime, invocation, &pending, &leases);
             }
             HostStep::Reduce {
                 map,
@@ -262,8 +424,12 @@ fn host_main() -> Result<()> {
                 deadline_ts,
             } => {
                 deadline = deadline.max(deadline_ts);
-                let (runtime, storage, pending) =
-                    (runtime.clone(), storage.clone(), pending.clone());
+                let (runtime, storage, pending, leases) = (
+                    runtime.clone(),
+                    storage.clone(),
+                    pending.clone(),
+                    leases.clone(),
+                );
                 waits.push(std::thread::spawn(move || {
                     run_reduce(
                         &runtime,
@@ -273,6 +439,7 @@ fn host_main() -> Result<()> {
                         groups,
                         deadline_ts,
                         &pending,
+                        &leases,
                     )
                 }));
             }
@@ -298,15 +465,20 @@ fn host_main() -> Result<()> {
     for error in runtime.flush() {
         eprintln!("quelea host: a status write failed: {error}");
     }
+    leases.finish();
     Ok(())
 }
 
 type Pending = Mutex<Vec<quelea_worker::runtime::Accepted>>;
 
-fn accept(runtime: &Runtime, invocation: Invocation, pending: &Pending) {
+fn accept(runtime: &Runtime, invocation: Invocation, pending: &Pending, leases: &Leases) {
     let job = format!("{}-{}", invocation.executor_id, invocation.job_id);
+    let lease = JobKeys::new(&invocation.executor_id, invocation.job_id).host_lease();
     match io_runtime().block_on(runtime.accept(invocation.clone())) {
-        Ok(accepted) => crate::job::lock(pending).push(accepted),
+        Ok(accepted) => {
+            leases.add(lease, accepted.watch_remaining());
+            crate::job::lock(pending).push(accepted)
+        }
         Err(refusal) => {
             eprintln!("quelea host: job {job} refused: {}", refusal.message);
             runtime.fail_calls(&invocation, "InvocationRefused", &refusal.message);
@@ -336,6 +508,7 @@ fn host_error(e: impl std::fmt::Display) -> Error {
 /// Follows the map job through storage and, once every map call succeeded,
 /// runs the reduce calls on their results; otherwise fails the reduce calls
 /// with the reason, as an attached reducer would.
+#[allow(clippy::too_many_arguments)]
 fn run_reduce(
     runtime: &Runtime,
     storage: &Storage,
@@ -344,6 +517,7 @@ fn run_reduce(
     groups: Vec<Range<u32>>,
     deadline_ts: f64,
     pending: &Pending,
+    leases: &Leases,
 ) {
     let keys = JobKeys::new(&map.executor_id, map.job_id);
     let runner = reduce.function.runner;
@@ -399,5 +573,5 @@ fn run_reduce(
             select: None,
         })
         .collect();
-    accept(runtime, invocation(calls), pending);
+    accept(runtime, invocation(calls), pending, leases);
 }

@@ -5,14 +5,17 @@
 #   AIRFLOW_VERSION=2.11.x providers/airflow/scripts/test.sh [pytest args...]   Airflow 2.11 (2.11.2)
 #
 # AIRFLOW_VERSION is 3.3.x / 2.11.x (the release tested here: 3.3.2 / 2.11.2) or
-# an exact release. pytest args default to all of providers/airflow/tests.
+# an exact release. Without test paths among the pytest args: every test, the
+# scheduler DAGs last (tests/scheduler: a real scheduler + triggerer on 3.x,
+# dag.test() on 2.x).
 #
 # Uses (or creates) the venv ${AIRFLOW_VENV:-<repo>/.venv-airflow} (3.x) or
 # <repo>/.venv-airflow-<major.minor> (2.x), apart from the project's .venv
 # because Airflow pins many packages; a `*` .gitignore keeps it out of git. quelea goes into it from
 # this checkout: when python/quelea already holds a built engine (a `maturin
 # develop` checkout), a .pth file points at python/; otherwise a wheel is
-# built with maturin (CARGO_TARGET_DIR is honoured). Starts no server.
+# built with maturin (CARGO_TARGET_DIR is honoured). The scheduler tests start
+# their servers on 127.0.0.1 and stop them by PID.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -74,6 +77,9 @@ case "$AIRFLOW_VERSION" in 2.*) export AIRFLOW__CORE__EXECUTOR=SequentialExecuto
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$SCRATCH/airflow/airflow.db"
 export AIRFLOW__CORE__DAGS_FOLDER="$PROVIDER/tests/e2e/dags"
 export AIRFLOW_PROVIDER_TEST_STORAGE="$SCRATCH/storage"
+# dag.test() resumes a deferred task in-process: no scheduler, no deferral race to
+# wait out (the real-scheduler test drops this and runs with the default).
+export AIRFLOW__QUELEA__MIN_DEFERRAL_S=0
 mkdir -p "$AIRFLOW_HOME"
 echo "== airflow db migrate"
 "$VENV/bin/airflow" db migrate >"$SCRATCH/migrate.log" 2>&1 || { cat "$SCRATCH/migrate.log"; exit 1; }
@@ -81,5 +87,25 @@ echo "== airflow db migrate"
     || { echo "airflow providers list does not show airflow-provider-quelea" >&2; exit 1; }
 echo "== pytest (Airflow $AIRFLOW_VERSION, $VENV)"
 cd "$PROVIDER"
-if [ "$#" -eq 0 ]; then set -- tests; fi
-"$PY" -m pytest "$@"
+for arg in "$@"; do
+    case "$arg" in
+        -*) ;;
+        *) "$PY" -m pytest "$@"; exit 0 ;;  # tests named: run those only
+    esac
+done
+"$PY" -m pytest "$@" tests --ignore=tests/scheduler
+# The scheduler DAGs (tests/scheduler): on 3.x one real api-server + scheduler
+# (LocalExecutor) + triggerer + dag-processor on 127.0.0.1 runs them all, with
+# two `quelea worker serve` for the http backend; on 2.x, dag.test() runs them.
+# A fresh metadata DB and storage.
+export AIRFLOW_HOME="$SCRATCH/airflow-scheduler"
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW_PROVIDER_TEST_STORAGE="$SCRATCH/storage-scheduler"
+mkdir -p "$AIRFLOW_HOME" "$AIRFLOW_PROVIDER_TEST_STORAGE"
+"$VENV/bin/airflow" db migrate >"$SCRATCH/migrate-scheduler.log" 2>&1 || { cat "$SCRATCH/migrate-scheduler.log"; exit 1; }
+case "$AIRFLOW_VERSION" in
+    2.*) SCHEDULER_TEST=tests/scheduler/test_scheduler.py::test_the_scheduler_dags_under_dag_test ;;
+    *) SCHEDULER_TEST=tests/scheduler/test_scheduler.py::test_a_real_scheduler_and_triggerer_run_every_dag ;;
+esac
+echo "== $SCHEDULER_TEST"
+"$PY" -m pytest "$@" -s "$SCHEDULER_TEST"

@@ -47,6 +47,12 @@ conf = _first(("airflow.sdk.configuration", "conf"), ("airflow.configuration", "
 AirflowException = _first(
     ("airflow.sdk.exceptions", "AirflowException"), ("airflow.exceptions", "AirflowException")
 )
+AirflowTaskTimeout = _first(
+    ("airflow.sdk.exceptions", "AirflowTaskTimeout"), ("airflow.exceptions", "AirflowTaskTimeout")
+)
+BaseOperatorLink = _first(
+    ("airflow.sdk", "BaseOperatorLink"), ("airflow.models.baseoperatorlink", "BaseOperatorLink")
+)
 TaskDeferred = _first(("airflow.sdk.exceptions", "TaskDeferred"), ("airflow.exceptions", "TaskDeferred"))
 # The trigger base classes stayed in airflow-core on both majors.
 BaseTrigger = _first(("airflow.triggers.base", "BaseTrigger"))
@@ -56,6 +62,12 @@ try:  # Airflow 3
     from airflow.sdk import Context
 except ImportError:  # Airflow 2.11
     from airflow.utils.context import Context  # type: ignore[no-redef]
+
+
+def xcom_get_value(ti_key: Any, key: str) -> Any:
+    """An XCom of the task instance ``ti_key`` (what an extra link reads)."""
+    xcom = _first(("airflow.sdk.execution_time.xcom", "XCom"), ("airflow.models.xcom", "XCom"))
+    return xcom.get_value(ti_key=ti_key, key=key)
 
 
 def default_deferrable() -> bool:
@@ -97,6 +109,8 @@ __all__ = [
     "AIRFLOW_V_3_0_PLUS",
     "AIRFLOW_V_3_3_PLUS",
     "AirflowException",
+    "AirflowTaskTimeout",
+    "BaseOperatorLink",
     "BaseHook",
     "BaseOperator",
     "BaseSensorOperator",
@@ -108,6 +122,7 @@ __all__ = [
     "default_deferrable",
     "get_unique_task_id",
     "task_decorator_factory",
+    "xcom_get_value",
     "xcom_serialize",
 ]
 

@@ -15,14 +15,18 @@ CONN_TYPE = "quelea"
 DEFAULT_CONN_ID = "quelea_default"
 _FORM_PREFIX = f"extra__{CONN_TYPE}__"
 
+# quelea's backends (each checked against quelea's config by the unit tests).
+BACKENDS = ("local", "http", "aws_lambda")
+
 # The connection form (both the 3.2+ YAML form and the legacy hook methods
 # below show these). Each field is a top-level key of quelea's config, stored
 # in the connection's extra; everything else goes in the extra JSON itself.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "backend": {
         "label": "Backend",
-        "description": "Where calls run (quelea `backend`).",
-        "schema": {"type": ["string", "null"], "enum": ["local", None]},
+        "description": "Where calls run (quelea `backend`): `local` processes on the worker, "
+        "`http` servers (`quelea worker serve`, container platforms), `aws_lambda`.",
+        "schema": {"type": ["string", "null"], "enum": [*BACKENDS, None]},
     },
     "storage": {
         "label": "Storage",

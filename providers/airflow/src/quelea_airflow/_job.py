@@ -159,19 +159,42 @@ class Job:
         return [self._part(i) for i in range(len(self.handles))]
 
     def progress(self) -> dict:
-        """``{"total", "done", "failed", "first_failed"}`` in elements over every
-        part; ``first_failed`` is ``[part, index]`` of the first failed call."""
+        """``{"total", "done", "failed", "first_failed", "abandoned"}`` in elements
+        over every part; ``first_failed`` is ``[part, index]`` of the first failed
+        call; ``abandoned`` says why the job can never finish (the host running an
+        unfinished part is gone: ``quelea.host_lease``), else None."""
         import quelea
 
         done = failed = 0
-        first_failed = None
+        first_failed = abandoned = None
         for i, futures in enumerate(self.parts()):
             p = quelea.progress(futures)
             done += p["done"]
             failed += p["failed"]
             if p["failed"] and first_failed is None:
                 first_failed = next(([i, n] for n, f in enumerate(futures) if f.error), None)
-        return {"total": sum(self.totals), "done": done, "failed": failed, "first_failed": first_failed}
+            if p["done"] < p["total"] and abandoned is None:
+                lease = quelea.host_lease(self.handles[i], config=self.config)
+                if lease is not None and lease["gone"]:
+                    abandoned = (
+                        f"quelea job {_job_id(self.handles[i])} is abandoned: the process running it "
+                        f"(pid {lease['pid']} on {lease['machine'] or 'an unnamed machine'}) is gone "
+                        f"(its lease was last renewed {lease['age_s']:.0f} s ago); "
+                        f"{p['total'] - p['done']} of its {p['total']} calls will never finish"
+                    )
+        return {
+            "total": sum(self.totals),
+            "done": done,
+            "failed": failed,
+            "first_failed": first_failed,
+            "abandoned": abandoned,
+        }
+
+    def log_outputs(self, log: Any, seen: OutputSeen | None = None) -> None:
+        """Copies what finished calls printed to ``log`` (see :func:`log_outputs`)."""
+        seen = OutputSeen() if seen is None else seen
+        for i, futures in enumerate(self.parts()):
+            log_outputs(log, _job_id(self.handles[i]), futures, seen, part=i)
 
     def results(self, timeout: float) -> Any:
         """The task's result: a list for ``map``, the value for the others."""
@@ -199,6 +222,8 @@ class Job:
         parts = self.parts()
         for futures in parts:
             quelea.cancel(futures)
+        if grace <= 0:  # nobody is left to stop the calls (an abandoned job)
+            return
         try:
             quelea.wait([f for fs in parts for f in fs], timeout=grace, throw_except=False)
         except WaitTimeoutError:
@@ -211,14 +236,14 @@ class Job:
 
         return sum(quelea.clean_job(h, config=self.config) for h in self.handles)
 
-    def finish(self, log: Any = None, cancel: bool = False) -> None:
+    def finish(self, log: Any = None, cancel: bool = False, grace: float = STOP_GRACE_S) -> None:
         """After the results are read (or the job failed): cancel it if asked
         (or if it is not finished), then delete its objects. Never raises."""
         try:
             if cancel or self.progress()["done"] < sum(self.totals):
                 if log:
                     log.info("Cancelling quelea job %s", self.name)
-                self.cancel()
+                self.cancel(grace)
         except Exception as e:  # noqa: BLE001
             if log:
                 log.warning("could not cancel quelea job %s: %s", self.name, e)
@@ -234,3 +259,46 @@ class Job:
 def progress_line(job: Job, progress: dict) -> str:
     """``job <id>: done/total (failed)``, the progress line of the task log."""
     return f"job {job.name}: {progress['done']}/{progress['total']} ({progress['failed']} failed)"
+
+
+# What one call's printed output may put in the task log, and how many calls' outputs.
+MAX_OUTPUT_CHARS = 4000
+MAX_OUTPUT_CALLS = 1000
+
+
+class OutputSeen:
+    """Which calls' output :func:`log_outputs` has handled, and how many it logged."""
+
+    def __init__(self) -> None:
+        self.seen: set = set()
+        self.logged = 0
+
+
+def log_outputs(log: Any, job_id: str, futures: Any, seen: OutputSeen, part: int = 0) -> None:
+    """Logs (info) what each finished call of ``futures`` printed, once per call,
+    with the call id, each bounded to ``MAX_OUTPUT_CHARS``, for at most
+    ``MAX_OUTPUT_CALLS`` calls."""
+    for n, f in enumerate(futures):
+        if (part, n) in seen.seen or not f.done:
+            continue
+        seen.seen.add((part, n))
+        try:
+            text = f.logs
+        except Exception:  # noqa: BLE001 - output is best effort; the result path reports errors
+            continue
+        if not text:
+            continue
+        seen.logged += 1
+        if seen.logged == MAX_OUTPUT_CALLS + 1:
+            log.info(
+                "job %s: more calls printed output; only the first %d calls' output is in this log "
+                "(`quelea logs` shows every call's)",
+                job_id,
+                MAX_OUTPUT_CALLS,
+            )
+        if seen.logged > MAX_OUTPUT_CALLS:
+            continue
+        text = text.rstrip("\n")
+        if len(text) > MAX_OUTPUT_CHARS:
+            text = f"{text[:MAX_OUTPUT_CHARS]}\n... ({len(text) - MAX_OUTPUT_CHARS} more characters)"
+        log.info("job %s call %s printed:\n%s", job_id, f.call_id, text)

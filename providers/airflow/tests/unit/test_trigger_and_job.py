@@ -110,6 +110,7 @@ def test_serialize_round_trip():
         "poll_interval": 0.25,
         "end_time": 1e10,
         "cancel_on_kill": True,
+        "fire_after": None,
     }
 
 
@@ -147,6 +148,18 @@ def test_trigger_success_then_results_and_cleanup(quelea_conn, storage_dir):
     assert wait_gone([submitted.host_pid])
 
 
+def test_the_trigger_fires_no_earlier_than_fire_after(quelea_conn):
+    """A job done at once still fires only at fire_after (the scheduler's deferral race)."""
+    submitted = _submit("map", (slow_square, [1, 2]), quelea_conn)
+    assert quelea.get_result(quelea.attach(submitted.job["handles"][0], config=quelea_conn), timeout=60)
+    started = time.time()
+    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, fire_after=started + 2.0)
+    event = asyncio.run(_first_event(trigger))
+    assert event.payload["status"] == "success"
+    assert time.time() >= started + 2.0
+    _job.Job(submitted.job, quelea_conn).finish()
+
+
 def test_trigger_logs_progress_lines(quelea_conn, caplog, capfd):
     job = _submit("map", (slow_square, list(range(40))), quelea_conn).job
     with caplog.at_level("INFO"):
@@ -173,17 +186,24 @@ def test_trigger_reports_the_first_failed_call(quelea_conn):
     follower.finish()
 
 
-def test_a_killed_host_is_bounded_by_end_time(quelea_conn, storage_dir):
-    """The job's host is SIGKILLed: nothing runs its calls any more. quelea has no
-    public sign of that (see the provider README), so the trigger's end_time bounds
-    the wait, the job is cancelled and its objects deleted."""
+def test_a_killed_host_is_reported_abandoned(quelea_conn, storage_dir):
+    """The job's host is SIGKILLed: nothing runs its calls any more. Its lease
+    (quelea.host_lease) says so, and the trigger fires `abandoned` at its next poll,
+    long before end_time; the job's objects are deleted by whoever finishes it."""
     submitted = _submit("map", (sleepy, [1, 2]), quelea_conn)
+    handle = submitted.job["handles"][0]
+    deadline = time.monotonic() + 30
+    while quelea.host_lease(handle, config=quelea_conn) is None:  # the host accepted the job
+        assert time.monotonic() < deadline, "no lease"
+        time.sleep(0.1)
     os.killpg(submitted.host_pid, 9)
     started = time.monotonic()
-    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, end_time=time.time() + 2)
+    trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1, end_time=time.time() + 120)
     event = asyncio.run(_first_event(trigger))
-    assert event.payload["status"] == "timeout"
+    assert event.payload["status"] == "abandoned", event.payload
+    assert f"pid {submitted.host_pid}" in event.payload["message"], event.payload
     assert time.monotonic() - started < 30
+    _job.Job(submitted.job, quelea_conn).finish(cancel=True, grace=0.0)
     assert objects(storage_dir) == []
 
 

@@ -147,9 +147,17 @@ class QueleaHook(BaseHook):
     def get_config(self) -> dict:
         """The connection's config with this hook's overrides, validated (secrets included)."""
         if self._config is None:
-            config = _deep_merge(self._connection_config(), self.config_overrides)
-            validate_config(config, f"Airflow connection {self.quelea_conn_id!r}")
-            self._config = config
+            base = self._connection_config()
+            where = f"Airflow connection {self.quelea_conn_id!r}"
+            if not self.config_overrides:
+                validate_config(base, where)
+                self._config = base
+            else:
+                # Blame the connection only for what is wrong in it.
+                validate_config(base, where)
+                config = _deep_merge(base, self.config_overrides)
+                validate_config(config, f"quelea_config (merged over {where})")
+                self._config = config
         return copy.deepcopy(self._config)
 
     # -- executors ---------------------------------------------------------------------------------
@@ -183,7 +191,10 @@ class QueleaHook(BaseHook):
                 return False, f"the test call returned {result!r}, expected 42"
             return True, "quelea ran a test call"
         except Exception as e:  # noqa: BLE001 - the UI shows the reason
-            return False, f"{type(e).__name__}: {e}"
+            # The UI and API test a connection under a random temporary id: do not
+            # show that id as if it were a connection of the user's.
+            message = str(e).replace(f"Airflow connection {self.quelea_conn_id!r}", "this connection")
+            return False, f"{type(e).__name__}: {message}"
 
     # -- connection form, Airflow 2.x and 3.0-3.1 (3.2+ reads conn-fields from get_provider_info) --
 

@@ -8,12 +8,29 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
-from quelea_airflow import _job
-from quelea_airflow._compat import AirflowException, BaseOperator, Context, default_deferrable, xcom_serialize
+from quelea_airflow import _job, _store
+from quelea_airflow._compat import (
+    AirflowException,
+    AirflowTaskTimeout,
+    BaseOperator,
+    Context,
+    conf,
+    default_deferrable,
+    xcom_serialize,
+)
 from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
+from quelea_airflow.links.quelea import QueleaJobLink
 from quelea_airflow.triggers.quelea import QueleaJobTrigger
 
 XCOM_JOB_KEY = "quelea_job"
+
+
+class QueleaJobCancelled(AirflowException):
+    """The task was killed and its quelea job cancelled."""
+
+
+class QueleaJobAbandoned(AirflowException):
+    """The process running a detached job is gone: the job can never finish."""
 
 
 def remote_traceback(exc: BaseException) -> str | None:
@@ -26,37 +43,99 @@ def remote_traceback(exc: BaseException) -> str | None:
     return tb if isinstance(tb, str) and tb else None
 
 
+def xcom_threshold_default() -> int:
+    """``[quelea] xcom_threshold_bytes`` (``AIRFLOW__QUELEA__XCOM_THRESHOLD_BYTES``)."""
+    return conf.getint("quelea", "xcom_threshold_bytes", fallback=_store.DEFAULT_XCOM_THRESHOLD)
+
+
+def parse_rendered(value: Any, name: str, *, allow_str: bool = False) -> Any:
+    """A templated list/dict argument that Jinja rendered to a string (the DAG has no
+    ``render_template_as_native_obj=True``): parsed back when it is a Python or JSON
+    literal of a list, tuple or dict, else refused (instead of one call on the string)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text[:1] in ("[", "(", "{"):
+        import ast
+
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                parsed = None
+        if isinstance(parsed, list | tuple | dict):
+            return parsed
+    if allow_str and "://" in text:  # a storage URL or prefix (object iterdata)
+        return value
+    raise AirflowException(
+        f"{name} is the string {text[:80]!r}{'...' if len(text) > 80 else ''}, not a list: a Jinja "
+        f"template renders to a string unless the DAG has render_template_as_native_obj=True. Give an "
+        f"upstream task's output (XComArg), a list, or a string holding a Python/JSON list literal"
+    )
+
+
+def min_deferral_s() -> float:
+    """``[quelea] min_deferral_s`` (``AIRFLOW__QUELEA__MIN_DEFERRAL_S``, default 10): the
+    least time a deferred quelea task stays deferred, so that the scheduler has handled
+    the deferring process's exit before the trigger's event (Airflow's race: "finished
+    with state success, but the task instance's state attribute is queued")."""
+    return conf.getfloat("quelea", "min_deferral_s", fallback=10.0)
+
+
+def _executor_name(operator: Any) -> str:
+    name = getattr(operator, "executor", None) or conf.get("core", "executor", fallback="") or ""
+    return name.split(",")[0].strip()
+
+
 class QueleaBaseOperator(BaseOperator):
     """What the three quelea operators share.
 
     :param quelea_conn_id: the ``quelea`` connection (default ``quelea_default``).
-    :param quelea_config: a quelea config dict merged over the connection's (templated).
+    :param quelea_config: a quelea config dict merged over the connection's
+        (templated; a template must render to a dict or a JSON object).
     :param max_workers: runner processes of the local backend.
     :param deferrable: submit, then wait in the triggerer (default ``[operators]
         default_deferrable``). The job is submitted with ``detach=True``: it
         outlives the task's process (on the local backend it runs in a host
         process of quelea's on the worker). It needs a storage both can reach
-        (not ``memory``).
+        (not ``memory``). Under KubernetesExecutor the local backend is refused
+        (the worker pod goes away while the task is deferred): use ``http`` or
+        ``aws_lambda``.
     :param defer_after: seconds a deferrable task waits for its job before
         deferring (default 5). A job done by then is read at once, without
         deferring (and without the scheduler's deferral race); 0 defers at once.
-    :param poll_interval: seconds between status polls when deferred.
+    :param poll_interval: seconds between status polls and progress lines.
     :param cancel_on_kill: cancel the job when the task is killed.
     :param result_timeout: seconds to wait for results once the job is finished.
     :param wait_for_completion: ``False``: submit (detached), push the job
         (XCom ``quelea_job``) and finish at once, leaving the job and its
         objects to a downstream ``QueleaJobSensor``.
+    :param xcom_threshold: results whose XCom JSON is larger than this many
+        bytes stay in quelea storage and XCom gets a reference (resolved by
+        downstream quelea operators and ``quelea_airflow.results``); default
+        ``[quelea] xcom_threshold_bytes`` (1 MiB); -1: always XCom.
     """
 
     kind: str = ""
     ui_color = "#c4daff"
     shallow_copy_attrs: Sequence[str] = ("func", "map_function", "reduce_function")
+    operator_extra_links = (QueleaJobLink(),)
+    template_fields_renderers = {
+        "quelea_config": "json",
+        "map_iterdata": "py",
+        "data": "py",
+        "extra_args": "py",
+        "extra_args_reduce": "py",
+        "extra_env": "json",
+    }
 
     def __init__(
         self,
         *,
         quelea_conn_id: str = DEFAULT_CONN_ID,
-        quelea_config: dict | None = None,
+        quelea_config: dict | str | None = None,
         max_workers: int | None = None,
         deferrable: bool | None = None,
         poll_interval: float = 2.0,
@@ -64,15 +143,18 @@ class QueleaBaseOperator(BaseOperator):
         result_timeout: float = 300.0,
         wait_for_completion: bool = True,
         defer_after: float = _job.CHECK_BEFORE_DEFER_S,
+        xcom_threshold: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if quelea_config is not None and not isinstance(quelea_config, dict):
+        if quelea_config is not None and not isinstance(quelea_config, dict | str):
             raise TypeError(f"quelea_config must be a dict, got {type(quelea_config).__name__}")
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
         self.quelea_conn_id = quelea_conn_id
         self.quelea_config = quelea_config
+        if isinstance(quelea_config, str) and "{{" not in quelea_config:
+            self._config_overrides()  # not a template: it must be a JSON object now
         self.max_workers = max_workers
         self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.poll_interval = poll_interval
@@ -82,7 +164,11 @@ class QueleaBaseOperator(BaseOperator):
         if not defer_after >= 0:
             raise ValueError(f"defer_after must be 0 or more seconds, got {defer_after!r}")
         self.defer_after = float(defer_after)
+        if xcom_threshold is not None and (not isinstance(xcom_threshold, int) or xcom_threshold < -1):
+            raise ValueError(f"xcom_threshold must be -1 or a number of bytes, got {xcom_threshold!r}")
+        self.xcom_threshold = xcom_threshold
         self._executor: Any = None
+        self._killed = False
 
     # -- what subclasses give ----------------------------------------------------------------------
 
@@ -92,42 +178,170 @@ class QueleaBaseOperator(BaseOperator):
 
     # -- shared ------------------------------------------------------------------------------------
 
+    def _config_overrides(self) -> dict | None:
+        """``quelea_config`` as rendered: a dict, or a JSON object in a string."""
+        value = self.quelea_config
+        if value is None or isinstance(value, dict):
+            return value
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                return parsed
+        raise TypeError(
+            f"task {self.task_id!r}: quelea_config must be a dict (or a template rendering to a JSON "
+            f"object), got the {type(value).__name__} {str(value)[:80]!r}; with Jinja, set "
+            f"render_template_as_native_obj=True on the DAG or render JSON"
+        )
+
     @cached_property
     def hook(self) -> QueleaHook:
-        return QueleaHook(quelea_conn_id=self.quelea_conn_id, config=self.quelea_config)
+        return QueleaHook(quelea_conn_id=self.quelea_conn_id, config=self._config_overrides())
 
     def _executor_kwargs(self) -> dict:
         return {} if self.max_workers is None else {"max_workers": self.max_workers}
 
+    def _resolve(self, value: Any) -> Any:
+        """An input that is an upstream quelea operator's result reference, resolved."""
+        return _store.resolve(value, self.hook.get_config()) if _store.is_ref(value) else value
+
+    def _iterdata(self, value: Any) -> Any:
+        return parse_rendered(self._resolve(value), "map_iterdata", allow_str=True)
+
+    # -- resumable retries (map) ---------------------------------------------------------------------
+
+    def _retries_left(self, context: Context) -> bool:
+        ti = context.get("ti") if hasattr(context, "get") else None
+        try_number = getattr(ti, "try_number", None)
+        return isinstance(try_number, int) and try_number <= (self.retries or 0)
+
+    def _resume_plan(self, context: Context, args: tuple, quiet: bool = False) -> tuple[tuple, dict | None]:
+        """For a map of a list on a retry: ``(args over the elements a previous try
+        did not finish, {"total", "previous"})``; else ``(args, None)``."""
+        if self.kind != "map" or not isinstance(args[1], list | tuple) or "ti" not in context:
+            return args, None
+        total = len(args[1])
+        plan: dict = {"total": total, "previous": {}}
+        if getattr(context["ti"], "try_number", 1) > 1:
+            previous = _store.read_resume(self.hook.get_config(), context, total)
+            if previous:
+                plan["previous"] = previous
+                missing = [i for i in range(total) if i not in previous]
+                (self.log.debug if quiet else self.log.info)(
+                    "Resuming: a previous try finished %d of %d element(s); running the other %d",
+                    len(previous),
+                    total,
+                    len(missing),
+                )
+                args = (args[0], [args[1][i] for i in missing], *args[2:])
+        return args, plan
+
+    @staticmethod
+    def _missing(plan: dict) -> list[int]:
+        return [i for i in range(plan["total"]) if i not in plan["previous"]]
+
+    def _merge(self, plan: dict | None, values: list) -> list:
+        if not plan or not plan["previous"]:
+            return values
+        out = dict(plan["previous"])
+        out.update(zip(self._missing(plan), values, strict=True))
+        return [out[i] for i in range(plan["total"])]
+
+    def _keep_for_retry(self, context: Context, plan: dict | None, futures: Any) -> None:
+        """A failed map with tries left keeps its finished results for the next try."""
+        if not plan:
+            return
+        config = self.hook.get_config()
+        if not self._retries_left(context):
+            _store.delete_resume(config, context)
+            return
+        finished = dict(plan["previous"])
+        missing = self._missing(plan)
+        for n, f in enumerate(futures):
+            if f.success:
+                finished[missing[n]] = f.result(throw_except=False)
+        _store.write_resume(config, context, plan["total"], finished)
+        self.log.info(
+            "Kept %d finished result(s) of %d for the next try (it runs only the other %d)",
+            len(finished),
+            plan["total"],
+            plan["total"] - len(finished),
+        )
+
+    # -- execute -------------------------------------------------------------------------------------
+
     def execute(self, context: Context) -> Any:
         args, kwargs = self.executor_call()
+        args, plan = self._resume_plan(context, args)
+        if plan and plan["previous"] and not args[1]:
+            self.log.info("Every element was finished by a previous try")
+            _store.delete_resume(self.hook.get_config(), context)
+            return self._xcom_value(context, self._merge(plan, []))
         if self.deferrable or not self.wait_for_completion:
-            return self._submit_detached(context, args, kwargs)
+            return self._submit_detached(context, args, kwargs, plan)
         executor = self.hook.get_executor(**self._executor_kwargs())
         self._executor = executor
+        futures = None
         try:
             futures = getattr(executor, self.kind)(*args, **kwargs)
-            self.log.info("Submitted a quelea %s of %d call(s)", self.kind, _count(futures))
+            self._persist_link(context, executor, futures)
+            self.log.info(
+                "Submitted a quelea %s of %d call(s) as job %s",
+                self.kind,
+                _count(futures),
+                getattr(executor, "executor_id", "?"),
+            )
             self._wait_logging_progress(executor, futures)
             try:
                 # With no futures given, get_result gives a list for a map and the
                 # value for call_async and map_reduce (the reducer's).
                 result = executor.get_result()
             except Exception as e:
+                if self._killed or _killed_by_sigterm(e):
+                    self._killed = True  # the objects go in `finally`
+                    raise QueleaJobCancelled(
+                        f"task {self.task_id!r} was killed: quelea job "
+                        f"{getattr(executor, 'executor_id', '?')} was cancelled"
+                    ) from None
                 self._log_remote_error(e)
+                if isinstance(futures, list) and self.kind == "map":
+                    self._keep_for_retry(context, plan, futures)
                 raise
         finally:
             self._executor = None
+            if self._killed and futures is not None:
+                _settle_cancelled(executor, futures)
             executor.close()
-        return self._xcom_value(result)
+        if plan:
+            _store.delete_resume(self.hook.get_config(), context)
+            result = self._merge(plan, result)
+        return self._xcom_value(context, result)
+
+    def _persist_link(self, context: Context, executor: Any, futures: Any) -> None:
+        try:
+            one = futures if not isinstance(futures, list) else futures[-1:]
+            handle = executor.job_handle(one)
+            QueleaJobLink.persist(context, {"handles": [handle]})
+        except Exception as e:  # noqa: BLE001 - a link is not worth failing the task
+            self.log.debug("no dashboard link: %s", e)
 
     def _wait_logging_progress(self, executor: Any, futures: Any) -> None:
         """Waits for the job, logging ``job <id>: done/total (N failed)`` every
-        ``poll_interval`` seconds when the count moved, and once at the end."""
+        ``poll_interval`` seconds when the count moved, and once at the end, and
+        what each finished call printed."""
         import quelea
         from quelea.exceptions import WaitTimeoutError
 
         name = getattr(executor, "executor_id", "?")
+        if isinstance(futures, quelea.ResponseFuture):
+            fs = [futures]
+        elif isinstance(futures, quelea.FuturesList):
+            fs = list(futures)
+        else:  # not quelea's futures (a test double): nothing to report
+            fs = []
+        seen = _job.OutputSeen()
         last = None
         while True:
             try:
@@ -135,20 +349,44 @@ class QueleaBaseOperator(BaseOperator):
                 finished = True
             except WaitTimeoutError:
                 finished = False
-            if isinstance(futures, quelea.FuturesList | quelea.ResponseFuture):
-                p = quelea.progress(futures)
-                if finished or (p["done"], p["failed"]) != last:
-                    self.log.info("job %s: %d/%d (%d failed)", name, p["done"], p["total"], p["failed"])
-                    last = (p["done"], p["failed"])
+            if self._killed:
+                return
+            if not fs:
+                return
+            _job.log_outputs(self.log, name, fs, seen)
+            p = quelea.progress(fs)
+            if finished or (p["done"], p["failed"]) != last:
+                self.log.info("job %s: %d/%d (%d failed)", name, p["done"], p["total"], p["failed"])
+                last = (p["done"], p["failed"])
             if finished:
                 return
 
-    def _submit_detached(self, context: Context, args: tuple, kwargs: dict) -> Any:
+    def _check_executor(self, config: dict) -> None:
+        """A detached job of the local backend runs on the worker: refused where the
+        worker does not outlive the task."""
+        backend = config.get("backend") or "local"
+        executor = _executor_name(self)
+        if backend in ("local", "localhost") and "Kubernetes" in executor:
+            raise AirflowException(
+                f"task {self.task_id!r}: deferrable=True / wait_for_completion=False with the quelea "
+                f"backend `local` runs the job in a process on the worker, and under {executor} the "
+                f"worker pod is deleted while the task is deferred, taking the job with it. Use a "
+                f"remote backend (`http` with `quelea worker serve` servers, or `aws_lambda`) in the "
+                f"connection or quelea_config, or deferrable=False"
+            )
+
+    def _submit_detached(self, context: Context, args: tuple, kwargs: dict, plan: dict | None) -> Any:
         """Submits with ``detach=True``; then returns at once (``wait_for_completion=False``),
         finishes if the job is already done, or defers to ``QueleaJobTrigger``."""
         config = self.hook.get_config()
+        self._check_executor(config)
         timeout = self.execution_timeout
-        end_time = time.time() + timeout.total_seconds() if timeout else None
+        end_time = None
+        if timeout:
+            seconds = timeout.total_seconds()
+            # The trigger times out (cancelling the job, failing with a timeout) a little
+            # before Airflow's own deferral timeout would.
+            end_time = time.time() + max(seconds - min(30.0, 0.1 * seconds), 0.0)
         submitted = _job.submit(
             self.kind,
             args,
@@ -168,6 +406,7 @@ class QueleaBaseOperator(BaseOperator):
         ti = context.get("ti") if hasattr(context, "get") else None
         if ti is not None:
             ti.xcom_push(key=XCOM_JOB_KEY, value=job)
+        QueleaJobLink.persist(context, job)
         if not self.wait_for_completion:
             self.log.info(
                 "wait_for_completion=False: the job goes on without this task; a QueleaJobSensor "
@@ -180,16 +419,17 @@ class QueleaBaseOperator(BaseOperator):
             progress = _job.Job(job, config).progress()
             status = "error" if progress["failed"] else "success"
             self.log.info("quelea job %s finished before deferring", job["executor_id"])
-            return self.execute_complete(context, event={"status": status, "job": job, **progress})
+            return self.execute_complete(context, event={"status": status, "job": job, **progress}, job=job)
         self.log.info("Deferring to QueleaJobTrigger")
         self.defer(
             trigger=QueleaJobTrigger(
                 job=job,
                 quelea_conn_id=self.quelea_conn_id,
-                quelea_config=self.quelea_config,
+                quelea_config=self._config_overrides(),
                 poll_interval=self.poll_interval,
                 end_time=end_time,
                 cancel_on_kill=self.cancel_on_kill,
+                fire_after=time.time() + min_deferral_s(),
             ),
             method_name="execute_complete",
             kwargs={"job": job},
@@ -204,6 +444,11 @@ class QueleaBaseOperator(BaseOperator):
         config = self.hook.get_config()
         follower = _job.Job(job, config)
         status = event.get("status")
+        plan = None
+        if self.kind == "map" and status != "abandoned":
+            # The same plan as execute's (the previous try's record is unchanged during this
+            # try). Not from the defer kwargs: dag.test() resumes with the event only.
+            _, plan = self._resume_plan(context, self.executor_call()[0], quiet=True)
         self.log.info(
             "quelea job %s: %s (%s/%s done, %s failed)",
             job["executor_id"],
@@ -212,23 +457,38 @@ class QueleaBaseOperator(BaseOperator):
             event.get("total"),
             event.get("failed"),
         )
+        cancel = False
         try:
+            if status in ("success", "error"):
+                follower.log_outputs(self.log)
             if status == "success":
                 result = follower.results(timeout=self.result_timeout)
             elif status == "error" and event.get("first_failed"):
                 follower.cancel()  # the other calls stop; their objects go below
+                self._keep_for_retry(context, plan, follower.parts()[-1])
                 try:
                     follower.raise_failed_call(event["first_failed"], timeout=self.result_timeout)
                 except Exception as e:
                     self._log_remote_error(e)
                     raise
+            elif status == "timeout":
+                raise AirflowTaskTimeout(
+                    f"task {self.task_id!r}: quelea job {job['executor_id']} did not finish within the "
+                    f"task's execution_timeout ({event.get('done')}/{event.get('total')} done); cancelled"
+                )
+            elif status == "abandoned":
+                cancel = True
+                raise QueleaJobAbandoned(f"task {self.task_id!r}: {event.get('message')}")
             else:
                 raise AirflowException(
                     f"task {self.task_id!r}: quelea job {job['executor_id']} {status}: {event.get('message')}"
                 )
         finally:
-            follower.finish(self.log)
-        return self._xcom_value(result)
+            follower.finish(self.log, cancel=cancel, grace=0.0 if cancel else _job.STOP_GRACE_S)
+        if plan:
+            _store.delete_resume(config, context)
+            result = self._merge(plan, result)
+        return self._xcom_value(context, result)
 
     def resume_execution(self, next_method: str, next_kwargs: dict | None, context: Context) -> Any:
         # A deferral that timed out or a trigger that crashed never reaches
@@ -241,13 +501,13 @@ class QueleaBaseOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
+        # Cancels only: the task's thread (execute) then waits for the calls to stop and
+        # deletes the job's objects before it closes the executor.
+        self._killed = True
         executor = self._executor
         if executor is not None and self.cancel_on_kill:
             self.log.info("Cancelling the quelea job")
-            try:
-                executor.cancel()
-            finally:
-                executor.close()
+            executor.cancel()
 
     def _log_remote_error(self, exc: BaseException) -> None:
         tb = remote_traceback(exc)
@@ -256,17 +516,55 @@ class QueleaBaseOperator(BaseOperator):
                 "A quelea call failed with %s: %s\nRemote traceback:\n%s", type(exc).__name__, exc, tb
             )
 
-    def _xcom_value(self, result: Any) -> Any:
-        if self.do_xcom_push:
-            try:
-                json.dumps(xcom_serialize(result))
-            except Exception as e:
-                raise AirflowException(
-                    f"task {self.task_id!r}: the quelea result (a {type(result).__name__}) cannot be "
-                    f"stored in XCom: {e}. Return values Airflow can serialize "
-                    f"(JSON-like, dataclasses, ...), or set do_xcom_push=False."
-                ) from e
+    def _xcom_value(self, context: Context, result: Any) -> Any:
+        if not self.do_xcom_push:
+            return result
+        try:
+            encoded = json.dumps(xcom_serialize(result))
+        except Exception as e:
+            raise AirflowException(
+                f"task {self.task_id!r}: the quelea result (a {type(result).__name__}) cannot be "
+                f"stored in XCom: {e}. Return values Airflow can serialize "
+                f"(JSON-like, dataclasses, ...), or set do_xcom_push=False."
+            ) from e
+        threshold = xcom_threshold_default() if self.xcom_threshold is None else self.xcom_threshold
+        size = len(encoded.encode())
+        if 0 <= threshold < size and "ti" in context:
+            count = len(result) if isinstance(result, list) else None
+            ref = _store.put_results(self.hook.get_config(), context, result, count, size)
+            self.log.info(
+                "The result (%d bytes of XCom JSON) is above the XCom threshold (%d bytes): it stays in "
+                "quelea storage at %s; XCom gets a reference (quelea_airflow.results(ref) reads it)",
+                size,
+                threshold,
+                ref[_store.REF_KEY],
+            )
+            return ref
         return result
+
+
+def _settle_cancelled(executor: Any, futures: Any) -> None:
+    """After a kill: lets the cancelled calls stop and write their statuses, then
+    deletes the job's objects (deleting first would leave those statuses behind)."""
+    from quelea.exceptions import WaitTimeoutError
+
+    try:
+        executor.cancel(futures)
+        executor.wait(futures, throw_except=False, timeout=_job.STOP_GRACE_S)
+    except (WaitTimeoutError, Exception):  # noqa: BLE001 - best effort on the way out
+        pass
+    time.sleep(_job.CANCEL_SETTLE_S)
+    try:
+        executor.clean()
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
+def _killed_by_sigterm(exc: BaseException) -> bool:
+    """A runner ended by SIGTERM: Airflow killing the task's process group."""
+    from quelea.exceptions import WorkerCrashedError
+
+    return isinstance(exc, WorkerCrashedError) and "signal 15" in str(exc)
 
 
 def _count(futures: Any) -> int:
@@ -310,7 +608,7 @@ class QueleaCallAsyncOperator(QueleaBaseOperator):
         self.exclude_modules = exclude_modules
 
     def executor_call(self) -> tuple[tuple, dict]:
-        return (self.func, self.data), {
+        return (self.func, self._resolve(self.data)), {
             "extra_env": self.extra_env,
             "runtime_memory": self.runtime_memory,
             "timeout": self.timeout,
@@ -361,9 +659,9 @@ class QueleaMapOperator(QueleaBaseOperator):
         self.exclude_modules = exclude_modules
 
     def executor_call(self) -> tuple[tuple, dict]:
-        return (self.map_function, self.map_iterdata), {
+        return (self.map_function, self._iterdata(self.map_iterdata)), {
             "chunksize": self.chunksize,
-            "extra_args": self.extra_args,
+            "extra_args": self._resolve(self.extra_args),
             "extra_env": self.extra_env,
             "runtime_memory": self.runtime_memory,
             "obj_chunk_size": self.obj_chunk_size,
@@ -434,10 +732,10 @@ class QueleaMapReduceOperator(QueleaBaseOperator):
         self.exclude_modules = exclude_modules
 
     def executor_call(self) -> tuple[tuple, dict]:
-        return (self.map_function, self.map_iterdata, self.reduce_function), {
+        return (self.map_function, self._iterdata(self.map_iterdata), self.reduce_function), {
             "chunksize": self.chunksize,
-            "extra_args": self.extra_args,
-            "extra_args_reduce": self.extra_args_reduce,
+            "extra_args": self._resolve(self.extra_args),
+            "extra_args_reduce": self._resolve(self.extra_args_reduce),
             "extra_env": self.extra_env,
             "map_runtime_memory": self.map_runtime_memory,
             "reduce_runtime_memory": self.reduce_runtime_memory,

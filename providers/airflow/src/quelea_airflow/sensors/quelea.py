@@ -13,6 +13,12 @@ from quelea_airflow.hooks.quelea import DEFAULT_CONN_ID, QueleaHook
 from quelea_airflow.triggers.quelea import QueleaJobTrigger
 
 
+def min_deferral_s() -> float:
+    from quelea_airflow.operators.quelea import min_deferral_s as value
+
+    return value()
+
+
 def job_from(value: Any) -> dict:
     """A job dict from what users have: a job dict (the ``quelea_job`` XCom of an
     operator), one handle (``FunctionExecutor.job_handle``, JSON text or dict),
@@ -43,7 +49,8 @@ def job_from(value: Any) -> dict:
 
 class QueleaJobSensor(BaseSensorOperator):
     """Succeeds when every call of a quelea job has succeeded; fails on the first failed call
-    with its remote exception.
+    with its remote exception, and as soon as the job is abandoned (the process
+    running it is gone, ``quelea.host_lease``) instead of poking until its timeout.
 
     :param job: a job dict, a job handle, or a list of handles (templated).
     :param quelea_conn_id: connection giving the storage the job uses.
@@ -56,6 +63,7 @@ class QueleaJobSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("job", "quelea_config")
+    template_fields_renderers = {"job": "json", "quelea_config": "json"}
     ui_color = "#c4daff"
 
     def __init__(
@@ -86,6 +94,7 @@ class QueleaJobSensor(BaseSensorOperator):
         progress = follower.progress()
         self.log.info("%s", _job.progress_line(follower, progress))
         if progress["failed"]:
+            follower.log_outputs(self.log)
             try:
                 follower.raise_failed_call(progress["first_failed"], timeout=self.result_timeout)
             except Exception as e:
@@ -94,9 +103,14 @@ class QueleaJobSensor(BaseSensorOperator):
                     follower.finish(self.log, cancel=True)
                 raise
         if progress["done"] == progress["total"]:
+            follower.log_outputs(self.log)
             if self.clean_when_done:
                 follower.finish(self.log)
             return True
+        if progress["abandoned"]:
+            if self.clean_when_done:
+                follower.finish(self.log, cancel=True, grace=0.0)
+            raise AirflowException(f"task {self.task_id!r}: {progress['abandoned']}")
         return False
 
     def execute(self, context: Context) -> Any:
@@ -113,6 +127,7 @@ class QueleaJobSensor(BaseSensorOperator):
                 poll_interval=self.poke_interval,
                 end_time=time.time() + self.timeout if self.timeout else None,
                 cancel_on_kill=False,  # the job is not this task's
+                fire_after=time.time() + min_deferral_s(),
             ),
             method_name="execute_complete",
         )
@@ -121,7 +136,10 @@ class QueleaJobSensor(BaseSensorOperator):
         if not event:
             raise AirflowException(f"task {self.task_id!r} resumed without a trigger event")
         follower = _job.Job(job_from(self.job), self._hook().get_config())
+        cancel = event["status"] != "success"
         try:
+            if event["status"] in ("success", "error"):
+                follower.log_outputs(self.log)
             if event["status"] == "success":
                 return None
             if event["status"] == "error" and event.get("first_failed"):
@@ -135,7 +153,8 @@ class QueleaJobSensor(BaseSensorOperator):
             )
         finally:
             if self.clean_when_done:
-                follower.finish(self.log, cancel=event["status"] != "success")
+                abandoned = event["status"] == "abandoned"
+                follower.finish(self.log, cancel=cancel, grace=0.0 if abandoned else _job.STOP_GRACE_S)
 
 
 def _log_remote_error(log: Any, exc: BaseException) -> None:

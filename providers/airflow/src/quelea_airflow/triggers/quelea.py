@@ -17,8 +17,9 @@ class QueleaJobTrigger(BaseTrigger):
 
     Only status is polled here (through storage, off the event loop); results
     are read by the resumed task. Events: ``{"status": "success" | "error" |
-    "timeout", "message", "job", "done", "failed", "total", "first_failed"}``.
-    A failed call fires ``error`` at once. Progress goes to the triggerer's log
+    "timeout" | "abandoned", "message", "job", "done", "failed", "total",
+    "first_failed"}``. A failed call fires ``error`` at once; a job whose host
+    process is gone (``quelea.host_lease``) fires ``abandoned``. Progress goes to the triggerer's log
     as ``job <id>: done/total (failed)`` lines.
 
     :param job: the job dict (``quelea_airflow._job``: handles; JSON, no secrets).
@@ -27,6 +28,10 @@ class QueleaJobTrigger(BaseTrigger):
     :param poll_interval: seconds between polls.
     :param end_time: epoch seconds after which the job is cancelled and ``timeout`` fires.
     :param cancel_on_kill: cancel the job when the task is killed while deferred.
+    :param fire_after: epoch seconds before which no event fires (the job is still
+        polled): the scheduler may still be handling the exit of the task process
+        that deferred, and an event it sees first makes it fail the task ("finished
+        with state success, but the task instance's state attribute is queued").
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class QueleaJobTrigger(BaseTrigger):
         poll_interval: float = 2.0,
         end_time: float | None = None,
         cancel_on_kill: bool = True,
+        fire_after: float | None = None,
     ):
         super().__init__()
         if not isinstance(job, dict) or not job.get("handles"):
@@ -49,6 +55,7 @@ class QueleaJobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.end_time = end_time
         self.cancel_on_kill = cancel_on_kill
+        self.fire_after = fire_after
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -60,6 +67,7 @@ class QueleaJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "cancel_on_kill": self.cancel_on_kill,
+                "fire_after": self.fire_after,
             },
         )
 
@@ -80,6 +88,13 @@ class QueleaJobTrigger(BaseTrigger):
             }
         )
 
+    async def _hold(self) -> None:
+        """Waits until ``fire_after``."""
+        if self.fire_after is not None:
+            wait = self.fire_after - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             config = await asyncio.to_thread(self._config)
@@ -92,10 +107,16 @@ class QueleaJobTrigger(BaseTrigger):
                     self.log.info("%s", _job.progress_line(follower, progress))
                     last = seen
                 if progress["failed"]:
+                    await self._hold()
                     yield self._event("error", "a call failed", progress)
                     return
                 if progress["done"] == progress["total"]:
+                    await self._hold()
                     yield self._event("success", "the job finished", progress)
+                    return
+                if progress["abandoned"]:
+                    await self._hold()
+                    yield self._event("abandoned", progress["abandoned"], progress)
                     return
                 if self.end_time is not None and time.time() >= self.end_time:
                     await asyncio.to_thread(self._cancel)

@@ -1,0 +1,184 @@
+"""DAGs of the end-to-end tests of logs, big results, resumable retries and abandoned jobs."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+try:  # Airflow 3
+    from airflow.sdk import DAG, XComArg, task
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
+    from airflow.decorators import task
+    from airflow.models.xcom_arg import XComArg
+
+from quelea_airflow.operators.quelea import QueleaMapOperator
+from quelea_airflow.sensors.quelea import QueleaJobSensor
+
+# Where the flaky map counts its calls (beside the test's storage).
+COUNTS = os.environ.get("AIRFLOW_PROVIDER_TEST_STORAGE", "/tmp/quelea-airflow-storage") + "-counts"
+START = datetime(2026, 1, 1)
+
+
+def chatty(x):
+    print(f"hello from element {x}")
+    return x + 1
+
+
+def kilobyte(x):
+    return f"{x:08d}" + "x" * 1016
+
+
+def length(s):
+    return len(s)
+
+
+def flaky(x, counts):
+    """Counts each call in `counts`; element 5 fails on its first call only."""
+    import os
+    import uuid
+
+    os.makedirs(counts, exist_ok=True)
+    with open(os.path.join(counts, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+    marker = os.path.join(counts, "failed-once")
+    if x == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("element 5 fails on its first try")
+    return x * 10
+
+
+def sleepy(x):
+    import time
+
+    time.sleep(120)
+    return x
+
+
+def unlucky(x):
+    if x == 3:
+        raise ValueError(f"unlucky number {x} seen by the sensor")
+    return x
+
+
+def prints(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        QueleaMapOperator(
+            task_id="chatty",
+            map_function=chatty,
+            map_iterdata=list(range(5)),
+            deferrable=deferrable,
+            defer_after=0,
+            poll_interval=0.5,
+        )
+    return dag
+
+
+def big_results(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        big = QueleaMapOperator(
+            task_id="big",
+            map_function=kilobyte,
+            map_iterdata=list(range(10_000)),
+            deferrable=deferrable,
+            poll_interval=0.5,
+        )
+        lengths = QueleaMapOperator(
+            task_id="lengths", map_function=length, map_iterdata=big.output, poll_interval=0.5
+        )
+
+        @task
+        def check(ref, lengths):
+            import quelea_airflow
+
+            values = quelea_airflow.results(ref)
+            assert len(values) == 10_000 and values[7] == kilobyte(7), len(values)
+            assert lengths == [1024] * 10_000, lengths[:3]
+            assert quelea_airflow.clean_results(ref)
+            return len(values)
+
+        check(big.output, lengths.output)
+    return dag
+
+
+def retried(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        QueleaMapOperator(
+            task_id="flaky",
+            map_function=flaky,
+            map_iterdata=[(x, f"{COUNTS}/{dag_id}") for x in range(8)],
+            deferrable=deferrable,
+            defer_after=0,
+            poll_interval=0.5,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+        )
+    return dag
+
+
+def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
+    """A submit-only job whose host process is killed: the sensor sees it abandoned."""
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        submit = QueleaMapOperator(
+            task_id="submit", map_function=sleepy, map_iterdata=list(range(4)), wait_for_completion=False
+        )
+
+        @task
+        def kill_host(job):
+            import os
+            import signal
+            import time
+
+            import quelea
+            from quelea_airflow.hooks.quelea import QueleaHook
+
+            config = QueleaHook().get_config()
+            deadline = time.monotonic() + 30
+            # The host writes its lease once it has accepted the job.
+            while (lease := quelea.host_lease(job["handles"][0], config=config)) is None:
+                assert time.monotonic() < deadline, "the host wrote no lease"
+                time.sleep(0.1)
+            assert not lease["gone"], lease
+            os.kill(lease["pid"], signal.SIGKILL)
+            return lease["pid"]
+
+        killed = kill_host(XComArg(submit, key="quelea_job"))
+        (
+            submit
+            >> killed
+            >> QueleaJobSensor(
+                task_id="wait",
+                job=XComArg(submit, key="quelea_job"),
+                deferrable=deferrable_sensor,
+                clean_when_done=True,
+                poke_interval=2,
+                timeout=100,
+            )
+        )
+    return dag
+
+
+def sensor_fails(dag_id: str) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        submit = QueleaMapOperator(
+            task_id="submit", map_function=unlucky, map_iterdata=list(range(8)), wait_for_completion=False
+        )
+        submit >> QueleaJobSensor(
+            task_id="wait",
+            job=XComArg(submit, key="quelea_job"),
+            clean_when_done=True,
+            poke_interval=0.5,
+            timeout=100,
+        )
+    return dag
+
+
+e2e_prints_sync = prints("quelea_e2e_prints_sync", deferrable=False)
+e2e_prints_deferrable = prints("quelea_e2e_prints_deferrable", deferrable=True)
+e2e_big_results = big_results("quelea_e2e_big_results", deferrable=False)
+e2e_big_results_deferrable = big_results("quelea_e2e_big_results_deferrable", deferrable=True)
+e2e_retry_sync = retried("quelea_e2e_retry_sync", deferrable=False)
+e2e_retry_deferrable = retried("quelea_e2e_retry_deferrable", deferrable=True)
+e2e_abandoned = abandoned("quelea_e2e_abandoned", deferrable_sensor=False)
+e2e_abandoned_deferrable = abandoned("quelea_e2e_abandoned_deferrable", deferrable_sensor=True)
+e2e_sensor_fails = sensor_fails("quelea_e2e_sensor_fails")
