@@ -9,6 +9,7 @@
 //! http backend's own.
 
 mod common;
+mod replay;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -124,6 +125,7 @@ fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
         .put_blocking(&keys::function(&executor, &hash), b"hello_square".to_vec())
         .unwrap();
     let invocation = Invocation {
+        id: Some(quelea::core::protocol::new_invocation_id()),
         executor_id: executor.clone(),
         job_id,
         function: FunctionSpec {
@@ -552,6 +554,14 @@ fn main() {
         (
             "security_oversized_bodies_get_413",
             oversized_bodies_get_413,
+        ),
+        (
+            "security_captured_invocations_never_run_twice",
+            replay::captured_invocations_never_run_twice,
+        ),
+        (
+            "security_invocations_without_an_id_are_refused",
+            replay::invocations_without_an_id_are_refused,
         ),
         (
             "wrong_protocol_version_is_a_clear_400",

@@ -255,6 +255,29 @@ impl Storage {
             .map_err(|e| self.map_err("put", key, e))
     }
 
+    /// Creates a small object only if no object has that key: `Ok(true)` when
+    /// this call created it, `Ok(false)` when it was there already. Atomic in
+    /// every kind of storage (object_store's `PutMode::Create`: a no-clobber
+    /// link on a local disk, `If-None-Match: *` on S3 and GCS, `If-None-Match`
+    /// on Azure), so of many callers exactly one gets `true`.
+    pub async fn put_if_absent(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
+        let path = self.path(key)?;
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(data.into()), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.map_err("conditional put", key, e)),
+        }
+    }
+
     async fn put_multipart(&self, path: &Path, key: &str, mut data: Bytes) -> Result<()> {
         let operation = "multipart upload";
         let upload = self
@@ -384,6 +407,9 @@ impl Storage {
 
     pub fn put_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
         io_runtime().block_on(self.put(key, data))
+    }
+    pub fn put_if_absent_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
+        io_runtime().block_on(self.put_if_absent(key, data))
     }
     pub fn get_blocking(&self, key: &str) -> Result<Bytes> {
         io_runtime().block_on(self.get(key))

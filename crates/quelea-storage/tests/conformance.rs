@@ -57,9 +57,41 @@ fn check_store(storage: &Storage, prefix: &str) {
     assert_eq!(storage.head_blocking(&key("empty")).unwrap().size, 0);
     assert!(storage.get_blocking(&key("empty")).unwrap().is_empty());
 
-    assert_eq!(storage.delete_prefix_blocking(prefix).unwrap(), 3);
+    check_put_if_absent(storage, &key("claim"));
+
+    assert_eq!(storage.delete_prefix_blocking(prefix).unwrap(), 4);
     assert!(storage.list_blocking(prefix).unwrap().is_empty());
     storage.delete_blocking(&key("a")).unwrap();
+}
+
+/// A create-if-absent (what worker runtimes claim Invocations with): of 8
+/// racing creators exactly one wins, the object holds the winner's bytes,
+/// and a later create finds it there and changes nothing.
+fn check_put_if_absent(storage: &Storage, key: &str) {
+    let barrier = std::sync::Barrier::new(8);
+    let winners: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    storage
+                        .put_if_absent_blocking(key, format!("creator {i}").into_bytes())
+                        .unwrap()
+                        .then_some(i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let held = storage.get_blocking(key).unwrap();
+    assert_eq!(held, format!("creator {}", winners[0]).into_bytes());
+    assert!(!storage.put_if_absent_blocking(key, &b"late"[..]).unwrap());
+    assert_eq!(storage.get_blocking(key).unwrap(), held);
 }
 
 /// Bytes that differ from part to part, so a part out of place shows.

@@ -12,7 +12,9 @@
 //! protocol version, malformed, no runner for its kind); 401 unsigned,
 //! forged, expired or replayed; 404/405 other paths and methods; 413 body
 //! over the limit; 422 the function or data object is missing from storage;
-//! 503 too many calls queued (retry later); 500 storage failure.
+//! 503 too many calls queued (retry later); 500 storage failure; 200 with
+//! `duplicate` an Invocation whose id was claimed before (by this server or
+//! another one sharing the storage, before or after a restart): nothing runs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -222,6 +224,8 @@ fn refusal_status(kind: RefusalKind) -> StatusCode {
         RefusalKind::Missing => StatusCode::UNPROCESSABLE_ENTITY,
         RefusalKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         RefusalKind::Storage => StatusCode::INTERNAL_SERVER_ERROR,
+        // Answered in `invoke`, as a success that ran nothing.
+        RefusalKind::Duplicate => StatusCode::OK,
     }
 }
 
@@ -314,10 +318,22 @@ async fn invoke(state: &State, req: Request<Incoming>) -> Answer {
         Ok(_) => return refuse(StatusCode::BAD_REQUEST, "expected an `invocation` message"),
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
+    if invocation.id.is_none() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the invocation has no `id`: a worker server runs each invocation at most once, by its id",
+        );
+    }
     match accept(state, invocation).await {
         Ok(calls) => json(
             StatusCode::ACCEPTED,
             serde_json::json!({ "accepted_calls": calls }),
+        ),
+        // The sender's own retry of a delivery whose answer it lost is fine;
+        // a replay learns nothing, and nothing runs again either way.
+        Err(refusal) if refusal.kind == RefusalKind::Duplicate => json(
+            StatusCode::OK,
+            serde_json::json!({ "accepted_calls": 0, "duplicate": refusal.message }),
         ),
         Err(refusal) => refuse(refusal_status(refusal.kind), refusal.message),
     }

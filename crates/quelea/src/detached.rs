@@ -343,6 +343,7 @@ fn run_reduce(
         CallState::Invoked,
     ));
     let invocation = |calls: Vec<InvokedCall>| Invocation {
+        id: None,
         executor_id: reduce.executor_id.clone(),
         job_id: reduce.job_id,
         function: reduce.function.clone(),

@@ -961,6 +961,8 @@ impl Inner {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(&HostStep::Invocation {
                 invocation: Invocation {
+                    // The detached host is this client's own process: no claim.
+                    id: None,
                     executor_id: spec.executor_id.clone(),
                     job_id: spec.job_id,
                     function: spec.function.clone(),

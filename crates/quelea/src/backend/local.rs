@@ -121,6 +121,8 @@ impl LocalBackend {
             }
         }
         let invocation = Invocation {
+            // In-process: no claim (nothing to replay).
+            id: None,
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             function: spec.function.clone(),
