@@ -120,20 +120,20 @@ def dump_function(payload: FunctionPayload) -> bytes:
 _STACK_GLOBAL = pickle.STACK_GLOBAL
 
 
-class _ByValue(Exception):
-    pass
-
-
 class _ByValueFinder(pickle.Pickler):
-    """Pickles into nothing, stopping at the first class or function of a
-    module that goes by value. The C pickler asks ``reducer_override`` only
-    about objects that are not plain built-in data, and about classes."""
+    """Pickles into nothing, noting whether a class or function of a module
+    that goes by value is met (each such module is registered with
+    cloudpickle on the way, so all of them must be visited). The C pickler
+    asks ``reducer_override`` only about objects that are not plain built-in
+    data, and about classes."""
+
+    found = False
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, types.FunctionType)):
             name = getattr(obj, "__module__", None)
             if isinstance(name, str) and _goes_by_value(name):
-                raise _ByValue
+                self.found = True
         return NotImplemented
 
 
@@ -148,13 +148,12 @@ def refers_by_value(value: Any, blob: bytes) -> bool:
     cloudpickle, which ships them by value, as it does functions."""
     if _STACK_GLOBAL not in blob:
         return False
+    finder = _ByValueFinder(_Sink(), protocol=PROTOCOL)
     try:
-        _ByValueFinder(_Sink(), protocol=PROTOCOL).dump(value)
-    except _ByValue:
-        return True
+        finder.dump(value)
     except Exception:  # noqa: BLE001 - it pickled once already; be safe
         return True
-    return False
+    return finder.found
 
 
 def dumps_args(value: Any) -> bytes:

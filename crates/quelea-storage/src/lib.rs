@@ -485,18 +485,28 @@ fn describe_cause(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Bounded waits: a server that is down is an error in seconds, not a hang.
-fn client_options(allow_http: bool) -> object_store::ClientOptions {
+/// A validated number of seconds (`Config::build` checks each one).
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
+}
+
+/// Bounded waits (`storage_client`): a server that is down is an error in
+/// seconds, and one that accepts connections but answers nothing (stopped,
+/// frozen) is one after `read_timeout` without a byte, not a hang.
+fn client_options(config: &Config, allow_http: bool) -> object_store::ClientOptions {
+    let c = &config.storage_client;
     object_store::ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(seconds(c.connect_timeout))
+        .with_read_timeout(seconds(c.read_timeout))
+        .with_timeout(seconds(c.timeout))
         .with_allow_http(allow_http)
 }
 
-fn retry_config() -> object_store::RetryConfig {
+fn retry_config(config: &Config) -> object_store::RetryConfig {
+    let c = &config.storage_client;
     object_store::RetryConfig {
-        max_retries: 3,
-        retry_timeout: Duration::from_secs(20),
+        max_retries: c.max_retries as usize,
+        retry_timeout: seconds(c.retry_timeout),
         ..object_store::RetryConfig::default()
     }
 }
@@ -587,8 +597,8 @@ fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
         .with_region(s3.region)
         .with_allow_http(s3.allow_http)
         .with_virtual_hosted_style_request(!s3.path_style)
-        .with_client_options(client_options(s3.allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, s3.allow_http))
+        .with_retry(retry_config(config));
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -625,8 +635,8 @@ fn build_gcs(config: &Config) -> Result<object_store::gcp::GoogleCloudStorage> {
         .is_some_and(|e| e.starts_with("http://"));
     let mut builder = GoogleCloudStorageBuilder::new()
         .with_bucket_name(&config.bucket)
-        .with_client_options(client_options(allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, allow_http))
+        .with_retry(retry_config(config));
     if let Some(endpoint) = &endpoint {
         builder = builder.with_base_url(endpoint);
     }
@@ -664,8 +674,8 @@ fn build_azure(config: &Config) -> Result<object_store::azure::MicrosoftAzure> {
         .with_container_name(&config.bucket)
         .with_endpoint(resolved.endpoint)
         .with_allow_http(allow_http)
-        .with_client_options(client_options(allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, allow_http))
+        .with_retry(retry_config(config));
     if let Some(key) = &resolved.access_key {
         builder = builder.with_access_key(key);
     } else if let Some(sas) = &resolved.sas_token {

@@ -222,6 +222,55 @@ fn s3_server_down_is_an_error_in_bounded_time() {
     assert!(err.contains("list"), "{err}");
 }
 
+/// A server that accepts connections and never answers, as a stopped
+/// (SIGSTOP) or wedged S3 server looks from the client: the kernel completes
+/// the handshake, nothing reads or writes. `storage_client` bounds the wait:
+/// a request fails after `read_timeout` without a byte, retries stop after
+/// `retry_timeout`, and the error names the operation, key and storage.
+#[test]
+fn a_frozen_s3_server_is_an_error_within_the_storage_client_deadlines() {
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", frozen.local_addr().unwrap());
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("storage", "s3")
+        .set("bucket", "quelea-test")
+        .set("s3.endpoint", endpoint.clone())
+        .set("s3.access_key_id", "testkey")
+        .set("s3.secret_access_key", "testsecret")
+        .set("s3.path_style", true)
+        .set("s3.allow_http", true)
+        .set("storage_client.read_timeout", 1.0)
+        .set("storage_client.retry_timeout", 2.0)
+        .build()
+        .unwrap();
+    let storage = Storage::from_config(&config).unwrap();
+    let started = Instant::now();
+    let put = storage.put_blocking("quelea/frozen/x", &b"x"[..]);
+    let waited = started.elapsed();
+    let err = put.expect_err("a frozen server cannot succeed").to_string();
+    assert!(
+        err.contains("put") && err.contains("quelea/frozen/x") && err.contains(&endpoint),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}: {err}"
+    );
+    let started = Instant::now();
+    let err = storage
+        .list_blocking("quelea/frozen/")
+        .unwrap_err()
+        .to_string();
+    let waited = started.elapsed();
+    assert!(
+        err.contains("list") && waited < Duration::from_secs(10),
+        "{waited:?}: {err}"
+    );
+    drop(frozen);
+}
+
 #[cfg(feature = "s3-tests")]
 mod s3 {
     use super::*;
