@@ -564,6 +564,10 @@ fn main() {
             replay::invocations_without_an_id_are_refused,
         ),
         (
+            "security_absurd_numbers_and_hashes_get_a_named_400",
+            replay::absurd_numbers_and_hashes_get_a_named_400,
+        ),
+        (
             "wrong_protocol_version_is_a_clear_400",
             wrong_protocol_version_is_a_clear_400,
         ),

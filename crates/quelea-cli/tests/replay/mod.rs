@@ -278,3 +278,45 @@ pub(crate) fn invocations_without_an_id_are_refused(fx: &Fixture) -> Result<(), 
     )?;
     super::nothing_ran(fx, &keys)
 }
+
+/// Issue case 3 through `quelea worker serve`: a signed Invocation with a
+/// timeout no `Duration` holds, or a hash that is not a hex digest (`..`),
+/// gets a 400 naming the field; the connection is answered, nothing runs,
+/// and the server goes on serving.
+pub(crate) fn absurd_numbers_and_hashes_get_a_named_400(fx: &Fixture) -> Result<(), Failed> {
+    let (body, keys) = super::own_invocation(fx);
+    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    let addr = fx.guarded.trim_start_matches("http://");
+    for (pointer, bad, named) in [
+        ("/timeout_s", serde_json::json!(1e30), "timeout_s"),
+        ("/timeout_s", serde_json::json!(-1.0), "timeout_s"),
+        (
+            "/memory_limit_mb",
+            serde_json::json!(u64::MAX),
+            "memory_limit_mb",
+        ),
+        ("/function/hash", serde_json::json!("../../etc"), "hash"),
+        ("/calls/0/count", serde_json::json!(0), "count"),
+        ("/id", serde_json::json!("a/../b"), "id"),
+    ] {
+        let mut altered = value.clone();
+        // `count` 1 is left out of the encoding: put the field in first.
+        altered["calls"][0]["count"] = 1.into();
+        *altered.pointer_mut(pointer).unwrap() = bad.clone();
+        let body = serde_json::to_vec(&altered)?;
+        let (code, text) = request(
+            addr,
+            "POST",
+            "/invoke",
+            &super::signed(&body, super::now()),
+            &body,
+        );
+        check(
+            code == 400 && text.contains(named),
+            format!("{pointer} = {bad}: {code} {text}"),
+        )?;
+    }
+    let (code, _) = request(addr, "GET", "/health", &[], b"");
+    check(code == 200, format!("health after: {code}"))?;
+    super::nothing_ran(fx, &keys)
+}
