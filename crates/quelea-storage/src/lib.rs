@@ -58,6 +58,51 @@ pub enum Error {
         bucket: String,
         hint: String,
     },
+    /// A blocking wait on storage was given up on Ctrl-C ([`interrupt`]).
+    #[error("storage {operation} of `{key}` in {store} was interrupted (Ctrl-C)")]
+    Interrupted {
+        operation: &'static str,
+        key: String,
+        store: String,
+    },
+}
+
+/// Ctrl-C for storage waits: while the flag is set, every `*_blocking`
+/// method gives up within [`interrupt::POLL`] with [`Error::Interrupted`]
+/// instead of waiting for a server that may not answer. The client's
+/// Ctrl-C handling (`quelea::interrupt`) sets and clears it.
+pub mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    /// How often a blocking storage wait looks at the flag.
+    pub const POLL: Duration = Duration::from_millis(50);
+
+    pub fn set() {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+
+    /// Sets the flag; returns whether it was set already.
+    pub fn swap() -> bool {
+        INTERRUPTED.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn clear() {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_set() -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the flag is set.
+    pub(crate) async fn wait() {
+        while !is_set() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -405,29 +450,49 @@ impl Storage {
         Ok(count)
     }
 
+    /// Runs `operation` to its end, or until Ctrl-C ([`interrupt`]).
+    fn blocking<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        future: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        io_runtime().block_on(async {
+            tokio::select! {
+                biased;
+                result = future => result,
+                () = interrupt::wait() => Err(Error::Interrupted {
+                    operation,
+                    key: key.to_owned(),
+                    store: self.describe(),
+                }),
+            }
+        })
+    }
+
     pub fn put_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
-        io_runtime().block_on(self.put(key, data))
+        self.blocking("put", key, self.put(key, data))
     }
     pub fn put_if_absent_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
-        io_runtime().block_on(self.put_if_absent(key, data))
+        self.blocking("conditional put", key, self.put_if_absent(key, data))
     }
     pub fn get_blocking(&self, key: &str) -> Result<Bytes> {
-        io_runtime().block_on(self.get(key))
+        self.blocking("get", key, self.get(key))
     }
     pub fn get_range_blocking(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        io_runtime().block_on(self.get_range(key, range))
+        self.blocking("ranged get", key, self.get_range(key, range))
     }
     pub fn head_blocking(&self, key: &str) -> Result<ObjectInfo> {
-        io_runtime().block_on(self.head(key))
+        self.blocking("head", key, self.head(key))
     }
     pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        io_runtime().block_on(self.list(prefix))
+        self.blocking("list", prefix, self.list(prefix))
     }
     pub fn delete_blocking(&self, key: &str) -> Result<()> {
-        io_runtime().block_on(self.delete(key))
+        self.blocking("delete", key, self.delete(key))
     }
     pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
-        io_runtime().block_on(self.delete_prefix(prefix))
+        self.blocking("delete", prefix, self.delete_prefix(prefix))
     }
 }
 

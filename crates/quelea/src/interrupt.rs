@@ -1,11 +1,12 @@
 //! Ctrl-C: every wait polls this flag at least every [`POLL`] and, once it is
 //! set, cancels the jobs it waits on and returns [`crate::Error::Interrupted`].
+//! It is the storage crate's flag (`quelea_storage::interrupt`), so a
+//! blocking storage request (a frozen server) gives up on Ctrl-C too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use quelea_storage::interrupt as flag;
 
 /// The longest a wait sleeps before it looks at the flag again.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -16,7 +17,7 @@ pub fn install_ctrl_c_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if flag::swap() {
                 std::process::exit(130);
             }
         });
@@ -25,14 +26,14 @@ pub fn install_ctrl_c_handler() {
 
 /// Sets the flag as Ctrl-C would (bindings that catch signals themselves).
 pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    flag::set();
 }
 
 pub fn is_interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    flag::is_set()
 }
 
 /// Clears the flag, after the interrupted operation has been reported.
 pub fn clear() {
-    INTERRUPTED.store(false, Ordering::SeqCst);
+    flag::clear();
 }
