@@ -117,7 +117,8 @@ def test_a_frozen_s3_server_fails_fast_answers_ctrl_c_and_closes(tmp_path, own_s
         assert closed[:1] == ["closed"], closed
         assert float(closed[1]) < CLOSE_DEADLINE_S, closed
         print(
-            f"frozen S3: map failed after {waited:.1f} s, Ctrl-C answered in {answered:.2f} s, close {closed[1]} s"
+            f"frozen S3: map failed after {waited:.1f} s, "
+            f"Ctrl-C answered in {answered:.2f} s, close {closed[1]} s"
         )
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
