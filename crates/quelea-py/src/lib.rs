@@ -357,10 +357,11 @@ impl Executor {
 
 /// Runs a blocking engine operation off the GIL on a thread of its own,
 /// while this (the main) thread looks for Ctrl-C every
-/// `quelea::interrupt::POLL`: on Ctrl-C the engine's interrupt flag makes
-/// every storage wait give up (a frozen server), the operation ends within a
-/// moment, and the `KeyboardInterrupt` is raised. Without this, a blocking
-/// call would answer Ctrl-C only when storage did.
+/// `quelea::interrupt::POLL`: on Ctrl-C the storage interrupt flag
+/// (`quelea_storage::interrupt`) makes every storage wait give up (a frozen
+/// server), the operation ends within a moment, the flag is cleared and the
+/// `KeyboardInterrupt` is raised. Without this, a blocking call would answer
+/// Ctrl-C only when storage did.
 fn interruptible<T: Send>(py: Python<'_>, operation: impl FnOnce() -> T + Send) -> PyResult<T> {
     std::thread::scope(|scope| {
         let (done_tx, mut done) = std::sync::mpsc::channel::<()>();
@@ -392,7 +393,7 @@ fn interruptible<T: Send>(py: Python<'_>, operation: impl FnOnce() -> T + Send) 
             }
             if interrupted.is_none() {
                 if let Err(e) = py.check_signals() {
-                    quelea::interrupt::interrupt();
+                    quelea::storage::interrupt::set();
                     interrupted = Some(e);
                 }
             }
@@ -402,7 +403,7 @@ fn interruptible<T: Send>(py: Python<'_>, operation: impl FnOnce() -> T + Send) 
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match interrupted {
             Some(e) => {
-                quelea::interrupt::clear();
+                quelea::storage::interrupt::clear();
                 Err(e)
             }
             None => Ok(value),

@@ -69,8 +69,11 @@ pub enum Error {
 
 /// Ctrl-C for storage waits: while the flag is set, every `*_blocking`
 /// method gives up within [`interrupt::POLL`] with [`Error::Interrupted`]
-/// instead of waiting for a server that may not answer. The client's
-/// Ctrl-C handling (`quelea::interrupt`) sets and clears it.
+/// instead of waiting for a server that may not answer. The Python bindings
+/// set it on Ctrl-C during a blocking call and clear it once that call has
+/// given up. It is not the engine's Ctrl-C flag (`quelea::interrupt`): after
+/// a Ctrl-C the engine still writes cancel markers, and a server still
+/// drains, through storage.
 pub mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -82,11 +85,6 @@ pub mod interrupt {
 
     pub fn set() {
         INTERRUPTED.store(true, Ordering::SeqCst);
-    }
-
-    /// Sets the flag; returns whether it was set already.
-    pub fn swap() -> bool {
-        INTERRUPTED.swap(true, Ordering::SeqCst)
     }
 
     pub fn clear() {

@@ -68,6 +68,9 @@ struct State {
     /// Accepted MACs (decoded: one per request, however it is spelled) and
     /// their timestamps, kept for the replay window.
     seen: Mutex<(HashMap<[u8; 32], u64>, Instant)>,
+    /// Invocations being accepted (loading, claiming) but not queued yet:
+    /// a graceful stop waits for them too.
+    accepting: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +133,7 @@ impl Server {
                 ),
                 config,
                 seen: Mutex::new((HashMap::new(), Instant::now())),
+                accepting: Default::default(),
             }),
             listener,
             stop: StopHandle::default(),
@@ -186,7 +190,10 @@ impl Server {
             }
         });
         let deadline = Instant::now() + drain;
-        let queued = || state.runtime.counters().queued.load(Ordering::Relaxed);
+        let queued = || {
+            state.runtime.counters().queued.load(Ordering::Relaxed)
+                + state.accepting.load(Ordering::Relaxed)
+        };
         while queued() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -359,5 +366,8 @@ fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<()
 }
 
 async fn accept(state: &State, invocation: Invocation) -> Result<usize, Refusal> {
-    state.runtime.accept(invocation).await.map(|a| a.calls)
+    state.accepting.fetch_add(1, Ordering::Relaxed);
+    let accepted = state.runtime.accept(invocation).await.map(|a| a.calls);
+    state.accepting.fetch_sub(1, Ordering::Relaxed);
+    accepted
 }

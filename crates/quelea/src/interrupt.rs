@@ -1,12 +1,11 @@
 //! Ctrl-C: every wait polls this flag at least every [`POLL`] and, once it is
 //! set, cancels the jobs it waits on and returns [`crate::Error::Interrupted`].
-//! It is the storage crate's flag (`quelea_storage::interrupt`), so a
-//! blocking storage request (a frozen server) gives up on Ctrl-C too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-use quelea_storage::interrupt as flag;
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The longest a wait sleeps before it looks at the flag again.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -17,7 +16,7 @@ pub fn install_ctrl_c_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
-            if flag::swap() {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
         });
@@ -26,14 +25,14 @@ pub fn install_ctrl_c_handler() {
 
 /// Sets the flag as Ctrl-C would (bindings that catch signals themselves).
 pub fn interrupt() {
-    flag::set();
+    INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 pub fn is_interrupted() -> bool {
-    flag::is_set()
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Clears the flag, after the interrupted operation has been reported.
 pub fn clear() {
-    flag::clear();
+    INTERRUPTED.store(false, Ordering::SeqCst);
 }
