@@ -95,6 +95,10 @@ def test_a_frozen_s3_server_fails_fast_answers_ctrl_c_and_closes(tmp_path, own_s
         assert first[:1] == ["pids"], first + [proc.stderr.read()]
         runners = [int(p) for p in first[1:]]
         os.kill(pid, signal.SIGSTOP)
+        stopped_by = time.time() + 5
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.time() < stopped_by, "the S3 server did not stop"
+            time.sleep(0.01)
         proc.stdin.write("\n")
         proc.stdin.flush()
 
