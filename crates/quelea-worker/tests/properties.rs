@@ -11,16 +11,16 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use quelea_core::config::{ConfigBuilder, StorageKind};
 use quelea_core::ids::{CallId, JobId, JobKind};
-use quelea_core::model::{CallError, CallStats, FunctionSpec, Output, RunnerKind};
+use quelea_core::model::{FunctionSpec, RunnerKind};
 use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
 use quelea_storage::Storage;
-use quelea_worker::runtime::{CallObserver, RefusalKind, Runtime, RuntimeConfig};
+use quelea_worker::runtime::{CallObserver, Ended, RefusalKind, Runtime, RuntimeConfig};
 
 struct Nobody;
 
 impl CallObserver for Nobody {
     fn started(&self, _: CallId, _: u32, _: u32, _: f64) {}
-    fn finished(&self, _: CallId, _: Vec<(CallStats, Result<Output, CallError>)>) {}
+    fn finished(&self, _: CallId, _: Ended) {}
 }
 
 fn runtime() -> Runtime {
