@@ -154,11 +154,26 @@ fn each_call_ran_once(
     )
 }
 
+/// The servers of a test, stopped by PID however the test ends.
+struct Servers(Vec<WorkerServer>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for server in self.0.drain(..) {
+            server.stop();
+        }
+    }
+}
+
 pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), Failed> {
     let dir = fx.dir.path();
-    let first = WorkerServer::start(dir, "replay-a", SECRET, "{}\n", &[]);
-    let second = WorkerServer::start(dir, "replay-b", SECRET, "{}\n", &[]);
-    let proxy = RecordingProxy::start(&first.url);
+    let mut servers = Servers(vec![
+        WorkerServer::start(dir, "replay-a", SECRET, "{}\n", &[]),
+        WorkerServer::start(dir, "replay-b", SECRET, "{}\n", &[]),
+    ]);
+    let first_url = servers.0[0].url.clone();
+    let second_url = servers.0[1].url.clone();
+    let proxy = RecordingProxy::start(&first_url);
 
     // A real map through the proxy: 6 Invocations of one call each.
     let config = storage_builder(dir)
@@ -190,11 +205,12 @@ pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), F
         format!("one claim per invocation: {claims:?}"),
     )?;
 
-    let addr = |s: &WorkerServer| s.url.trim_start_matches("http://").to_owned();
+    let addr = |url: &str| url.trim_start_matches("http://").to_owned();
+    let (first, second) = (first_url.as_str(), second_url.as_str());
     for c in &captured {
         let signature = c.header(auth::SIGNATURE_HEADER);
         // The same server, unchanged: its replay cache refuses it.
-        let (code, text) = request(&addr(&first), "POST", "/invoke", &c.as_sent(), &c.body);
+        let (code, text) = request(&addr(first), "POST", "/invoke", &c.as_sent(), &c.body);
         check(
             code == 401 && text.contains("replay"),
             format!("same server: {code} {text}"),
@@ -208,7 +224,7 @@ pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), F
             format!("v1={digits} "),
         ] {
             let (code, text) = request(
-                &addr(&first),
+                &addr(first),
                 "POST",
                 "/invoke",
                 &c.signed_with(other.clone()),
@@ -223,7 +239,7 @@ pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), F
         let mut renamed = value.clone();
         renamed["id"] = "someone-else-1".into();
         for body in [pretty, serde_json::to_vec(&renamed)?] {
-            let (code, text) = request(&addr(&first), "POST", "/invoke", &c.as_sent(), &body);
+            let (code, text) = request(&addr(first), "POST", "/invoke", &c.as_sent(), &body);
             check(
                 code == 401 && text.contains("signature"),
                 format!("altered body: {code} {text}"),
@@ -231,7 +247,7 @@ pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), F
         }
         // A second server with the same secret has no memory of it, but the
         // claim in the shared storage says it ran: 200, nothing runs.
-        let (code, text) = request(&addr(&second), "POST", "/invoke", &c.as_sent(), &c.body);
+        let (code, text) = request(&addr(second), "POST", "/invoke", &c.as_sent(), &c.body);
         check(
             code == 200 && text.contains("duplicate"),
             format!("second server: {code} {text}"),
@@ -239,19 +255,25 @@ pub(crate) fn captured_invocations_never_run_twice(fx: &Fixture) -> Result<(), F
     }
 
     // The first server restarted (its replay cache gone): still nothing runs.
-    first.stop();
+    servers.0.remove(0).stop();
     let restarted = WorkerServer::start(dir, "replay-a", SECRET, "{}\n", &[]);
+    let restarted_url = restarted.url.clone();
+    servers.0.push(restarted);
     for c in &captured {
-        let (code, text) = request(&addr(&restarted), "POST", "/invoke", &c.as_sent(), &c.body);
+        let (code, text) = request(
+            &addr(&restarted_url),
+            "POST",
+            "/invoke",
+            &c.as_sent(),
+            &c.body,
+        );
         check(
             code == 200 && text.contains("duplicate"),
             format!("after a restart: {code} {text}"),
         )?;
     }
-    let outcome = each_call_ran_once(&storage, &keys, 6);
-    restarted.stop();
-    second.stop();
-    outcome?;
+    each_call_ran_once(&storage, &keys, 6)?;
+    drop(servers);
     // No claim was added by the replays.
     let claims = storage.list_blocking(&format!("{}claims/", keys.prefix()))?;
     check(claims.len() == 6, format!("{claims:?}"))
