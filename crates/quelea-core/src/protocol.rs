@@ -149,6 +149,9 @@ pub struct StatusBatch {
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Messages are decoded and handled one at a time, never held in numbers:
+// boxing the large variant would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Message {
     Invocation(Invocation),
     StatusBatch(StatusBatch),

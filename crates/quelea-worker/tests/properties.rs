@@ -6,6 +6,7 @@
 //! nothing is ever started.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -71,14 +72,26 @@ proptest! {
             executor_id: "abcdef-0".parse().unwrap(),
             job_id: JobId::new(JobKind::Map, 0),
             function: FunctionSpec { runner: RunnerKind::Python, name: "f".into(), hash },
-            calls: vec![InvokedCall { call_id: CallId(0), count, input: CallInput::Inline(vec![1]) }],
+            calls: vec![InvokedCall {
+                call_id: CallId(0),
+                count,
+                input: CallInput::Inline(vec![1]),
+                select: None,
+            }],
             timeout_s,
             memory_limit_mb: memory,
             submit_ts: 0.0,
             push: None,
+            attempt: 0,
+            retry_on: Vec::new(),
         };
         let refused = runtime
-            .accept_in_process(invocation.clone(), b"payload", Arc::new(Nobody))
+            .accept_in_process(
+                invocation.clone(),
+                b"payload",
+                Arc::new(Nobody),
+                Arc::new(AtomicBool::new(false)),
+            )
             .err()
             .expect("a runtime without runners runs nothing");
         prop_assert!(!refused.message.is_empty());

@@ -51,6 +51,8 @@ const HOST_LOG_ENV: &str = "QUELEA_RUNNER_HOST_LOG";
 /// What a client hands its host.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
+// One step at a time goes over the host's pipe: no need to box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum HostStep {
     /// Run these calls (functions and inputs are in storage).
     Invocation {
