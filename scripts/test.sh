@@ -127,7 +127,7 @@ section "airflow 2.11" env AIRFLOW_VERSION=2.11.x bash providers/airflow/scripts
 section "storage: GCS and Azure Blob emulators" bash scripts/test-cloud-storage.sh
 
 S3_SECTIONS=("storage on S3" "engine on S3" "http backend on S3" "python on S3"
-    "aws_lambda emulator" "push monitoring")
+    "aws_lambda emulator" "push monitoring" "faults: a frozen S3 server")
 if any_section_selected "${S3_SECTIONS[@]}"; then
     TEST_SECTIONS="" section_here "start the S3 server" start_s3
 fi
@@ -136,6 +136,7 @@ section "engine on S3" needs_s3 env QTEST_STORAGE=s3 cargo test -p quelea --test
 section "http backend on S3" needs_s3 env QTEST_STORAGE=s3 \
     cargo test -p quelea-cli --test http_backend --test local_conformance
 section "python on S3" needs_s3 s_python_s3
+section "faults: a frozen S3 server" needs_s3 "$VENV/bin/python" -m pytest tests/faults -q
 section "aws_lambda emulator" needs_s3 s_lambda
 section "push monitoring" needs_s3 s_push
 

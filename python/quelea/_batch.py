@@ -86,19 +86,20 @@ def encode_each(plain: Any, items: list | range) -> list[bytes]:
     if plain:
         dumps = pickle.dumps
         try:
-            return [dumps(((e,), _NO_KWARGS), PROTOCOL) for e in items]
+            blobs = [dumps(((e,), _NO_KWARGS), PROTOCOL) for e in items]
+            # Classes or functions named by reference: some may need to go by value.
+            if not any(pickle.STACK_GLOBAL in b for b in blobs):
+                return blobs
         except Exception:  # noqa: BLE001 - the general path names the bad element
-            return [dump_input((e,), {}, i) for i, e in enumerate(items)]
+            pass
+        return [dump_input((e,), {}, i) for i, e in enumerate(items)]
     return [dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
 
 
 def _dumps(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=PROTOCOL)
-    except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle
-        import cloudpickle
+    from ._serialize import dumps_args
 
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    return dumps_args(value)
 
 
 # Decoded shared results by the bytes object the engine handed out (which

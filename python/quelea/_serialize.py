@@ -65,32 +65,50 @@ def _installed_roots() -> tuple[str, ...]:
 _ROOTS = _installed_roots()
 
 
+# Module name -> whether what it defines travels by value (see below).
+_BY_VALUE: dict[str, bool] = {}
+
+
+def _goes_by_value(name: str) -> bool:
+    """Whether a worker could not import module ``name`` by name (``__main__``,
+    an Airflow DAG file, a module that is not installed: a script's
+    neighbour), so that its functions and classes travel by value. Such a
+    module (but ``__main__``, which cloudpickle always ships by value) is
+    registered with cloudpickle; the answer is cached per module."""
+    known = _BY_VALUE.get(name)
+    if known is not None:
+        return known
+    by_value = False
+    module = sys.modules.get(name)
+    if name.split(".")[0] not in ("quelea", "cloudpickle") and isinstance(module, types.ModuleType):
+        path = getattr(module, "__file__", None)
+        # Built-in and frozen modules have no file: every interpreter has them.
+        importable = not path or path.startswith(_ROOTS)
+        # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`.
+        by_value = name == "__main__" or name.startswith("unusual_prefix_") or not importable
+        if by_value and name != "__main__":
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except (ValueError, TypeError):
+                by_value = False
+    _BY_VALUE[name] = by_value
+    return by_value
+
+
 def _ship_modules_by_value(func: Any) -> dict[str, tuple[str, str]]:
     """Registers the function's module for pickling by value when a worker
     could not import it by name; returns the sources of by-value modules."""
     name = getattr(func, "__module__", None)
-    if not name or name.split(".")[0] in ("quelea", "cloudpickle"):
+    if not isinstance(name, str) or not _goes_by_value(name):
         return {}
-    module = sys.modules.get(name)
-    if not isinstance(module, types.ModuleType):
+    path = getattr(sys.modules[name], "__file__", None)
+    if not path:
         return {}
-    path = getattr(module, "__file__", None)
-    # Built-in and frozen modules have no file: every interpreter has them.
-    importable = not path or path.startswith(_ROOTS)
-    if name == "__main__" or name.startswith("unusual_prefix_") or not importable:
-        # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`.
-        if name != "__main__":
-            try:
-                cloudpickle.register_pickle_by_value(module)
-            except (ValueError, TypeError):
-                return {}
-        if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return {name: (path, f.read())}
-            except OSError:
-                return {}
-    return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {name: (path, f.read())}
+    except OSError:
+        return {}
 
 
 def dump_function(payload: FunctionPayload) -> bytes:
@@ -101,10 +119,66 @@ def dump_function(payload: FunctionPayload) -> bytes:
         raise SerializationError(f"cannot pickle function {payload.name}: {type(e).__name__}: {e}") from e
 
 
+# Protocol 4+ names every global (a class, a function) with this opcode; a
+# pickle without it holds only built-in data and needs no closer look.
+_STACK_GLOBAL = pickle.STACK_GLOBAL
+
+
+class _ByValueFinder(pickle.Pickler):
+    """Pickles into nothing, noting whether a class or function of a module
+    that goes by value is met (each such module is registered with
+    cloudpickle on the way, so all of them must be visited). The C pickler
+    asks ``reducer_override`` only about objects that are not plain built-in
+    data, and about classes."""
+
+    found = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)):
+            name = getattr(obj, "__module__", None)
+            if isinstance(name, str) and _goes_by_value(name):
+                self.found = True
+        return NotImplemented
+
+
+class _Sink:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def refers_by_value(value: Any, blob: bytes) -> bool:
+    """Whether ``blob`` (``value`` pickled by reference) names a class or
+    function that a worker could not import: then ``value`` must travel with
+    cloudpickle, which ships them by value, as it does functions."""
+    if _STACK_GLOBAL not in blob:
+        return False
+    finder = _ByValueFinder(_Sink(), protocol=PROTOCOL)
+    try:
+        finder.dump(value)
+    except Exception:  # noqa: BLE001 - it pickled once already; be safe
+        return True
+    return finder.found
+
+
+def dumps_args(value: Any) -> bytes:
+    """Arguments pickled: the C pickler, or cloudpickle when they hold
+    lambdas, local classes, or instances of classes defined in the user's
+    script or in a module not installed on the workers (even nested)."""
+    try:
+        blob = pickle.dumps(value, protocol=PROTOCOL)
+    except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    if refers_by_value(value, blob):
+        return cloudpickle.dumps(value, protocol=PROTOCOL)
+    return blob
+
+
 def dump_input(args: tuple, kwargs: dict, index: int) -> bytes:
     value = (args, kwargs)
     try:
-        return pickle.dumps(value, protocol=PROTOCOL)
+        blob = pickle.dumps(value, protocol=PROTOCOL)
+        if not refers_by_value(value, blob):
+            return blob
     except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
         pass
     try:

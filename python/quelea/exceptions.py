@@ -76,6 +76,23 @@ class RemoteError(CallError):
         self.traceback = traceback
 
 
+class RemoteSystemExit(RemoteError):
+    """The function raised ``SystemExit`` (``sys.exit(code)``, ``exit()``).
+
+    It ends only the remote call: here it is an error with the exit ``code``,
+    never an exit of the client.
+    """
+
+    def __init__(self, message: str, *, code: object = None, **kw):
+        super().__init__(message, **kw)
+        self.code = code
+
+
+class RemoteKeyboardInterrupt(RemoteError):
+    """The function raised ``KeyboardInterrupt`` itself: not a Ctrl-C of the
+    client (which cancels the job and raises ``KeyboardInterrupt`` here)."""
+
+
 class RemoteTraceback(Exception):
     """Carries a remote traceback as the ``__cause__`` of a re-raised exception."""
 
@@ -101,5 +118,7 @@ __all__ = [
     "WorkerCrashedError",
     "CancelledError",
     "RemoteError",
+    "RemoteSystemExit",
+    "RemoteKeyboardInterrupt",
     "RemoteTraceback",
 ]

@@ -11,6 +11,8 @@ from .exceptions import (
     CallTimeoutError,
     CancelledError,
     RemoteError,
+    RemoteKeyboardInterrupt,
+    RemoteSystemExit,
     RemoteTraceback,
     WorkerCrashedError,
     WorkerMemoryError,
@@ -73,14 +75,30 @@ def _exception_for(error: dict, call_id: str, job_key: str) -> BaseException:
             exc = pickle.loads(error["payload"])
         except Exception:  # noqa: BLE001 - the type may not exist here
             exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(
-            f"{error['error_type']}: {message}", error_type=error["error_type"], traceback=tb, **where
-        )
+    if not isinstance(exc, Exception):
+        exc = _remote_error(exc, error, tb, where)
     if tb:
         exc.__cause__ = RemoteTraceback(tb)
         exc.add_note(f"(raised remotely in call {call_id} of job {job_key}; remote traceback above)")
     return exc
+
+
+def _remote_error(exc: BaseException | None, error: dict, tb: str, where: dict) -> RemoteError:
+    """A remote exception that cannot be re-raised as it is: its type is not
+    here, or it is a ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``)
+    that would end or interrupt the client."""
+    kind = error["error_type"]
+    said = f"{kind}: {error['message']}" if error["message"] else kind
+    said = f"{said} (raised remotely in call {where['call_id']} of job {where['job_key']})"
+    if isinstance(exc, SystemExit) or (exc is None and kind == "SystemExit"):
+        code = exc.code if exc is not None else None
+        message = f"the function exited with code {code!r}: {said}"
+        return RemoteSystemExit(message, code=code, error_type=kind, traceback=tb, **where)
+    if isinstance(exc, KeyboardInterrupt) or (exc is None and kind == "KeyboardInterrupt"):
+        message = f"the function raised KeyboardInterrupt itself, not a Ctrl-C here: {said}"
+        return RemoteKeyboardInterrupt(message, error_type=kind, traceback=tb, **where)
+    message = said if exc is not None else f"{kind}: {error['message']}"
+    return RemoteError(message, error_type=kind, traceback=tb, **where)
 
 
 class ResponseFuture:

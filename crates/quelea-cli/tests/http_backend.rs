@@ -9,6 +9,7 @@
 //! http backend's own.
 
 mod common;
+mod replay;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -124,6 +125,7 @@ fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
         .put_blocking(&keys::function(&executor, &hash), b"hello_square".to_vec())
         .unwrap();
     let invocation = Invocation {
+        id: Some(quelea::core::protocol::new_invocation_id()),
         executor_id: executor.clone(),
         job_id,
         function: FunctionSpec {
@@ -556,6 +558,18 @@ fn main() {
         (
             "security_oversized_bodies_get_413",
             oversized_bodies_get_413,
+        ),
+        (
+            "security_captured_invocations_never_run_twice",
+            replay::captured_invocations_never_run_twice,
+        ),
+        (
+            "security_invocations_without_an_id_are_refused",
+            replay::invocations_without_an_id_are_refused,
+        ),
+        (
+            "security_absurd_numbers_and_hashes_get_a_named_400",
+            replay::absurd_numbers_and_hashes_get_a_named_400,
         ),
         (
             "wrong_protocol_version_is_a_clear_400",

@@ -134,6 +134,9 @@ impl Serialize for Secret {
 /// The longest duration a config key takes, in seconds (a year).
 pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// The most retries of one storage request `storage_client.max_retries` takes.
+pub const MAX_STORAGE_RETRIES: u32 = 100;
+
 /// Maps smaller than this run one element per runner call when no
 /// `chunksize` is given: dispatching them one by one costs too little.
 pub const AUTO_CHUNK_MIN: u32 = 512;
@@ -192,6 +195,41 @@ impl Default for ExecutionConfig {
             inline_result_bytes: 64 * 1024,
             retries: 0,
             retry_user_errors: false,
+        }
+    }
+}
+
+/// How long a storage request may take, for every kind of object storage
+/// (object_store's client and retry options). The defaults suit an
+/// interactive client: a server that accepts connections but answers nothing
+/// (stopped, overloaded) is an error naming the storage in about
+/// `read_timeout` + `retry_timeout` seconds, not minutes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageClientConfig {
+    /// Seconds to open a connection.
+    pub connect_timeout: f64,
+    /// Seconds without a byte from the server (its answer, or the next
+    /// bytes of it) before a request fails: a stalled server is caught this
+    /// fast while a large transfer that keeps moving is not cut off.
+    pub read_timeout: f64,
+    /// Seconds for one whole request, however it progresses.
+    pub timeout: f64,
+    /// Seconds after the first attempt after which a failed request is no
+    /// longer retried.
+    pub retry_timeout: f64,
+    /// Retries of one request at most (0: none).
+    pub max_retries: u32,
+}
+
+impl Default for StorageClientConfig {
+    fn default() -> Self {
+        StorageClientConfig {
+            connect_timeout: 5.0,
+            read_timeout: 10.0,
+            timeout: 120.0,
+            retry_timeout: 15.0,
+            max_retries: 3,
         }
     }
 }
@@ -447,6 +485,7 @@ pub struct Config {
     /// The bucket (a subdirectory for `localdisk`) holding job objects.
     pub bucket: String,
     pub execution: ExecutionConfig,
+    pub storage_client: StorageClientConfig,
     pub local: LocalConfig,
     pub http: HttpConfig,
     pub aws_lambda: AwsLambdaConfig,
@@ -469,6 +508,7 @@ impl Default for Config {
             push_fallback_interval: 2.0,
             bucket: "quelea".into(),
             execution: ExecutionConfig::default(),
+            storage_client: StorageClientConfig::default(),
             local: LocalConfig::default(),
             http: HttpConfig::default(),
             aws_lambda: AwsLambdaConfig::default(),
@@ -541,6 +581,12 @@ impl EnvVars {
     pub const AWS_LAMBDA_PYTHON: &'static str = "QUELEA_AWS_LAMBDA_PYTHON";
     pub const MONITORING: &'static str = "QUELEA_MONITORING";
     pub const PUSH_FALLBACK_INTERVAL: &'static str = "QUELEA_PUSH_FALLBACK_INTERVAL";
+    pub const STORAGE_CLIENT_CONNECT_TIMEOUT: &'static str =
+        "QUELEA_STORAGE_CLIENT_CONNECT_TIMEOUT";
+    pub const STORAGE_CLIENT_READ_TIMEOUT: &'static str = "QUELEA_STORAGE_CLIENT_READ_TIMEOUT";
+    pub const STORAGE_CLIENT_TIMEOUT: &'static str = "QUELEA_STORAGE_CLIENT_TIMEOUT";
+    pub const STORAGE_CLIENT_RETRY_TIMEOUT: &'static str = "QUELEA_STORAGE_CLIENT_RETRY_TIMEOUT";
+    pub const STORAGE_CLIENT_MAX_RETRIES: &'static str = "QUELEA_STORAGE_CLIENT_MAX_RETRIES";
     pub const NATS_URL: &'static str = "QUELEA_NATS_URL";
     pub const RABBITMQ_URL: &'static str = "QUELEA_RABBITMQ_URL";
 }
@@ -668,6 +714,31 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     (EnvVars::NATS_URL, "nats.url", Kind::Str),
     (EnvVars::RABBITMQ_URL, "rabbitmq.url", Kind::Str),
+    (
+        EnvVars::STORAGE_CLIENT_CONNECT_TIMEOUT,
+        "storage_client.connect_timeout",
+        Kind::Num,
+    ),
+    (
+        EnvVars::STORAGE_CLIENT_READ_TIMEOUT,
+        "storage_client.read_timeout",
+        Kind::Num,
+    ),
+    (
+        EnvVars::STORAGE_CLIENT_TIMEOUT,
+        "storage_client.timeout",
+        Kind::Num,
+    ),
+    (
+        EnvVars::STORAGE_CLIENT_RETRY_TIMEOUT,
+        "storage_client.retry_timeout",
+        Kind::Num,
+    ),
+    (
+        EnvVars::STORAGE_CLIENT_MAX_RETRIES,
+        "storage_client.max_retries",
+        Kind::Int,
+    ),
 ];
 
 /// The standard AWS, Google and Azure variables, applied below the `QUELEA_*` ones, lowest
@@ -899,6 +970,19 @@ impl Config {
             ),
             ("push_fallback_interval", self.push_fallback_interval),
             ("nats.max_age", self.nats.max_age),
+            (
+                "storage_client.connect_timeout",
+                self.storage_client.connect_timeout,
+            ),
+            (
+                "storage_client.read_timeout",
+                self.storage_client.read_timeout,
+            ),
+            ("storage_client.timeout", self.storage_client.timeout),
+            (
+                "storage_client.retry_timeout",
+                self.storage_client.retry_timeout,
+            ),
         ] {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS) {
                 return Err(bad(
@@ -916,6 +1000,15 @@ impl Config {
                     format!("must be at most {} MiB, got {mb}", u64::MAX >> 20),
                 ));
             }
+        }
+        if self.storage_client.max_retries > MAX_STORAGE_RETRIES {
+            return Err(bad(
+                "storage_client.max_retries",
+                format!(
+                    "must be at most {MAX_STORAGE_RETRIES}, got {}",
+                    self.storage_client.max_retries
+                ),
+            ));
         }
         if self.execution.chunksize == Some(0) {
             return Err(bad("execution.chunksize", "must be at least 1".into()));
@@ -1838,6 +1931,11 @@ mod tests {
             ("aws_lambda.invoke_deadline", serde_json::json!(1e300)),
             ("push_fallback_interval", serde_json::json!(1e30)),
             ("execution.memory_limit_mb", serde_json::json!(1u64 << 50)),
+            ("storage_client.read_timeout", serde_json::json!(0.0)),
+            ("storage_client.timeout", serde_json::json!(1e30)),
+            ("storage_client.connect_timeout", serde_json::json!(-5)),
+            ("storage_client.retry_timeout", serde_json::json!(f64::NAN)),
+            ("storage_client.max_retries", serde_json::json!(1000)),
         ] {
             let err = ConfigBuilder::new()
                 .no_file()

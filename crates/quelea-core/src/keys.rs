@@ -67,6 +67,12 @@ impl JobKeys {
         format!("{}output/{call}", self.prefix)
     }
 
+    /// The claim of Invocation `id` (see `Invocation::id`): created once, by
+    /// the first worker runtime to receive it.
+    pub fn claim(&self, id: &str) -> String {
+        format!("{}claims/{id}", self.prefix)
+    }
+
     pub fn cancelled(&self) -> String {
         format!("{}cancelled", self.prefix)
     }

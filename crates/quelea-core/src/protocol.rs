@@ -63,6 +63,13 @@ fn is_one(n: &u32) -> bool {
 /// credentials: a worker takes those from its own environment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
+    /// Unique within its job (see [`new_invocation_id`]). A remote runtime
+    /// claims it in storage with a create-if-absent before running anything,
+    /// so an Invocation runs at most once across every worker sharing that
+    /// storage; the HTTP front door refuses an Invocation without one. Inside
+    /// the signed body, so a replay cannot change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub executor_id: ExecutorId,
     pub job_id: JobId,
     pub function: FunctionSpec,
@@ -86,12 +93,39 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The longest [`Invocation::id`] a runtime takes.
+pub const MAX_INVOCATION_ID_LEN: usize = 64;
+
+/// A fresh Invocation id: this process's session, pid and a counter, unique
+/// within any job of this process's executors (the claim lives under the
+/// job's prefix).
+pub fn new_invocation_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{:x}-{:x}",
+        crate::ids::session_id(),
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Whether `id` is a valid [`Invocation::id`]: 1 to
+/// [`MAX_INVOCATION_ID_LEN`] ASCII letters, digits and dashes (it is part of
+/// a storage key).
+pub fn valid_invocation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_INVOCATION_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// One Invocation per runner call (a batch of `chunksize` elements), as
-/// remote backends send them: each lands on one runner of one worker.
+/// remote backends send them: each lands on one runner of one worker, and
+/// each has its own id.
 pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) -> Vec<Invocation> {
     calls
         .into_iter()
         .map(|call| Invocation {
+            id: Some(new_invocation_id()),
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             function: spec.function.clone(),
@@ -115,6 +149,9 @@ pub struct StatusBatch {
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Messages are decoded and handled one at a time, never held in numbers:
+// boxing the large variant would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Message {
     Invocation(Invocation),
     StatusBatch(StatusBatch),
@@ -184,6 +221,7 @@ mod tests {
 
     fn invocation() -> Invocation {
         Invocation {
+            id: Some(new_invocation_id()),
             executor_id: "abcdef-0".parse().unwrap(),
             job_id: JobId::new(JobKind::Map, 0),
             function: FunctionSpec {
@@ -285,6 +323,12 @@ mod tests {
         assert_eq!(grouped[2].calls[0].call_id, CallId(6));
         // Every Invocation names the job's push channel (and only a channel).
         assert!(grouped.iter().all(|i| i.push == spec.push));
+        // Each has an id of its own, a valid one.
+        let ids: std::collections::HashSet<_> = grouped.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(grouped
+            .iter()
+            .all(|i| valid_invocation_id(i.id.as_deref().unwrap())));
     }
 
     #[test]

@@ -431,6 +431,7 @@ fn refused_invocations_fail_their_calls_in_storage() -> Result<(), Failed> {
     let executor = ExecutorId::next();
     let job_id = JobId::new(JobKind::Map, 0);
     let invocation = Invocation {
+        id: Some(quelea::core::protocol::new_invocation_id()),
         executor_id: executor.clone(),
         job_id,
         function: FunctionSpec {

@@ -102,6 +102,11 @@ async fn handle(
         Err(refusal) if refusal.kind == RefusalKind::Storage => {
             return Err(refusal.message.into());
         }
+        // Lambda delivers an event more than once now and then: the first
+        // delivery claimed it, and its calls' statuses are its own.
+        Err(refusal) if refusal.kind == RefusalKind::Duplicate => {
+            return Ok(json!({ "calls": 0, "duplicate": refusal.message }));
+        }
         Err(refusal) => {
             runtime.fail_calls(&invocation, "InvocationRefused", &refusal.message);
             json!({ "calls": invocation.calls.len(), "refused": refusal.message })

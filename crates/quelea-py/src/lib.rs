@@ -260,7 +260,7 @@ impl Executor {
         let inputs = self.batches(inputs, total, &options)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
         let futures = self.with(|e| {
-            py.detach(|| e.submit_raw(kind, &function, inputs, &options))
+            interruptible(py, || e.submit_raw(kind, &function, inputs, &options))?
                 .map_err(to_py_err)
         })?;
         Ok(Job::new(futures))
@@ -289,9 +289,10 @@ impl Executor {
             header,
         };
         self.with(|e| {
-            let (chunks, parts) = py
-                .detach(|| quelea::objects::partition(e.config(), &inputs, &options))
-                .map_err(to_py_err)?;
+            let (chunks, parts) = interruptible(py, || {
+                quelea::objects::partition(e.config(), &inputs, &options)
+            })?
+            .map_err(to_py_err)?;
             let chunks = chunks
                 .iter()
                 .map(|c| serde_json::to_string(c).expect("chunks serialize"))
@@ -324,8 +325,10 @@ impl Executor {
         let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
         let groups = quelea::groups_of(&groups);
         let (map_futures, reduce_futures) = self.with(|e| {
-            py.detach(|| e.map_reduce_grouped_raw(&map, inputs, &reduce, options, groups))
-                .map_err(to_py_err)
+            interruptible(py, || {
+                e.map_reduce_grouped_raw(&map, inputs, &reduce, options, groups)
+            })?
+            .map_err(to_py_err)
         })?;
         Ok((Job::new(map_futures), Job::new(reduce_futures)))
     }
@@ -337,7 +340,7 @@ impl Executor {
 
     /// Deletes the objects of finished jobs; returns how many.
     fn clean(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(|e| py.detach(|| e.clean()).map_err(to_py_err))
+        self.with(|e| interruptible(py, || e.clean())?.map_err(to_py_err))
     }
 
     /// For a job of the `aws_lambda` backend, its estimated cost
@@ -380,14 +383,71 @@ impl Executor {
     }
 
     fn flush_statuses(&self, py: Python<'_>) -> PyResult<()> {
-        self.with(|e| py.detach(|| e.flush_statuses()).map_err(to_py_err))
+        self.with(|e| interruptible(py, || e.flush_statuses())?.map_err(to_py_err))
     }
 
     /// Stops the runners; with `data_cleaner`, deletes finished jobs' objects.
-    fn close(&self, py: Python<'_>) {
+    /// Ctrl-C gives up the storage waits (the runners are stopped still).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         let exec = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-        py.detach(move || drop(exec));
+        interruptible(py, move || drop(exec))
     }
+}
+
+/// Runs a blocking engine operation off the GIL on a thread of its own,
+/// while this (the main) thread looks for Ctrl-C every
+/// `quelea::interrupt::POLL`: on Ctrl-C the storage interrupt flag
+/// (`quelea_storage::interrupt`) makes every storage wait give up (a frozen
+/// server), the operation ends within a moment, the flag is cleared and the
+/// `KeyboardInterrupt` is raised. Without this, a blocking call would answer
+/// Ctrl-C only when storage did.
+fn interruptible<T: Send>(py: Python<'_>, operation: impl FnOnce() -> T + Send) -> PyResult<T> {
+    std::thread::scope(|scope| {
+        let (done_tx, mut done) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("quelea-blocking".into())
+            .spawn_scoped(scope, move || {
+                let value = operation();
+                let _ = done_tx.send(());
+                value
+            })
+            .map_err(|e| {
+                pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start a thread: {e}"))
+            })?;
+        let mut interrupted = None;
+        loop {
+            // The receiver goes into the GIL-free closure and back (it is
+            // `Send`, not `Sync`).
+            let receiver = done;
+            let (receiver, finished) = py.detach(move || {
+                let finished = !matches!(
+                    receiver.recv_timeout(quelea::interrupt::POLL),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                (receiver, finished)
+            });
+            done = receiver;
+            if finished {
+                break;
+            }
+            if interrupted.is_none() {
+                if let Err(e) = py.check_signals() {
+                    quelea::storage::interrupt::set();
+                    interrupted = Some(e);
+                }
+            }
+        }
+        let value = py
+            .detach(|| worker.join())
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match interrupted {
+            Some(e) => {
+                quelea::storage::interrupt::clear();
+                Err(e)
+            }
+            None => Ok(value),
+        }
+    })
 }
 
 fn to_py_err_core(e: quelea::core::Error) -> PyErr {

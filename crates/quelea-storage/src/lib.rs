@@ -58,6 +58,49 @@ pub enum Error {
         bucket: String,
         hint: String,
     },
+    /// A blocking wait on storage was given up on Ctrl-C ([`interrupt`]).
+    #[error("storage {operation} of `{key}` in {store} was interrupted (Ctrl-C)")]
+    Interrupted {
+        operation: &'static str,
+        key: String,
+        store: String,
+    },
+}
+
+/// Ctrl-C for storage waits: while the flag is set, every `*_blocking`
+/// method gives up within [`interrupt::POLL`] with [`Error::Interrupted`]
+/// instead of waiting for a server that may not answer. The Python bindings
+/// set it on Ctrl-C during a blocking call and clear it once that call has
+/// given up. It is not the engine's Ctrl-C flag (`quelea::interrupt`): after
+/// a Ctrl-C the engine still writes cancel markers, and a server still
+/// drains, through storage.
+pub mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    /// How often a blocking storage wait looks at the flag.
+    pub const POLL: Duration = Duration::from_millis(50);
+
+    pub fn set() {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn clear() {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_set() -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the flag is set.
+    pub(crate) async fn wait() {
+        while !is_set() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -255,6 +298,29 @@ impl Storage {
             .map_err(|e| self.map_err("put", key, e))
     }
 
+    /// Creates a small object only if no object has that key: `Ok(true)` when
+    /// this call created it, `Ok(false)` when it was there already. Atomic in
+    /// every kind of storage (object_store's `PutMode::Create`: a no-clobber
+    /// link on a local disk, `If-None-Match: *` on S3 and GCS, `If-None-Match`
+    /// on Azure), so of many callers exactly one gets `true`.
+    pub async fn put_if_absent(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
+        let path = self.path(key)?;
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(data.into()), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.map_err("conditional put", key, e)),
+        }
+    }
+
     async fn put_multipart(&self, path: &Path, key: &str, mut data: Bytes) -> Result<()> {
         let operation = "multipart upload";
         let upload = self
@@ -382,26 +448,49 @@ impl Storage {
         Ok(count)
     }
 
+    /// Runs `operation` to its end, or until Ctrl-C ([`interrupt`]).
+    fn blocking<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        future: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        io_runtime().block_on(async {
+            tokio::select! {
+                biased;
+                result = future => result,
+                () = interrupt::wait() => Err(Error::Interrupted {
+                    operation,
+                    key: key.to_owned(),
+                    store: self.describe(),
+                }),
+            }
+        })
+    }
+
     pub fn put_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
-        io_runtime().block_on(self.put(key, data))
+        self.blocking("put", key, self.put(key, data))
+    }
+    pub fn put_if_absent_blocking(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
+        self.blocking("conditional put", key, self.put_if_absent(key, data))
     }
     pub fn get_blocking(&self, key: &str) -> Result<Bytes> {
-        io_runtime().block_on(self.get(key))
+        self.blocking("get", key, self.get(key))
     }
     pub fn get_range_blocking(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        io_runtime().block_on(self.get_range(key, range))
+        self.blocking("ranged get", key, self.get_range(key, range))
     }
     pub fn head_blocking(&self, key: &str) -> Result<ObjectInfo> {
-        io_runtime().block_on(self.head(key))
+        self.blocking("head", key, self.head(key))
     }
     pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        io_runtime().block_on(self.list(prefix))
+        self.blocking("list", prefix, self.list(prefix))
     }
     pub fn delete_blocking(&self, key: &str) -> Result<()> {
-        io_runtime().block_on(self.delete(key))
+        self.blocking("delete", key, self.delete(key))
     }
     pub fn delete_prefix_blocking(&self, prefix: &str) -> Result<usize> {
-        io_runtime().block_on(self.delete_prefix(prefix))
+        self.blocking("delete", prefix, self.delete_prefix(prefix))
     }
 }
 
@@ -459,18 +548,28 @@ fn describe_cause(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Bounded waits: a server that is down is an error in seconds, not a hang.
-fn client_options(allow_http: bool) -> object_store::ClientOptions {
+/// A validated number of seconds (`Config::build` checks each one).
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
+}
+
+/// Bounded waits (`storage_client`): a server that is down is an error in
+/// seconds, and one that accepts connections but answers nothing (stopped,
+/// frozen) is one after `read_timeout` without a byte, not a hang.
+fn client_options(config: &Config, allow_http: bool) -> object_store::ClientOptions {
+    let c = &config.storage_client;
     object_store::ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(seconds(c.connect_timeout))
+        .with_read_timeout(seconds(c.read_timeout))
+        .with_timeout(seconds(c.timeout))
         .with_allow_http(allow_http)
 }
 
-fn retry_config() -> object_store::RetryConfig {
+fn retry_config(config: &Config) -> object_store::RetryConfig {
+    let c = &config.storage_client;
     object_store::RetryConfig {
-        max_retries: 3,
-        retry_timeout: Duration::from_secs(20),
+        max_retries: c.max_retries as usize,
+        retry_timeout: seconds(c.retry_timeout),
         ..object_store::RetryConfig::default()
     }
 }
@@ -561,8 +660,8 @@ fn build_s3(config: &Config) -> Result<object_store::aws::AmazonS3> {
         .with_region(s3.region)
         .with_allow_http(s3.allow_http)
         .with_virtual_hosted_style_request(!s3.path_style)
-        .with_client_options(client_options(s3.allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, s3.allow_http))
+        .with_retry(retry_config(config));
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -599,8 +698,8 @@ fn build_gcs(config: &Config) -> Result<object_store::gcp::GoogleCloudStorage> {
         .is_some_and(|e| e.starts_with("http://"));
     let mut builder = GoogleCloudStorageBuilder::new()
         .with_bucket_name(&config.bucket)
-        .with_client_options(client_options(allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, allow_http))
+        .with_retry(retry_config(config));
     if let Some(endpoint) = &endpoint {
         builder = builder.with_base_url(endpoint);
     }
@@ -638,8 +737,8 @@ fn build_azure(config: &Config) -> Result<object_store::azure::MicrosoftAzure> {
         .with_container_name(&config.bucket)
         .with_endpoint(resolved.endpoint)
         .with_allow_http(allow_http)
-        .with_client_options(client_options(allow_http))
-        .with_retry(retry_config());
+        .with_client_options(client_options(config, allow_http))
+        .with_retry(retry_config(config));
     if let Some(key) = &resolved.access_key {
         builder = builder.with_access_key(key);
     } else if let Some(sas) = &resolved.sas_token {

@@ -57,9 +57,41 @@ fn check_store(storage: &Storage, prefix: &str) {
     assert_eq!(storage.head_blocking(&key("empty")).unwrap().size, 0);
     assert!(storage.get_blocking(&key("empty")).unwrap().is_empty());
 
-    assert_eq!(storage.delete_prefix_blocking(prefix).unwrap(), 3);
+    check_put_if_absent(storage, &key("claim"));
+
+    assert_eq!(storage.delete_prefix_blocking(prefix).unwrap(), 4);
     assert!(storage.list_blocking(prefix).unwrap().is_empty());
     storage.delete_blocking(&key("a")).unwrap();
+}
+
+/// A create-if-absent (what worker runtimes claim Invocations with): of 8
+/// racing creators exactly one wins, the object holds the winner's bytes,
+/// and a later create finds it there and changes nothing.
+fn check_put_if_absent(storage: &Storage, key: &str) {
+    let barrier = std::sync::Barrier::new(8);
+    let winners: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    storage
+                        .put_if_absent_blocking(key, format!("creator {i}").into_bytes())
+                        .unwrap()
+                        .then_some(i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let held = storage.get_blocking(key).unwrap();
+    assert_eq!(held, format!("creator {}", winners[0]).into_bytes());
+    assert!(!storage.put_if_absent_blocking(key, &b"late"[..]).unwrap());
+    assert_eq!(storage.get_blocking(key).unwrap(), held);
 }
 
 /// Bytes that differ from part to part, so a part out of place shows.
@@ -188,6 +220,55 @@ fn s3_server_down_is_an_error_in_bounded_time() {
         .to_string();
     assert!(started.elapsed() < Duration::from_secs(30), "{err}");
     assert!(err.contains("list"), "{err}");
+}
+
+/// A server that accepts connections and never answers, as a stopped
+/// (SIGSTOP) or wedged S3 server looks from the client: the kernel completes
+/// the handshake, nothing reads or writes. `storage_client` bounds the wait:
+/// a request fails after `read_timeout` without a byte, retries stop after
+/// `retry_timeout`, and the error names the operation, key and storage.
+#[test]
+fn a_frozen_s3_server_is_an_error_within_the_storage_client_deadlines() {
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", frozen.local_addr().unwrap());
+    let config = ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("storage", "s3")
+        .set("bucket", "quelea-test")
+        .set("s3.endpoint", endpoint.clone())
+        .set("s3.access_key_id", "testkey")
+        .set("s3.secret_access_key", "testsecret")
+        .set("s3.path_style", true)
+        .set("s3.allow_http", true)
+        .set("storage_client.read_timeout", 1.0)
+        .set("storage_client.retry_timeout", 2.0)
+        .build()
+        .unwrap();
+    let storage = Storage::from_config(&config).unwrap();
+    let started = Instant::now();
+    let put = storage.put_blocking("quelea/frozen/x", &b"x"[..]);
+    let waited = started.elapsed();
+    let err = put.expect_err("a frozen server cannot succeed").to_string();
+    assert!(
+        err.contains("put") && err.contains("quelea/frozen/x") && err.contains(&endpoint),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}: {err}"
+    );
+    let started = Instant::now();
+    let err = storage
+        .list_blocking("quelea/frozen/")
+        .unwrap_err()
+        .to_string();
+    let waited = started.elapsed();
+    assert!(
+        err.contains("list") && waited < Duration::from_secs(10),
+        "{waited:?}: {err}"
+    );
+    drop(frozen);
 }
 
 #[cfg(feature = "s3-tests")]

@@ -12,7 +12,9 @@
 //! protocol version, malformed, no runner for its kind); 401 unsigned,
 //! forged, expired or replayed; 404/405 other paths and methods; 413 body
 //! over the limit; 422 the function or data object is missing from storage;
-//! 503 too many calls queued (retry later); 500 storage failure.
+//! 503 too many calls queued (retry later); 500 storage failure; 200 with
+//! `duplicate` an Invocation whose id was claimed before (by this server or
+//! another one sharing the storage, before or after a restart): nothing runs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -66,6 +68,9 @@ struct State {
     /// Accepted MACs (decoded: one per request, however it is spelled) and
     /// their timestamps, kept for the replay window.
     seen: Mutex<(HashMap<[u8; 32], u64>, Instant)>,
+    /// Invocations being accepted (loading, claiming) but not queued yet:
+    /// a graceful stop waits for them too.
+    accepting: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +133,7 @@ impl Server {
                 ),
                 config,
                 seen: Mutex::new((HashMap::new(), Instant::now())),
+                accepting: Default::default(),
             }),
             listener,
             stop: StopHandle::default(),
@@ -184,7 +190,10 @@ impl Server {
             }
         });
         let deadline = Instant::now() + drain;
-        let queued = || state.runtime.counters().queued.load(Ordering::Relaxed);
+        let queued = || {
+            state.runtime.counters().queued.load(Ordering::Relaxed)
+                + state.accepting.load(Ordering::Relaxed)
+        };
         while queued() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -222,6 +231,8 @@ fn refusal_status(kind: RefusalKind) -> StatusCode {
         RefusalKind::Missing => StatusCode::UNPROCESSABLE_ENTITY,
         RefusalKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         RefusalKind::Storage => StatusCode::INTERNAL_SERVER_ERROR,
+        // Answered in `invoke`, as a success that ran nothing.
+        RefusalKind::Duplicate => StatusCode::OK,
     }
 }
 
@@ -314,10 +325,22 @@ async fn invoke(state: &State, req: Request<Incoming>) -> Answer {
         Ok(_) => return refuse(StatusCode::BAD_REQUEST, "expected an `invocation` message"),
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
+    if invocation.id.is_none() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the invocation has no `id`: a worker server runs each invocation at most once, by its id",
+        );
+    }
     match accept(state, invocation).await {
         Ok(calls) => json(
             StatusCode::ACCEPTED,
             serde_json::json!({ "accepted_calls": calls }),
+        ),
+        // The sender's own retry of a delivery whose answer it lost is fine;
+        // a replay learns nothing, and nothing runs again either way.
+        Err(refusal) if refusal.kind == RefusalKind::Duplicate => json(
+            StatusCode::OK,
+            serde_json::json!({ "accepted_calls": 0, "duplicate": refusal.message }),
         ),
         Err(refusal) => refuse(refusal_status(refusal.kind), refusal.message),
     }
@@ -343,5 +366,8 @@ fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<()
 }
 
 async fn accept(state: &State, invocation: Invocation) -> Result<usize, Refusal> {
-    state.runtime.accept(invocation).await.map(|a| a.calls)
+    state.accepting.fetch_add(1, Ordering::Relaxed);
+    let accepted = state.runtime.accept(invocation).await.map(|a| a.calls);
+    state.accepting.fetch_sub(1, Ordering::Relaxed);
+    accepted
 }

@@ -24,7 +24,7 @@ use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
     now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, RunnerKind,
 };
-use quelea_core::protocol::{CallInput, Invocation};
+use quelea_core::protocol::{valid_invocation_id, CallInput, Invocation, MAX_INVOCATION_ID_LEN};
 use quelea_storage::{io_runtime, Storage};
 
 use crate::pool::{
@@ -155,6 +155,11 @@ pub enum RefusalKind {
     Busy,
     /// Storage failed.
     Storage,
+    /// This Invocation (its `id`) was claimed before, here or by another
+    /// runtime sharing the storage: it runs nothing again. Not an error to
+    /// the sender (it may be its own retry of a delivery whose answer was
+    /// lost), but nothing is queued.
+    Duplicate,
 }
 
 #[derive(Clone, Debug)]
@@ -253,14 +258,43 @@ impl Runtime {
         errors
     }
 
-    /// Checks the Invocation, loads what it needs from storage and queues
-    /// its calls (the remote front doors).
+    /// Checks the Invocation, loads what it needs from storage, claims it
+    /// (when it has an id) and queues its calls (the remote front doors).
+    ///
+    /// The claim is a create-if-absent of the job's `claims/<id>` object,
+    /// made last, right before queueing: a refusal before it (busy, missing,
+    /// a storage failure) leaves the Invocation free to be retried, and once
+    /// it is made no runtime sharing the storage runs the Invocation again:
+    /// [`RefusalKind::Duplicate`].
     pub async fn accept(&self, invocation: Invocation) -> Result<Accepted, Refusal> {
         let limits = self.check(&invocation)?;
         let pool = self.pool(invocation.function.runner)?;
         let function = self.function(&pool, &invocation).await?;
         let inputs = self.inputs(&invocation).await?;
+        if let Some(id) = &invocation.id {
+            self.claim(&invocation, id).await?;
+        }
         Ok(self.queue(invocation, limits, &pool, function, inputs, None))
+    }
+
+    async fn claim(&self, invocation: &Invocation, id: &str) -> Result<(), Refusal> {
+        let key = JobKeys::new(&invocation.executor_id, invocation.job_id).claim(id);
+        let record = serde_json::json!({
+            "claimed_ts": now_ts(),
+            "pid": std::process::id(),
+            "calls": invocation.calls.iter().map(|c| c.call_id.0).collect::<Vec<_>>(),
+        });
+        match self.storage.put_if_absent(&key, record.to_string()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refusal(
+                RefusalKind::Duplicate,
+                format!("invocation `{id}` was received before (claimed at `{key}`): it runs nothing again"),
+            )),
+            Err(e) => Err(refusal(
+                RefusalKind::Storage,
+                format!("cannot claim invocation `{id}` in storage: {e}"),
+            )),
+        }
     }
 
     /// Queues an Invocation handed over in this process with its function
@@ -306,6 +340,19 @@ impl Runtime {
     fn check(&self, invocation: &Invocation) -> Result<Limits, Refusal> {
         if invocation.calls.is_empty() {
             return Err(refusal(RefusalKind::Invalid, "the invocation has no calls"));
+        }
+        if let Some(id) = invocation
+            .id
+            .as_deref()
+            .filter(|id| !valid_invocation_id(id))
+        {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "the invocation id `{}` is not 1 to {MAX_INVOCATION_ID_LEN} ASCII letters, digits and dashes",
+                    id.chars().take(80).collect::<String>()
+                ),
+            ));
         }
         let hash = &invocation.function.hash;
         if hash.is_empty() || hash.len() > 128 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -212,6 +212,8 @@ impl Leases {
 /// What a client hands its host.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
+// One step at a time goes over the host's pipe: no need to box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum HostStep {
     /// Run these calls (functions and inputs are in storage).
     Invocation {
@@ -528,6 +530,7 @@ fn run_reduce(
         CallState::Invoked,
     ));
     let invocation = |calls: Vec<InvokedCall>| Invocation {
+        id: None,
         executor_id: reduce.executor_id.clone(),
         job_id: reduce.job_id,
         function: reduce.function.clone(),

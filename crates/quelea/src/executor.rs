@@ -1030,6 +1030,8 @@ impl Inner {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(&HostStep::Invocation {
                 invocation: Invocation {
+                    // The detached host is this client's own process: no claim.
+                    id: None,
                     executor_id: spec.executor_id.clone(),
                     job_id: spec.job_id,
                     function: spec.function.clone(),
@@ -1375,12 +1377,34 @@ impl Drop for Executor {
         for thread in lock(&inner.reducers).drain(..) {
             let _ = thread.join();
         }
-        if inner.config.execution.data_cleaner {
-            if let Err(e) = inner.clean() {
-                eprintln!("quelea: cleaning executor {} failed: {e}", inner.id);
-            }
-        } else {
-            let _ = inner.flush_statuses();
+        // Storage that does not answer (a frozen server) must not hold up
+        // the close: the status flush and the cleaning get CLOSE_DEADLINE in
+        // all, then they go on in the background and the close returns.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let cleaner = self.inner.clone();
+        let started = std::thread::Builder::new()
+            .name("quelea-close".into())
+            .spawn(move || {
+                if cleaner.config.execution.data_cleaner {
+                    if let Err(e) = cleaner.clean() {
+                        eprintln!("quelea: cleaning executor {} failed: {e}", cleaner.id);
+                    }
+                } else {
+                    let _ = cleaner.flush_statuses();
+                }
+                let _ = done_tx.send(());
+            });
+        if started.is_ok() && done.recv_timeout(CLOSE_DEADLINE).is_err() {
+            eprintln!(
+                "quelea: executor {} closed without cleaning: storage did not answer within {} s \
+                 (its objects stay; `quelea clean` deletes them later)",
+                inner.id,
+                CLOSE_DEADLINE.as_secs()
+            );
         }
     }
 }
+
+/// How long closing an executor waits for storage (flushing statuses,
+/// cleaning finished jobs).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);

@@ -126,6 +126,8 @@ impl Retrier {
         by_attempt
             .into_iter()
             .map(|(attempt, calls)| Invocation {
+                // Remote deliveries give each its own (`remote::deliver_all`).
+                id: None,
                 executor_id: spec.executor_id.clone(),
                 job_id: spec.job_id,
                 function: spec.function.clone(),

@@ -128,6 +128,8 @@ impl LocalBackend {
         let job = submission.job;
         let spec = &job.spec;
         let invocation = Invocation {
+            // In-process: no claim (nothing to replay).
+            id: None,
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             function: spec.function.clone(),

@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use quelea_core::ids::CallId;
 use quelea_core::model::{now_ts, CallError, FailureReason};
-use quelea_core::protocol::{group_invocations, Invocation, Message};
+use quelea_core::protocol::{group_invocations, new_invocation_id, Invocation, Message};
 use quelea_storage::io_runtime;
 
 use super::Submission;
@@ -86,7 +86,10 @@ where
         .flat_map(|invocation| {
             let mut one = invocation.clone();
             one.calls.clear();
+            // Each its own id, which its worker claims (a retry's too: a
+            // new attempt is a new Invocation).
             invocation.calls.into_iter().map(move |call| Invocation {
+                id: Some(new_invocation_id()),
                 calls: vec![call],
                 ..one.clone()
             })
