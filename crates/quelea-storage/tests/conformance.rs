@@ -427,6 +427,7 @@ mod emulators {
     pub(crate) fn gcs_seed(bucket: &str, key: &str, data: &[u8]) {
         let endpoint = std::env::var("QUELEA_GCS_ENDPOINT").unwrap();
         let url = format!("{endpoint}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={key}");
+        quelea_storage::install_tls_provider();
         let status = quelea_storage::io_runtime().block_on(async {
             reqwest::Client::new()
                 .post(url)
