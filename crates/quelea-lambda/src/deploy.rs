@@ -147,7 +147,10 @@ pub fn function_environment(config: &Config) -> Result<Map<String, Value>, Deplo
         }
         StorageKind::IbmCos => {
             set("QUELEA_IBM_COS_REGION", config.ibm_cos.region.as_deref());
-            set("QUELEA_IBM_COS_ENDPOINT", config.ibm_cos.endpoint.as_deref());
+            set(
+                "QUELEA_IBM_COS_ENDPOINT",
+                config.ibm_cos.endpoint.as_deref(),
+            );
         }
         StorageKind::Minio => {
             set("QUELEA_MINIO_ENDPOINT", config.minio.endpoint.as_deref());
@@ -292,7 +295,10 @@ mod tests {
             ("QUELEA_BUCKET", "jobs"),
             ("QUELEA_GCS_ENDPOINT", "http://127.0.0.1:4443"),
             ("QUELEA_GCS_ANONYMOUS", "true"),
-            ("QUELEA_GCS_SERVICE_ACCOUNT_KEY", "{\"private_key\": \"gcs-secret\"}"),
+            (
+                "QUELEA_GCS_SERVICE_ACCOUNT_KEY",
+                "{\"private_key\": \"gcs-secret\"}",
+            ),
         ])
         .unwrap();
         assert_eq!(env["QUELEA_STORAGE"], "gcs");

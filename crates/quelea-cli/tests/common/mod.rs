@@ -15,7 +15,9 @@ use quelea::ConfigBuilder;
 /// from the environment (`s3`: the `QUELEA_S3_*` of scripts/s3-server.sh;
 /// `azure`: the `QUELEA_AZURE_*` of scripts/cloud-emulators.sh).
 pub fn shared_storage() -> Option<String> {
-    std::env::var("QTEST_STORAGE").ok().filter(|k| !k.is_empty())
+    std::env::var("QTEST_STORAGE")
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 /// The storage settings servers and clients share.
