@@ -15,16 +15,52 @@ The Lithops/PyWren API on a Rust engine: change ``import lithops`` to
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from . import exceptions
-from ._engine import __version__
-from .executor import FunctionExecutor
-from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
-from .storage import CloudObject, Storage
-from .wait import get_result, wait
+if TYPE_CHECKING:
+    from . import exceptions
+    from ._engine import __version__
+    from ._wait import get_result, wait
+    from .executor import FunctionExecutor
+    from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
+    from .storage import CloudObject, Storage
 
-LocalhostExecutor = FunctionExecutor
+    LocalhostExecutor = FunctionExecutor
+
+# The public names, imported on first use: a runner (`python -m
+# quelea.worker`) then loads only what it runs, not the executor and the
+# engine, and a client pays only for what it touches.
+_LAZY = {
+    "exceptions": ("exceptions", None),
+    "__version__": ("_engine", "__version__"),
+    "FunctionExecutor": ("executor", "FunctionExecutor"),
+    "LocalhostExecutor": ("executor", "FunctionExecutor"),
+    "ALL_COMPLETED": ("future", "ALL_COMPLETED"),
+    "ALWAYS": ("future", "ALWAYS"),
+    "ANY_COMPLETED": ("future", "ANY_COMPLETED"),
+    "FuturesList": ("future", "FuturesList"),
+    "ResponseFuture": ("future", "ResponseFuture"),
+    "CloudObject": ("storage", "CloudObject"),
+    "Storage": ("storage", "Storage"),
+    "get_result": ("_wait", "get_result"),
+    "wait": ("_wait", "wait"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'quelea' has no attribute {name!r}") from None
+    found = importlib.import_module(f".{module}", __name__)
+    value = found if attr is None else getattr(found, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def attach(handle: str, config: dict | None = None, config_file: str | None = None) -> FuturesList:
@@ -32,7 +68,7 @@ def attach(handle: str, config: dict | None = None, config_file: str | None = No
     import json
 
     from .executor import config_overrides
-    from .future import attach_job
+    from .future import FuturesList, ResponseFuture, attach_job
 
     overrides = config_overrides(config)
     job = attach_job(handle, json.dumps(overrides) if overrides else None, config_file)
@@ -40,6 +76,8 @@ def attach(handle: str, config: dict | None = None, config_file: str | None = No
 
 
 def _distinct_jobs(fs: Any) -> list:
+    from .future import ResponseFuture
+
     futures = [fs] if isinstance(fs, ResponseFuture) else list(fs)
     jobs: dict[int, Any] = {}
     for f in futures:

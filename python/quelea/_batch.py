@@ -4,8 +4,11 @@ A batch (see ``quelea_worker::runner_protocol``) is the engine's runner call
 of ``chunksize`` consecutive map elements. The engine owns everything about
 it — states, stats, statuses and crash isolation are per element — and
 Python owns only how the elements travel: a batch's input is
-``pickle((plain, items))`` (a plain item is the single argument, a general
-one ``(args, kwargs)``), a single element's input is ``(args, kwargs)``, and
+``pickle((mode, items))`` (mode ``True``: each item is the single argument;
+``False``: each is ``(args, kwargs)``; ``EXPAND``: each is a map element as
+the user gave it, which the runner expands by :func:`element_args` — so a
+big map is not scanned element by element in the client), a single
+element's input is ``(args, kwargs)``, and
 a batch whose elements all succeeded quietly answers ``b"\\x02"`` + the
 pickled list of their values, which :func:`shared_values` decodes once for
 all of them.
@@ -23,9 +26,35 @@ from ._serialize import PROTOCOL
 # hold them all).
 MAX_AUTO_BATCH_BYTES = 4 << 20
 _NO_KWARGS: dict = {}
+EXPAND = "expand"
 
 
-def encode(items: list | range, plain: bool, size: int, auto: bool) -> tuple[int, list[bytes]]:
+def element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
+    """A map element's ``(args, kwargs)``, the Lithops way: a dict is
+    keyword arguments, a tuple positional ones, anything else the one
+    argument; ``extra_args`` are appended."""
+    if isinstance(elem, dict):
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(
+                f"map_iterdata[{index}] is a dict, so extra_args must be a dict, "
+                f"got {type(extra_args).__name__}"
+            )
+        return (), {**elem, **(extra_args or {})}
+    if isinstance(elem, tuple):
+        if extra_args is not None and not isinstance(extra_args, tuple):
+            raise TypeError(
+                f"map_iterdata[{index}] is a tuple, so extra_args must be a tuple, "
+                f"got {type(extra_args).__name__}"
+            )
+        return elem + (extra_args or ()), {}
+    if extra_args is None:
+        return (elem,), {}
+    if isinstance(extra_args, dict):
+        raise TypeError(f"extra_args is a dict, so map_iterdata[{index}] must be a dict too")
+    return (elem,) + tuple(extra_args if isinstance(extra_args, tuple) else (extra_args,)), {}
+
+
+def encode(items: list | range, plain: Any, size: int, auto: bool) -> tuple[int, list[bytes]]:
     """The runner calls of a map: ``(chunksize, inputs)``. An automatic size
     shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``."""
     if size == 1:
@@ -47,10 +76,12 @@ def encode(items: list | range, plain: bool, size: int, auto: bool) -> tuple[int
     return size, inputs
 
 
-def encode_each(plain: bool, items: list | range) -> list[bytes]:
+def encode_each(plain: Any, items: list | range) -> list[bytes]:
     """One input per element: ``(args, kwargs)`` pickled."""
     from ._serialize import dump_input
 
+    if plain == EXPAND:
+        return [dump_input(*element_args(e, None, i), i) for i, e in enumerate(items)]
     if plain:
         dumps = pickle.dumps
         try:
@@ -70,9 +101,10 @@ def _dumps(value: Any) -> bytes:
 
 
 # Decoded shared results by the bytes object the engine handed out (which
-# the engine's job keeps alive); bounded, as a long session reads many.
+# the engine's job keeps alive); bounded small: a long session reads many
+# batches, in order, and must not keep their values alive.
 _SHARED: dict[int, tuple[bytes, list]] = {}
-_SHARED_MAX = 256
+_SHARED_MAX = 16
 
 
 def shared_values(blob: bytes) -> list:

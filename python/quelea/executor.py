@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 from . import _batch, _engine
 from . import _serialize as ser
 from ._storage_kinds import lithops_storage_sections, storage_names, translate_lithops_section
+from ._wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
+from ._wait import wait as _wait_futures
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
-from .wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
-from .wait import wait as _wait_futures
 
 # Lithops' names for a platform map to the quelea backend that serves it:
 # container platforms speak the `http` front door (`quelea worker serve`).
@@ -134,26 +134,7 @@ def _to_list(iterdata: Any) -> list | range:
     return list(iterdata)  # generators and other iterators
 
 
-def _element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
-    if isinstance(elem, dict):
-        if extra_args is not None and not isinstance(extra_args, dict):
-            raise TypeError(
-                f"map_iterdata[{index}] is a dict, so extra_args must be a dict, "
-                f"got {type(extra_args).__name__}"
-            )
-        return (), {**elem, **(extra_args or {})}
-    if isinstance(elem, tuple):
-        if extra_args is not None and not isinstance(extra_args, tuple):
-            raise TypeError(
-                f"map_iterdata[{index}] is a tuple, so extra_args must be a tuple, "
-                f"got {type(extra_args).__name__}"
-            )
-        return elem + (extra_args or ()), {}
-    if extra_args is None:
-        return (elem,), {}
-    if isinstance(extra_args, dict):
-        raise TypeError(f"extra_args is a dict, so map_iterdata[{index}] must be a dict too")
-    return (elem,) + tuple(extra_args if isinstance(extra_args, tuple) else (extra_args,)), {}
+_element_args = _batch.element_args
 
 
 _NO_KWARGS: dict = {}
@@ -167,12 +148,26 @@ class _Objects(NamedTuple):
     parts: list[int]
 
 
-def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[bool, list]:
+def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[Any, list]:
     """Checks the elements against the function; returns ``(True, elements)``
-    when each is the single argument, else ``(False, [(args, kwargs), ...])``."""
-    if extra_args is None and (
-        isinstance(elements, range) or not any(issubclass(t, dict | tuple) for t in set(map(type, elements)))
-    ):
+    when each is the single argument, ``(EXPAND, elements)`` when the runners
+    expand them (a big map: no scan of every element here), else ``(False,
+    [(args, kwargs), ...])``."""
+    if extra_args is None and isinstance(elements, range):
+        if sig is not None:
+            _bind_or_raise(sig, func, (elements[0],), {}, 0)
+        return True, elements
+    if extra_args is None and len(elements) > _VALIDATE_ALL_UP_TO:
+        if sig is not None:
+            # The first 100 are checked, once per shape (binding is slow).
+            shapes = set()
+            for i, elem in enumerate(elements[:100]):
+                shape = _shape(elem)
+                if shape not in shapes:
+                    shapes.add(shape)
+                    _bind_or_raise(sig, func, *_element_args(elem, None, i), i)
+        return _batch.EXPAND, elements
+    if extra_args is None and not any(issubclass(t, dict | tuple) for t in set(map(type, elements))):
         # The common case, one plain argument per call.
         if sig is not None:
             _bind_or_raise(sig, func, (elements[0],), {}, 0)
@@ -185,6 +180,15 @@ def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[b
             _bind_or_raise(sig, func, args, kwargs, i)
         items.append((args, kwargs))
     return False, items
+
+
+def _shape(elem: Any) -> Any:
+    """What decides whether an element binds to a signature."""
+    if isinstance(elem, dict):
+        return (dict, tuple(elem))
+    if isinstance(elem, tuple):
+        return (tuple, len(elem))
+    return None
 
 
 def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
@@ -239,12 +243,15 @@ class FunctionExecutor:
                 "or leave out mode to run on this machine"
             )
         self._workers = int((resolved.get("local") or {}).get("workers") or 1)
-        # Every FuturesList this executor made, in order (`futures` flattens them).
-        self._lists: list[FuturesList] = []
+        # Every FuturesList this executor made, in order (`futures` flattens
+        # them); once read, held weakly: read results are their owner's to
+        # keep, so a long session's memory stays flat.
+        self._lists: list[Any] = []
         self._last_call: str | None = None
         self._storage = None
         self._jobs: list[Any] = []
-        self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, _in_worker())
+        self._nested = _in_worker()
+        self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, self._nested)
 
     def _engine_executor(self) -> Any:
         return self._engine
@@ -252,7 +259,19 @@ class FunctionExecutor:
     @property
     def futures(self) -> list[ResponseFuture]:
         """Every future of this executor, in submission order."""
-        return [f for futures in self._lists for f in futures]
+        return [f for futures in self._live_lists() for f in futures]
+
+    def _live_lists(self) -> list[FuturesList]:
+        lists = (entry.ref() if isinstance(entry, _ReadList) else entry for entry in self._lists)
+        return [fs for fs in lists if fs is not None]
+
+    def _forget_read(self) -> None:
+        """Holds read lists weakly (see _ReadList)."""
+        engine = self._engine
+        self._lists = [
+            entry if isinstance(entry, _ReadList) or not _fully_read(entry) else _ReadList(engine, entry)
+            for entry in self._lists
+        ]
 
     @property
     def config(self) -> dict:
@@ -350,7 +369,10 @@ class FunctionExecutor:
         return ser.dump_function(payload)
 
     def _futures(self, job: Any, func: Callable) -> FuturesList:
-        self._jobs.append(job)
+        if self._nested:
+            # Waited for at close (see _close_engine); finished ones are done with.
+            self._jobs[:] = [j for j in self._jobs if j.done_count() < j.total]
+            self._jobs.append(job)
         futures = FuturesList._of_job(job, ser.function_name(func), self)
         self._lists.append(futures)
         if os.environ.get("QUELEA_DASHBOARD_URL"):  # `quelea dashboard` runs there
@@ -589,6 +611,8 @@ class FunctionExecutor:
             # executor's unfinished ones) are cancelled.
             cancel_on_interrupt(futures or [f for f in self.futures if not f.done])
             raise
+        finally:
+            self._forget_read()
         return self._shape(fs, results)
 
     def _shape(self, fs: Any, results: list) -> Any:
@@ -601,7 +625,7 @@ class FunctionExecutor:
         """Lists of futures not made yet and not read; with ``all_kinds``,
         also every list holding an unread future."""
         out = []
-        for futures in self._lists:
+        for futures in self._live_lists():
             if _unread_lazy(futures):
                 out.append(futures)
             elif all_kinds and futures._job_source() is None and any(not f._read for f in futures):
@@ -610,56 +634,20 @@ class FunctionExecutor:
 
     def job_summary(self) -> list[dict]:
         """One row per job: calls, successes, errors, and timing."""
-        jobs: dict[str, list[ResponseFuture]] = {}
-        for f in self.futures:
-            jobs.setdefault(f.job_key, []).append(f)
-        rows = []
-        for key, futures in jobs.items():
-            cost = self._cost({id(f._job): f._job for f in futures}.values())
-            stats = [f.stats for f in futures]
-            starts = [s["worker_start_tstamp"] for s in stats if s["worker_start_tstamp"]]
-            ends = [s["worker_end_tstamp"] for s in stats if s["worker_end_tstamp"]]
-            # Elements of one batch share its run: count each run once.
-            runs = {
-                (s["worker_id"], s["worker_start_tstamp"], s["worker_end_tstamp"])
-                if s["worker_start_tstamp"] is not None
-                else i: s["worker_exec_time"]
-                for i, s in enumerate(stats)
-            }
-            exec_times = [t for t in runs.values() if t is not None]
-            rows.append(
-                {
-                    "job_key": key,
-                    "function": futures[0].function_name,
-                    "calls": len(futures),
-                    "runner_calls": len(runs),
-                    "success": sum(f.success for f in futures),
-                    "error": sum(f.error for f in futures),
-                    "submitted": min(s["host_submit_tstamp"] for s in stats),
-                    "wall_time": (max(ends) - min(starts)) if starts and ends else None,
-                    "total_exec_time": sum(exec_times),
-                    **({"cost": cost} if cost else {}),
-                }
-            )
-        return rows
+        rows: dict[str, dict] = {}
+        for entry in self._lists:
+            if isinstance(entry, _ReadList):
+                row = entry.summary()
+            else:
+                row = _summary_row(self._engine, *_job_and_name(entry))
+            rows.setdefault(row["job_key"], row)
+        return list(rows.values())
 
     def plot(self, fs: Any = None, dst: Any = None, figsize: tuple = (10, 6)) -> tuple[str, str]:
         """Lithops' timeline and histogram PNGs of these futures (default: all); needs ``quelea[plot]``."""
         from .plot import plot
 
         return plot(self.futures if fs is None else _listify(fs), dst, figsize)
-
-    def _cost(self, jobs: Any) -> dict | None:
-        """Estimated Lambda cost of these jobs."""
-        costs = [c for c in (self._engine.job_cost(j) for j in jobs) if c]
-        if not costs:
-            return None
-        return {
-            "memory_mb": max(c["memory_mb"] for c in costs),
-            "invocations": sum(c["invocations"] for c in costs),
-            "gb_seconds": sum(c["gb_seconds"] for c in costs),
-            "estimated_usd": sum(c["estimated_usd"] for c in costs),
-        }
 
     def job_handle(self, fs: Any) -> str:
         """A JSON handle another process can ``quelea.attach``."""
@@ -739,6 +727,54 @@ def collect_results_after_wait(futures: FuturesList) -> list:
             return results
     engine_wait(_group(list(futures)), float(ALL_COMPLETED), None)
     return collect_results(list(futures), True, None)
+
+
+class _ReadList:
+    """A read list of futures, held weakly: its results are its owner's to
+    keep. When it goes, its job's summary row (a few numbers, read run by
+    run) is all the executor keeps, so a long session's memory stays flat."""
+
+    __slots__ = ("engine", "job", "name", "ref", "row")
+
+    def __init__(self, engine: Any, futures: FuturesList):
+        self.engine = engine
+        self.job, self.name = _job_and_name(futures)
+        self.row: dict | None = None
+        self.ref = weakref.ref(futures, self._gone)
+
+    def _gone(self, _ref: Any) -> None:
+        self.row = _summary_row(self.engine, self.job, self.name)
+        self.job = None
+
+    def summary(self) -> dict:
+        return self.row if self.job is None else _summary_row(self.engine, self.job, self.name)
+
+
+def _job_and_name(futures: FuturesList) -> tuple[Any, str]:
+    lazy = futures._job_source()
+    if lazy is not None:
+        return lazy[0], lazy[1]
+    return futures[0]._job, futures[0].function_name
+
+
+def _summary_row(engine: Any, job: Any, name: str) -> dict:
+    try:
+        cost = engine.job_cost(job)
+    except ValueError:  # the executor is closed: no cost estimate
+        cost = None
+    return {
+        "job_key": f"{job.executor_id}-{job.job_id}",
+        "function": name,
+        **job.summary(),
+        **({"cost": cost} if cost else {}),
+    }
+
+
+def _fully_read(fs: FuturesList) -> bool:
+    lazy = fs._job_source()
+    if lazy is not None:
+        return lazy[2]
+    return all(f._read for f in fs)
 
 
 def _unread_lazy(fs: Any) -> bool:

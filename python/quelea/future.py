@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 ALWAYS = 0
 ANY_COMPLETED = -1
+# Futures pickled by this process: a runner answers a batch whose values
+# hold futures each on its own (see worker.Function.run_batch).
+PICKLED = [0]
+
 ALL_COMPLETED = 100
 
 _NOT_LOADED = object()
@@ -223,6 +227,7 @@ class ResponseFuture:
         return value
 
     def __reduce__(self):
+        PICKLED[0] += 1
         handle = self._handle
         if handle is None:
             if self._executor is None:
@@ -305,12 +310,12 @@ class FuturesList(list):
         return self._executor_or_new().map_reduce(map_function, self, reduce_function, **kwargs)
 
     def wait(self, **kwargs):
-        from .wait import wait
+        from ._wait import wait
 
         return wait(self, **kwargs)
 
     def get_result(self, **kwargs):
-        from .wait import get_result
+        from ._wait import get_result
 
         return get_result(self, **kwargs)
 

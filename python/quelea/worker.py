@@ -39,6 +39,15 @@ _ALL = 0xFFFFFFFF
 _DONE_HEAD = struct.Struct("<IBIBQ")
 _ENTRY = struct.Struct("<BI")
 _BATCH_MAGIC = b"QBAT"
+_EXPAND = "expand"  # quelea._batch.EXPAND, without importing it for every runner
+_EXPANDED = (dict, tuple)  # elements that are arguments, not one argument
+
+
+def _pickled_futures() -> int:
+    """How many futures this process has pickled (none if it never loaded them)."""
+    future = sys.modules.get("quelea.future")
+    return future.PICKLED[0] if future is not None else 0
+
 
 in_worker = False
 
@@ -194,11 +203,15 @@ class _Function:
         plain, items = pickle.loads(data)
         return plain, items, False
 
-    def run_element(self, call_id: int, plain: bool, framed: bool, item: Any) -> Any:
+    def run_element(self, call_id: int, plain: Any, framed: bool, item: Any) -> Any:
         if framed:
             return self.run(call_id, item)
-        if plain:
+        if plain is True:
             return self.call(call_id, (item,), {})
+        if plain == _EXPAND:
+            from ._batch import element_args
+
+            return self.call(call_id, *element_args(item, None, call_id))
         return self.call(call_id, item[0], item[1])
 
     def run_batch(self, first: int, data: Any, out: _Tee, err: _Tee) -> tuple[int, bytes]:
@@ -206,20 +219,34 @@ class _Function:
         payload)``, kind 2 with all values pickled at once when every element
         succeeded quietly, else 3 with each element's entry."""
         plain, items, framed = self.batch_items(data)
-        func, run = self.func, self.run_element
-        simple = plain and not framed and not self.reserved and self.payload.reduce_extra_args is None
+        run = self.run_element
+        simple = (
+            (plain is True or plain == _EXPAND)
+            and not framed
+            and not self.reserved
+            and self.payload.reduce_extra_args is None
+        )
         values: list[Any] = []
         entries: list[tuple[bool, bytes]] | None = None
         with _extra_env(self.payload.extra_env):
-            for k, item in enumerate(items):
-                try:
-                    value = func(item) if simple else run(first + k, plain, framed, item)
-                except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+            start, ended = 0, None
+            if simple:
+                start, ended = self._run_plain_batch(items, plain == _EXPAND, values, out, err)
+            for k in range(start, len(items)):
+                if ended is not None:
+                    # The element the hot loop stopped at, already run.
+                    (failed, value), ended = ended, None
+                else:
+                    try:
+                        failed, value = False, run(first + k, plain, framed, items[k])
+                    except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                        failed, value = True, exc
+                if failed:
                     if entries is None:
                         entries = self._entries(first, values)
                     out.take()
                     err.take()
-                    entries.append((False, _error_report(exc, self.payload.sources)))
+                    entries.append((False, _error_report(value, self.payload.sources)))
                     continue
                 if entries is None and not (out.parts or err.parts):
                     values.append(value)
@@ -229,15 +256,43 @@ class _Function:
                 logs = out.take() + err.take()
                 entries.append(self._entry(first + k, value, logs))
         if entries is None:
+            # Values that are futures (a call that returned another map's) are
+            # answered each on its own, so the client chains on them without
+            # scanning every shared value: their pickling counts itself.
+            futures_before = _pickled_futures()
             try:
-                return 2, b"\x02" + pickle.dumps(values, protocol=5)
+                blob = pickle.dumps(values, protocol=5)
+                if _pickled_futures() == futures_before:
+                    return 2, b"\x02" + blob
             except Exception:  # noqa: BLE001 - find the element that does not pickle
-                entries = self._entries(first, values)
+                pass
+            entries = self._entries(first, values)
         parts = [_U32.pack(len(entries))]
         for ok, blob in entries:
             parts.append(_ENTRY.pack(0 if ok else 1, len(blob)))
             parts.append(blob)
         return 3, b"".join(parts)
+
+    def _run_plain_batch(
+        self, items: list, expand: bool, values: list, out: _Tee, err: _Tee
+    ) -> tuple[int, tuple[bool, Any] | None]:
+        """The hot loop of a batch of single arguments: runs elements while
+        each is one plain argument that succeeds quietly, appending their
+        values. Returns where it stopped and, if it ran that element, its
+        ``(failed, value or exception)`` (its output is still in the tees)."""
+        func, append = self.func, values.append
+        out_parts, err_parts = out.parts, err.parts
+        for k, item in enumerate(items):
+            if expand and isinstance(item, _EXPANDED):
+                return k, None
+            try:
+                value = func(item)
+            except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+                return k, (True, exc)
+            if out_parts or err_parts:
+                return k, (False, value)
+            append(value)
+        return len(items), None
 
     def run_selected(self, first: int, select: int, data: Any) -> Any:
         """Runs only element ``select`` of a batch (its re-run on its own)."""

@@ -202,7 +202,7 @@ fn attach_follows_an_http_job(fx: &Fixture) -> Result<(), Failed> {
     let b = quelea_cli::builtins();
     let exec = fx.executor();
     let futures = exec.map(&b.square, (0..20u64).map(|x| (x, 5)), MapOptions::default())?;
-    let handle = exec.job_handle(futures.get(0).unwrap());
+    let handle = exec.job_handle(&futures.get(0).unwrap());
     let attached = quelea::attach_with::<u64>(storage_builder(fx.dir.path()), &handle)?;
     let results: Vec<u64> = attached
         .iter()
@@ -506,6 +506,7 @@ fn self_check_passes_on_the_servers(fx: &Fixture) -> Result<(), Failed> {
 }
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)

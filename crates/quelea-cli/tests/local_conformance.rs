@@ -12,6 +12,7 @@ use quelea::{ConfigBuilder, RunnerCommand};
 use quelea_conformance::Backend;
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap().to_owned();

@@ -208,7 +208,7 @@ fn no_secret_in_job_objects_or_handles(fx: &Fixture, broker: Broker) -> Result<(
         .build()?;
     let exec = Executor::with_config(config)?;
     let futures = exec.map(&b.square, (0..5u64).map(|x| (x, 0)), MapOptions::default())?;
-    let handle = exec.job_handle(futures.get(0).unwrap());
+    let handle = exec.job_handle(&futures.get(0).unwrap());
     exec.get_result(&futures, WAIT)?;
     let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
     let storage = exec.storage();
@@ -248,6 +248,7 @@ fn no_secret_in_job_objects_or_handles(fx: &Fixture, broker: Broker) -> Result<(
 }
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<WorkerServer> = (0..2)

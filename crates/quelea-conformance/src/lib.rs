@@ -87,6 +87,11 @@ const TESTS: &[(&str, Test)] = &[
         "memory_limit_fails_only_that_call",
         memory_limit_fails_only_that_call,
     ),
+    ("attach_from_a_second_process", attach_from_a_second_process),
+    (
+        "a_detached_job_outlives_its_client",
+        a_detached_job_outlives_its_client,
+    ),
 ];
 
 /// The conformance trials for `backend`, named `<backend>::conformance::<test>`.
@@ -204,12 +209,19 @@ fn map_reduce_and_ranged_inputs(backend: &Backend) -> Result<(), Failed> {
         results == (0..20u64).map(|x| x * x).collect::<Vec<_>>(),
         format!("{results:?}"),
     )?;
-    check(
-        exec.storage()
-            .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data())
-            .is_ok(),
-        "the inputs went through the data object",
-    )
+    let data = exec
+        .storage()
+        .head_blocking(&JobKeys::new(exec.id(), futures.get(0).unwrap().job_id()).data());
+    if backend.rust_runner.is_some() {
+        // The local runtime runs in the client's process: inputs reach it
+        // in memory, never through storage.
+        check(
+            data.is_err(),
+            "local inputs do not go through the data object",
+        )
+    } else {
+        check(data.is_ok(), "the inputs went through the data object")
+    }
 }
 
 fn user_error_carries_the_remote_message(backend: &Backend) -> Result<(), Failed> {
@@ -509,4 +521,204 @@ fn memory_limit_fails_only_that_call(backend: &Backend) -> Result<(), Failed> {
         [0, 2].iter().all(|&i| futures.get(i).unwrap().success()),
         "the small calls succeed",
     )
+}
+
+/// Names the part a re-executed test binary plays (see [`second_client`]).
+const SECOND_CLIENT_ENV: &str = "QTEST_SECOND_CLIENT";
+/// The second client's [`Setup`], as JSON.
+const SETUP_ENV: &str = "QTEST_SECOND_CLIENT_SETUP";
+/// Calls of the detached map a second client submits and abandons.
+const DETACHED_CALLS: u64 = 40;
+
+/// What a second client needs to reach the same backend: the config as the
+/// trial built it, the Rust runner, and a job handle to attach to.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Setup {
+    builder: ConfigBuilder,
+    runner: Option<Runner>,
+    handle: Option<String>,
+}
+
+/// A runner command as text: program, arguments, environment.
+type Runner = (String, Vec<String>, Vec<(String, String)>);
+
+impl Setup {
+    fn new(backend: &Backend, handle: Option<String>) -> Self {
+        let runner = backend.rust_runner.as_ref().map(|r| {
+            let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+            (
+                r.program.to_string_lossy().into_owned(),
+                r.args.iter().map(|a| text(a)).collect(),
+                r.env.iter().map(|(k, v)| (text(k), text(v))).collect(),
+            )
+        });
+        Setup {
+            builder: (backend.config)(),
+            runner,
+            handle,
+        }
+    }
+
+    fn executor(&self) -> Result<Executor, Failed> {
+        let mut builder = Executor::builder().config(self.builder.clone().build()?);
+        if let Some((program, args, env)) = &self.runner {
+            let command = |mode: &str| RunnerCommand {
+                program: program.into(),
+                args: args.iter().map(Into::into).collect(),
+                env: env
+                    .iter()
+                    .filter(|(k, _)| k != "QUELEA_RUNNER")
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .chain([("QUELEA_RUNNER".into(), mode.into())])
+                    .collect(),
+            };
+            // The same binary serves runners and the detached-job host.
+            builder = builder
+                .runner(RunnerKind::Rust, command("rust"))
+                .host(command("host"));
+        }
+        Ok(builder.build()?)
+    }
+}
+
+/// Call first in a conformance test binary's `main`: when the binary was
+/// started as a trial's second client, plays that part and exits.
+pub fn serve_second_client_if_asked() {
+    let Ok(part) = std::env::var(SECOND_CLIENT_ENV) else {
+        return;
+    };
+    let result = std::env::var(SETUP_ENV)
+        .map_err(|e| Failed::from(format!("{SETUP_ENV}: {e}")))
+        .and_then(|json| Ok(serde_json::from_str::<Setup>(&json)?))
+        .and_then(|setup| second_client(&part, &setup));
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!(
+                "second client ({part}): {}",
+                e.message().unwrap_or("failed")
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+fn second_client(part: &str, setup: &Setup) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    match part {
+        // Submits a detached map, says its handle, and dies without a word.
+        "abandon" => {
+            let exec = setup.executor()?;
+            let futures = exec.map(
+                &b.sleep_ms,
+                vec![200u64; DETACHED_CALLS as usize],
+                MapOptions::default().chunksize(1).detach(true),
+            )?;
+            println!("{}", exec.job_handle(&futures.get(0).unwrap()).to_json());
+            std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status()?;
+            std::thread::sleep(Duration::from_secs(60));
+            Err("still alive after SIGKILL".into())
+        }
+        // Attaches to the handle and prints the results it reads.
+        "attach" => {
+            let handle = setup.handle.as_deref().ok_or("no handle")?;
+            let handle = quelea::JobHandle::from_json(handle)?;
+            let futures: quelea::FuturesList<u64> =
+                quelea::attach_with(setup.builder.clone(), &handle)?;
+            let mut done = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while done < futures.len() && Instant::now() < deadline {
+                quelea::wait_until(&futures, quelea::ReturnWhen::AnyCompleted, WAIT)?;
+                done = futures.done_count();
+                // Progress as it rises, for the trial to see.
+                println!("progress {done}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let results = quelea::get_result(&futures, WAIT)?;
+            println!("results {}", serde_json::to_string(&results)?);
+            Ok(())
+        }
+        other => Err(format!("unknown second client part `{other}`").into()),
+    }
+}
+
+/// Starts this test binary again as a second client playing `part`.
+fn start_second_client(part: &str, setup: &Setup) -> Result<std::process::Child, Failed> {
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .env(SECOND_CLIENT_ENV, part)
+        .env(SETUP_ENV, serde_json::to_string(setup)?)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+fn child_output(child: std::process::Child, what: &str) -> Result<String, Failed> {
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() && what != "abandon" {
+        return Err(format!(
+            "the second client ({what}) failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(stdout)
+}
+
+fn attach_from_a_second_process(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor_with((backend.config)().set("execution.data_cleaner", false))?;
+    let futures = exec.map(&b.sleep_ms, vec![150u64; 24], MapOptions::default())?;
+    let handle = exec.job_handle(&futures.get(0).unwrap()).to_json();
+    let child = start_second_client("attach", &Setup::new(backend, Some(handle)))?;
+    let ours = exec.get_result(&futures, WAIT)?;
+    exec.flush_statuses()?;
+    let out = child_output(child, "attach")?;
+    let progress: Vec<usize> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress ")?.parse().ok())
+        .collect();
+    let theirs: Vec<u64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("results "))
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default();
+    check(
+        ours == vec![150u64; 24],
+        format!("the submitter's results: {ours:?}"),
+    )?;
+    check(
+        theirs == ours,
+        format!("the attached process read {theirs:?}"),
+    )?;
+    check(
+        progress.windows(2).all(|w| w[0] <= w[1]) && progress.last() == Some(&24),
+        format!("progress counted in elements, rising to 24: {progress:?}"),
+    )
+}
+
+fn a_detached_job_outlives_its_client(backend: &Backend) -> Result<(), Failed> {
+    let setup = Setup::new(backend, None);
+    let mut child = start_second_client("abandon", &setup)?;
+    let status = wait_child(&mut child, Duration::from_secs(60), "the abandoning client")?;
+    let out = child_output(child, "abandon")?;
+    check(
+        !status.success(),
+        format!("the client was killed: {status:?}"),
+    )?;
+    let handle = out.lines().next().ok_or("the client printed no handle")?;
+    let handle = quelea::JobHandle::from_json(handle)?;
+    let futures: quelea::FuturesList<u64> = quelea::attach_with((backend.config)(), &handle)?;
+    let results = quelea::get_result(&futures, WAIT)?;
+    check(
+        results == vec![200u64; DETACHED_CALLS as usize],
+        format!("every call ran after its client died: {results:?}"),
+    )?;
+    let deleted = quelea::clean_job_with((backend.config)(), &handle)?;
+    check(deleted > 0, "the reader cleans the job's objects")
 }

@@ -697,8 +697,9 @@ const NON_CONFIG_ENV: &[&str] = &[
     EnvVars::DASHBOARD_URL,
 ];
 
-/// Builds a [`Config`] from its layers.
-#[derive(Clone, Debug, Default)]
+/// Builds a [`Config`] from its layers. Serializable, so that a second
+/// process can build the same config (the conformance tests' second clients).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConfigBuilder {
     file: Option<PathBuf>,
     skip_file: bool,

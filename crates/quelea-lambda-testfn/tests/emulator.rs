@@ -552,6 +552,7 @@ fn sigv4_signatures_satisfy_a_real_s3_server() -> Result<(), Failed> {
 }
 
 fn main() {
+    quelea_conformance::serve_second_client_if_asked();
     let args = Arguments::from_args();
     type Test = fn() -> Result<(), Failed>;
     let tests: &[(&str, Test)] = &[

@@ -327,7 +327,7 @@ impl Executor {
                 .futures
                 .get(0)
                 .ok_or_else(|| value_error("empty job".to_string()))?;
-            Ok(e.job_handle(first).to_json())
+            Ok(e.job_handle(&first).to_json())
         })
     }
 
@@ -421,7 +421,7 @@ impl Job {
         }
     }
 
-    fn future(&self, index: usize) -> PyResult<&ResponseFuture<Raw>> {
+    fn future(&self, index: usize) -> PyResult<ResponseFuture<Raw>> {
         self.futures.get(index).ok_or_else(|| {
             value_error(format!(
                 "call {index} is out of range ({} calls)",
@@ -500,7 +500,7 @@ impl Job {
         Ok(state_name(self.future(index)?.state()))
     }
     fn states(&self) -> Vec<&'static str> {
-        self.futures.iter().map(|f| state_name(f.state())).collect()
+        self.futures.states().into_iter().map(state_name).collect()
     }
     /// The call's stats as a dict (Lithops-style key names where they exist).
     fn stats<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyDict>> {
@@ -524,7 +524,7 @@ impl Job {
     /// bytes, index)` for an element of a batch's shared result), `(False,
     /// error dict)`.
     fn outcome<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyAny>> {
-        self.outcome_of(py, self.future(index)?)
+        self.outcome_of(py, &self.future(index)?)
     }
 
     /// The results of these calls (`None`: all), or `None` if any of them
@@ -537,54 +537,67 @@ impl Job {
         py: Python<'py>,
         indices: Option<Vec<usize>>,
     ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
-        let selected: Vec<&ResponseFuture<Raw>> = match &indices {
-            None => self.futures.iter().collect(),
-            Some(indices) => indices
-                .iter()
-                .map(|&i| self.future(i))
-                .collect::<PyResult<_>>()?,
+        let selected;
+        let futures = match &indices {
+            None => &self.futures,
+            Some(indices) => {
+                selected = self.futures.select(indices).map_err(|index| {
+                    value_error(format!(
+                        "call {index} is out of range ({} calls)",
+                        self.futures.len()
+                    ))
+                })?;
+                &selected
+            }
         };
-        let mut items = Vec::with_capacity(selected.len());
-        let mut run: Option<(std::sync::Arc<Vec<u8>>, u32, u32)> = None;
-        let flush = |run: &mut Option<(std::sync::Arc<Vec<u8>>, u32, u32)>,
-                     items: &mut Vec<Bound<'py, PyAny>>|
-         -> PyResult<()> {
-            if let Some((blob, lo, hi)) = run.take() {
-                let bytes = self.shared_bytes(py, &blob).into_any();
-                items.push(
-                    PyTuple::new(
+        let mut items = Vec::new();
+        let mut failed: Option<PyErr> = None;
+        let all = futures.for_each_success(|piece| {
+            if failed.is_some() {
+                return;
+            }
+            let item = match piece {
+                quelea::Piece::Own(bytes) => Ok(PyBytes::new(py, bytes).into_any()),
+                quelea::Piece::Shared { blob, lo, hi } => (|| {
+                    Ok(PyTuple::new(
                         py,
                         [
-                            bytes,
+                            self.shared_bytes(py, blob).into_any(),
                             lo.into_pyobject(py)?.into_any(),
                             hi.into_pyobject(py)?.into_any(),
                         ],
                     )?
-                    .into_any(),
-                );
+                    .into_any())
+                })(),
+            };
+            match item {
+                Ok(item) => items.push(item),
+                Err(e) => failed = Some(e),
             }
-            Ok(())
-        };
-        for future in selected {
-            match future.output() {
-                None => return Ok(None),
-                Some(Output::Own(bytes)) => {
-                    flush(&mut run, &mut items)?;
-                    items.push(PyBytes::new(py, &bytes).into_any());
-                }
-                Some(Output::Shared { blob, index, .. }) => match &mut run {
-                    Some((b, _, hi)) if std::sync::Arc::ptr_eq(b, &blob) && *hi == index => {
-                        *hi += 1
-                    }
-                    _ => {
-                        flush(&mut run, &mut items)?;
-                        run = Some((blob, index, index + 1));
-                    }
-                },
-            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
-        flush(&mut run, &mut items)?;
-        Ok(Some(items))
+        Ok(all.then_some(items))
+    }
+
+    /// The job's calls in numbers: `calls`, `runner_calls` (a batch's
+    /// elements share one), `success`, `error`, `submitted`, `wall_time`,
+    /// `total_exec_time` — read run by run, not call by call.
+    fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let summary = self
+            .futures
+            .job_summary()
+            .ok_or_else(|| value_error("a summary is of a whole job".to_string()))?;
+        let dict = PyDict::new(py);
+        dict.set_item("calls", summary.calls)?;
+        dict.set_item("runner_calls", summary.runner_calls)?;
+        dict.set_item("success", summary.success)?;
+        dict.set_item("error", summary.error)?;
+        dict.set_item("submitted", self.future(0)?.stats().submit_ts)?;
+        dict.set_item("wall_time", summary.wall_time)?;
+        dict.set_item("total_exec_time", summary.total_exec_time)?;
+        Ok(dict)
     }
 
     fn outcomes<'py>(
@@ -594,7 +607,7 @@ impl Job {
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         indices
             .into_iter()
-            .map(|i| self.outcome_of(py, self.future(i)?))
+            .map(|i| self.outcome_of(py, &self.future(i)?))
             .collect()
     }
 }
@@ -623,19 +636,18 @@ fn wait(
             "return_when must be ALWAYS (0), ANY_COMPLETED (-1), ALL_COMPLETED (100) or a percentage, got {return_when}"
         )));
     };
-    let mut selected = Vec::new();
+    let mut futures = FuturesList::default();
     for (job, indices) in &items {
         let job = job.get();
         match indices {
-            None => selected.extend(job.futures.iter().cloned()),
+            None => futures.extend_from(&job.futures),
             Some(indices) => {
                 for &i in indices {
-                    selected.push(job.future(i)?.clone());
+                    futures.push(job.future(i)?);
                 }
             }
         }
     }
-    let futures = FuturesList::from(selected);
     let started = Instant::now();
     let limit = match timeout {
         Some(t) if !(t.is_finite() && t >= 0.0) => {
@@ -651,7 +663,7 @@ fn wait(
         if let Some(limit) = limit {
             slice = slice.min(limit.saturating_sub(started.elapsed()));
         }
-        match py.detach(|| quelea::wait(&futures, when, Some(slice))) {
+        match py.detach(|| quelea::wait_until(&futures, when, Some(slice))) {
             Ok(_) => return Ok(()),
             Err(quelea::Error::Timeout { pending, .. }) => {
                 if let Err(interrupt) = py.check_signals() {

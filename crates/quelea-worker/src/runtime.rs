@@ -22,7 +22,7 @@ use quelea_core::config::Config;
 use quelea_core::ids::CallId;
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
-    now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, Output, RunnerKind,
+    now_ts, CallError, CallState, CallStats, CallStatus, FailureReason, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::{io_runtime, Storage};
@@ -71,8 +71,21 @@ pub fn with_runner_config(
 pub trait CallObserver: Send + Sync {
     /// `count` calls from `call_id` (a batch) started on runner `worker_id`.
     fn started(&self, call_id: CallId, count: u32, worker_id: u32, ts: f64);
-    /// Calls from `first` ended, in order, each with its stats and outcome.
-    fn finished(&self, first: CallId, outcomes: Vec<(CallStats, Result<Output, CallError>)>);
+    /// Calls from `first` ended.
+    fn finished(&self, first: CallId, ended: Ended);
+}
+
+/// How calls from a first one ended, as a [`CallObserver`] hears it.
+pub enum Ended {
+    /// One outcome per call, in order, each with its stats.
+    Each(Vec<(CallStats, Result<Vec<u8>, CallError>)>),
+    /// `count` calls (a batch) that share one result or one failure, with
+    /// the batch's stats (see [`element_stats`] for each element's).
+    Together {
+        count: u32,
+        stats: CallStats,
+        outcome: Result<Arc<Vec<u8>>, CallError>,
+    },
 }
 
 /// How a runtime runs calls.
@@ -734,7 +747,7 @@ impl JobSink for RuntimeSink {
                     Some(observer) => {
                         self.writer
                             .finished(&self.target, status, Some(bytes.clone()));
-                        observer.finished(first, vec![(stats, Ok(Output::Own(bytes)))]);
+                        observer.finished(first, Ended::Each(vec![(stats, Ok(bytes))]));
                     }
                     None => self.writer.finished(&self.target, status, Some(bytes)),
                 }
@@ -744,23 +757,15 @@ impl JobSink for RuntimeSink {
                 let status = status(first, count, None, bytes.len());
                 match observer {
                     Some(observer) => {
-                        let stats: Vec<CallStats> =
-                            (0..count).map(|i| element_stats(&status, i)).collect();
+                        let stats = status.stats.clone();
                         self.writer
                             .finished(&self.target, status, Some(bytes.clone()));
-                        let blob = Arc::new(bytes);
-                        let outcomes = (0..count)
-                            .zip(stats)
-                            .map(|(index, stats)| {
-                                let output = Output::Shared {
-                                    blob: blob.clone(),
-                                    index,
-                                    count,
-                                };
-                                (stats, Ok(output))
-                            })
-                            .collect();
-                        observer.finished(first, outcomes);
+                        let ended = Ended::Together {
+                            count,
+                            stats,
+                            outcome: Ok(Arc::new(bytes)),
+                        };
+                        observer.finished(first, ended);
                     }
                     None => self.writer.finished(&self.target, status, Some(bytes)),
                 }
@@ -776,12 +781,12 @@ impl JobSink for RuntimeSink {
                     let mut status = status(call, 1, error, size);
                     status.stats = element_stats(&status, k as u32);
                     if observer.is_some() {
-                        outcomes.push((status.stats.clone(), entry.clone().map(Output::Own)));
+                        outcomes.push((status.stats.clone(), entry.clone()));
                     }
                     self.writer.finished(&self.target, status, entry.ok());
                 }
                 if let Some(observer) = observer {
-                    observer.finished(first, outcomes);
+                    observer.finished(first, Ended::Each(outcomes));
                 }
             }
             Err(error) => {
@@ -789,10 +794,12 @@ impl JobSink for RuntimeSink {
                 let stats = status.stats.clone();
                 self.writer.finished(&self.target, status, None);
                 if let Some(observer) = observer {
-                    let outcomes = (0..count)
-                        .map(|_| (stats.clone(), Err(error.clone())))
-                        .collect();
-                    observer.finished(first, outcomes);
+                    let ended = Ended::Together {
+                        count,
+                        stats,
+                        outcome: Err(error),
+                    };
+                    observer.finished(first, ended);
                 }
             }
         }

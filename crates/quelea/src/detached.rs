@@ -37,7 +37,7 @@ use quelea_worker::pool::RunnerCommand;
 use quelea_worker::runtime::{with_runner_config, Runtime, RuntimeConfig};
 
 use crate::error::{Error, Result};
-use crate::future::{wait_calls, ReturnWhen};
+use crate::future::{wait_calls, FuturesList, ReturnWhen};
 use crate::job::{JobState, Notifier};
 
 /// `QUELEA_RUNNER` value that makes a process a detached-job host.
@@ -365,10 +365,8 @@ fn run_reduce(
     if let Err(e) = crate::monitor::follow(&map_job, storage.clone(), deadline_ts, true, None) {
         return fail(format!("cannot follow the map job: {e}"));
     }
-    let calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
-        .map(|i| (map_job.clone(), CallId(i)))
-        .collect();
-    if let Err(e) = wait_calls(&calls, ReturnWhen::AllCompleted, None) {
+    let whole = FuturesList::<()>::for_job(&map_job);
+    if let Err(e) = wait_calls(&whole.parts, ReturnWhen::AllCompleted, None) {
         return fail(format!("the map job did not finish: {e}"));
     }
     let inputs = match crate::executor::reduce_inputs(&map_job, runner, &groups) {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use quelea_core::config::{auto_chunksize, BackendKind, Config};
 use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
-    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, Output, RunnerKind,
+    now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
 use quelea_storage::Storage;
@@ -29,7 +29,7 @@ use crate::detached::{Host, HostStep};
 use crate::error::{Error, Result};
 use crate::future::{wait_calls, FuturesList, ResponseFuture, ReturnWhen};
 use crate::handle::JobHandle;
-use crate::job::{lock, JobState, Notifier};
+use crate::job::{lock, JobState, Notifier, Piece};
 use crate::monitor::PushFollow;
 use crate::objects::{partition, ChunkObject, ObjOptions};
 use crate::push::Subscription;
@@ -150,13 +150,36 @@ struct Inner {
     notifier: Arc<Notifier>,
     job_counter: AtomicU32,
     stored_functions: Mutex<HashSet<String>>,
-    jobs: Mutex<Vec<Arc<JobState>>>,
+    /// This executor's jobs until cleaned. Weak: the futures keep a job's
+    /// records, not the executor, so a long session's memory stays flat.
+    jobs: Mutex<Vec<JobEntry>>,
     reducers: Mutex<Vec<JoinHandle<()>>>,
     /// The host of this executor's detached local jobs, once there is one.
     host: Mutex<Option<Host>>,
     host_command: Option<RunnerCommand>,
     host_runners: HashMap<RunnerKind, RunnerCommand>,
 }
+
+/// A job as the executor remembers it: enough to cancel it while anyone
+/// holds it, and to delete its objects once nobody can read them.
+struct JobEntry {
+    job: Weak<JobState>,
+    prefix: String,
+    /// Detached, or its handle was given out: another process may read it.
+    kept: Arc<AtomicBool>,
+}
+
+impl JobEntry {
+    /// Nobody holds the job any more, it is finished (its records went with
+    /// its last holder: a running job is held by its backend), and no other
+    /// process can want it: its objects can go.
+    fn is_forgotten(&self) -> bool {
+        self.job.strong_count() == 0 && !self.kept.load(Ordering::Acquire)
+    }
+}
+
+/// Forgotten jobs swept at once: fewer, larger deletions keep submits cheap.
+const SWEEP_AFTER: usize = 16;
 
 /// Runs functions on the configured backend. Dropping it stops its runners
 /// and, with `execution.data_cleaner`, deletes its finished jobs' objects.
@@ -501,11 +524,7 @@ impl Executor {
         let all = 0..inputs.total;
         let (map, reduce) =
             self.map_reduce_grouped_raw(map_function, inputs, reducer, options, vec![all])?;
-        let reduce = reduce
-            .futures
-            .into_iter()
-            .next()
-            .expect("one group, one reduce call");
+        let reduce = reduce.get(0).expect("one group, one reduce call");
         Ok((map, reduce))
     }
 
@@ -616,13 +635,10 @@ impl Executor {
             options,
             groups,
         )?;
-        Ok(FuturesList {
-            futures: reduce
-                .futures
-                .into_iter()
-                .map(|f| ResponseFuture::new(f.job, f.call))
-                .collect(),
-        })
+        Ok(reduce
+            .into_iter()
+            .map(|f| ResponseFuture::new(f.job, f.call))
+            .collect())
     }
 
     /// Waits on futures; returns `(done, not_done)`.
@@ -648,6 +664,8 @@ impl Executor {
 
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
+        // Another process may follow the job: its objects stay until clean.
+        future.job.keep();
         let spec = &future.job.spec;
         JobHandle {
             version: JobHandle::VERSION,
@@ -663,17 +681,17 @@ impl Executor {
     /// ones are stopped; all of them end as cancelled.
     pub fn cancel<O>(&self, futures: &FuturesList<O>) -> Result<()> {
         let mut seen: Vec<*const JobState> = Vec::new();
-        for future in &futures.futures {
-            let ptr = Arc::as_ptr(&future.job);
+        for part in &futures.parts {
+            let ptr = Arc::as_ptr(&part.job);
             if seen.contains(&ptr) {
                 continue;
             }
             seen.push(ptr);
-            future.job.cancel("cancelled by the client");
-            future.job.run_cancel_hook();
+            part.job.cancel("cancelled by the client");
+            part.job.run_cancel_hook();
             self.inner
                 .storage
-                .put_blocking(&future.job.keys.cancelled(), Vec::new())?;
+                .put_blocking(&part.job.keys.cancelled(), Vec::new())?;
         }
         Ok(())
     }
@@ -768,7 +786,7 @@ impl Executor {
             self.inner.notifier.clone(),
             CallState::New,
         ));
-        lock(&self.inner.jobs).push(job.clone());
+        self.inner.remember(&job);
         Ok(job)
     }
 
@@ -910,11 +928,16 @@ impl Inner {
         )?;
 
         // Small inputs travel inside the Invocation; if any is large, all go
-        // into one data object and each call gets its byte range.
-        let inline = inputs
-            .iter()
-            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
-            && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES);
+        // into one data object and each call gets its byte range. The local
+        // runtime in this process takes them as they are, whatever their
+        // size: nothing else reads a job's inputs, so they never touch
+        // storage (one copy fewer, and no write before the first call).
+        let in_process = !detached && self.backend.local().is_some();
+        let inline = in_process
+            || (inputs
+                .iter()
+                .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
+                && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES));
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
@@ -951,12 +974,7 @@ impl Inner {
                 }
             })
             .collect();
-        {
-            let mut records = job.calls();
-            for record in records.iter_mut() {
-                record.state = CallState::Invoked;
-            }
-        }
+        job.mark_invoked();
         if detached {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(&HostStep::Invocation {
@@ -985,20 +1003,51 @@ impl Inner {
         })
     }
 
+    fn remember(&self, job: &Arc<JobState>) {
+        let forgotten: Vec<String> = {
+            let mut jobs = lock(&self.jobs);
+            jobs.push(JobEntry {
+                job: Arc::downgrade(job),
+                prefix: job.keys.prefix().to_string(),
+                kept: job.kept(),
+            });
+            if !self.config.execution.data_cleaner
+                || jobs.iter().filter(|e| e.is_forgotten()).count() < SWEEP_AFTER
+            {
+                return;
+            }
+            let (gone, live): (Vec<_>, Vec<_>) = jobs.drain(..).partition(JobEntry::is_forgotten);
+            *jobs = live;
+            gone.into_iter().map(|e| e.prefix).collect()
+        };
+        // Their last statuses are written before their objects go; the
+        // deletions run in the background (a slow store never slows a submit).
+        let _ = self.flush_statuses();
+        let storage = self.storage.clone();
+        quelea_storage::io_runtime().spawn(async move {
+            for prefix in forgotten {
+                let _ = storage.delete_prefix(&prefix).await;
+            }
+        });
+    }
+
     fn clean(&self) -> Result<usize> {
         let _ = self.flush_statuses();
-        let finished: Vec<Arc<JobState>> = {
+        let finished: Vec<String> = {
             let mut jobs = lock(&self.jobs);
             // Detached jobs are cleaned by whoever reads them last.
-            let (done, running): (Vec<_>, Vec<_>) = jobs
-                .drain(..)
-                .partition(|j| j.is_complete() && !j.is_detached());
+            let (done, running): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|e| {
+                let job = e.job.upgrade();
+                let detached = job.as_ref().is_some_and(|j| j.is_detached());
+                let complete = job.as_ref().is_none_or(|j| j.is_complete());
+                complete && !detached
+            });
             *jobs = running;
-            done
+            done.into_iter().map(|e| e.prefix).collect()
         };
         let mut deleted = 0;
-        for job in finished {
-            deleted += self.storage.delete_prefix_blocking(job.keys.prefix())?;
+        for prefix in finished {
+            deleted += self.storage.delete_prefix_blocking(&prefix)?;
         }
         if lock(&self.jobs).is_empty() && lock(&self.host).is_none() {
             deleted += self.storage.delete_prefix_blocking(&format!(
@@ -1031,9 +1080,7 @@ fn run_reducer(
     function: RawFunction,
     groups: Vec<Range<u32>>,
 ) {
-    let map_calls: Vec<(Arc<JobState>, CallId)> = (0..map_job.total())
-        .map(|i| (map_job.clone(), CallId(i)))
-        .collect();
+    let map_calls = FuturesList::<()>::for_job(&map_job);
     let fail = |message: String, reason: FailureReason| {
         reduce_job.fail_unfinished(|_| CallError {
             reason,
@@ -1043,7 +1090,7 @@ fn run_reducer(
             payload: None,
         });
     };
-    if let Err(e) = wait_calls(&map_calls, ReturnWhen::AllCompleted, None) {
+    if let Err(e) = wait_calls(&map_calls.parts, ReturnWhen::AllCompleted, None) {
         fail(
             format!("the map job {} did not finish: {e}", map_job.job_key()),
             FailureReason::Cancelled,
@@ -1079,35 +1126,20 @@ pub(crate) fn reduce_inputs(
     runner: RunnerKind,
     groups: &[Range<u32>],
 ) -> std::result::Result<Vec<Vec<u8>>, (String, FailureReason)> {
-    let records = map_job.calls();
-    if let Some((i, error)) =
-        records
-            .iter()
-            .enumerate()
-            .find_map(|(i, record)| match &record.outcome {
-                Some(Err(error)) => Some((i, error)),
-                _ => None,
-            })
-    {
+    let records = map_job.records();
+    if let Some((call, error)) = records.first_failure() {
         return Err((
-            format!(
-                "map call {} of {} failed: {error}",
-                CallId(i as u32),
-                map_job.job_key()
-            ),
+            format!("map call {call} of {} failed: {error}", map_job.job_key()),
             error.reason,
         ));
     }
     Ok(groups
         .iter()
         .map(|group| {
-            let results = records[group.start as usize..group.end as usize]
-                .iter()
-                .map(|r| match &r.outcome {
-                    Some(Ok(output)) => output,
-                    _ => unreachable!("every map call succeeded"),
-                });
-            combine_results(runner, results)
+            let mut pieces = Vec::new();
+            let all = records.for_each_success(group.clone(), |piece| pieces.push(piece));
+            debug_assert!(all, "every map call succeeded");
+            combine_results(runner, &pieces)
         })
         .collect())
 }
@@ -1117,48 +1149,41 @@ pub(crate) fn reduce_inputs(
 /// `QRED`, a u32 entry count, then each entry as u32 length + bytes: a
 /// result's own bytes, or, for a run of elements sharing their batch's
 /// result, `0x05`, u32 first index, u32 end index, then the shared bytes.
-fn combine_results<'a>(runner: RunnerKind, results: impl Iterator<Item = &'a Output>) -> Vec<u8> {
+fn combine_results(runner: RunnerKind, results: &[Piece<'_>]) -> Vec<u8> {
     match runner {
         RunnerKind::Rust => {
             let mut input = Vec::from(&b"["[..]);
-            for (i, output) in results.enumerate() {
-                if i > 0 {
-                    input.push(b',');
+            let mut first = true;
+            for piece in results {
+                let (bytes, n): (&[u8], u32) = match piece {
+                    Piece::Own(bytes) => (bytes, 1),
+                    Piece::Shared { blob, lo, hi } => (blob, hi - lo),
+                };
+                for _ in 0..n {
+                    if !first {
+                        input.push(b',');
+                    }
+                    first = false;
+                    input.extend_from_slice(bytes);
                 }
-                input.extend_from_slice(output.bytes());
             }
             input.push(b']');
             input
         }
         RunnerKind::Python => {
             let mut entries: Vec<Vec<u8>> = Vec::new();
-            let mut run: Option<(&Arc<Vec<u8>>, u32, u32)> = None;
-            let close = |run: &mut Option<(&Arc<Vec<u8>>, u32, u32)>,
-                         entries: &mut Vec<Vec<u8>>| {
-                if let Some((blob, lo, hi)) = run.take() {
-                    let mut entry = vec![5u8];
-                    entry.extend_from_slice(&lo.to_le_bytes());
-                    entry.extend_from_slice(&hi.to_le_bytes());
-                    entry.extend_from_slice(blob);
-                    entries.push(entry);
-                }
-            };
-            for output in results {
-                match output {
-                    Output::Own(bytes) => {
-                        close(&mut run, &mut entries);
-                        entries.push(bytes.clone());
+            for piece in results {
+                match piece {
+                    Piece::Own(bytes) => entries.push(bytes.to_vec()),
+                    Piece::Shared { blob, lo, hi } => {
+                        let mut entry = vec![5u8];
+                        entry.extend_from_slice(&lo.to_le_bytes());
+                        entry.extend_from_slice(&hi.to_le_bytes());
+                        entry.extend_from_slice(blob);
+                        entries.push(entry);
                     }
-                    Output::Shared { blob, index, .. } => match &mut run {
-                        Some((b, _, hi)) if Arc::ptr_eq(b, blob) && *hi == *index => *hi += 1,
-                        _ => {
-                            close(&mut run, &mut entries);
-                            run = Some((blob, *index, index + 1));
-                        }
-                    },
                 }
             }
-            close(&mut run, &mut entries);
             let mut input = Vec::from(&b"QRED"[..]);
             input.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             for entry in entries {
@@ -1176,17 +1201,27 @@ pub fn wait<O>(
     return_when: ReturnWhen,
     timeout: Option<Duration>,
 ) -> Result<DoneAndPending<O>> {
-    wait_calls(&futures.calls(), return_when, timeout)?;
-    Ok(futures.futures.iter().cloned().partition(|f| f.done()))
+    wait_calls(&futures.parts, return_when, timeout)?;
+    Ok(futures.iter().partition(|f| f.done()))
+}
+
+/// Waits until `return_when` holds for these futures (see [`wait`], which
+/// also sorts them into done and pending).
+pub fn wait_until<O>(
+    futures: &FuturesList<O>,
+    return_when: ReturnWhen,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    wait_calls(&futures.parts, return_when, timeout)
 }
 
 /// Cancels the jobs of these futures without an executor at hand (the
 /// cancelled marker in storage is written by [`Executor::cancel`]).
 pub fn cancel<O>(futures: &FuturesList<O>) {
-    for future in &futures.futures {
-        if !future.job.is_complete() {
-            future.job.cancel("cancelled by the client");
-            future.job.run_cancel_hook();
+    for part in &futures.parts {
+        if !part.job.is_complete() {
+            part.job.cancel("cancelled by the client");
+            part.job.run_cancel_hook();
         }
     }
 }
@@ -1196,9 +1231,8 @@ pub fn get_result<O: DeserializeOwned>(
     futures: &FuturesList<O>,
     timeout: Option<Duration>,
 ) -> Result<Vec<O>> {
-    wait_calls(&futures.calls(), ReturnWhen::AllCompleted, timeout)?;
+    wait_calls(&futures.parts, ReturnWhen::AllCompleted, timeout)?;
     futures
-        .futures
         .iter()
         .map(|f| crate::future::decode(&f.job, f.call))
         .collect()
@@ -1208,7 +1242,11 @@ impl Drop for Executor {
     fn drop(&mut self) {
         // Reducers finish (or fail) once their map jobs end; pools stop below.
         let inner = &self.inner;
-        for job in lock(&inner.jobs).iter() {
+        let jobs: Vec<Arc<JobState>> = lock(&inner.jobs)
+            .iter()
+            .filter_map(|e| e.job.upgrade())
+            .collect();
+        for job in jobs {
             // A detached job goes on without this executor.
             if !job.is_complete() && !job.is_detached() {
                 job.cancel("the executor was dropped");

@@ -1,6 +1,7 @@
 //! Futures: one per call, and lists of them.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use quelea_core::model::{CallError, CallState, CallStats, Output};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::job::{JobState, Notifier};
+use crate::job::{CallsSummary, JobState, Notifier, OutcomeRef, Piece};
 
 /// When a wait returns.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,12 +87,12 @@ impl<O> ResponseFuture<O> {
         self.job.spec.chunksize
     }
     pub fn stats(&self) -> CallStats {
-        self.job.calls()[self.call.index()].stats.clone()
+        self.job.stats(self.call)
     }
     /// The failure, once the call has failed.
     pub fn call_error(&self) -> Option<CallError> {
-        match &self.job.calls()[self.call.index()].outcome {
-            Some(Err(e)) => Some((**e).clone()),
+        match self.job.records().outcome(self.call) {
+            Some(OutcomeRef::Failed(e)) => Some(e.clone()),
             _ => None,
         }
     }
@@ -99,9 +100,9 @@ impl<O> ResponseFuture<O> {
     /// The raw serialized result, once the call has succeeded: its own
     /// bytes, or its place in the result its batch shares.
     pub fn output(&self) -> Option<Output> {
-        match &self.job.calls()[self.call.index()].outcome {
-            Some(Ok(output)) => Some(output.clone()),
-            _ => None,
+        match self.job.records().outcome(self.call)? {
+            OutcomeRef::Failed(_) => None,
+            ok => ok.to_result().ok(),
         }
     }
 }
@@ -109,103 +110,212 @@ impl<O> ResponseFuture<O> {
 impl<O: DeserializeOwned> ResponseFuture<O> {
     /// Waits for the call and returns its result, or its remote error.
     pub fn result(&self, timeout: Option<Duration>) -> Result<O> {
-        wait_calls(
-            &[(self.job.clone(), self.call)],
-            ReturnWhen::AllCompleted,
-            timeout,
-        )?;
+        let part = Part {
+            job: self.job.clone(),
+            calls: self.call.0..self.call.0 + 1,
+        };
+        wait_calls(&[part], ReturnWhen::AllCompleted, timeout)?;
         decode(&self.job, self.call)
     }
 }
 
 pub(crate) fn decode<O: DeserializeOwned>(job: &JobState, call: CallId) -> Result<O> {
-    let calls = job.calls();
-    match &calls[call.index()].outcome {
-        Some(Ok(output)) => serde_json::from_slice(own(output)?).map_err(|e| Error::Deserialize {
-            job_key: job.job_key(),
-            call_id: call,
-            type_name: std::any::type_name::<O>(),
-            message: e.to_string(),
+    let records = job.records();
+    match records.outcome(call) {
+        // A Rust call's own result bytes (Rust runners answer every element
+        // of a batch on its own; a shared result is a front end's encoding).
+        Some(OutcomeRef::Own(bytes)) => {
+            serde_json::from_slice(bytes).map_err(|e| Error::Deserialize {
+                job_key: job.job_key(),
+                call_id: call,
+                type_name: std::any::type_name::<O>(),
+                message: e.to_string(),
+            })
+        }
+        Some(OutcomeRef::Shared { .. }) => Err(Error::InvalidArgument {
+            name: "result",
+            message: "a batch's shared result is a front end's encoding, not JSON".into(),
         }),
-        Some(Err(error)) => Err(Error::CallFailed {
+        Some(OutcomeRef::Failed(error)) => Err(Error::CallFailed {
             job_key: job.job_key(),
             call_id: call,
-            error: error.clone(),
+            error: Box::new(error.clone()),
         }),
         None => unreachable!("decode is called on finished calls only"),
     }
 }
 
-/// A Rust call's own result bytes (Rust runners answer every element of a
-/// batch on its own; a shared result is a front end's encoding).
-fn own(output: &Output) -> Result<&[u8]> {
-    match output {
-        Output::Own(bytes) => Ok(bytes),
-        Output::Shared { .. } => Err(Error::InvalidArgument {
-            name: "result",
-            message: "a batch's shared result is a front end's encoding, not JSON".into(),
-        }),
-    }
+/// The futures of a job (or of several), in call order. Held as runs of
+/// consecutive calls of one job, so a whole job's list is one entry however
+/// many calls it has.
+pub struct FuturesList<O> {
+    pub(crate) parts: Vec<Part>,
+    /// Each part's end in the list (cumulative lengths), for indexing.
+    ends: Vec<usize>,
+    _output: PhantomData<fn() -> O>,
 }
 
-/// The futures of a job (or of several), in call order.
-pub struct FuturesList<O> {
-    pub(crate) futures: Vec<ResponseFuture<O>>,
+/// Calls `calls` of `job`.
+#[derive(Clone)]
+pub(crate) struct Part {
+    pub job: Arc<JobState>,
+    pub calls: Range<u32>,
 }
 
 impl<O> Clone for FuturesList<O> {
     fn clone(&self) -> Self {
         FuturesList {
-            futures: self.futures.clone(),
+            parts: self.parts.clone(),
+            ends: self.ends.clone(),
+            _output: PhantomData,
+        }
+    }
+}
+
+impl<O> Default for FuturesList<O> {
+    fn default() -> Self {
+        FuturesList {
+            parts: Vec::new(),
+            ends: Vec::new(),
+            _output: PhantomData,
         }
     }
 }
 
 impl<O> std::fmt::Debug for FuturesList<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let done = self.futures.iter().filter(|x| x.done()).count();
-        write!(f, "FuturesList({} calls, {done} done)", self.futures.len())
+        let done = self.done_count();
+        write!(f, "FuturesList({} calls, {done} done)", self.len())
     }
 }
 
 impl<O> FuturesList<O> {
     pub(crate) fn for_job(job: &Arc<JobState>) -> Self {
-        FuturesList {
-            futures: (0..job.total())
-                .map(|i| ResponseFuture::new(job.clone(), CallId(i)))
-                .collect(),
+        let mut list = FuturesList::default();
+        list.push_run(job, 0..job.total());
+        list
+    }
+
+    /// Appends calls `calls` of `job`, joining the last run where they follow it.
+    pub(crate) fn push_run(&mut self, job: &Arc<JobState>, calls: Range<u32>) {
+        if calls.is_empty() {
+            return;
+        }
+        let len = calls.len();
+        if let Some(last) = self.parts.last_mut() {
+            if Arc::ptr_eq(&last.job, job) && last.calls.end == calls.start {
+                last.calls.end = calls.end;
+                *self.ends.last_mut().expect("a part has an end") += len;
+                return;
+            }
+        }
+        self.ends.push(self.len() + len);
+        self.parts.push(Part {
+            job: job.clone(),
+            calls,
+        });
+    }
+
+    pub fn push(&mut self, future: ResponseFuture<O>) {
+        self.push_run(&future.job, future.call.0..future.call.0 + 1);
+    }
+
+    /// Appends another list's futures.
+    pub fn extend_from(&mut self, other: &FuturesList<O>) {
+        for part in &other.parts {
+            self.push_run(&part.job, part.calls.clone());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.futures.len()
+        self.ends.last().copied().unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
-        self.futures.is_empty()
+        self.len() == 0
     }
-    pub fn iter(&self) -> impl Iterator<Item = &ResponseFuture<O>> {
-        self.futures.iter()
+    pub fn iter(&self) -> impl Iterator<Item = ResponseFuture<O>> + '_ {
+        self.parts.iter().flat_map(|part| {
+            part.calls
+                .clone()
+                .map(|i| ResponseFuture::new(part.job.clone(), CallId(i)))
+        })
     }
-    pub fn get(&self, index: usize) -> Option<&ResponseFuture<O>> {
-        self.futures.get(index)
+    pub fn get(&self, index: usize) -> Option<ResponseFuture<O>> {
+        let at = self.ends.partition_point(|&end| end <= index);
+        let part = self.parts.get(at)?;
+        let start = if at == 0 { 0 } else { self.ends[at - 1] };
+        Some(ResponseFuture::new(
+            part.job.clone(),
+            CallId(part.calls.start + (index - start) as u32),
+        ))
+    }
+
+    /// The futures at `indices` of this list, in that order; the first
+    /// index out of range is the error.
+    pub fn select(&self, indices: &[usize]) -> std::result::Result<FuturesList<O>, usize> {
+        let mut list = FuturesList::default();
+        for &index in indices {
+            let future = self.get(index).ok_or(index)?;
+            list.push(future);
+        }
+        Ok(list)
     }
 
     /// How many of these calls have finished (cheap for whole jobs).
     pub fn done_count(&self) -> usize {
-        Groups::new(&self.calls()).done()
+        Groups::new(&self.parts).done()
     }
 
-    pub(crate) fn calls(&self) -> Vec<(Arc<JobState>, CallId)> {
-        self.futures
-            .iter()
-            .map(|f| (f.job.clone(), f.call))
-            .collect()
+    /// Each call's state, in list order.
+    pub fn states(&self) -> Vec<CallState> {
+        let mut states = Vec::with_capacity(self.len());
+        for part in &self.parts {
+            let records = part.job.records();
+            states.extend(part.calls.clone().map(|i| records.state(CallId(i))));
+        }
+        states
+    }
+
+    /// The counts and times of a whole job's calls (the list of one job's
+    /// futures, as a map returns it), read run by run.
+    pub fn job_summary(&self) -> Option<CallsSummary> {
+        match self.parts.as_slice() {
+            [part] if part.calls.start == 0 && part.calls.end == part.job.total() => {
+                Some(part.job.records().summary())
+            }
+            _ => None,
+        }
+    }
+
+    /// Visits the results of these calls in order, a batch's run of shared
+    /// values at a time (see [`Piece`]); false at the first call that has
+    /// not succeeded. Reads each job's records under one lock.
+    pub fn for_each_success(&self, mut visit: impl FnMut(Piece<'_>)) -> bool {
+        self.parts.iter().all(|part| {
+            part.job
+                .records()
+                .for_each_success(part.calls.clone(), &mut visit)
+        })
     }
 }
 
 impl<O> From<Vec<ResponseFuture<O>>> for FuturesList<O> {
     fn from(futures: Vec<ResponseFuture<O>>) -> Self {
-        FuturesList { futures }
+        let mut list = FuturesList::default();
+        for future in futures {
+            list.push(future);
+        }
+        list
+    }
+}
+
+impl<O> FromIterator<ResponseFuture<O>> for FuturesList<O> {
+    fn from_iter<T: IntoIterator<Item = ResponseFuture<O>>>(iter: T) -> Self {
+        let mut list = FuturesList::default();
+        for future in iter {
+            list.push(future);
+        }
+        list
     }
 }
 
@@ -213,48 +323,52 @@ impl<O> IntoIterator for FuturesList<O> {
     type Item = ResponseFuture<O>;
     type IntoIter = std::vec::IntoIter<ResponseFuture<O>>;
     fn into_iter(self) -> Self::IntoIter {
-        self.futures.into_iter()
+        self.iter().collect::<Vec<_>>().into_iter()
     }
 }
 
 /// Calls grouped by job, so whole jobs are checked with one counter.
 struct Groups {
-    groups: Vec<(Arc<JobState>, Vec<CallId>)>,
+    groups: Vec<(Arc<JobState>, Vec<Range<u32>>)>,
     total: usize,
 }
 
 impl Groups {
-    fn new(calls: &[(Arc<JobState>, CallId)]) -> Self {
-        let mut groups: Vec<(Arc<JobState>, Vec<CallId>)> = Vec::new();
-        for (job, call) in calls {
-            match groups.iter_mut().find(|(j, _)| Arc::ptr_eq(j, job)) {
-                Some((_, ids)) => ids.push(*call),
-                None => groups.push((job.clone(), vec![*call])),
+    fn new(parts: &[Part]) -> Self {
+        let mut groups: Vec<(Arc<JobState>, Vec<Range<u32>>)> = Vec::new();
+        let mut total = 0;
+        for part in parts {
+            total += part.calls.len();
+            match groups.iter_mut().find(|(j, _)| Arc::ptr_eq(j, &part.job)) {
+                Some((_, ranges)) => ranges.push(part.calls.clone()),
+                None => groups.push((part.job.clone(), vec![part.calls.clone()])),
             }
         }
-        Groups {
-            groups,
-            total: calls.len(),
-        }
+        Groups { groups, total }
+    }
+
+    fn is_whole(job: &JobState, ranges: &[Range<u32>]) -> bool {
+        matches!(ranges, [only] if only.start == 0 && only.end == job.total())
     }
 
     fn whole_jobs(&self) -> bool {
         self.groups
             .iter()
-            .all(|(job, ids)| ids.len() == job.total() as usize)
+            .all(|(job, ranges)| Self::is_whole(job, ranges))
     }
 
     fn done(&self) -> usize {
         self.groups
             .iter()
-            .map(|(job, ids)| {
-                if ids.len() == job.total() as usize {
+            .map(|(job, ranges)| {
+                if Self::is_whole(job, ranges) {
                     job.done_count() as usize
                 } else {
-                    let records = job.calls();
-                    ids.iter()
-                        .filter(|c| records[c.index()].state.is_terminal())
-                        .count()
+                    let records = job.records();
+                    ranges
+                        .iter()
+                        .map(|r| records.count_terminal(r.clone()))
+                        .sum()
                 }
             })
             .sum()
@@ -267,11 +381,11 @@ impl Groups {
 
 /// Waits until `when` holds for `calls`, the timeout passes, or Ctrl-C.
 pub(crate) fn wait_calls(
-    calls: &[(Arc<JobState>, CallId)],
+    parts: &[Part],
     when: ReturnWhen,
     timeout: Option<Duration>,
 ) -> Result<()> {
-    let groups = Groups::new(calls);
+    let groups = Groups::new(parts);
     let needed = match when {
         ReturnWhen::Always => return Ok(()),
         ReturnWhen::AllCompleted => groups.total,

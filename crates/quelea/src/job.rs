@@ -54,50 +54,358 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) struct CallRecord {
-    pub state: CallState,
-    pub stats: CallStats,
-    pub outcome: Option<Result<Output, Box<CallError>>>,
+/// Where a call stands: while running, its start; once finished, the
+/// finished run (a batch, or the call alone) it belongs to.
+#[derive(Clone, Copy)]
+struct Start {
+    ts: f64,
+    worker_id: Option<u32>,
+}
+
+/// A run of consecutive calls that ended together: a batch whose elements
+/// share one result or one failure, or a single call.
+struct End {
+    first: u32,
+    count: u32,
+    /// The run's stats; each element's are these with `cold_start` for the
+    /// first element only.
+    stats: CallStats,
+    outcome: EndOutcome,
+}
+
+enum EndOutcome {
+    Own(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+    Failed(Box<CallError>),
+}
+
+/// A finished call's outcome, borrowed from the job's records.
+pub(crate) enum OutcomeRef<'a> {
+    Own(&'a [u8]),
+    /// Element `index` of the `count` values in a batch's shared result.
+    Shared {
+        blob: &'a Arc<Vec<u8>>,
+        index: u32,
+        count: u32,
+    },
+    Failed(&'a CallError),
+}
+
+impl OutcomeRef<'_> {
+    pub fn to_result(&self) -> Result<Output, Box<CallError>> {
+        match *self {
+            OutcomeRef::Own(bytes) => Ok(Output::Own(bytes.to_vec())),
+            OutcomeRef::Shared { blob, index, count } => Ok(Output::Shared {
+                blob: blob.clone(),
+                index,
+                count,
+            }),
+            OutcomeRef::Failed(error) => Err(Box::new(error.clone())),
+        }
+    }
+}
+
+/// A job's calls in numbers (see [`Records::summary`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallsSummary {
+    pub calls: usize,
+    /// Runner calls: a batch's elements share one.
+    pub runner_calls: usize,
+    pub success: usize,
+    pub error: usize,
+    /// From the first start to the last end.
+    pub wall_time: Option<f64>,
+    /// The runner calls' execution times, summed.
+    pub total_exec_time: f64,
+}
+
+/// Successful results, a run at a time (see [`Records::for_each_success`]).
+pub enum Piece<'a> {
+    Own(&'a [u8]),
+    /// Values `lo..hi` of a batch's shared result.
+    Shared {
+        blob: &'a Arc<Vec<u8>>,
+        lo: u32,
+        hi: u32,
+    },
+}
+
+/// Every call's state, compactly: a byte and an index per call, and one
+/// record per start and per finished run (a batch of K elements costs two
+/// records, not 2K), so a map of millions of elements stays small and
+/// cheap to set up.
+pub(crate) struct Records {
+    submit_ts: f64,
+    state: Vec<CallState>,
+    slot: Vec<u32>,
+    starts: Vec<Start>,
+    ends: Vec<End>,
+}
+
+impl Records {
+    fn new(total: u32, submit_ts: f64, initial: CallState) -> Self {
+        Records {
+            submit_ts,
+            state: vec![initial; total as usize],
+            slot: vec![0; total as usize],
+            starts: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn state(&self, call: CallId) -> CallState {
+        self.state[call.index()]
+    }
+
+    pub fn is_terminal(&self, i: usize) -> bool {
+        self.state[i].is_terminal()
+    }
+
+    fn end(&self, i: usize) -> Option<&End> {
+        self.state[i]
+            .is_terminal()
+            .then(|| &self.ends[self.slot[i] as usize])
+    }
+
+    pub fn stats(&self, call: CallId) -> CallStats {
+        let i = call.index();
+        if let Some(end) = self.end(i) {
+            let mut stats = end.stats.clone();
+            stats.cold_start &= i as u32 == end.first;
+            return stats;
+        }
+        let mut stats = CallStats {
+            submit_ts: self.submit_ts,
+            ..CallStats::default()
+        };
+        if self.state[i] == CallState::Running {
+            let start = self.starts[self.slot[i] as usize];
+            stats.start_ts = Some(start.ts);
+            stats.worker_id = start.worker_id;
+        }
+        stats
+    }
+
+    /// The call's outcome once it has finished.
+    pub fn outcome(&self, call: CallId) -> Option<OutcomeRef<'_>> {
+        let i = call.index();
+        let end = self.end(i)?;
+        Some(match &end.outcome {
+            EndOutcome::Own(bytes) => OutcomeRef::Own(bytes),
+            EndOutcome::Shared(blob) => OutcomeRef::Shared {
+                blob,
+                index: i as u32 - end.first,
+                count: end.count,
+            },
+            EndOutcome::Failed(error) => OutcomeRef::Failed(error),
+        })
+    }
+
+    /// Visits the results of the calls in `range` in order, a batch's run
+    /// of shared values at a time; false (having stopped) at the first call
+    /// that has not succeeded.
+    pub fn for_each_success<'a>(
+        &'a self,
+        range: std::ops::Range<u32>,
+        mut visit: impl FnMut(Piece<'a>),
+    ) -> bool {
+        let end = (range.end as usize).min(self.len());
+        let mut i = range.start as usize;
+        while i < end {
+            if self.state[i] != CallState::Success {
+                return false;
+            }
+            let slot = self.slot[i];
+            let run = &self.ends[slot as usize];
+            match &run.outcome {
+                EndOutcome::Own(bytes) => {
+                    visit(Piece::Own(bytes));
+                    i += 1;
+                }
+                EndOutcome::Shared(blob) => {
+                    let mut j = i + 1;
+                    while j < end && self.slot[j] == slot && self.state[j] == CallState::Success {
+                        j += 1;
+                    }
+                    visit(Piece::Shared {
+                        blob,
+                        lo: i as u32 - run.first,
+                        hi: j as u32 - run.first,
+                    });
+                    i = j;
+                }
+                EndOutcome::Failed(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// The calls' counts and times, read from the runs (not call by call).
+    pub fn summary(&self) -> CallsSummary {
+        let mut summary = CallsSummary {
+            calls: self.len(),
+            ..CallsSummary::default()
+        };
+        let mut runs = std::collections::HashSet::new();
+        let (mut first_start, mut last_end) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (i, state) in self.state.iter().enumerate() {
+            match state {
+                CallState::Success => summary.success += 1,
+                CallState::Error => summary.error += 1,
+                _ => {}
+            }
+            let stats = match self.end(i) {
+                Some(end) => &end.stats,
+                None => {
+                    // A call that has not ended is a run of its own.
+                    summary.runner_calls += 1;
+                    continue;
+                }
+            };
+            let (Some(start), Some(end)) = (stats.start_ts, stats.end_ts) else {
+                summary.runner_calls += 1;
+                continue;
+            };
+            // Elements of one batch share its run: each run counts once.
+            if runs.insert((stats.worker_id, start.to_bits(), end.to_bits())) {
+                summary.runner_calls += 1;
+                summary.total_exec_time += end - start;
+            }
+            first_start = first_start.min(start);
+            last_end = last_end.max(end);
+        }
+        summary.wall_time = (first_start <= last_end).then_some(last_end - first_start);
+        summary
+    }
+
+    /// The first failed call, by call order, and its error.
+    pub fn first_failure(&self) -> Option<(CallId, &CallError)> {
+        let i = self.state.iter().position(|s| *s == CallState::Error)?;
+        match &self.end(i)?.outcome {
+            EndOutcome::Failed(error) => Some((CallId(i as u32), error)),
+            _ => None,
+        }
+    }
+
+    pub fn count_terminal(&self, range: std::ops::Range<u32>) -> usize {
+        self.state[range.start as usize..range.end as usize]
+            .iter()
+            .filter(|s| s.is_terminal())
+            .count()
+    }
+
+    fn mark_running(&mut self, first: u32, count: u32, start: Start) {
+        let lo = (first as usize).min(self.len());
+        let hi = (lo + count as usize).min(self.len());
+        let slot = self.starts.len() as u32;
+        let mut used = false;
+        for i in lo..hi {
+            if self.state[i] < CallState::Running {
+                self.state[i] = CallState::Running;
+                self.slot[i] = slot;
+                used = true;
+            }
+        }
+        if used {
+            self.starts.push(start);
+        }
+    }
+
+    /// Ends the unfinished calls of `first..first + count` with one shared
+    /// record; returns how many ended here.
+    fn finish(&mut self, first: u32, count: u32, stats: CallStats, outcome: EndOutcome) -> u32 {
+        let lo = (first as usize).min(self.len());
+        let hi = (lo + count as usize).min(self.len());
+        let slot = self.ends.len() as u32;
+        let state = match outcome {
+            EndOutcome::Failed(_) => CallState::Error,
+            _ => CallState::Success,
+        };
+        let mut new = 0;
+        for i in lo..hi {
+            if !self.state[i].is_terminal() {
+                self.state[i] = state;
+                self.slot[i] = slot;
+                new += 1;
+            }
+        }
+        if new > 0 {
+            self.ends.push(End {
+                first,
+                count,
+                stats,
+                outcome,
+            });
+        }
+        new
+    }
+}
+
+/// How a run of calls ended, as reported.
+pub(crate) enum RunOutcome {
+    /// One call's own result bytes.
+    Own(Vec<u8>),
+    /// A batch's one result shared by its elements.
+    Shared(Arc<Vec<u8>>),
+    Failed(Box<CallError>),
+}
+
+impl From<Result<Output, Box<CallError>>> for RunOutcome {
+    fn from(outcome: Result<Output, Box<CallError>>) -> Self {
+        match outcome {
+            Ok(Output::Own(bytes)) => RunOutcome::Own(bytes),
+            Ok(Output::Shared { blob, .. }) => RunOutcome::Shared(blob),
+            Err(error) => RunOutcome::Failed(error),
+        }
+    }
 }
 
 /// One job as the client sees it.
 pub(crate) struct JobState {
     pub spec: JobSpec,
     pub keys: JobKeys,
-    calls: Mutex<Vec<CallRecord>>,
+    records: Mutex<Records>,
     done: AtomicU32,
     notifier: Arc<Notifier>,
     cancel_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// The job outlives its executor (not cancelled or cleaned when it goes).
     detached: std::sync::atomic::AtomicBool,
+    /// Another process may read the job (detached, or its handle given out):
+    /// its objects stay until the executor's clean.
+    kept: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobState {
     pub fn new(spec: JobSpec, keys: JobKeys, notifier: Arc<Notifier>, initial: CallState) -> Self {
-        let submit_ts = spec.submit_ts;
-        let calls = (0..spec.total_calls)
-            .map(|_| CallRecord {
-                state: initial,
-                stats: CallStats {
-                    submit_ts,
-                    ..CallStats::default()
-                },
-                outcome: None,
-            })
-            .collect();
+        let records = Records::new(spec.total_calls, spec.submit_ts, initial);
         JobState {
             spec,
             keys,
-            calls: Mutex::new(calls),
+            records: Mutex::new(records),
             done: AtomicU32::new(0),
             notifier,
             cancel_hook: Mutex::new(None),
             detached: std::sync::atomic::AtomicBool::new(false),
+            kept: Arc::default(),
         }
     }
 
     pub fn mark_detached(&self) {
         self.detached.store(true, Ordering::Release);
+        self.keep();
+    }
+
+    /// Keeps the job's objects until the executor's clean.
+    pub fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
+    }
+
+    pub fn kept(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.kept.clone()
     }
 
     pub fn is_detached(&self) -> bool {
@@ -120,16 +428,26 @@ impl JobState {
         self.done_count() >= self.total()
     }
 
-    pub fn calls(&self) -> MutexGuard<'_, Vec<CallRecord>> {
-        lock(&self.calls)
+    /// The records, locked: read several calls under one lock.
+    pub fn records(&self) -> MutexGuard<'_, Records> {
+        lock(&self.records)
     }
 
     pub fn state(&self, call: CallId) -> CallState {
-        self.calls()[call.index()].state
+        self.records().state(call)
     }
 
-    pub fn mark_running(&self, call: CallId, worker_id: Option<u32>, start_ts: f64) {
-        self.mark_running_from(call, 1, worker_id, start_ts);
+    pub fn stats(&self, call: CallId) -> CallStats {
+        self.records().stats(call)
+    }
+
+    /// Marks every call that has not started invoked.
+    pub fn mark_invoked(&self) {
+        for state in self.records().state.iter_mut() {
+            if *state < CallState::Invoked {
+                *state = CallState::Invoked;
+            }
+        }
     }
 
     /// Marks `count` calls from `first` (a batch) running, under one lock.
@@ -140,109 +458,103 @@ impl JobState {
         worker_id: Option<u32>,
         start_ts: f64,
     ) {
-        let mut calls = self.calls();
-        let start = first.index().min(calls.len());
-        let end = (start + count as usize).min(calls.len());
-        for record in &mut calls[start..end] {
-            if record.state < CallState::Running {
-                record.state = CallState::Running;
-                record.stats.start_ts = Some(start_ts);
-                record.stats.worker_id = worker_id;
-            }
-        }
+        let start = Start {
+            ts: start_ts,
+            worker_id,
+        };
+        self.records().mark_running(first.0, count, start);
     }
 
-    /// Records the ends of consecutive calls from `first` (a batch), under
-    /// one lock and with one wake-up; returns how many were new.
+    /// Records the end of `count` consecutive calls from `first` that share
+    /// `stats` and `outcome` (a batch), under one lock and with one wake-up;
+    /// calls that had already ended keep their first end. Returns how many
+    /// ended here.
+    pub fn complete_run(
+        &self,
+        first: CallId,
+        count: u32,
+        stats: CallStats,
+        outcome: RunOutcome,
+    ) -> u32 {
+        let outcome = match outcome {
+            RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
+            RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
+            RunOutcome::Failed(error) => EndOutcome::Failed(error),
+        };
+        let new = self.records().finish(first.0, count, stats, outcome);
+        self.ended(new);
+        new
+    }
+
+    /// Records the ends of consecutive calls from `first`, each with its
+    /// own outcome, under one lock and with one wake-up; returns how many
+    /// were new.
     pub fn complete_from(
         &self,
         first: CallId,
-        outcomes: impl IntoIterator<Item = (CallStats, Result<Output, Box<CallError>>)>,
+        outcomes: impl IntoIterator<Item = (CallStats, RunOutcome)>,
     ) -> u32 {
         let mut new = 0;
         {
-            let mut calls = self.calls();
+            let mut records = self.records();
             for (i, (stats, outcome)) in outcomes.into_iter().enumerate() {
-                let Some(record) = calls.get_mut(first.index() + i) else {
-                    break;
+                let outcome = match outcome {
+                    RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
+                    RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
+                    RunOutcome::Failed(error) => EndOutcome::Failed(error),
                 };
-                if record.state.is_terminal() {
-                    continue;
-                }
-                record.state = if outcome.is_ok() {
-                    CallState::Success
-                } else {
-                    CallState::Error
-                };
-                record.stats = stats;
-                record.outcome = Some(outcome);
-                new += 1;
+                new += records.finish(first.0 + i as u32, 1, stats, outcome);
             }
         }
+        self.ended(new);
+        new
+    }
+
+    /// Records a call's end; a second end for the same call is ignored (a
+    /// cancelled call may still report from its runner).
+    pub fn complete(&self, call: CallId, stats: CallStats, outcome: RunOutcome) -> bool {
+        self.complete_run(call, 1, stats, outcome) == 1
+    }
+
+    fn ended(&self, new: u32) {
         if new > 0 {
             let done = self.done.fetch_add(new, Ordering::AcqRel) + new;
             if done >= self.total() || self.notifier.eager_waiters.load(Ordering::Acquire) > 0 {
                 self.notifier.notify();
             }
         }
-        new
-    }
-
-    /// Records a call's end; a second end for the same call is ignored (a
-    /// cancelled call may still report from its runner).
-    pub fn complete(
-        &self,
-        call: CallId,
-        stats: CallStats,
-        outcome: Result<Output, Box<CallError>>,
-    ) -> bool {
-        {
-            let mut calls = self.calls();
-            let Some(record) = calls.get_mut(call.index()) else {
-                return false;
-            };
-            if record.state.is_terminal() {
-                return false;
-            }
-            record.state = if outcome.is_ok() {
-                CallState::Success
-            } else {
-                CallState::Error
-            };
-            record.stats = stats;
-            record.outcome = Some(outcome);
-        }
-        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
-        let finished = done >= self.total();
-        if finished || self.notifier.eager_waiters.load(Ordering::Acquire) > 0 {
-            self.notifier.notify();
-        }
-        true
     }
 
     /// Marks every unfinished call with `error`; returns how many.
     pub fn fail_unfinished(&self, make_error: impl Fn(CallId) -> CallError) -> usize {
-        let pending: Vec<CallId> = self
-            .calls()
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.state.is_terminal())
-            .map(|(i, _)| CallId(i as u32))
-            .collect();
         let now = now_ts();
-        let mut failed = 0;
-        for call in pending {
-            let stats = {
-                let calls = self.calls();
-                let mut stats = calls[call.index()].stats.clone();
+        let mut new = 0;
+        {
+            let mut records = self.records();
+            for i in 0..records.len() {
+                if records.is_terminal(i) {
+                    continue;
+                }
+                let call = CallId(i as u32);
+                let mut stats = records.stats(call);
                 stats.end_ts = Some(now);
-                stats
-            };
-            if self.complete(call, stats, Err(Box::new(make_error(call)))) {
-                failed += 1;
+                let error = EndOutcome::Failed(Box::new(make_error(call)));
+                new += records.finish(call.0, 1, stats, error);
             }
         }
-        failed
+        self.ended(new);
+        new as usize
+    }
+
+    /// Calls running for longer than `limit` seconds at `now`, with their stats.
+    pub fn running_longer_than(&self, now: f64, limit: f64) -> Vec<(CallId, CallStats)> {
+        let records = self.records();
+        (0..records.len())
+            .filter(|&i| records.state[i] == CallState::Running)
+            .map(|i| CallId(i as u32))
+            .map(|call| (call, records.stats(call)))
+            .filter(|(_, stats)| stats.start_ts.is_some_and(|s| now - s > limit))
+            .collect()
     }
 
     pub fn cancel(&self, why: &str) -> usize {

@@ -30,11 +30,12 @@ pub mod summary;
 pub use detached::serve_host;
 pub use error::{Error, Result};
 pub use executor::{
-    cancel, get_result, groups_of, wait, Batches, DoneAndPending, Executor, ExecutorBuilder,
-    MapOptions, Raw, RawFunction,
+    cancel, get_result, groups_of, wait, wait_until, Batches, DoneAndPending, Executor,
+    ExecutorBuilder, MapOptions, Raw, RawFunction,
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
+pub use job::{CallsSummary, Piece};
 pub use monitor::{attach, attach_with, clean_job_with};
 pub use quelea_core::config::{Config, ConfigBuilder};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};

@@ -18,17 +18,15 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use quelea_core::config::ConfigBuilder;
-use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
-use quelea_core::model::{now_ts, CallError, CallState, FailureReason, JobSpec, Output, ResultRef};
+use quelea_core::model::{now_ts, CallError, CallState, FailureReason, JobSpec, ResultRef};
 use quelea_core::protocol::Message;
 use quelea_storage::Storage;
-use quelea_worker::runtime::element_stats;
 
 use crate::error::{Error, Result};
 use crate::future::FuturesList;
 use crate::handle::JobHandle;
-use crate::job::{JobState, Notifier};
+use crate::job::{JobState, Notifier, RunOutcome};
 use crate::push::{Pushed, Subscription};
 
 const FAST: Duration = Duration::from_millis(20);
@@ -244,20 +242,11 @@ fn timeout_error(message: String) -> CallError {
 
 fn fail_overdue(job: &JobState, now: f64) {
     let limit = job.spec.timeout_s + GRACE_S;
-    let overdue: Vec<_> = job
-        .calls()
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| {
-            r.state == CallState::Running && r.stats.start_ts.is_some_and(|s| now - s > limit)
-        })
-        .map(|(i, r)| (quelea_core::ids::CallId(i as u32), r.stats.clone()))
-        .collect();
-    for (call, stats) in overdue {
+    for (call, stats) in job.running_longer_than(now, limit) {
         job.complete(
             call,
             stats,
-            Err(Box::new(timeout_error(format!(
+            RunOutcome::Failed(Box::new(timeout_error(format!(
                 "call {call} ran past its timeout of {} s with no final status",
                 job.spec.timeout_s
             )))),
@@ -283,13 +272,10 @@ fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::Call
     if first + count as usize > job.total() as usize {
         return;
     }
-    let calls = (0..count).map(|k| CallId(status.call_id.0 + k));
     match status.state {
         CallState::Running => {
             if let Some(start) = status.stats.start_ts {
-                for call in calls {
-                    job.mark_running(call, status.stats.worker_id, start);
-                }
+                job.mark_running_from(status.call_id, count, status.stats.worker_id, start);
             }
         }
         CallState::Success => {
@@ -311,22 +297,12 @@ fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::Call
                 }
                 None => Ok(b"null".to_vec()),
             };
-            if count == 1 {
-                job.complete(status.call_id, status.stats, bytes.map(Output::Own));
-                return;
-            }
-            let blob = bytes.map(Arc::new);
-            for (index, call) in calls.enumerate() {
-                let outcome = match &blob {
-                    Ok(blob) => Ok(Output::Shared {
-                        blob: blob.clone(),
-                        index: index as u32,
-                        count,
-                    }),
-                    Err(e) => Err(e.clone()),
-                };
-                job.complete(call, element_stats(&status, index as u32), outcome);
-            }
+            let outcome = match bytes {
+                Ok(bytes) if count == 1 => RunOutcome::Own(bytes),
+                Ok(bytes) => RunOutcome::Shared(Arc::new(bytes)),
+                Err(error) => RunOutcome::Failed(error),
+            };
+            job.complete_run(status.call_id, count, status.stats, outcome);
         }
         CallState::Error => {
             let error = status.error.unwrap_or_else(|| CallError {
@@ -336,9 +312,12 @@ fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::Call
                 traceback: String::new(),
                 payload: None,
             });
-            for call in calls {
-                job.complete(call, status.stats.clone(), Err(Box::new(error.clone())));
-            }
+            job.complete_run(
+                status.call_id,
+                count,
+                status.stats,
+                RunOutcome::Failed(Box::new(error)),
+            );
         }
         CallState::New | CallState::Invoked => {}
     }

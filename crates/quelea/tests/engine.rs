@@ -957,7 +957,7 @@ fn driver(mode: &str) -> ! {
                     MapOptions::default().chunksize(1).detach(true),
                 )
                 .unwrap();
-            println!("{}", exec.job_handle(futures.get(0).unwrap()).to_json());
+            println!("{}", exec.job_handle(&futures.get(0).unwrap()).to_json());
             println!("{}", exec.host_pid().unwrap());
             // Die at once, as a client killed mid-job would.
             let _ = Command::new("kill")
@@ -975,7 +975,7 @@ fn driver(mode: &str) -> ! {
             let futures = exec
                 .map(&fns.plus_100, 0..20i64, MapOptions::default())
                 .unwrap();
-            println!("{}", exec.job_handle(futures.get(0).unwrap()).to_json());
+            println!("{}", exec.job_handle(&futures.get(0).unwrap()).to_json());
             let results = exec
                 .get_result(&futures, Some(Duration::from_secs(60)))
                 .unwrap();

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use quelea_core::config::Config;
 use quelea_core::ids::CallId;
-use quelea_core::model::{CallError, CallStats, Output, RunnerKind};
+use quelea_core::model::RunnerKind;
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
-use quelea_worker::runtime::{with_runner_config, CallObserver, Runtime, RuntimeConfig};
+use quelea_worker::runtime::{with_runner_config, CallObserver, Ended, Runtime, RuntimeConfig};
 
 use super::Submission;
 use crate::error::{Error, Result};
-use crate::job::JobState;
+use crate::job::{JobState, RunOutcome};
 
 /// How long `warm_up` waits for a pool's runners.
 const WARM_UP: Duration = Duration::from_secs(60);
@@ -42,13 +42,32 @@ impl CallObserver for JobObserver {
             .mark_running_from(call_id, count, Some(worker_id), ts);
     }
 
-    fn finished(&self, first: CallId, outcomes: Vec<(CallStats, Result<Output, CallError>)>) {
-        self.job.complete_from(
-            first,
-            outcomes
-                .into_iter()
-                .map(|(stats, outcome)| (stats, outcome.map_err(Box::new))),
-        );
+    fn finished(&self, first: CallId, ended: Ended) {
+        match ended {
+            Ended::Each(outcomes) => {
+                self.job.complete_from(
+                    first,
+                    outcomes.into_iter().map(|(stats, outcome)| {
+                        let outcome = match outcome {
+                            Ok(bytes) => RunOutcome::Own(bytes),
+                            Err(error) => RunOutcome::Failed(Box::new(error)),
+                        };
+                        (stats, outcome)
+                    }),
+                );
+            }
+            Ended::Together {
+                count,
+                stats,
+                outcome,
+            } => {
+                let outcome = match outcome {
+                    Ok(blob) => RunOutcome::Shared(blob),
+                    Err(error) => RunOutcome::Failed(Box::new(error)),
+                };
+                self.job.complete_run(first, count, stats, outcome);
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use quelea_storage::io_runtime;
 
 use super::Submission;
 use crate::error::{Error, Result};
+use crate::job::RunOutcome;
 
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -76,12 +77,12 @@ where
     for (ids, message) in &failures {
         let now = now_ts();
         for &call in ids {
-            let mut stats = job.calls()[call.index()].stats.clone();
+            let mut stats = job.stats(call);
             stats.end_ts = Some(now);
             job.complete(
                 call,
                 stats,
-                Err(Box::new(CallError {
+                RunOutcome::Failed(Box::new(CallError {
                     reason: FailureReason::WorkerCrashed,
                     error_type: "InvocationFailed".into(),
                     message: format!("call {call} was never delivered: {message}"),

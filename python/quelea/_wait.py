@@ -139,10 +139,9 @@ def lazy_results(lists: list[FuturesList], timeout: float | None) -> list | None
 
 
 def _job_values(job: Any) -> list | None:
-    values = _decode_runs(job.result_runs(None))
-    if values is None or _has_futures(values):
-        return None
-    return values
+    # A batch's shared values never hold futures (the runner answers such
+    # a batch each on its own), and each own result is checked as decoded.
+    return _decode_runs(job.result_runs(None))
 
 
 def collect_results(futures: list[ResponseFuture], throw_except: bool, timeout: float | None) -> list:
@@ -192,18 +191,11 @@ def _collect_fast(futures: list[ResponseFuture]) -> list | None:
     if len(indices) == job.total:
         indices = None
     results = _decode_runs(job.result_runs(indices))
-    if results is None or _has_futures(results):
+    if results is None:
         return None
     for f in futures:
         f._read = True
     return results
-
-
-def _has_futures(values: list) -> bool:
-    """Whether any value is futures, checked by type first (cheap for many)."""
-    if not any(issubclass(t, (list, ResponseFuture)) for t in set(map(type, values))):
-        return False
-    return any(_is_future_value(v) for v in values)
 
 
 def _is_future_value(value: Any) -> bool:
