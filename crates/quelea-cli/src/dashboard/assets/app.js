@@ -306,7 +306,12 @@
     let tmin = Infinity;
     let tmax = -Infinity;
     let started = 0;
-    const order = new Uint32Array(n);
+    // Bars: a run of consecutive calls of one runner call (a batch: same
+    // worker, start and end) with the same outcome is one bar; otherwise
+    // each call is a bar of its own. `barFirst` holds each bar's first call.
+    const barFirst = [];
+    const barCount = [];
+    let last = -1;
     for (let i = 0; i < n; i++) {
       const s = c.start_us[i];
       if (s < 0) continue;
@@ -314,25 +319,21 @@
       ends[i] = e;
       if (s < tmin) tmin = s;
       if (e > tmax) tmax = e;
-      order[started++] = i;
-    }
-    const sorted = order.subarray(0, started);
-    sorted.sort((a, b) => c.worker[a] - c.worker[b] || c.start_us[a] - c.start_us[b] || ends[a] - ends[b] || c.outcome[a] - c.outcome[b]);
-    // Bars: the calls of one runner call (a batch: same worker, start and
-    // end) with the same outcome are one bar; otherwise one bar per call.
-    const barFirst = [];
-    const barCount = [];
-    for (let k = 0; k < sorted.length; k++) {
-      const i = sorted[k];
-      const b = barFirst.length - 1;
-      const j = b >= 0 ? barFirst[b] : -1;
-      if (j >= 0 && c.worker[j] === c.worker[i] && c.start_us[j] === c.start_us[i] && ends[j] === ends[i] && c.outcome[j] === c.outcome[i]) {
-        barCount[b]++;
+      started++;
+      if (last >= 0 && last === i - 1 && c.worker[last] === c.worker[i] && c.start_us[last] === s && ends[last] === e && c.outcome[last] === c.outcome[i]) {
+        barCount[barCount.length - 1]++;
       } else {
         barFirst.push(i);
         barCount.push(1);
       }
+      last = i;
     }
+    // Bars by worker, then start: one numeric key each.
+    const key = new Float64Array(barFirst.length);
+    for (let b = 0; b < barFirst.length; b++) key[b] = (c.worker[barFirst[b]] + 1) * 1e13 + c.start_us[barFirst[b]];
+    const byStart = new Uint32Array(barFirst.length);
+    for (let b = 0; b < byStart.length; b++) byStart[b] = b;
+    byStart.sort((a, b) => key[a] - key[b]);
     // Lanes: the bars of one worker share its lanes; a bar overlapping every
     // lane of its worker (another server's worker of the same number, or a
     // call of another outcome in the same batch) opens a new lane.
@@ -340,7 +341,7 @@
     const laneWorker = [];
     let free = [];
     let previousWorker = null;
-    for (let b = 0; b < barFirst.length; b++) {
+    for (const b of byStart) {
       const i = barFirst[b];
       const w = c.worker[i];
       if (w !== previousWorker) {
@@ -357,9 +358,8 @@
       barLane[b] = lane;
     }
     const laneOf = new Int32Array(n).fill(-1);
-    let k = 0;
     for (let b = 0; b < barFirst.length; b++) {
-      for (let m = 0; m < barCount[b]; m++) laneOf[sorted[k++]] = barLane[b];
+      for (let m = 0; m < barCount[b]; m++) laneOf[barFirst[b] + m] = barLane[b];
     }
     const lanes = Math.max(1, laneWorker.length);
     const rowH = Math.max(1, Math.min(14, 360 / lanes));
