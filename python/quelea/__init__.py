@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._wait import get_result, wait
     from .executor import FunctionExecutor
     from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FuturesList, ResponseFuture
+    from .retries import RetryingFunctionExecutor, RetryingFuture
     from .storage import CloudObject, Storage
 
     LocalhostExecutor = FunctionExecutor
@@ -41,6 +42,8 @@ _LAZY = {
     "ANY_COMPLETED": ("future", "ANY_COMPLETED"),
     "FuturesList": ("future", "FuturesList"),
     "ResponseFuture": ("future", "ResponseFuture"),
+    "RetryingFunctionExecutor": ("retries", "RetryingFunctionExecutor"),
+    "RetryingFuture": ("retries", "RetryingFuture"),
     "CloudObject": ("storage", "CloudObject"),
     "Storage": ("storage", "Storage"),
     "get_result": ("_wait", "get_result"),
@@ -121,6 +124,8 @@ __all__ = [
     "LocalhostExecutor",
     "ResponseFuture",
     "FuturesList",
+    "RetryingFunctionExecutor",
+    "RetryingFuture",
     "Storage",
     "CloudObject",
     "wait",

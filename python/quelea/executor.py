@@ -48,7 +48,7 @@ def _translate_lithops(config: dict) -> dict:
                 out["storage"] = _name(value, _LITHOPS_STORAGES, "lithops.storage")
             elif key == "execution_timeout":
                 out.setdefault("execution", {})["timeout"] = value
-            elif key in ("chunksize", "data_cleaner"):
+            elif key in ("chunksize", "data_cleaner", "retries"):
                 out.setdefault("execution", {})[key] = value
             elif key in ("log_level", "monitoring", "mode"):
                 continue
@@ -251,6 +251,9 @@ class FunctionExecutor:
         self._storage = None
         self._jobs: list[Any] = []
         self._nested = _in_worker()
+        if not self._nested:
+            # Runners start while the caller prepares its first map.
+            self._engine.prestart()
         self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, self._nested)
 
     def _engine_executor(self) -> Any:
@@ -420,9 +423,12 @@ class FunctionExecutor:
         include_modules: list | None = None,
         exclude_modules: list | None = None,
         detach: bool = False,
+        retries: int | None = None,
+        retry_user_errors: bool | None = None,
     ) -> ResponseFuture:
         """Runs ``func`` once on ``data`` (a tuple: positional args; a dict: kwargs).
-        ``detach=True``: the call outlives this executor and process (see ``map``)."""
+        ``detach=True``: the call outlives this executor and process (see ``map``);
+        ``retries`` and ``retry_user_errors`` as for ``map``."""
         prepared = self._prepare(func, [data], None, "func")
         inputs = prepared.inputs if isinstance(prepared, _Objects) else _batch.encode_each(*prepared)
         job = self._engine.submit(
@@ -435,6 +441,7 @@ class FunctionExecutor:
             _memory(runtime_memory, "runtime_memory"),
             None,
             _flag(detach, "detach"),
+            *_retry_args(retries, retry_user_errors),
         )
         self._last_call = "call_async"
         return self._futures(job, func)[0]
@@ -455,6 +462,8 @@ class FunctionExecutor:
         exclude_modules: list | None = None,
         obj_header: bool = False,
         detach: bool = False,
+        retries: int | None = None,
+        retry_user_errors: bool | None = None,
     ) -> FuturesList:
         """Runs ``map_function`` once per element of ``map_iterdata``.
 
@@ -467,6 +476,12 @@ class FunctionExecutor:
         can ``quelea.attach(fexec.job_handle(futures))`` to follow it, read
         its results or ``quelea.cancel`` it; ``quelea.clean_job`` deletes its
         objects once read.
+
+        ``retries=N`` (default: the config's ``execution.retries``) runs a
+        call that failed again, up to N times: after a timeout, running out
+        of memory, a crashed runner or a lost call, and after an exception
+        of the function too with ``retry_user_errors=True``. A future then
+        has one outcome, its last attempt's; ``stats["attempt"]`` says which.
         """
         obj = _obj_options(obj_chunk_size, obj_chunk_number, obj_newline, obj_header)
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
@@ -483,6 +498,7 @@ class FunctionExecutor:
             runtime_memory,
             total,
             _flag(detach, "detach"),
+            *_retry_args(retries, retry_user_errors),
         )
         self._last_call = "map"
         return self._futures(job, map_function)
@@ -697,6 +713,15 @@ class FunctionExecutor:
 
     def __repr__(self) -> str:
         return f"<quelea.FunctionExecutor {self.executor_id}>"
+
+
+def _retry_args(retries: Any, retry_user_errors: Any) -> tuple[int | None, bool | None]:
+    """A job's ``retries`` and ``retry_user_errors``, checked."""
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    if retry_user_errors is not None and not isinstance(retry_user_errors, bool):
+        raise ValueError(f"retry_user_errors must be True or False, got {retry_user_errors!r}")
+    return retries, retry_user_errors
 
 
 def _close_engine(engine: Any, jobs: list, in_worker: bool) -> None:

@@ -28,6 +28,8 @@ pub(crate) struct JobView {
     pub(crate) cancelled: bool,
     /// The status batches applied so far.
     seen: HashSet<String>,
+    /// Per call, its attempts that failed and ran again (`retried`).
+    pub(crate) earlier: BTreeMap<u32, Vec<CallStatus>>,
 }
 
 impl JobView {
@@ -41,6 +43,7 @@ impl JobView {
             calls: BTreeMap::new(),
             cancelled: false,
             seen: HashSet::new(),
+            earlier: BTreeMap::new(),
         };
         view.refresh(storage)?;
         Ok(view)
@@ -67,13 +70,26 @@ impl JobView {
                 })
             });
             for status in per_call {
+                if status.retried {
+                    // An attempt that failed and ran again: history.
+                    self.earlier
+                        .entry(status.call_id.0)
+                        .or_default()
+                        .push(status.clone());
+                }
                 let slot = self.calls.entry(status.call_id.0);
                 match slot {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(status);
                     }
                     std::collections::btree_map::Entry::Occupied(mut o) => {
-                        if !o.get().state.is_terminal() {
+                        // The latest attempt's latest state; a final status
+                        // is never replaced (batches arrive in any order).
+                        let old = o.get();
+                        if !old.is_final()
+                            && (status.stats.attempt, status.state)
+                                >= (old.stats.attempt, old.state)
+                        {
                             o.insert(status);
                         }
                     }
@@ -94,14 +110,18 @@ impl JobView {
         self.seen.len()
     }
 
+    /// Calls in `state` (an attempt that failed and runs again is in none).
     pub(crate) fn count(&self, state: CallState) -> usize {
-        self.calls.values().filter(|s| s.state == state).count()
+        self.calls
+            .values()
+            .filter(|s| s.state == state && !s.retried)
+            .count()
     }
 
     /// Every call has a final status.
     pub(crate) fn is_finished(&self) -> bool {
         self.calls.len() as u64 >= u64::from(self.spec.total_calls)
-            && self.calls.values().all(|s| s.state.is_terminal())
+            && self.calls.values().all(CallStatus::is_final)
     }
 }
 
@@ -212,30 +232,57 @@ pub(crate) fn logs(storage: &Storage, job_key: &str, call: Option<&str>) -> Resu
             outln!("{:05} {:<8}", index, "invoked");
             continue;
         };
-        let stats = &status.stats;
-        let took = stats
-            .start_ts
-            .zip(stats.end_ts)
-            .map(|(s, e)| format!(" {:.3} s", e - s))
+        let mut earlier: Vec<&CallStatus> = view
+            .earlier
+            .get(&index)
+            .map(|v| v.iter().collect())
             .unwrap_or_default();
-        let worker = stats
-            .worker_id
-            .map(|w| format!(" worker {w}"))
-            .unwrap_or_default();
-        let state = format!("{:?}", status.state).to_lowercase();
-        match &status.error {
-            None => outln!("{index:05} {state:<8}{took}{worker}"),
-            Some(error) => {
-                let reason = serde_json::to_value(error.reason)?;
-                outln!(
-                    "{index:05} {state:<8}{took}{worker} [{}] {}: {}",
-                    reason.as_str().unwrap_or("error"),
-                    error.error_type,
-                    error.message
-                );
-                for line in error.traceback.lines() {
-                    outln!("      | {line}");
-                }
+        earlier.sort_by_key(|e| e.stats.attempt);
+        earlier.dedup_by_key(|e| e.stats.attempt);
+        for attempt in earlier {
+            if attempt.stats.attempt < status.stats.attempt {
+                print_status(index, attempt)?;
+            }
+        }
+        print_status(index, status)?;
+    }
+    Ok(())
+}
+
+/// One line (and the traceback) of a call's status in `quelea logs`.
+fn print_status(index: u32, status: &CallStatus) -> Result<()> {
+    let stats = &status.stats;
+    let took = stats
+        .start_ts
+        .zip(stats.end_ts)
+        .map(|(s, e)| format!(" {:.3} s", e - s))
+        .unwrap_or_default();
+    let worker = stats
+        .worker_id
+        .map(|w| format!(" worker {w}"))
+        .unwrap_or_default();
+    let state = if status.retried {
+        "retried".to_owned()
+    } else {
+        format!("{:?}", status.state).to_lowercase()
+    };
+    let attempt = if stats.attempt > 0 || status.retried {
+        format!(" attempt {}", stats.attempt)
+    } else {
+        String::new()
+    };
+    match &status.error {
+        None => outln!("{index:05} {state:<8}{took}{worker}{attempt}"),
+        Some(error) => {
+            let reason = serde_json::to_value(error.reason)?;
+            outln!(
+                "{index:05} {state:<8}{took}{worker}{attempt} [{}] {}: {}",
+                reason.as_str().unwrap_or("error"),
+                error.error_type,
+                error.message
+            );
+            for line in error.traceback.lines() {
+                outln!("      | {line}");
             }
         }
     }

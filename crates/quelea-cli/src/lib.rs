@@ -225,6 +225,12 @@ pub struct Builtins {
     pub fail_odd: FunctionRef<u64, u64>,
     /// Holds this many MiB (touched) for a moment, and returns them.
     pub hold_mb: FunctionRef<u64, u64>,
+    /// `(prefix, fail_first, how)`: counts the marker objects under
+    /// `prefix` in the runner's storage (the attempts before this one),
+    /// leaves one more, and while fewer than `fail_first` were there fails
+    /// (`how` = `error`: a user error; `kill`: SIGKILLs its own runner);
+    /// else returns the count. For retry tests on every backend.
+    pub flaky: FunctionRef<(String, u32, String), u32>,
 }
 
 /// The error of the builtin `fail`.
@@ -277,7 +283,37 @@ pub fn builtins() -> Builtins {
         std::hint::black_box(&held);
         mb
     });
+    let flaky = functions.register_fallible(
+        "flaky",
+        |(prefix, fail_first, how): (String, u32, String)| {
+            let failure = |e: &dyn std::fmt::Display| BuiltinFailure(e.to_string());
+            let config = quelea::objects::runner_config().map_err(|e| failure(&e))?;
+            let storage =
+                quelea::storage::Storage::from_config(&config).map_err(|e| failure(&e))?;
+            let seen = storage
+                .list_blocking(&prefix)
+                .map_err(|e| failure(&e))?
+                .len() as u32;
+            let marker = format!("{prefix}{seen:04}-{}", std::process::id());
+            storage
+                .put_blocking(&marker, Vec::new())
+                .map_err(|e| failure(&e))?;
+            if seen >= fail_first {
+                return Ok(seen);
+            }
+            if how == "kill" {
+                let pid = std::process::id().to_string();
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .status();
+                // No `kill` program: die by a signal all the same.
+                std::process::abort();
+            }
+            Err(BuiltinFailure(format!("attempt {seen}")))
+        },
+    );
     Builtins {
+        flaky,
         functions,
         square,
         sum,

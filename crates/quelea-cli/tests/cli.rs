@@ -192,6 +192,68 @@ fn jobs_and_logs_show_what_storage_holds() {
 }
 
 #[test]
+fn logs_show_every_attempt_of_a_retried_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quelea::ConfigBuilder::new()
+        .no_file()
+        .env(Vec::new())
+        .set("localdisk.root", dir.path().to_str().unwrap())
+        .build()
+        .unwrap();
+    let exec = quelea::Executor::builder()
+        .config(config)
+        .runner(
+            quelea::RunnerKind::Rust,
+            quelea::RunnerCommand {
+                program: env!("CARGO_BIN_EXE_quelea").into(),
+                args: Vec::new(),
+                env: vec![("QUELEA_RUNNER".into(), "rust".into())],
+            },
+        )
+        .build()
+        .unwrap();
+    let b = quelea_cli::builtins();
+    // Fails twice (user errors), succeeds on its third attempt.
+    let futures = exec
+        .map(
+            &b.flaky,
+            [("markers/a/".to_owned(), 2, "error".to_owned())],
+            quelea::MapOptions::default()
+                .retries(2)
+                .retry_user_errors(true),
+        )
+        .unwrap();
+    let results = exec
+        .get_result(&futures, Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(results, vec![2]);
+    exec.flush_statuses().unwrap();
+    let job = format!("{}-M000", exec.id());
+    let logs = run_ok(quelea(dir.path()).args(["logs", &job, "0"]));
+    let lines: Vec<&str> = logs.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "{logs}");
+    assert!(
+        lines[0].starts_with("00000 retried")
+            && lines[0]
+                .contains("attempt 0 [user_error] BuiltinFailure: refused input `attempt 0`"),
+        "{logs}"
+    );
+    assert!(
+        lines[1].starts_with("00000 retried") && lines[1].contains("attempt 1 [user_error]"),
+        "{logs}"
+    );
+    assert!(
+        lines[2].starts_with("00000 success") && lines[2].ends_with("attempt 2"),
+        "{logs}"
+    );
+    let listing = run_ok(quelea(dir.path()).arg("jobs"));
+    let row = listing.lines().find(|l| l.starts_with(&job)).unwrap();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    // Done, not failed: its earlier failures were not final.
+    assert_eq!(&columns[1..6], ["flaky", "1", "1", "0", "0"], "{listing}");
+}
+
+#[test]
 fn storage_put_get_ls_rm() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.txt");

@@ -136,11 +136,14 @@ fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
             call_id: CallId(0),
             count: 1,
             input: CallInput::Inline(b"[7,0]".to_vec()),
+            select: None,
         }],
         timeout_s: 10.0,
         memory_limit_mb: None,
         submit_ts: quelea::core::model::now_ts(),
         push: None,
+        attempt: 0,
+        retry_on: Vec::new(),
     };
     (
         Message::Invocation(invocation).encode(),

@@ -87,6 +87,14 @@ const TESTS: &[(&str, Test)] = &[
         "memory_limit_fails_only_that_call",
         memory_limit_fails_only_that_call,
     ),
+    (
+        "retries_run_a_failing_call_until_its_last_attempt",
+        retries_run_a_failing_call_until_its_last_attempt,
+    ),
+    (
+        "a_runner_killed_on_the_first_attempt_succeeds_on_the_second",
+        a_runner_killed_on_the_first_attempt_succeeds_on_the_second,
+    ),
     ("attach_from_a_second_process", attach_from_a_second_process),
     (
         "a_detached_job_outlives_its_client",
@@ -137,7 +145,8 @@ pub fn wait_child(
     }
 }
 
-/// Every final status in storage for a job, by call.
+/// Every final status in storage for a job, by call (an attempt's failure
+/// that was retried, `retried`, is not final).
 pub fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<CallState>> {
     let mut calls: HashMap<u32, Vec<CallState>> = HashMap::new();
     for object in storage.list_blocking(&keys.status_prefix()).unwrap() {
@@ -146,7 +155,7 @@ pub fn final_statuses(storage: &Storage, keys: &JobKeys) -> HashMap<u32, Vec<Cal
             panic!("unreadable status batch {}", object.key);
         };
         for status in batch.statuses {
-            if status.state.is_terminal() {
+            if status.is_final() {
                 // A batch's shared record stands for each of its calls.
                 for k in 0..status.count.max(1) {
                     calls
@@ -521,6 +530,209 @@ fn memory_limit_fails_only_that_call(backend: &Backend) -> Result<(), Failed> {
         [0, 2].iter().all(|&i| futures.get(i).unwrap().success()),
         "the small calls succeed",
     )
+}
+
+/// One ended attempt as stored: `(attempt, state, retried)`.
+pub type Attempt = (u32, CallState, bool);
+
+/// Every ended attempt in storage for a job, by call, in attempt order.
+pub fn ended_attempts(
+    storage: &Storage,
+    keys: &JobKeys,
+) -> Result<HashMap<u32, Vec<Attempt>>, Failed> {
+    let mut calls: HashMap<u32, Vec<Attempt>> = HashMap::new();
+    for object in storage.list_blocking(&keys.status_prefix())? {
+        let body = storage.get_blocking(&object.key)?;
+        let Ok(Message::StatusBatch(batch)) = Message::decode(&body) else {
+            return Err(format!("unreadable status batch {}", object.key).into());
+        };
+        for status in batch.statuses.into_iter().filter(|s| s.state.is_terminal()) {
+            for k in 0..status.count.max(1) {
+                calls.entry(status.call_id.0 + k).or_default().push((
+                    status.stats.attempt,
+                    status.state,
+                    status.retried,
+                ));
+            }
+        }
+    }
+    for attempts in calls.values_mut() {
+        attempts.sort_by_key(|a| a.0);
+    }
+    Ok(calls)
+}
+
+/// The input of the builtin `flaky`: fail the first `fail_first` attempts
+/// (`how`: `error` or `kill`), counted by marker objects under `prefix`.
+fn flaky(prefix: &str, fail_first: u32, how: &str) -> (String, u32, String) {
+    (prefix.to_owned(), fail_first, how.to_owned())
+}
+
+fn retries_run_a_failing_call_until_its_last_attempt(backend: &Backend) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    let storage = exec.storage().clone();
+    let root = format!("retry-markers/{}/", exec.id());
+    let marker = |name: &str| format!("{root}{name}/");
+    // Fails its first two attempts: retries=2 gets the third's result;
+    // retries=1 fails cleanly with the second attempt's error.
+    let options = MapOptions::default().retry_user_errors(true);
+    let twice = exec.map(
+        &b.flaky,
+        [
+            flaky(&marker("a"), 2, "error"),
+            flaky(&marker("b"), 2, "error"),
+        ],
+        options.clone().retries(2),
+    )?;
+    let once = exec.map(
+        &b.flaky,
+        [flaky(&marker("c"), 2, "error")],
+        options.clone().retries(1),
+    )?;
+    // User errors are retried only when asked.
+    let not_asked = exec.map(
+        &b.flaky,
+        [flaky(&marker("d"), 1, "error")],
+        MapOptions::default().retries(3),
+    )?;
+    // In a batch: the failing element alone runs again, by itself.
+    let batch = exec.map(
+        &b.flaky,
+        [
+            flaky(&marker("e0"), 0, "error"),
+            flaky(&marker("e1"), 1, "error"),
+            flaky(&marker("e2"), 0, "error"),
+        ],
+        options.clone().retries(1).chunksize(3),
+    )?;
+    check(
+        exec.get_result(&twice, WAIT)? == vec![2, 2],
+        "third attempts' results",
+    )?;
+    check(
+        twice.iter().all(|f| f.stats().attempt == 2),
+        format!(
+            "attempt 2 in the stats: {:?}",
+            twice.iter().map(|f| f.stats()).collect::<Vec<_>>()
+        ),
+    )?;
+    let err = exec.get_result(&once, WAIT).unwrap_err();
+    let Error::CallFailed { error, .. } = &err else {
+        return Err(format!("expected a call failure, got {err}").into());
+    };
+    check(
+        error.reason == FailureReason::UserError
+            && error.message.contains("attempt 1")
+            && once.get(0).unwrap().stats().attempt == 1,
+        format!("the last attempt's error: {error:?}"),
+    )?;
+    exec.wait(&not_asked, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    let f = not_asked.get(0).unwrap();
+    check(
+        f.call_error().is_some_and(|e| {
+            e.reason == FailureReason::UserError && e.message.contains("attempt 0")
+        }) && f.stats().attempt == 0,
+        format!("not retried: {:?}", f.call_error()),
+    )?;
+    check(
+        exec.get_result(&batch, WAIT)? == vec![0, 1, 0],
+        "the batch's results",
+    )?;
+    let attempts: Vec<u32> = batch.iter().map(|f| f.stats().attempt).collect();
+    check(attempts == [0, 1, 0], format!("attempts {attempts:?}"))?;
+    // Storage: every attempt's end, exactly one of them final per call.
+    exec.flush_statuses()?;
+    for (futures, expected) in [
+        (
+            &twice,
+            vec![
+                (0, CallState::Error, true),
+                (1, CallState::Error, true),
+                (2, CallState::Success, false),
+            ],
+        ),
+        (
+            &once,
+            vec![(0, CallState::Error, true), (1, CallState::Error, false)],
+        ),
+        (&not_asked, vec![(0, CallState::Error, false)]),
+    ] {
+        let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+        let ended = ended_attempts(&storage, &keys)?;
+        check(
+            ended.len() == futures.len() && ended.values().all(|a| a == &expected),
+            format!("attempts in storage {ended:?}, expected {expected:?} per call"),
+        )?;
+        let finals = final_statuses(&storage, &keys);
+        check(
+            finals.values().all(|s| s.len() == 1),
+            format!("one final status per call: {finals:?}"),
+        )?;
+    }
+    let keys = JobKeys::new(exec.id(), batch.get(0).unwrap().job_id());
+    let finals = final_statuses(&storage, &keys);
+    check(
+        finals.len() == 3 && finals.values().all(|s| s == &[CallState::Success]),
+        format!("one final status per element: {finals:?}"),
+    )?;
+    storage.delete_prefix_blocking(&root)?;
+    Ok(())
+}
+
+fn a_runner_killed_on_the_first_attempt_succeeds_on_the_second(
+    backend: &Backend,
+) -> Result<(), Failed> {
+    let b = quelea_cli::builtins();
+    let exec = backend.executor()?;
+    let storage = exec.storage().clone();
+    let root = format!("retry-markers/{}/", exec.id());
+    let futures = exec.map(
+        &b.flaky,
+        [
+            flaky(&format!("{root}k0/"), 1, "kill"),
+            flaky(&format!("{root}k1/"), 0, "kill"),
+        ],
+        MapOptions::default().retries(1),
+    )?;
+    check(
+        exec.get_result(&futures, WAIT)? == vec![1, 0],
+        "the second attempt's result",
+    )?;
+    let attempts: Vec<u32> = futures.iter().map(|f| f.stats().attempt).collect();
+    check(attempts == [1, 0], format!("attempts {attempts:?}"))?;
+    exec.flush_statuses()?;
+    let keys = JobKeys::new(exec.id(), futures.get(0).unwrap().job_id());
+    let ended = ended_attempts(&storage, &keys)?;
+    let first = ended.get(&0).cloned().unwrap_or_default();
+    check(
+        first == [(0, CallState::Error, true), (1, CallState::Success, false)],
+        format!("call 0's attempts in storage: {first:?}"),
+    )?;
+    let finals = final_statuses(&storage, &keys);
+    check(
+        finals.len() == 2 && finals.values().all(|s| s == &[CallState::Success]),
+        format!("one final status per call: {finals:?}"),
+    )?;
+    // Without retries the same crash is final.
+    let once = exec.map(
+        &b.flaky,
+        [flaky(&format!("{root}k2/"), 1, "kill")],
+        MapOptions::default(),
+    )?;
+    exec.wait(&once, quelea::ReturnWhen::AllCompleted, WAIT)?;
+    check(
+        once.get(0)
+            .unwrap()
+            .call_error()
+            .is_some_and(|e| e.reason == FailureReason::WorkerCrashed),
+        format!(
+            "a crash without retries: {:?}",
+            once.get(0).unwrap().call_error()
+        ),
+    )?;
+    storage.delete_prefix_blocking(&root)?;
+    Ok(())
 }
 
 /// Names the part a re-executed test binary plays (see [`second_client`]).

@@ -169,7 +169,17 @@ pub struct ExecutionConfig {
     pub inline_input_bytes: u64,
     /// Results up to this size are stored inside the status.
     pub inline_result_bytes: u64,
+    /// How many times a failed call is run again (0 to [`MAX_RETRIES`]):
+    /// after a timeout, running out of memory, a crashed runner or a lost
+    /// call, and after a user error with `retry_user_errors`.
+    pub retries: u32,
+    /// Also run a call again when the function itself failed (raised,
+    /// panicked or returned an error).
+    pub retry_user_errors: bool,
 }
+
+/// The most `execution.retries` (and a job's `retries`) may be.
+pub const MAX_RETRIES: u32 = 100;
 
 impl Default for ExecutionConfig {
     fn default() -> Self {
@@ -180,6 +190,8 @@ impl Default for ExecutionConfig {
             data_cleaner: true,
             inline_input_bytes: 8 * 1024,
             inline_result_bytes: 64 * 1024,
+            retries: 0,
+            retry_user_errors: false,
         }
     }
 }
@@ -489,6 +501,7 @@ impl EnvVars {
     pub const TIMEOUT: &'static str = "QUELEA_TIMEOUT";
     pub const MEMORY_LIMIT_MB: &'static str = "QUELEA_MEMORY_LIMIT_MB";
     pub const CHUNKSIZE: &'static str = "QUELEA_CHUNKSIZE";
+    pub const RETRIES: &'static str = "QUELEA_RETRIES";
     pub const DATA_CLEANER: &'static str = "QUELEA_DATA_CLEANER";
     pub const WORKERS: &'static str = "QUELEA_WORKERS";
     pub const STORAGE_DIR: &'static str = "QUELEA_STORAGE_DIR";
@@ -554,6 +567,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     (EnvVars::CHUNKSIZE, "execution.chunksize", Kind::Int),
+    (EnvVars::RETRIES, "execution.retries", Kind::Int),
     (EnvVars::DATA_CLEANER, "execution.data_cleaner", Kind::Bool),
     (EnvVars::WORKERS, "local.workers", Kind::Int),
     (EnvVars::STORAGE_DIR, "localdisk.root", Kind::Str),
@@ -905,6 +919,15 @@ impl Config {
         }
         if self.execution.chunksize == Some(0) {
             return Err(bad("execution.chunksize", "must be at least 1".into()));
+        }
+        if self.execution.retries > MAX_RETRIES {
+            return Err(bad(
+                "execution.retries",
+                format!(
+                    "must be between 0 and {MAX_RETRIES}, got {}",
+                    self.execution.retries
+                ),
+            ));
         }
         if self.execution.memory_limit_mb == Some(0) {
             return Err(bad(
@@ -1480,6 +1503,14 @@ mod tests {
 
         let err = setting_err("execution.timeout", -1.0);
         assert!(err.contains("execution.timeout"), "{err}");
+
+        let err = setting_err("execution.retries", 101);
+        assert!(
+            err.contains("execution.retries") && err.contains("between 0 and 100"),
+            "{err}"
+        );
+        let err = setting_err("execution.retries", -1);
+        assert!(err.contains("execution.retries"), "{err}");
 
         let err = setting_err("bucket", "Bad_Bucket");
         assert!(err.contains("Bad_Bucket"), "{err}");

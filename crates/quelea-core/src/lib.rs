@@ -9,6 +9,7 @@ pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod protocol;
+pub mod retry;
 pub mod sigv4;
 
 pub use error::{Error, Result};

@@ -51,6 +51,9 @@ pub struct JobSpec {
     /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushChannel>,
+    /// Which failed calls run again, and how often.
+    #[serde(default, skip_serializing_if = "crate::retry::RetryPolicy::is_none")]
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// Where a job's status batches are pushed: a broker kind and a channel
@@ -165,6 +168,13 @@ pub struct CallStats {
     /// the platform bills by it (Lambda's configured memory size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// Which run of the call this is: 0 the first, `k` its `k`-th retry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where a successful call's result lives.
@@ -175,6 +185,13 @@ pub enum ResultRef {
     /// Too large to inline: the object at this key under the job's prefix.
     Object {
         key: String,
+        size: u64,
+    },
+    /// Too large to inline, and kept in memory by the process that submitted
+    /// the job (the local backend's client): it writes the object at
+    /// `output/<call>` when it hands the job out (`job_handle`), so a reader
+    /// elsewhere finds it there, or is told where it stayed.
+    Held {
         size: u64,
     },
 }
@@ -194,6 +211,17 @@ pub struct CallStatus {
     pub result: Option<ResultRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CallError>,
+    /// This attempt failed and the call runs again (attempt + 1): the
+    /// record is not the call's final status, only its history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
+}
+
+impl CallStatus {
+    /// The call's final status (success, or an error that is not retried).
+    pub fn is_final(&self) -> bool {
+        self.state.is_terminal() && !self.retried
+    }
 }
 
 /// Base64 for byte payloads inside JSON documents.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::{CallId, ExecutorId, JobId};
-use crate::model::{b64, CallStatus, FunctionSpec, PushChannel};
+use crate::model::{b64, CallStatus, FailureReason, FunctionSpec, PushChannel};
 
 /// The protocol version this build reads and writes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -35,6 +35,20 @@ pub struct InvokedCall {
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub count: u32,
     pub input: CallInput,
+    /// Run only this element of the batch (its index from `call_id`): a
+    /// retry of one element of a batch, with the batch's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<u32>,
+}
+
+impl InvokedCall {
+    /// The elements this call runs: `(first call id, how many)`.
+    pub fn elements(&self) -> (CallId, u32) {
+        match self.select {
+            Some(k) => (CallId(self.call_id.0 + k), 1),
+            None => (self.call_id, self.count.max(1)),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -59,6 +73,17 @@ pub struct Invocation {
     /// Where the worker also pushes the calls' status batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushChannel>,
+    /// Which run of these calls this is (0 the first; see [`crate::retry`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// A call of this attempt that fails for one of these reasons runs
+    /// again: its status is written `retried`, not final.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<FailureReason>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One Invocation per runner call (a batch of `chunksize` elements), as
@@ -75,6 +100,8 @@ pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) 
             memory_limit_mb: spec.memory_limit_mb,
             submit_ts: spec.submit_ts,
             push: spec.push.clone(),
+            attempt: 0,
+            retry_on: spec.retry.retry_on(0),
         })
         .collect()
 }
@@ -169,11 +196,13 @@ mod tests {
                     call_id: CallId(0),
                     count: 1,
                     input: CallInput::Inline(b"[1,2]".to_vec()),
+                    select: None,
                 },
                 InvokedCall {
                     call_id: CallId(1),
                     count: 3,
                     input: CallInput::Range { start: 5, end: 9 },
+                    select: Some(2),
                 },
             ],
             timeout_s: 10.0,
@@ -182,6 +211,8 @@ mod tests {
             push: Some(PushChannel::Nats {
                 subject: "quelea.status.abcdef-0.M000".into(),
             }),
+            attempt: 1,
+            retry_on: vec![FailureReason::Timeout],
         }
     }
 
@@ -198,6 +229,7 @@ mod tests {
                     stats: CallStats::default(),
                     result: Some(ResultRef::Inline(vec![0, 255, 3])),
                     error: None,
+                    retried: false,
                 },
                 CallStatus {
                     call_id: CallId(4),
@@ -206,6 +238,7 @@ mod tests {
                     stats: CallStats::default(),
                     result: Some(ResultRef::Inline(vec![2])),
                     error: None,
+                    retried: false,
                 },
             ],
         });
@@ -231,6 +264,7 @@ mod tests {
                 exchange: "quelea.status".into(),
                 routing_key: "abcdef-0.M000".into(),
             }),
+            retry: Default::default(),
         };
         // Seven elements, three to a runner call.
         let calls = [(0, 3), (3, 3), (6, 1)]
@@ -239,6 +273,7 @@ mod tests {
                 call_id: CallId(first),
                 count,
                 input: CallInput::Inline(vec![first as u8]),
+                select: None,
             })
             .collect();
         let grouped = group_invocations(&spec, calls);

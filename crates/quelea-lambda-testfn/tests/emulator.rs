@@ -442,11 +442,14 @@ fn refused_invocations_fail_their_calls_in_storage() -> Result<(), Failed> {
             call_id: CallId(0),
             count: 1,
             input: CallInput::Inline(b"[7,0]".to_vec()),
+            select: None,
         }],
         timeout_s: 10.0,
         memory_limit_mb: None,
         submit_ts: quelea::core::model::now_ts(),
         push: None,
+        attempt: 0,
+        retry_on: Vec::new(),
     };
     let request = Recorded {
         path: format!("/2015-03-31/functions/{FUNCTION}/invocations"),

@@ -89,6 +89,26 @@ fn options(
     memory_limit_mb: Option<u64>,
     detach: bool,
 ) -> PyResult<MapOptions> {
+    retry_options(chunksize, timeout, memory_limit_mb, detach, None, None)
+}
+
+/// [`options`] with a job's retries (see `quelea::MapOptions::retries`).
+fn retry_options(
+    chunksize: Option<u32>,
+    timeout: Option<f64>,
+    memory_limit_mb: Option<u64>,
+    detach: bool,
+    retries: Option<i64>,
+    retry_user_errors: Option<bool>,
+) -> PyResult<MapOptions> {
+    let max = quelea::core::config::MAX_RETRIES;
+    let retries =
+        match retries {
+            None => None,
+            Some(n) => Some(u32::try_from(n).ok().filter(|n| *n <= max).ok_or_else(|| {
+                value_error(format!("retries must be between 0 and {max}, got {n}"))
+            })?),
+        };
     let timeout = match timeout {
         None => None,
         Some(t) => Some(
@@ -116,6 +136,8 @@ fn options(
         timeout,
         memory_limit_mb,
         detach,
+        retries,
+        retry_user_errors,
     })
 }
 
@@ -168,6 +190,14 @@ impl Executor {
         self.id.clone()
     }
 
+    /// Starts the local Python runners in the background.
+    fn prestart(&self) -> PyResult<()> {
+        self.with(|e| {
+            e.prestart(RunnerKind::Python);
+            Ok(())
+        })
+    }
+
     /// The resolved config as JSON, secrets redacted.
     fn config_json(&self) -> PyResult<String> {
         self.with(|e| Ok(e.config().redacted().to_string()))
@@ -197,7 +227,7 @@ impl Executor {
     /// Submits a job. With `total`, `inputs` are runner calls of `chunksize`
     /// elements each in the front end's encoding; without, one input per
     /// element, grouped by the engine.
-    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None, total=None, detach=false))]
+    #[pyo3(signature = (kind, name, payload, inputs, chunksize=None, timeout=None, memory_limit_mb=None, total=None, detach=false, retries=None, retry_user_errors=None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -211,13 +241,22 @@ impl Executor {
         memory_limit_mb: Option<u64>,
         total: Option<u32>,
         detach: bool,
+        retries: Option<i64>,
+        retry_user_errors: Option<bool>,
     ) -> PyResult<Job> {
         let kind = match kind {
             "call_async" => JobKind::CallAsync,
             "map" => JobKind::Map,
             other => return Err(value_error(format!("unknown job kind `{other}`"))),
         };
-        let options = options(chunksize, timeout, memory_limit_mb, detach)?;
+        let options = retry_options(
+            chunksize,
+            timeout,
+            memory_limit_mb,
+            detach,
+            retries,
+            retry_user_errors,
+        )?;
         let inputs = self.batches(inputs, total, &options)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
         let futures = self.with(|e| {
@@ -444,20 +483,7 @@ fn state_name(state: quelea::CallState) -> &'static str {
 /// A failed call's `(False, error dict)`, else `None`.
 fn outcome<'py>(py: Python<'py>, future: &ResponseFuture<Raw>) -> PyResult<Bound<'py, PyAny>> {
     if let Some(error) = future.call_error() {
-        let dict = PyDict::new(py);
-        dict.set_item(
-            "reason",
-            serde_json::to_value(error.reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-        )?;
-        dict.set_item("error_type", &error.error_type)?;
-        dict.set_item("message", &error.message)?;
-        dict.set_item("traceback", &error.traceback)?;
-        dict.set_item(
-            "payload",
-            error.payload.as_deref().map(|p| PyBytes::new(py, p)),
-        )?;
+        let dict = error_dict(py, &error)?;
         return Ok(PyTuple::new(
             py,
             [
@@ -468,6 +494,25 @@ fn outcome<'py>(py: Python<'py>, future: &ResponseFuture<Raw>) -> PyResult<Bound
         .into_any());
     }
     Ok(py.None().into_bound(py))
+}
+
+/// A call error as the Python front end reads it.
+fn error_dict<'py>(py: Python<'py>, error: &quelea::CallError) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item(
+        "reason",
+        serde_json::to_value(error.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned)),
+    )?;
+    dict.set_item("error_type", &error.error_type)?;
+    dict.set_item("message", &error.message)?;
+    dict.set_item("traceback", &error.traceback)?;
+    dict.set_item(
+        "payload",
+        error.payload.as_deref().map(|p| PyBytes::new(py, p)),
+    )?;
+    Ok(dict)
 }
 
 #[pymethods]
@@ -518,7 +563,26 @@ impl Job {
         dict.set_item("worker_peak_memory", stats.peak_memory_bytes)?;
         dict.set_item("func_result_size", stats.result_size)?;
         dict.set_item("worker_memory_mb", stats.memory_mb)?;
+        // Which run of the call this is: 0 the first, k its k-th retry.
+        dict.set_item("attempt", stats.attempt)?;
         Ok(dict)
+    }
+    /// The earlier attempts' errors of call `index` (dicts, oldest first).
+    fn failed_attempts<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.future(index)?
+            .failed_attempts()
+            .iter()
+            .map(|e| error_dict(py, e))
+            .collect()
+    }
+    /// No further retries of call `index`: its running attempt is its last.
+    fn stop_retries(&self, index: usize) -> PyResult<()> {
+        self.future(index)?.stop_retries();
+        Ok(())
     }
     /// `None` while running, `(True, bytes)` on success (`(True, shared
     /// bytes, index)` for an element of a batch's shared result), `(False,

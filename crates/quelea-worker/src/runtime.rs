@@ -14,7 +14,7 @@
 //! cancelled without running, running ones are killed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -260,11 +260,15 @@ impl Runtime {
     /// Queues an Invocation handed over in this process with its function
     /// payload and inline inputs (the local front door): nothing is read
     /// from storage, and `observer` hears of every call as the pool does.
+    ///
+    /// `store_large`: whether results too large to inline go to storage now;
+    /// unset, they stay with the observer (see [`quelea_core::model::ResultRef::Held`]).
     pub fn accept_in_process(
         &self,
         mut invocation: Invocation,
         function_payload: &[u8],
         observer: Arc<dyn CallObserver>,
+        store_large: Arc<AtomicBool>,
     ) -> Result<Accepted, Refusal> {
         let limits = self.check(&invocation)?;
         let pool = self.pool(invocation.function.runner)?;
@@ -287,7 +291,8 @@ impl Runtime {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.queue(invocation, limits, &pool, function, inputs, Some(observer)))
+        let observer = Some((observer, store_large));
+        Ok(self.queue(invocation, limits, &pool, function, inputs, observer))
     }
 
     /// The checks every Invocation passes before anything is loaded: calls,
@@ -307,6 +312,21 @@ impl Runtime {
             return Err(refusal(
                 RefusalKind::Invalid,
                 format!("call {} has no elements (`count` 0)", call.call_id),
+            ));
+        }
+        if let Some(call) = invocation
+            .calls
+            .iter()
+            .find(|c| c.select.is_some_and(|k| k >= c.count))
+        {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "call {} selects element {} of a batch of {}",
+                    call.call_id,
+                    call.select.unwrap_or_default(),
+                    call.count
+                ),
             ));
         }
         let n = elements(invocation);
@@ -359,12 +379,13 @@ impl Runtime {
         pool: &Arc<Pool>,
         function: Arc<PoolFunction>,
         inputs: Vec<Vec<u8>>,
-        observer: Option<Arc<dyn CallObserver>>,
+        observer: Option<(Arc<dyn CallObserver>, Arc<AtomicBool>)>,
     ) -> Accepted {
         let n = elements(&invocation) as usize;
         let counters = &self.counters;
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
-        let target = self.target(&invocation);
+        let (observer, store_large) = observer.unzip();
+        let target = self.target(&invocation, store_large);
         let (remaining_tx, remaining) = tokio::sync::watch::channel(n);
         let sink = Arc::new(RuntimeSink {
             target,
@@ -374,6 +395,8 @@ impl Runtime {
             counters: counters.clone(),
             remaining: remaining_tx,
             observer,
+            attempt: invocation.attempt,
+            retry_on: invocation.retry_on.clone(),
         });
         let ctx = Arc::new(JobContext::new(
             pool.next_job_serial(),
@@ -386,7 +409,10 @@ impl Runtime {
             .calls
             .iter()
             .zip(inputs)
-            .map(|(call, input)| Task::new(ctx.clone(), call.call_id, call.count, input.into()))
+            .map(|(call, input)| match call.select {
+                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input.into(), k),
+                None => Task::new(ctx.clone(), call.call_id, call.count, input.into()),
+            })
             .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +445,12 @@ impl Runtime {
 
     /// Starts the pool for `kind` now rather than on the first call, and
     /// waits until its runners are ready.
+    /// Starts the pool for `kind` now, without waiting for its runners: they
+    /// start while the client prepares its first job.
+    pub fn prestart(&self, kind: RunnerKind) {
+        let _ = self.pool(kind);
+    }
+
     pub fn warm_up(&self, kind: RunnerKind, timeout: Duration) -> Result<(), Refusal> {
         let pool = self.pool(kind)?;
         if pool.wait_ready(timeout) {
@@ -446,23 +478,27 @@ impl Runtime {
     /// run, so that the client learns why at once instead of at its deadline
     /// (a front door with no synchronous answer, like an async Lambda event).
     pub fn fail_calls(&self, invocation: &Invocation, error_type: &str, message: &str) {
-        let target = self.target(invocation);
+        let target = self.target(invocation, None);
         let now = now_ts();
         for call in &invocation.calls {
+            let (call_id, count) = call.elements();
             let status = CallStatus {
-                call_id: call.call_id,
-                count: call.count.max(1),
+                call_id,
+                count,
                 state: CallState::Error,
                 stats: CallStats {
                     submit_ts: invocation.submit_ts,
                     end_ts: Some(now),
+                    attempt: invocation.attempt,
                     ..CallStats::default()
                 },
                 result: None,
+                // A refusal is a crash to the client, which retries it.
+                retried: invocation.retry_on.contains(&FailureReason::WorkerCrashed),
                 error: Some(CallError {
                     reason: FailureReason::WorkerCrashed,
                     error_type: error_type.to_owned(),
-                    message: format!("call {} was refused by the worker: {message}", call.call_id),
+                    message: format!("call {call_id} was refused by the worker: {message}"),
                     traceback: String::new(),
                     payload: None,
                 }),
@@ -566,14 +602,19 @@ impl Runtime {
             .collect()
     }
 
-    fn target(&self, invocation: &Invocation) -> Arc<JobTarget> {
+    fn target(
+        &self,
+        invocation: &Invocation,
+        store_large: Option<Arc<AtomicBool>>,
+    ) -> Arc<JobTarget> {
         let keys = JobKeys::new(&invocation.executor_id, invocation.job_id);
         let mut targets = lock(&self.targets);
         let now = Instant::now();
         targets.retain(|_, (_, used)| now.duration_since(*used) < TARGET_IDLE);
         let entry = targets.entry(keys.prefix().to_owned()).or_insert_with(|| {
-            let target =
+            let mut target =
                 JobTarget::new(keys, self.storage.clone(), self.config.inline_result_bytes);
+            target.store_large = store_large;
             let target = match &invocation.push {
                 Some(channel) => target.with_push(self.publisher.clone(), channel.clone()),
                 None => target,
@@ -598,7 +639,7 @@ fn elements(invocation: &Invocation) -> u64 {
     invocation
         .calls
         .iter()
-        .map(|c| u64::from(c.count.max(1)))
+        .map(|c| u64::from(c.elements().1))
         .sum()
 }
 
@@ -684,6 +725,10 @@ struct RuntimeSink {
     remaining: tokio::sync::watch::Sender<usize>,
     /// The in-process front door's tee (the client's fast path).
     observer: Option<Arc<dyn CallObserver>>,
+    /// The Invocation's attempt, written into every call's stats.
+    attempt: u32,
+    /// Failures the client runs again: written `retried`, not final.
+    retry_on: Vec<FailureReason>,
 }
 
 impl JobSink for RuntimeSink {
@@ -701,6 +746,7 @@ impl JobSink for RuntimeSink {
                 start_ts: Some(ts),
                 worker_id: Some(worker_id),
                 memory_mb: self.memory_mb,
+                attempt: self.attempt,
                 ..CallStats::default()
             },
         );
@@ -723,8 +769,11 @@ impl JobSink for RuntimeSink {
         let first = completion.call_id;
         let mut template = finished_status(self.submit_ts, &completion, first, 1, None, 0);
         template.stats.memory_mb = self.memory_mb;
+        template.stats.attempt = self.attempt;
+        let retry_on = &self.retry_on;
         let status = |call_id: CallId, count: u32, error: Option<CallError>, size: usize| {
             let mut status = template.clone();
+            status.retried = error.as_ref().is_some_and(|e| retry_on.contains(&e.reason));
             status.call_id = call_id;
             status.count = count;
             status.state = if error.is_none() {

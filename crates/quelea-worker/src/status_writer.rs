@@ -10,7 +10,7 @@
 //! (see [`crate::push`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -33,6 +33,9 @@ pub struct JobTarget {
     pub keys: JobKeys,
     pub storage: Storage,
     pub inline_result_bytes: u64,
+    /// Large results are stored only while this is set (None: always); see
+    /// [`ResultRef::Held`].
+    pub store_large: Option<Arc<AtomicBool>>,
     /// Unique in this process: several targets may write for one job (a
     /// worker server sees a job in many Invocations, possibly after it
     /// forgot the previous target), and their batch keys must never collide.
@@ -48,6 +51,7 @@ impl JobTarget {
             keys,
             storage,
             inline_result_bytes,
+            store_large: None,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             batches: AtomicU64::new(0),
             push: None,
@@ -89,9 +93,11 @@ pub fn finished_status(
             peak_memory_bytes: completion.peak_memory_bytes,
             result_size,
             memory_mb: None,
+            attempt: 0,
         },
         result: None,
         error,
+        retried: false,
     }
 }
 
@@ -257,8 +263,13 @@ fn store_result(
     if bytes.len() as u64 <= job.inline_result_bytes {
         return ResultRef::Inline(bytes);
     }
-    let key = job.keys.output(call_id);
     let size = bytes.len() as u64;
+    if let Some(store) = &job.store_large {
+        if !store.load(Ordering::Acquire) {
+            return ResultRef::Held { size };
+        }
+    }
+    let key = job.keys.output(call_id);
     if let Err(e) = job.storage.put_blocking(&key, bytes) {
         errors.push(e.to_string());
     }
@@ -283,6 +294,7 @@ fn flush_all(buffers: &mut Buffers, errors: &mut Vec<String>) {
                     stats: stats.clone(),
                     result: None,
                     error: None,
+                    retried: false,
                 }),
         );
         // Running calls are written once; their end comes in a later batch.

@@ -44,6 +44,9 @@ use crate::job::{JobState, Notifier};
 pub const HOST_MODE: &str = "host";
 /// The host's runner commands, as JSON (`{"python": {...}, "rust": {...}}`).
 const HOST_RUNNERS_ENV: &str = "QUELEA_RUNNER_HOST_COMMANDS";
+/// The host's log (its stderr): kept for a host that failed, deleted by
+/// one that ends well.
+const HOST_LOG_ENV: &str = "QUELEA_RUNNER_HOST_LOG";
 
 /// What a client hands its host.
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,7 +128,9 @@ impl Host {
         use std::os::unix::process::CommandExt;
         let runners: HashMap<RunnerKind, CommandJson> =
             runners.iter().map(|(k, c)| (*k, c.into())).collect();
-        let log = std::env::temp_dir().join(format!("quelea-host-{}.log", std::process::id()));
+        static HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("quelea-host-{}-{n}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,6 +149,7 @@ impl Host {
                 HOST_RUNNERS_ENV,
                 serde_json::to_string(&runners).expect("commands serialize"),
             )
+            .env(HOST_LOG_ENV, &log)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -199,7 +205,12 @@ impl Drop for Host {
 /// then until every accepted call has finished or the latest deadline.
 pub fn serve_host() -> i32 {
     match host_main() {
-        Ok(()) => 0,
+        Ok(()) => {
+            if let Some(log) = std::env::var_os(HOST_LOG_ENV) {
+                let _ = std::fs::remove_file(log);
+            }
+            0
+        }
         Err(e) => {
             eprintln!("quelea host: {e}");
             2
@@ -351,6 +362,10 @@ fn run_reduce(
         memory_limit_mb: reduce.memory_limit_mb,
         submit_ts: reduce.submit_ts,
         push: None,
+        // The host's reduce is not retried (its client resubmits only what
+        // it sent itself).
+        attempt: 0,
+        retry_on: Vec::new(),
     };
     let fail = |message: String| {
         let calls = (0..groups.len() as u32)
@@ -358,6 +373,7 @@ fn run_reduce(
                 call_id: CallId(i),
                 count: 1,
                 input: CallInput::Inline(Vec::new()),
+                select: None,
             })
             .collect();
         runtime.fail_calls(&invocation(calls), "ReduceNotRun", &message);
@@ -380,6 +396,7 @@ fn run_reduce(
             call_id: CallId(i as u32),
             count: 1,
             input: CallInput::Inline(input),
+            select: None,
         })
         .collect();
     accept(runtime, invocation(calls), pending);

@@ -12,13 +12,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use quelea_core::config::{auto_chunksize, BackendKind, Config};
+use quelea_core::config::{auto_chunksize, BackendKind, Config, MAX_RETRIES};
 use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 use quelea_core::keys::{self, JobKeys};
 use quelea_core::model::{
     now_ts, CallError, CallState, FailureReason, FunctionSpec, JobSpec, RunnerKind,
 };
 use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
+use quelea_core::retry::RetryPolicy;
 use quelea_storage::Storage;
 use quelea_worker::pool::RunnerCommand;
 use quelea_worker::runner_protocol::encode_batch_input;
@@ -49,6 +50,12 @@ pub struct MapOptions {
     /// `crate::detached`): on the local backend in a host process of its
     /// own; remote backends' jobs are left running when the executor goes.
     pub detach: bool,
+    /// How many times a failed call runs again (see `crate::retry`).
+    /// Unset: `execution.retries`.
+    pub retries: Option<u32>,
+    /// Also retry calls whose function failed (user errors). Unset:
+    /// `execution.retry_user_errors`.
+    pub retry_user_errors: Option<bool>,
 }
 
 impl MapOptions {
@@ -66,6 +73,14 @@ impl MapOptions {
     }
     pub fn detach(mut self, detach: bool) -> Self {
         self.detach = detach;
+        self
+    }
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+    pub fn retry_user_errors(mut self, retry: bool) -> Self {
+        self.retry_user_errors = Some(retry);
         self
     }
 }
@@ -124,7 +139,8 @@ impl ExecutorBuilder {
         });
         let backend = Backend::new(&config, &storage, self.runners)?;
         Ok(Executor {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 id: ExecutorId::next(),
                 config,
                 storage,
@@ -143,6 +159,8 @@ impl ExecutorBuilder {
 }
 
 struct Inner {
+    /// Itself, for the retry drivers of its jobs (which must not keep it).
+    me: Weak<Inner>,
     id: ExecutorId,
     config: Config,
     storage: Storage,
@@ -369,6 +387,14 @@ impl Executor {
 
     /// Starts the Rust runner pool now instead of on the first job (remote
     /// backends' servers start their own).
+    /// Starts the local runners of `kind` in the background (a no-op on
+    /// remote backends): the first map need not wait for them to start.
+    pub fn prestart(&self, kind: RunnerKind) {
+        if let Some(local) = self.inner.backend.local() {
+            local.prestart(kind);
+        }
+    }
+
     pub fn warm_up(&self) -> Result<()> {
         match self.inner.backend.local() {
             Some(local) => local.warm_up(RunnerKind::Rust),
@@ -664,8 +690,14 @@ impl Executor {
 
     /// A handle another process can attach to (see [`crate::attach`]).
     pub fn job_handle<O>(&self, future: &ResponseFuture<O>) -> JobHandle {
-        // Another process may follow the job: its objects stay until clean.
-        future.job.keep();
+        // Another process may follow the job: its objects stay until clean,
+        // and large results this process held go to storage.
+        if !future.job.is_kept() {
+            future.job.keep();
+            if self.inner.backend.local().is_some() {
+                self.inner.store_held_results(&future.job);
+            }
+        }
         let spec = &future.job.spec;
         JobHandle {
             version: JobHandle::VERSION,
@@ -762,7 +794,21 @@ impl Executor {
                 message: "must be at least 1".into(),
             });
         }
+        let retries = options.retries.unwrap_or(config.execution.retries);
+        if retries > MAX_RETRIES {
+            return Err(Error::InvalidArgument {
+                name: "retries",
+                message: format!("must be between 0 and {MAX_RETRIES}, got {retries}"),
+            });
+        }
+        let retry = RetryPolicy {
+            retries,
+            user_errors: options
+                .retry_user_errors
+                .unwrap_or(config.execution.retry_user_errors),
+        };
         let spec = JobSpec {
+            retry,
             executor_id: self.inner.id.clone(),
             job_id,
             function: function.clone(),
@@ -821,13 +867,14 @@ impl Executor {
 
 impl Inner {
     /// When a job's unfinished calls are failed as lost: every call's
-    /// timeout for each round of calls the backend runs at once, plus a
-    /// minute.
+    /// timeout for each round of calls the backend runs at once (each
+    /// attempt a round of its own), plus a minute.
     fn deadline_ts(&self, spec: &JobSpec) -> f64 {
         let rounds = spec
             .total_calls
             .div_ceil(self.backend.capacity(&self.config).max(1)) as f64;
-        spec.submit_ts + spec.timeout_s * rounds + 60.0
+        let attempts = f64::from(spec.retry.retries) + 1.0;
+        spec.submit_ts + spec.timeout_s * (rounds + attempts - 1.0) + 60.0
     }
 
     /// Statuses this process writes itself (the local backend's) are in
@@ -971,9 +1018,13 @@ impl Inner {
                     call_id: CallId(first),
                     count: (spec.total_calls - first).min(k),
                     input,
+                    select: None,
                 }
             })
             .collect();
+        if !spec.retry.is_none() {
+            self.arm_retries(job, function, &calls, data.clone(), detached);
+        }
         job.mark_invoked();
         if detached {
             let deadline_ts = self.deadline_ts(spec);
@@ -987,6 +1038,8 @@ impl Inner {
                     memory_limit_mb: spec.memory_limit_mb,
                     submit_ts: spec.submit_ts,
                     push: None,
+                    attempt: 0,
+                    retry_on: spec.retry.retry_on(0),
                 },
                 deadline_ts,
             })?;
@@ -1001,6 +1054,72 @@ impl Inner {
             deadline_ts: self.deadline_ts(spec),
             push,
         })
+    }
+
+    /// Gives a job with retries its driver: failed calls go again to the
+    /// same place (this backend, or the detached-job host).
+    fn arm_retries(
+        &self,
+        job: &Arc<JobState>,
+        function: &RawFunction,
+        calls: &[InvokedCall],
+        data: Option<bytes::Bytes>,
+        detached: bool,
+    ) {
+        let inner = self.me.clone();
+        let payload = Arc::new(function.payload.clone());
+        let resubmit: crate::retry::Resubmit = Box::new(move |job, invocations| {
+            let Some(inner) = inner.upgrade() else {
+                return Err(Error::InvalidArgument {
+                    name: "retries",
+                    message: "the executor was dropped".into(),
+                });
+            };
+            for invocation in invocations {
+                if detached {
+                    let deadline_ts = inner.deadline_ts(&job.spec);
+                    inner.host_send(&HostStep::Invocation {
+                        invocation,
+                        deadline_ts,
+                    })?;
+                } else {
+                    inner
+                        .backend
+                        .resubmit(job, invocation, &payload, data.as_deref())?;
+                }
+            }
+            Ok(())
+        });
+        job.set_retrier(crate::retry::Retrier::new(job, calls.to_vec(), resubmit));
+    }
+
+    /// Writes the large results the in-process runtime left with this
+    /// client (`ResultRef::Held`) where readers look for them. Twice: a
+    /// result that ended while the first pass ran is stored by the writer
+    /// or by the second pass.
+    fn store_held_results(&self, job: &JobState) {
+        let limit = self.config.execution.inline_result_bytes;
+        let mut written = HashSet::new();
+        for _ in 0..2 {
+            let _ = self.flush_statuses();
+            let outputs: Vec<(CallId, Vec<u8>)> = job
+                .records()
+                .large_outputs(limit)
+                .into_iter()
+                .filter(|(call, _)| !written.contains(call))
+                .map(|(call, bytes)| (call, bytes.to_vec()))
+                .collect();
+            for (call, bytes) in outputs {
+                if let Err(e) = self.storage.put_blocking(&job.keys.output(call), bytes) {
+                    eprintln!(
+                        "quelea: the result of call {call} of {} could not be stored \
+                         for other readers: {e}",
+                        job.job_key()
+                    );
+                }
+                written.insert(call);
+            }
+        }
     }
 
     fn remember(&self, job: &Arc<JobState>) {

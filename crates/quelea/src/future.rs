@@ -97,6 +97,18 @@ impl<O> ResponseFuture<O> {
         }
     }
 
+    /// The errors of the call's earlier attempts, oldest first (each failed
+    /// attempt that was run again; see `MapOptions::retries`).
+    pub fn failed_attempts(&self) -> Vec<CallError> {
+        self.job.failed_attempts(self.call)
+    }
+
+    /// No further retries of this call: the attempt running now (if any)
+    /// is its last, whatever the job's `retries`.
+    pub fn stop_retries(&self) {
+        self.job.stop_retries(self.call);
+    }
+
     /// The raw serialized result, once the call has succeeded: its own
     /// bytes, or its place in the result its batch shares.
     pub fn output(&self) -> Option<Output> {

@@ -8,6 +8,9 @@ use std::time::Duration;
 use quelea_core::ids::CallId;
 use quelea_core::keys::JobKeys;
 use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason, JobSpec, Output};
+use quelea_core::retry::RetryPolicy;
+
+use crate::retry::Retrier;
 
 /// Wakes waiters when calls complete. Shared by the jobs of one executor.
 #[derive(Default)]
@@ -140,6 +143,21 @@ pub(crate) struct Records {
     slot: Vec<u32>,
     starts: Vec<Start>,
     ends: Vec<End>,
+    /// The job's retries, and the calls that failed an attempt and run
+    /// again (few; see `crate::retry`).
+    retry: RetryPolicy,
+    retried: std::collections::HashMap<u32, Retried>,
+}
+
+/// A call that failed an attempt and runs again.
+#[derive(Default)]
+struct Retried {
+    /// The attempt it is on now.
+    attempt: u32,
+    /// The errors of its earlier attempts, oldest first.
+    failed: Vec<CallError>,
+    /// The client gave up retrying it: its next end is final.
+    stopped: bool,
 }
 
 impl Records {
@@ -150,7 +168,68 @@ impl Records {
             slot: vec![0; total as usize],
             starts: Vec::new(),
             ends: Vec::new(),
+            retry: RetryPolicy::default(),
+            retried: std::collections::HashMap::new(),
         }
+    }
+
+    /// The attempt call `i` is on (0 the first).
+    pub fn attempt(&self, i: usize) -> u32 {
+        self.retried.get(&(i as u32)).map_or(0, |r| r.attempt)
+    }
+
+    /// The errors of the call's earlier attempts, oldest first.
+    pub fn failed_attempts(&self, call: CallId) -> &[CallError] {
+        self.retried.get(&call.0).map_or(&[], |r| &r.failed)
+    }
+
+    /// No further retries of the call.
+    pub fn stop_retries(&mut self, call: CallId) {
+        if call.index() < self.len() {
+            self.retried.entry(call.0).or_default().stopped = true;
+        }
+    }
+
+    /// Ends an attempt of the calls of `first..first + count` as `finish`
+    /// does, except that a failure the job's retry policy runs again puts
+    /// the call back to `invoked` on its next attempt (listed in
+    /// `retried`), and a failure reported by an earlier attempt than the
+    /// call's is ignored. `may_retry` false: the end is final whatever the
+    /// policy. Returns how many calls ended here.
+    fn finish_attempt(
+        &mut self,
+        first: u32,
+        count: u32,
+        stats: CallStats,
+        outcome: EndOutcome,
+        may_retry: bool,
+        retried: &mut Vec<(CallId, u32)>,
+    ) -> u32 {
+        let error = match &outcome {
+            EndOutcome::Failed(error) if !self.retry.is_none() => error.clone(),
+            _ => return self.finish(first, count, stats, outcome),
+        };
+        let lo = (first as usize).min(self.len());
+        let hi = (lo + count as usize).min(self.len());
+        let mut new = 0;
+        for i in lo..hi {
+            if self.state[i].is_terminal() || stats.attempt < self.attempt(i) {
+                continue;
+            }
+            let stopped = self.retried.get(&(i as u32)).is_some_and(|r| r.stopped);
+            if may_retry && !stopped && self.retry.retries(error.reason, stats.attempt) {
+                let entry = self.retried.entry(i as u32).or_default();
+                entry.attempt = stats.attempt + 1;
+                entry.failed.push((*error).clone());
+                self.state[i] = CallState::Invoked;
+                retried.push((CallId(i as u32), entry.attempt));
+            } else {
+                let mut element = stats.clone();
+                element.cold_start &= i == lo;
+                new += self.finish(i as u32, 1, element, EndOutcome::Failed(error.clone()));
+            }
+        }
+        new
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +259,7 @@ impl Records {
         }
         let mut stats = CallStats {
             submit_ts: self.submit_ts,
+            attempt: self.attempt(i),
             ..CallStats::default()
         };
         if self.state[i] == CallState::Running {
@@ -282,6 +362,21 @@ impl Records {
         summary
     }
 
+    /// Finished results over `min_bytes`, each with the call its status is
+    /// recorded under (a batch's first call for its shared result).
+    pub fn large_outputs(&self, min_bytes: u64) -> Vec<(CallId, &[u8])> {
+        self.ends
+            .iter()
+            .filter_map(|end| match &end.outcome {
+                EndOutcome::Own(bytes) => Some((end.first, &bytes[..])),
+                EndOutcome::Shared(blob) => Some((end.first, &blob[..])),
+                EndOutcome::Failed(_) => None,
+            })
+            .filter(|(_, bytes)| bytes.len() as u64 > min_bytes)
+            .map(|(first, bytes)| (CallId(first), bytes))
+            .collect()
+    }
+
     /// The first failed call, by call order, and its error.
     pub fn first_failure(&self) -> Option<(CallId, &CallError)> {
         let i = self.state.iter().position(|s| *s == CallState::Error)?;
@@ -377,11 +472,15 @@ pub(crate) struct JobState {
     /// Another process may read the job (detached, or its handle given out):
     /// its objects stay until the executor's clean.
     kept: Arc<std::sync::atomic::AtomicBool>,
+    /// Runs failed calls again (a job with retries, in the process that
+    /// submitted it).
+    retrier: std::sync::OnceLock<Arc<Retrier>>,
 }
 
 impl JobState {
     pub fn new(spec: JobSpec, keys: JobKeys, notifier: Arc<Notifier>, initial: CallState) -> Self {
-        let records = Records::new(spec.total_calls, spec.submit_ts, initial);
+        let mut records = Records::new(spec.total_calls, spec.submit_ts, initial);
+        records.retry = spec.retry;
         JobState {
             spec,
             keys,
@@ -391,7 +490,12 @@ impl JobState {
             cancel_hook: Mutex::new(None),
             detached: std::sync::atomic::AtomicBool::new(false),
             kept: Arc::default(),
+            retrier: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_retrier(&self, retrier: Arc<Retrier>) {
+        let _ = self.retrier.set(retrier);
     }
 
     pub fn mark_detached(&self) {
@@ -402,6 +506,10 @@ impl JobState {
     /// Keeps the job's objects until the executor's clean.
     pub fn keep(&self) {
         self.kept.store(true, Ordering::Release);
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
     }
 
     pub fn kept(&self) -> Arc<std::sync::atomic::AtomicBool> {
@@ -476,14 +584,56 @@ impl JobState {
         stats: CallStats,
         outcome: RunOutcome,
     ) -> u32 {
+        self.complete_attempt(first, count, stats, outcome, true)
+    }
+
+    /// [`Self::complete_run`]; `may_retry` false: the end is final whatever
+    /// the job's retry policy.
+    fn complete_attempt(
+        &self,
+        first: CallId,
+        count: u32,
+        stats: CallStats,
+        outcome: RunOutcome,
+        may_retry: bool,
+    ) -> u32 {
         let outcome = match outcome {
             RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
             RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
             RunOutcome::Failed(error) => EndOutcome::Failed(error),
         };
-        let new = self.records().finish(first.0, count, stats, outcome);
+        let mut retried = Vec::new();
+        let new =
+            self.records()
+                .finish_attempt(first.0, count, stats, outcome, may_retry, &mut retried);
+        self.retry(retried);
         self.ended(new);
         new
+    }
+
+    /// Hands calls that failed an attempt to the retry driver.
+    fn retry(&self, retried: Vec<(CallId, u32)>) {
+        if let Some(retrier) = self.retrier.get() {
+            for (call, attempt) in retried {
+                retrier.schedule(call, attempt);
+            }
+        }
+    }
+
+    /// Records a call's end, never retried (the end is final whatever the
+    /// job's retry policy).
+    pub fn complete_final(&self, call: CallId, stats: CallStats, outcome: RunOutcome) -> bool {
+        self.complete_attempt(call, 1, stats, outcome, false) == 1
+    }
+
+    /// The errors of the call's earlier attempts, oldest first.
+    pub fn failed_attempts(&self, call: CallId) -> Vec<CallError> {
+        self.records().failed_attempts(call).to_vec()
+    }
+
+    /// No further retries of the call: the attempt running now is its last.
+    pub fn stop_retries(&self, call: CallId) {
+        self.records().stop_retries(call);
     }
 
     /// Records the ends of consecutive calls from `first`, each with its
@@ -495,6 +645,7 @@ impl JobState {
         outcomes: impl IntoIterator<Item = (CallStats, RunOutcome)>,
     ) -> u32 {
         let mut new = 0;
+        let mut retried = Vec::new();
         {
             let mut records = self.records();
             for (i, (stats, outcome)) in outcomes.into_iter().enumerate() {
@@ -503,9 +654,17 @@ impl JobState {
                     RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
                     RunOutcome::Failed(error) => EndOutcome::Failed(error),
                 };
-                new += records.finish(first.0 + i as u32, 1, stats, outcome);
+                new += records.finish_attempt(
+                    first.0 + i as u32,
+                    1,
+                    stats,
+                    outcome,
+                    true,
+                    &mut retried,
+                );
             }
         }
+        self.retry(retried);
         self.ended(new);
         new
     }

@@ -25,6 +25,7 @@ pub mod lambda_api;
 mod monitor;
 pub mod objects;
 mod push;
+mod retry;
 pub mod summary;
 
 pub use detached::serve_host;

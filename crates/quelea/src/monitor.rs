@@ -295,6 +295,26 @@ fn apply(job: &JobState, storage: &Storage, mut status: quelea_core::model::Call
                         })
                     })
                 }
+                // Written when the submitting client handed the job out;
+                // if it did not, the result stayed with that client.
+                Some(ResultRef::Held { size }) => storage
+                    .get_blocking(&job.keys.output(status.call_id))
+                    .map(|b| b.to_vec())
+                    .map_err(|_| {
+                        Box::new(CallError {
+                            reason: FailureReason::WorkerCrashed,
+                            error_type: "ResultHeld".into(),
+                            message: format!(
+                                "the result of call {} ({size} bytes) stayed in the memory of \
+                                 the process that submitted the job on the local backend: a \
+                                 job's large results are stored once it is handed out \
+                                 (`job_handle`) or detached",
+                                status.call_id
+                            ),
+                            traceback: String::new(),
+                            payload: None,
+                        })
+                    }),
                 None => Ok(b"null".to_vec()),
             };
             let outcome = match bytes {

@@ -1,3 +1,176 @@
+//! Retries, decided by the client's job driver for every backend: a call
+//! that fails (a timeout, out of memory, a crashed runner, a call lost with
+//! no final status past its timeout, and a user error when the job asks) is
+//! run again, up to the job's `retries`, as a new single-element Invocation
+//! of that call with `attempt` = k. Only the client sees every failure kind
+//! on every backend (a lost call has no worker left to say so), so it
+//! decides; the worker applies the same [`RetryPolicy`] only to label the
+//! statuses it writes (`retried` for an attempt that runs again, so storage
+//! holds every attempt and exactly one final status per call).
+//!
+//! The hooks in `JobState` are narrow: `Records::finish_attempt` puts a
+//! call whose failure is retried back to `invoked` on its next attempt
+//! (and ignores an earlier attempt's late report), and a job with retries
+//! carries a [`Retrier`] that resubmits retried calls from a thread of its
+//! own (never from the thread that reported the failure: a pool's, or the
+//! monitor's).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use quelea_core::ids::CallId;
+use quelea_core::model::{now_ts, CallError, CallState, CallStats, FailureReason};
+use quelea_core::protocol::{Invocation, InvokedCall};
+
+use crate::error::Result;
+use crate::job::{lock, JobState, RunOutcome};
+
+/// Sends runner calls of a job again: builds and delivers the Invocations
+/// (the executor's backend, or the detached-job host).
+pub(crate) type Resubmit = Box<dyn Fn(&Arc<JobState>, Vec<Invocation>) -> Result<()> + Send + Sync>;
+
+/// A job's retry driver: the runner calls as first sent (to take a retried
+/// element's input from), and how to send them again.
+pub(crate) struct Retrier {
+    job: Weak<JobState>,
+    calls: Vec<InvokedCall>,
+    resubmit: Resubmit,
+    /// Retries waiting for the driver thread, and whether it runs.
+    pending: Mutex<(Vec<(CallId, u32)>, bool)>,
+}
+
+impl Retrier {
+    pub fn new(job: &Arc<JobState>, calls: Vec<InvokedCall>, resubmit: Resubmit) -> Arc<Retrier> {
+        Arc::new(Retrier {
+            job: Arc::downgrade(job),
+            calls,
+            resubmit,
+            pending: Mutex::new((Vec::new(), false)),
+        })
+    }
+
+    /// Queues `call` to run as `attempt`; starts the driver thread if it
+    /// is not running.
+    pub fn schedule(self: &Arc<Self>, call: CallId, attempt: u32) {
+        let start = {
+            let mut pending = lock(&self.pending);
+            pending.0.push((call, attempt));
+            !std::mem::replace(&mut pending.1, true)
+        };
+        if start {
+            let retrier = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("quelea-retry".into())
+                .spawn(move || retrier.drive());
+            if let Err(e) = spawned {
+                lock(&self.pending).1 = false;
+                self.fail_pending(&format!("cannot start the retry thread: {e}"));
+            }
+        }
+    }
+
+    fn drive(&self) {
+        loop {
+            let batch = {
+                let mut pending = lock(&self.pending);
+                if pending.0.is_empty() {
+                    pending.1 = false;
+                    return;
+                }
+                std::mem::take(&mut pending.0)
+            };
+            let Some(job) = self.job.upgrade() else {
+                return;
+            };
+            let invocations = self.invocations(&job, &batch);
+            if invocations.is_empty() {
+                continue;
+            }
+            let ids: Vec<(CallId, u32)> = invocations
+                .iter()
+                .flat_map(|i| i.calls.iter().map(move |c| (c.elements().0, i.attempt)))
+                .collect();
+            if let Err(e) = (self.resubmit)(&job, invocations) {
+                fail(&job, &ids, &format!("its retry could not be sent: {e}"));
+            }
+        }
+    }
+
+    /// One Invocation per attempt number, of the calls still waiting for it
+    /// (a call cancelled or ended meanwhile is left alone).
+    fn invocations(&self, job: &JobState, batch: &[(CallId, u32)]) -> Vec<Invocation> {
+        let spec = &job.spec;
+        let k = spec.chunksize.max(1);
+        let mut by_attempt: BTreeMap<u32, Vec<InvokedCall>> = BTreeMap::new();
+        {
+            let records = job.records();
+            for &(call, attempt) in batch {
+                let waiting = call.index() < records.len()
+                    && records.state(call) == CallState::Invoked
+                    && records.attempt(call.index()) == attempt;
+                let Some(first) = self.calls.get((call.0 / k) as usize) else {
+                    continue;
+                };
+                if !waiting {
+                    continue;
+                }
+                let count = first.count.max(1);
+                by_attempt.entry(attempt).or_default().push(InvokedCall {
+                    call_id: first.call_id,
+                    count,
+                    input: first.input.clone(),
+                    select: (count > 1).then(|| call.0 - first.call_id.0),
+                });
+            }
+        }
+        by_attempt
+            .into_iter()
+            .map(|(attempt, calls)| Invocation {
+                executor_id: spec.executor_id.clone(),
+                job_id: spec.job_id,
+                function: spec.function.clone(),
+                calls,
+                timeout_s: spec.timeout_s,
+                memory_limit_mb: spec.memory_limit_mb,
+                submit_ts: spec.submit_ts,
+                push: spec.push.clone(),
+                attempt,
+                retry_on: spec.retry.retry_on(attempt),
+            })
+            .collect()
+    }
+
+    fn fail_pending(&self, why: &str) {
+        let batch = std::mem::take(&mut lock(&self.pending).0);
+        if let Some(job) = self.job.upgrade() {
+            fail(&job, &batch, why);
+        }
+    }
+}
+
+/// Ends retried calls that cannot run again, finally.
+fn fail(job: &JobState, calls: &[(CallId, u32)], why: &str) {
+    let now = now_ts();
+    for &(call, attempt) in calls {
+        let stats = CallStats {
+            submit_ts: job.spec.submit_ts,
+            end_ts: Some(now),
+            attempt,
+            ..CallStats::default()
+        };
+        job.complete_final(
+            call,
+            stats,
+            RunOutcome::Failed(Box::new(CallError {
+                reason: FailureReason::WorkerCrashed,
+                error_type: "RetryFailed".into(),
+                message: format!("call {call} failed and {why}"),
+                traceback: String::new(),
+                payload: None,
+            })),
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -35,7 +208,12 @@ mod tests {
             },
         };
         let keys = JobKeys::new(&spec.executor_id, job_id);
-        JobState::new(spec, keys, Arc::new(Notifier::default()), CallState::Invoked)
+        JobState::new(
+            spec,
+            keys,
+            Arc::new(Notifier::default()),
+            CallState::Invoked,
+        )
     }
 
     fn failed(reason: FailureReason, message: &str) -> RunOutcome {
@@ -81,22 +259,15 @@ mod tests {
     #[test]
     fn a_failed_batch_retries_each_element_and_stopped_retries_end_it() {
         let job = job(3, 2, true);
-        let ended = job.complete_run(
-            CallId(0),
-            3,
-            at(0),
-            failed(FailureReason::OutOfMemory, "oom"),
-        );
-        assert_eq!(ended, 0);
+        let oom = || failed(FailureReason::OutOfMemory, "oom");
+        assert_eq!(job.complete_run(CallId(0), 3, at(0), oom()), 0);
         assert!((0..3).all(|i| job.stats(CallId(i)).attempt == 1));
         job.stop_retries(CallId(1));
-        let ended = job.complete_run(
-            CallId(0),
-            3,
-            at(1),
-            failed(FailureReason::OutOfMemory, "oom"),
+        assert_eq!(
+            job.complete_run(CallId(0), 3, at(1), oom()),
+            1,
+            "only the stopped call ends"
         );
-        assert_eq!(ended, 1, "only the stopped call ends");
         assert_eq!(job.state(CallId(1)), CallState::Error);
         assert_eq!(job.stats(CallId(2)).attempt, 2);
         // Cancel is final, and never retried.

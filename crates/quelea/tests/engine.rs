@@ -208,10 +208,51 @@ fn statuses_land_in_storage() -> Result<(), Failed> {
             .set("execution.inline_result_bytes", 4)
             .build()?,
     )?;
+    // A job nobody else can read keeps its large results in memory (the
+    // status says so); handing it out stores them for other readers.
+    let quiet = exec.map(&fns.square, 0..500i64, MapOptions::default())?;
+    exec.get_result(&quiet, Some(Duration::from_secs(60)))?;
+    exec.flush_statuses()?;
+    let quiet_statuses = exec
+        .storage()
+        .list_blocking(&format!("quelea/jobs/{}/M000/status/", exec.id()))?;
+    let mut held = 0;
+    for object in quiet_statuses {
+        let body = exec.storage().get_blocking(&object.key)?;
+        if let quelea::core::protocol::Message::StatusBatch(batch) =
+            quelea::core::protocol::Message::decode(&body)?
+        {
+            held += batch
+                .statuses
+                .iter()
+                .filter(|s| matches!(s.result, Some(quelea::core::model::ResultRef::Held { .. })))
+                .count();
+        }
+    }
+    let output_200 = quelea::core::keys::JobKeys::new(exec.id(), quiet.get(0).unwrap().job_id())
+        .output(quelea::CallId(200));
+    check(
+        held > 0 && exec.storage().head_blocking(&output_200).is_err(),
+        format!("large results of a job not handed out stay in memory ({held} held)"),
+    )?;
+    let handle = exec.job_handle(&quiet.get(0).unwrap());
+    check(
+        &exec.storage().get_blocking(&output_200)?[..] == b"40000",
+        "handing the job out stores its held results",
+    )?;
+    let attached: quelea::FuturesList<i64> = quelea::attach(&handle)?;
+    let read = quelea::get_result(&attached, Some(Duration::from_secs(60)))?;
+    check(
+        read == (0..500i64).map(|x| x * x).collect::<Vec<_>>(),
+        "another reader reads them",
+    )?;
+
+    // A job handed out as it starts stores them as they come.
     let futures = exec.map(&fns.square, 0..500i64, MapOptions::default())?;
+    exec.job_handle(&futures.get(0).unwrap());
     exec.get_result(&futures, Some(Duration::from_secs(60)))?;
     exec.flush_statuses()?;
-    let prefix = format!("quelea/jobs/{}/M000/status/", exec.id());
+    let prefix = format!("quelea/jobs/{}/M001/status/", exec.id());
     let mut terminal = std::collections::HashMap::new();
     for object in exec.storage().list_blocking(&prefix)? {
         let body = exec.storage().get_blocking(&object.key)?;
@@ -231,12 +272,19 @@ fn statuses_land_in_storage() -> Result<(), Failed> {
         format!("one final status per call, got {}", terminal.len()),
     )?;
     // 99*99 = 9801 serializes to 4 bytes: inline; 100*100 to 5: an output object.
+    // A result that ended just before the handle was given is stored by
+    // the handle's own pass, its status saying `Held`: the same object.
     let big = &terminal[&quelea::CallId(200)];
-    let Some(quelea::core::model::ResultRef::Object { key, .. }) = &big.result else {
-        return Err(format!("a large result goes to its own object: {:?}", big.result).into());
+    let key = match &big.result {
+        Some(quelea::core::model::ResultRef::Object { key, .. }) => key.clone(),
+        Some(quelea::core::model::ResultRef::Held { .. }) => {
+            quelea::core::keys::JobKeys::new(exec.id(), futures.get(0).unwrap().job_id())
+                .output(quelea::CallId(200))
+        }
+        other => return Err(format!("a large result goes to its own object: {other:?}").into()),
     };
     check(
-        &exec.storage().get_blocking(key)?[..] == b"40000",
+        &exec.storage().get_blocking(&key)?[..] == b"40000",
         "output object holds the result",
     )?;
     check(

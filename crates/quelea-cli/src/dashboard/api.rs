@@ -430,6 +430,14 @@ fn python_output(state: &State, keys: &JobKeys, status: &CallStatus) -> Output {
     let bytes = match &status.result {
         None => return Output::default(),
         Some(ResultRef::Inline(bytes)) => bytes.clone(),
+        Some(ResultRef::Held { size }) => {
+            return Output {
+                note: Some(format!(
+                    "the result is {size} bytes, kept by the process that submitted the job"
+                )),
+                ..Output::default()
+            };
+        }
         Some(ResultRef::Object { key, size }) => {
             if *size > MAX_RESULT_OBJECT_BYTES {
                 return Output {

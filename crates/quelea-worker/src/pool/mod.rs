@@ -202,6 +202,25 @@ impl Task {
         }
     }
 
+    /// Element `select` alone of the batch of `count` from `call_id` (a
+    /// retry of one element, with its batch's input).
+    pub fn selected(
+        ctx: Arc<JobContext>,
+        call_id: CallId,
+        count: u32,
+        input: bytes::Bytes,
+        select: u32,
+    ) -> Task {
+        let count = count.max(1);
+        Task {
+            ctx,
+            call_id,
+            count,
+            input,
+            select: if count == 1 { ALL } else { select },
+        }
+    }
+
     /// The first element the runner answers for.
     fn answer_id(&self) -> CallId {
         match self.select {

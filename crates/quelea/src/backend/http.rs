@@ -14,7 +14,7 @@ use quelea_core::auth;
 use quelea_core::config::{HttpConfig, Secret};
 use quelea_core::model::now_ts;
 
-use super::remote::{invoke_and_follow, Failure};
+use super::remote::{deliver_all, invoke_and_follow, Failure};
 use super::Submission;
 use crate::error::{Error, Result};
 /// One request, connection included; a server answers after validation, so
@@ -67,6 +67,25 @@ impl HttpBackend {
         invoke_and_follow(
             "http",
             submission,
+            self.max_workers,
+            self.invoke_deadline,
+            |body| {
+                let n = self.next_url.fetch_add(1, Ordering::Relaxed);
+                self.post(&self.invoke_urls[n % self.invoke_urls.len()], body)
+            },
+        )
+    }
+
+    /// Delivers one more Invocation of a job that is followed already.
+    pub fn resubmit(
+        &self,
+        job: &crate::job::JobState,
+        invocation: quelea_core::protocol::Invocation,
+    ) -> Result<()> {
+        deliver_all(
+            "http",
+            job,
+            vec![invocation],
             self.max_workers,
             self.invoke_deadline,
             |body| {

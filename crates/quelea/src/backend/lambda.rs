@@ -22,7 +22,7 @@ use bytes::Bytes;
 use quelea_core::config::AwsLambdaConfig;
 use quelea_core::model::now_ts;
 
-use super::remote::{invoke_and_follow, Failure};
+use super::remote::{deliver_all, invoke_and_follow, Failure};
 use super::Submission;
 use crate::error::{Error, Result};
 use crate::lambda_api::LambdaApi;
@@ -60,6 +60,26 @@ impl LambdaBackend {
         invoke_and_follow(
             "aws_lambda",
             submission,
+            self.max_workers,
+            self.invoke_deadline,
+            |body| self.invoke(body, timeout),
+        )
+    }
+
+    /// Delivers one more Invocation (one runner call) of a job that is
+    /// followed already; its request may last as long as the call.
+    pub fn resubmit(
+        &self,
+        job: &crate::job::JobState,
+        invocation: quelea_core::protocol::Invocation,
+    ) -> Result<()> {
+        let timeout = Duration::try_from_secs_f64(job.spec.timeout_s + 30.0)
+            .unwrap_or(MIN_REQUEST_TIMEOUT)
+            .max(MIN_REQUEST_TIMEOUT);
+        deliver_all(
+            "aws_lambda",
+            job,
+            vec![invocation],
             self.max_workers,
             self.invoke_deadline,
             |body| self.invoke(body, timeout),

@@ -110,6 +110,10 @@ impl LocalBackend {
             })
     }
 
+    pub fn prestart(&self, kind: RunnerKind) {
+        self.runtime.prestart(kind);
+    }
+
     pub fn runner_pids(&self) -> Vec<u32> {
         self.runtime.runner_pids()
     }
@@ -123,11 +127,48 @@ impl LocalBackend {
     pub fn submit(&self, submission: Submission<'_>) -> Result<()> {
         let job = submission.job;
         let spec = &job.spec;
-        let mut calls = submission.calls;
-        for call in &mut calls {
+        let invocation = Invocation {
+            executor_id: spec.executor_id.clone(),
+            job_id: spec.job_id,
+            function: spec.function.clone(),
+            calls: submission.calls,
+            timeout_s: spec.timeout_s,
+            memory_limit_mb: spec.memory_limit_mb,
+            submit_ts: spec.submit_ts,
+            push: None,
+            attempt: 0,
+            retry_on: spec.retry.retry_on(0),
+        };
+        self.resubmit(
+            job,
+            invocation,
+            submission.function_payload,
+            submission.data,
+        )?;
+        // The executor writes the cancel marker (which any runtime honours);
+        // this one need not wait for its next look at storage.
+        let runtime: Weak<Runtime> = Arc::downgrade(&self.runtime);
+        let prefix = job.keys.prefix().to_owned();
+        job.set_cancel_hook(Box::new(move || {
+            if let Some(runtime) = runtime.upgrade() {
+                runtime.cancel_job(&prefix);
+            }
+        }));
+        Ok(())
+    }
+
+    /// Hands an Invocation of `job` to the runtime, its inputs inline
+    /// (ranges are cut from the job's `data`); the first one, or a retry.
+    pub fn resubmit(
+        &self,
+        job: &Arc<JobState>,
+        mut invocation: Invocation,
+        function_payload: &[u8],
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        for call in &mut invocation.calls {
             if let CallInput::Range { start, end } = call.input {
-                let bytes = submission
-                    .data
+                let bytes = data
                     .and_then(|data| data.get(start as usize..end as usize))
                     .ok_or_else(|| Error::InvalidArgument {
                         name: "data",
@@ -139,32 +180,13 @@ impl LocalBackend {
                 call.input = CallInput::Inline(bytes.to_vec());
             }
         }
-        let invocation = Invocation {
-            executor_id: spec.executor_id.clone(),
-            job_id: spec.job_id,
-            function: spec.function.clone(),
-            calls,
-            timeout_s: spec.timeout_s,
-            memory_limit_mb: spec.memory_limit_mb,
-            submit_ts: spec.submit_ts,
-            push: None,
-        };
         let observer = Arc::new(JobObserver { job: job.clone() });
         self.runtime
-            .accept_in_process(invocation, submission.function_payload, observer)
+            .accept_in_process(invocation, function_payload, observer, job.kept())
             .map_err(|refusal| Error::InvalidArgument {
                 name: "runner",
                 message: refusal.message,
             })?;
-        // The executor writes the cancel marker (which any runtime honours);
-        // this one need not wait for its next look at storage.
-        let runtime: Weak<Runtime> = Arc::downgrade(&self.runtime);
-        let prefix = job.keys.prefix().to_owned();
-        job.set_cancel_hook(Box::new(move || {
-            if let Some(runtime) = runtime.upgrade() {
-                runtime.cancel_job(&prefix);
-            }
-        }));
         Ok(())
     }
 }

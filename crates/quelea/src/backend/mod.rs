@@ -70,6 +70,22 @@ impl Backend {
         }
     }
 
+    /// Sends one more Invocation of a job already submitted (a retry, see
+    /// `crate::retry`); the job is already followed.
+    pub fn resubmit(
+        &self,
+        job: &Arc<JobState>,
+        invocation: quelea_core::protocol::Invocation,
+        function_payload: &[u8],
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        match self {
+            Backend::Local(local) => local.resubmit(job, invocation, function_payload, data),
+            Backend::Http(http) => http.resubmit(job, invocation),
+            Backend::Lambda(lambda) => lambda.resubmit(job, invocation),
+        }
+    }
+
     /// The local runtime, for what only it has (runner pids, warm-up,
     /// statuses this process writes).
     pub fn local(&self) -> Option<&LocalBackend> {

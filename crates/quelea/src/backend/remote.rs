@@ -14,12 +14,12 @@ use futures::StreamExt;
 
 use quelea_core::ids::CallId;
 use quelea_core::model::{now_ts, CallError, FailureReason};
-use quelea_core::protocol::{group_invocations, Message};
+use quelea_core::protocol::{group_invocations, Invocation, Message};
 use quelea_storage::io_runtime;
 
 use super::Submission;
 use crate::error::{Error, Result};
-use crate::job::RunOutcome;
+use crate::job::{JobState, RunOutcome};
 
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -49,37 +49,90 @@ where
 {
     let job = submission.job;
     let invocations = group_invocations(&job.spec, submission.calls);
+    deliver_all(
+        backend,
+        job,
+        invocations,
+        max_workers,
+        invoke_deadline,
+        attempt,
+    )?;
+    crate::monitor::follow(
+        job,
+        submission.storage.clone(),
+        submission.deadline_ts,
+        false,
+        submission.push,
+    )
+}
+
+/// Delivers Invocations of `job` as [`invoke_and_follow`] does, without
+/// starting to follow it (a retry of a job that is followed already). Each
+/// runner call goes in an Invocation of its own.
+pub(crate) fn deliver_all<A, F>(
+    backend: &'static str,
+    job: &JobState,
+    invocations: Vec<Invocation>,
+    max_workers: usize,
+    invoke_deadline: Duration,
+    attempt: A,
+) -> Result<()>
+where
+    A: Fn(Bytes) -> F,
+    F: Future<Output = std::result::Result<(), Failure>>,
+{
+    let invocations: Vec<Invocation> = invocations
+        .into_iter()
+        .flat_map(|invocation| {
+            let mut one = invocation.clone();
+            one.calls.clear();
+            invocation.calls.into_iter().map(move |call| Invocation {
+                calls: vec![call],
+                ..one.clone()
+            })
+        })
+        .collect();
     let total = invocations.len();
-    let batches: Vec<(Vec<CallId>, Bytes)> = invocations
+    let batches: Vec<(Vec<CallId>, u32, Bytes)> = invocations
         .into_iter()
         .map(|invocation| {
             let ids = invocation
                 .calls
                 .iter()
-                .flat_map(|c| (0..c.count.max(1)).map(move |k| CallId(c.call_id.0 + k)))
+                .flat_map(|c| {
+                    let (first, count) = c.elements();
+                    (0..count).map(move |k| CallId(first.0 + k))
+                })
                 .collect();
-            (ids, Bytes::from(Message::Invocation(invocation).encode()))
+            let n = invocation.attempt;
+            (
+                ids,
+                n,
+                Bytes::from(Message::Invocation(invocation).encode()),
+            )
         })
         .collect();
     let attempt = &attempt;
-    let failures: Vec<(Vec<CallId>, String)> = io_runtime().block_on(
+    let failures: Vec<(Vec<CallId>, u32, String)> = io_runtime().block_on(
         futures::stream::iter(batches)
-            .map(|(ids, body)| async move {
+            .map(|(ids, n, body)| async move {
                 match deliver(invoke_deadline, || attempt(body.clone())).await {
                     Ok(()) => None,
-                    Err(message) => Some((ids, message)),
+                    Err(message) => Some((ids, n, message)),
                 }
             })
             .buffer_unordered(max_workers.max(1))
             .filter_map(|failed| async move { failed })
             .collect(),
     );
-    for (ids, message) in &failures {
+    for (ids, n, message) in &failures {
         let now = now_ts();
         for &call in ids {
             let mut stats = job.stats(call);
             stats.end_ts = Some(now);
-            job.complete(
+            stats.attempt = *n;
+            // Final: the delivery was retried already, until its deadline.
+            job.complete_final(
                 call,
                 stats,
                 RunOutcome::Failed(Box::new(CallError {
@@ -93,19 +146,13 @@ where
         }
     }
     if total > 0 && failures.len() == total {
-        let (_, first) = &failures[0];
+        let (_, _, first) = &failures[0];
         return Err(Error::Invoke {
             backend,
             message: format!("no Invocation of {} was delivered: {first}", job.job_key()),
         });
     }
-    crate::monitor::follow(
-        job,
-        submission.storage.clone(),
-        submission.deadline_ts,
-        false,
-        submission.push,
-    )
+    Ok(())
 }
 
 /// Tries until accepted, refused, or out of time.

@@ -1,0 +1,80 @@
+"""A long-lived executor: what it keeps of the jobs it ran (issue 14's
+bounded memory), on the real local backend."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import quelea
+
+
+def square(x):
+    return x * x
+
+
+def big(x):
+    return bytes(100_000)  # over the 64 KiB inline limit
+
+
+def _job_dirs(root: str, executor_id: str) -> list[str]:
+    """The executor's jobs that still have objects (the local store leaves
+    empty directories behind)."""
+    jobs = os.path.join(root, "quelea", "quelea", "jobs", executor_id)
+    assert os.path.isdir(jobs), f"no job objects under {jobs}"
+
+    def has_objects(d: str) -> bool:
+        return any(files for _, _, files in os.walk(os.path.join(jobs, d)))
+
+    return [d for d in os.listdir(jobs) if d[0] in "MCR" and has_objects(d)]
+
+
+def test_read_results_are_not_kept_by_the_executor(tmp_path):
+    root = str(tmp_path)
+    with quelea.FunctionExecutor(config={"localdisk": {"root": root}}) as fexec:
+        fs = fexec.map(square, range(3000))
+        assert fexec.get_result(fs) == [x * x for x in range(3000)]
+        gone = weakref.ref(fs)
+        del fs
+        gc.collect()
+        # The executor held the read list weakly: it went with its owner...
+        assert gone() is None
+        # ...and its summary row stayed.
+        (row,) = fexec.job_summary()
+        assert row["calls"] == 3000 and row["success"] == 3000 and row["error"] == 0
+        # A list still held is the owner's to read again.
+        kept = fexec.map(square, range(10))
+        assert fexec.get_result(kept) == [x * x for x in range(10)]
+        assert [f.result() for f in kept] == [x * x for x in range(10)]
+        assert len(fexec.job_summary()) == 2
+
+
+def test_objects_of_forgotten_jobs_go_before_close(tmp_path):
+    root = str(tmp_path)
+    with quelea.FunctionExecutor(config={"localdisk": {"root": root}}) as fexec:
+        for _ in range(40):
+            assert fexec.get_result(fexec.map(square, range(20))) == [x * x for x in range(20)]
+        gc.collect()
+        fexec.map(square, range(2))  # a submit sweeps the forgotten ones
+        left = _job_dirs(root, fexec.executor_id)
+        assert 0 < len(left) < 40, f"{len(left)} of 41 jobs still have objects"
+        assert len(fexec.job_summary()) == 41
+
+
+def test_a_handed_out_job_keeps_its_objects_and_large_results(tmp_path):
+    root = str(tmp_path)
+    with quelea.FunctionExecutor(config={"localdisk": {"root": root}}) as fexec:
+        fs = fexec.map(big, range(6))
+        assert fexec.get_result(fs) == [bytes(100_000)] * 6
+        # Handed out after it ran: its large results are stored now.
+        handle = fexec.job_handle(fs)
+        job = fs[0].job_key.split("-")[-1]
+        del fs
+        for _ in range(40):
+            fexec.get_result(fexec.map(square, range(5)))
+        gc.collect()
+        fexec.map(square, range(2))
+        assert job in _job_dirs(root, fexec.executor_id), "a handed-out job is not swept"
+        attached = quelea.attach(handle, config={"localdisk": {"root": root}})
+        assert quelea.get_result(attached) == [bytes(100_000)] * 6
