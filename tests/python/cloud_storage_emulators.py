@@ -2,15 +2,21 @@
 Azure Blob emulators that scripts/cloud-emulators.sh starts (their
 ``QUELEA_GCS_*`` / ``QUELEA_AZURE_*`` variables in the environment), with job
 storage in a local directory: an address of another storage is read with that
-storage's settings. Run by scripts/test-cloud-storage.sh; not a ``test_*``
-module, so a plain ``pytest tests/python`` (no emulators) leaves it out."""
+storage's settings. Then the same on the ``http`` backend: two real ``quelea
+worker serve`` processes share job storage in Azurite with the client and read
+the inputs from both emulators themselves. Run by
+scripts/test-cloud-storage.sh; not a ``test_*`` module, so a plain ``pytest
+tests/python`` (no emulators) leaves it out."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +110,53 @@ def test_missing_container_and_bucket_are_clear_errors(fexec):
     for address in (f"az://{missing}/x/", f"gs://{missing}/x/"):
         with pytest.raises(Exception, match=missing):
             fexec.map(chunk_text, [address])
+
+
+SECRET = "cloud-emulators-http-secret"
+
+
+@pytest.fixture(scope="module")
+def azure_servers(emulators):
+    """Two `quelea worker serve` processes with job storage in Azurite; the
+    emulators' settings reach them through the environment."""
+    env = {**os.environ, "QUELEA_HTTP_SECRET": SECRET, "QUELEA_STORAGE": "azure", "QUELEA_BUCKET": BUCKET}
+    env.pop("PORT", None)
+    env.pop("QUELEA_CONFIG_FILE", None)
+    cli = str(Path(sys.executable).with_name("quelea"))
+    procs, urls = [], []
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [cli, "worker", "serve", "--port", "0", "--workers", "2", "--python", sys.executable],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            procs.append(proc)
+            line = proc.stdout.readline()
+            urls.append(next(w for w in line.split() if w.startswith("http://")))
+        yield urls
+    finally:
+        for proc in procs:  # by PID; runners follow through their parent-death signal
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_http_backend_with_job_storage_in_azure_reads_gs_and_az_inputs(emulators, azure_servers):
+    prefix = f"http-{uuid.uuid4().hex[:8]}/"
+    seed_gcs(emulators, f"{prefix}g.txt", TEXT)
+    azure = quelea.Storage(config={"storage": "azure", "bucket": BUCKET})
+    azure.put_object(BUCKET, f"{prefix}a.txt", TEXT[:300])
+    config = {"storage": "azure", "bucket": BUCKET, "http": {"urls": azure_servers, "secret": SECRET}}
+    with quelea.FunctionExecutor(backend="http", config=config) as remote:
+        inputs = [f"gs://{BUCKET}/{prefix}g.txt", f"az://{BUCKET}/{prefix}a.txt"]
+        futures = remote.map(chunk_text, inputs, obj_chunk_size=600)
+        # The job's objects are in Azurite, where client and servers meet.
+        assert azure.list_keys(BUCKET, prefix=f"quelea/jobs/{remote.executor_id}/")
+        rows = remote.get_result(futures)
+        assert rebuild([r for r in rows if r[0] == "gcp_storage"]) == TEXT
+        assert rebuild([r for r in rows if r[0] == "azure_storage"]) == TEXT[:300]
+        futures = remote.map_reduce(count_words, [f"gs://{BUCKET}/{prefix}g.txt"], total, obj_chunk_number=3)
+        words = remote.get_result(futures)
+        assert words == len(TEXT.split())

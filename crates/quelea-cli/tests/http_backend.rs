@@ -4,7 +4,8 @@
 //! The servers are started once for the whole binary and killed by PID at
 //! the end. Job storage is a local directory shared with the servers; with
 //! `QTEST_STORAGE=s3` it is the S3 server of scripts/s3-server.sh (its
-//! `QUELEA_S3_*` variables come from the environment). The conformance set
+//! `QUELEA_S3_*` variables come from the environment), with
+//! `QTEST_STORAGE=azure` the Azurite emulator of scripts/cloud-emulators.sh. The conformance set
 //! every backend passes is `quelea_conformance`'s; the tests here are the
 //! http backend's own.
 
@@ -492,8 +493,8 @@ fn self_check_passes_on_the_servers(fx: &Fixture) -> Result<(), Failed> {
         .env("QUELEA_BACKEND", "http")
         .env("QUELEA_HTTP_URLS", fx.urls.join(","))
         .env("QUELEA_HTTP_SECRET", SECRET);
-    if common::s3() {
-        cmd.env("QUELEA_STORAGE", "s3")
+    if let Some(kind) = common::shared_storage() {
+        cmd.env("QUELEA_STORAGE", kind)
             .env("QUELEA_BUCKET", "quelea-test");
     } else {
         cmd.env("QUELEA_STORAGE_DIR", fx.dir.path());

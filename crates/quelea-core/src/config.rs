@@ -1194,13 +1194,20 @@ impl Config {
                     .to_owned(),
             );
         }
-        if self.storage != StorageKind::S3 {
+        // Any storage the function reaches over the network will do; a
+        // directory of this machine or this process's memory cannot be read
+        // from a Lambda function.
+        let unreachable = match self.storage {
+            StorageKind::Localdisk => Some("a directory of this machine"),
+            StorageKind::Memory => Some("this process's memory"),
+            _ => None,
+        };
+        if let Some(place) = unreachable {
             missing.push(format!(
-                "`storage: s3` (it is `{}`, which a Lambda function cannot read)",
-                serde_json::to_value(self.storage)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                "`storage: s3` or another storage a Lambda function can reach \
+                 (`gcs`, `azure`, `ibm_cos`, `minio`); it is `{}`, {place}, which the \
+                 function cannot read",
+                self.storage.name()
             ));
         }
         if !missing.is_empty() {
@@ -1789,6 +1796,26 @@ mod tests {
         );
         let err = build_without(&["QUELEA_STORAGE"], &[("QUELEA_STORAGE", "memory")]);
         assert!(err.contains("memory"), "{err}");
+        // Every storage the function reaches over the network is accepted.
+        for (kind, extra) in [
+            ("gcs", ("QUELEA_GCS_ENDPOINT", "http://127.0.0.1:4443")),
+            ("azure", ("QUELEA_AZURE_ACCOUNT", "quelea")),
+            ("ibm_cos", ("QUELEA_IBM_COS_REGION", "eu-de")),
+            ("minio", ("QUELEA_MINIO_ENDPOINT", "http://127.0.0.1:9000")),
+        ] {
+            let mut pairs: Vec<(&str, &str)> = base
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "QUELEA_STORAGE")
+                .collect();
+            pairs.extend([("QUELEA_STORAGE", kind), extra]);
+            let config = ConfigBuilder::new()
+                .no_file()
+                .env(env(&pairs))
+                .build()
+                .unwrap_or_else(|e| panic!("storage {kind}: {e}"));
+            assert_eq!(config.storage.name(), kind);
+        }
         let err = build_without(
             &["QUELEA_AWS_LAMBDA_ENDPOINT"],
             &[("QUELEA_AWS_LAMBDA_ENDPOINT", "127.0.0.1:9000")],

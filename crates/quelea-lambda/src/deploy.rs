@@ -5,8 +5,9 @@
 //! (`UpdateFunctionCode`), through the signed Lambda REST API.
 //!
 //! The function's environment gets the client's storage settings but no
-//! credentials: in Lambda, storage is read with the execution role (`--role`
-//! at creation). On an existing function only the code is replaced; its
+//! credentials: in Lambda, S3 is read with the execution role (`--role` at
+//! creation); another storage's credential is set in the function's
+//! environment by its owner (see [`function_environment`]). On an existing function only the code is replaced; its
 //! configuration (memory, timeout, environment, role) is left as it is.
 
 use std::io::Write;
@@ -110,29 +111,63 @@ pub fn package(bootstrap: &Path) -> Result<Vec<u8>, DeployError> {
 }
 
 /// The function's environment: where job objects are, never credentials.
+///
+/// Every storage a function can reach over the network will do. S3 is read
+/// with the execution role; for the others (and S3-compatible stores with
+/// their own HMAC keys) the function needs that storage's credential in its
+/// environment (`QUELEA_GCS_SERVICE_ACCOUNT_KEY`, `QUELEA_AZURE_ACCESS_KEY`
+/// or `AZURE_STORAGE_SAS_TOKEN`, `QUELEA_IBM_COS_*`/`QUELEA_MINIO_*` keys),
+/// which its owner sets; a redeploy leaves it alone. Files of this machine
+/// (`gcs.service_account_path`) are not there either.
 pub fn function_environment(config: &Config) -> Result<Map<String, Value>, DeployError> {
-    if config.storage != StorageKind::S3 {
-        return Err(DeployError::Config {
-            key: "storage",
-            message: "must be `s3`: a Lambda function reads job objects from S3".into(),
-        });
-    }
     let mut env = Map::new();
-    env.insert("QUELEA_STORAGE".into(), "s3".into());
-    env.insert("QUELEA_BUCKET".into(), config.bucket.clone().into());
-    let s3 = &config.s3;
-    if let Some(endpoint) = &s3.endpoint {
-        env.insert("QUELEA_S3_ENDPOINT".into(), endpoint.clone().into());
+    let mut set = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            env.insert(name.into(), value.into());
+        }
+    };
+    let flag = |on: bool| on.then_some("true");
+    match config.storage {
+        StorageKind::Localdisk | StorageKind::Memory => {
+            return Err(DeployError::Config {
+                key: "storage",
+                message: format!(
+                    "is `{}`, which a Lambda function cannot read: use `s3`, `gcs`, `azure`, \
+                     `ibm_cos` or `minio`",
+                    config.storage.name()
+                ),
+            });
+        }
+        StorageKind::S3 => {
+            let s3 = &config.s3;
+            set("QUELEA_S3_ENDPOINT", s3.endpoint.as_deref());
+            set("QUELEA_S3_REGION", s3.region.as_deref());
+            set("QUELEA_S3_PATH_STYLE", flag(s3.path_style));
+            set("QUELEA_S3_ALLOW_HTTP", flag(s3.allow_http));
+        }
+        StorageKind::IbmCos => {
+            set("QUELEA_IBM_COS_REGION", config.ibm_cos.region.as_deref());
+            set(
+                "QUELEA_IBM_COS_ENDPOINT",
+                config.ibm_cos.endpoint.as_deref(),
+            );
+        }
+        StorageKind::Minio => {
+            set("QUELEA_MINIO_ENDPOINT", config.minio.endpoint.as_deref());
+        }
+        StorageKind::Gcs => {
+            set("QUELEA_GCS_ENDPOINT", config.gcs.endpoint.as_deref());
+            set("QUELEA_GCS_ANONYMOUS", flag(config.gcs.anonymous));
+        }
+        StorageKind::Azure => {
+            let azure = &config.azure;
+            set("QUELEA_AZURE_ACCOUNT", azure.account.as_deref());
+            set("QUELEA_AZURE_ENDPOINT", azure.endpoint.as_deref());
+            set("QUELEA_AZURE_USE_EMULATOR", flag(azure.use_emulator));
+        }
     }
-    if let Some(region) = &s3.region {
-        env.insert("QUELEA_S3_REGION".into(), region.clone().into());
-    }
-    if s3.path_style {
-        env.insert("QUELEA_S3_PATH_STYLE".into(), "true".into());
-    }
-    if s3.allow_http {
-        env.insert("QUELEA_S3_ALLOW_HTTP".into(), "true".into());
-    }
+    set("QUELEA_STORAGE", Some(config.storage.name()));
+    set("QUELEA_BUCKET", Some(&config.bucket));
     Ok(env)
 }
 
@@ -233,4 +268,91 @@ pub fn deploy(config: &Config, spec: &DeploySpec) -> Result<Deployed, DeployErro
             Err(e) => Err(e),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quelea::core::config::ConfigBuilder;
+
+    fn environment(pairs: &[(&str, &str)]) -> Result<Map<String, Value>, DeployError> {
+        let config = ConfigBuilder::new()
+            .no_file()
+            .env(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            )
+            .build()
+            .unwrap();
+        function_environment(&config)
+    }
+
+    #[test]
+    fn every_network_storage_is_deployed_without_its_credentials() {
+        let env = environment(&[
+            ("QUELEA_STORAGE", "gcs"),
+            ("QUELEA_BUCKET", "jobs"),
+            ("QUELEA_GCS_ENDPOINT", "http://127.0.0.1:4443"),
+            ("QUELEA_GCS_ANONYMOUS", "true"),
+            (
+                "QUELEA_GCS_SERVICE_ACCOUNT_KEY",
+                "{\"private_key\": \"gcs-secret\"}",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(env["QUELEA_STORAGE"], "gcs");
+        assert_eq!(env["QUELEA_BUCKET"], "jobs");
+        assert_eq!(env["QUELEA_GCS_ENDPOINT"], "http://127.0.0.1:4443");
+        assert_eq!(env["QUELEA_GCS_ANONYMOUS"], "true");
+        assert!(!Value::Object(env).to_string().contains("gcs-secret"));
+
+        let env = environment(&[
+            ("QUELEA_STORAGE", "azure"),
+            ("QUELEA_BUCKET", "jobs"),
+            ("QUELEA_AZURE_ACCOUNT", "acct"),
+            ("QUELEA_AZURE_ACCESS_KEY", "azure-secret"),
+            ("AZURE_STORAGE_SAS_TOKEN", "sas-secret"),
+        ])
+        .unwrap();
+        assert_eq!(env["QUELEA_STORAGE"], "azure");
+        assert_eq!(env["QUELEA_AZURE_ACCOUNT"], "acct");
+        let raw = Value::Object(env).to_string();
+        assert!(
+            !raw.contains("azure-secret") && !raw.contains("sas-secret"),
+            "{raw}"
+        );
+
+        let env = environment(&[
+            ("QUELEA_STORAGE", "ibm_cos"),
+            ("QUELEA_IBM_COS_REGION", "eu-de"),
+            ("QUELEA_IBM_COS_ACCESS_KEY_ID", "hmac-id"),
+            ("QUELEA_IBM_COS_SECRET_ACCESS_KEY", "hmac-secret"),
+        ])
+        .unwrap();
+        assert_eq!(env["QUELEA_STORAGE"], "ibm_cos");
+        assert_eq!(env["QUELEA_IBM_COS_REGION"], "eu-de");
+        let raw = Value::Object(env).to_string();
+        assert!(!raw.contains("hmac-"), "{raw}");
+
+        let env = environment(&[
+            ("QUELEA_STORAGE", "minio"),
+            ("QUELEA_MINIO_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert_eq!(env["QUELEA_MINIO_ENDPOINT"], "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn storage_of_this_machine_is_refused_with_the_reason() {
+        for kind in ["localdisk", "memory"] {
+            let err = environment(&[("QUELEA_STORAGE", kind)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(kind) && err.contains("cannot read") && err.contains("gcs"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -125,6 +125,19 @@ pub fn io_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Installs ring as rustls' process-wide crypto provider, once; a no-op when
+/// one is installed already. reqwest is built without a provider of its own
+/// (`rustls-no-provider`, to leave aws-lc-rs out of the build), so every
+/// process calls this before it builds an HTTP client: [`Storage::from_config`]
+/// does, and so do the other crates' client constructors.
+pub fn install_tls_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Err: another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Objects larger than this are uploaded in parts by default.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
 
@@ -170,6 +183,7 @@ impl Storage {
 
     /// The storage a config names.
     pub fn from_config(config: &Config) -> Result<Storage> {
+        install_tls_provider();
         let location = StorageLocation::from_config(config);
         let store: Arc<dyn ObjectStore> = match config.storage {
             StorageKind::Localdisk => {

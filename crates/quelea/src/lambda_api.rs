@@ -79,6 +79,7 @@ impl LambdaApi {
                 })
             }
         };
+        quelea_storage::install_tls_provider();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(max_idle)
             .tcp_nodelay(true)

@@ -10,18 +10,22 @@ use std::time::Duration;
 
 use quelea::ConfigBuilder;
 
-/// With `QTEST_STORAGE=s3`, job storage is the S3 server of
-/// scripts/s3-server.sh (its `QUELEA_S3_*` variables in the environment).
-pub fn s3() -> bool {
-    std::env::var("QTEST_STORAGE").as_deref() == Ok("s3")
+/// Job storage of the servers and clients: a local directory, or with
+/// `QTEST_STORAGE=KIND` the bucket `quelea-test` of that kind, its settings
+/// from the environment (`s3`: the `QUELEA_S3_*` of scripts/s3-server.sh;
+/// `azure`: the `QUELEA_AZURE_*` of scripts/cloud-emulators.sh).
+pub fn shared_storage() -> Option<String> {
+    std::env::var("QTEST_STORAGE")
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 /// The storage settings servers and clients share.
 pub fn storage_builder(dir: &Path) -> ConfigBuilder {
-    let builder = if s3() {
+    let builder = if let Some(kind) = shared_storage() {
         ConfigBuilder::new()
             .no_file()
-            .set("storage", "s3")
+            .set("storage", kind.as_str())
             .set("bucket", "quelea-test")
     } else {
         ConfigBuilder::new().no_file().env(Vec::new())
@@ -54,8 +58,8 @@ impl WorkerServer {
             .envs(env.iter().copied())
             .env_remove("PORT")
             .stdout(Stdio::piped());
-        if s3() {
-            cmd.env("QUELEA_STORAGE", "s3")
+        if let Some(kind) = shared_storage() {
+            cmd.env("QUELEA_STORAGE", kind)
                 .env("QUELEA_BUCKET", "quelea-test");
         }
         let mut child = cmd.spawn().expect("the quelea binary starts");

@@ -39,6 +39,7 @@ impl HttpBackend {
                 name: "http.secret",
                 message: "the http backend needs the shared secret".into(),
             })?;
+        quelea_storage::install_tls_provider();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(config.max_workers as usize)
             .tcp_nodelay(true)

@@ -266,6 +266,38 @@
     return [ctx, width];
   }
 
+  // A min-heap of [end, lane] pairs: the lane that frees first on top.
+  function heapPush(heap, item) {
+    heap.push(item);
+    let i = heap.length - 1;
+    while (i > 0) {
+      const up = (i - 1) >> 1;
+      if (heap[up][0] <= heap[i][0]) break;
+      [heap[up], heap[i]] = [heap[i], heap[up]];
+      i = up;
+    }
+  }
+
+  function heapPop(heap) {
+    const top = heap[0];
+    const last = heap.pop();
+    if (heap.length) {
+      heap[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < heap.length && heap[l][0] < heap[m][0]) m = l;
+        if (r < heap.length && heap[r][0] < heap[m][0]) m = r;
+        if (m === i) break;
+        [heap[m], heap[i]] = [heap[i], heap[m]];
+        i = m;
+      }
+    }
+    return top;
+  }
+
   function drawTimeline(data) {
     const c = data.calls;
     const n = c.outcome.length;
@@ -273,7 +305,13 @@
     const ends = new Float64Array(n);
     let tmin = Infinity;
     let tmax = -Infinity;
-    const order = [];
+    let started = 0;
+    // Bars: a run of consecutive calls of one runner call (a batch: same
+    // worker, start and end) with the same outcome is one bar; otherwise
+    // each call is a bar of its own. `barFirst` holds each bar's first call.
+    const barFirst = [];
+    const barCount = [];
+    let last = -1;
     for (let i = 0; i < n; i++) {
       const s = c.start_us[i];
       if (s < 0) continue;
@@ -281,54 +319,66 @@
       ends[i] = e;
       if (s < tmin) tmin = s;
       if (e > tmax) tmax = e;
-      order.push(i);
+      started++;
+      if (last >= 0 && last === i - 1 && c.worker[last] === c.worker[i] && c.start_us[last] === s && ends[last] === e && c.outcome[last] === c.outcome[i]) {
+        barCount[barCount.length - 1]++;
+      } else {
+        barFirst.push(i);
+        barCount.push(1);
+      }
+      last = i;
     }
-    // Lanes: calls of one worker share its lanes; a call overlapping the
-    // last one of every lane (another server's worker of the same number)
-    // opens a new lane.
-    order.sort((a, b) => c.worker[a] - c.worker[b] || c.start_us[a] - c.start_us[b]);
-    const laneOf = new Int32Array(n).fill(-1);
-    const laneEnd = [];
+    // Bars by worker, then start: one numeric key each.
+    const key = new Float64Array(barFirst.length);
+    for (let b = 0; b < barFirst.length; b++) key[b] = (c.worker[barFirst[b]] + 1) * 1e13 + c.start_us[barFirst[b]];
+    const byStart = new Uint32Array(barFirst.length);
+    for (let b = 0; b < byStart.length; b++) byStart[b] = b;
+    byStart.sort((a, b) => key[a] - key[b]);
+    // Lanes: the bars of one worker share its lanes; a bar overlapping every
+    // lane of its worker (another server's worker of the same number, or a
+    // call of another outcome in the same batch) opens a new lane.
+    const barLane = new Int32Array(barFirst.length);
     const laneWorker = [];
-    let firstLaneOfWorker = 0;
+    let free = [];
     let previousWorker = null;
-    for (const i of order) {
+    for (const b of byStart) {
+      const i = barFirst[b];
       const w = c.worker[i];
       if (w !== previousWorker) {
-        firstLaneOfWorker = laneEnd.length;
+        free = [];
         previousWorker = w;
       }
-      let lane = -1;
-      for (let l = firstLaneOfWorker; l < laneEnd.length; l++) {
-        if (laneEnd[l] <= c.start_us[i]) { lane = l; break; }
-      }
-      if (lane < 0) {
-        lane = laneEnd.length;
-        laneEnd.push(0);
+      let lane;
+      if (free.length && free[0][0] <= c.start_us[i]) lane = heapPop(free)[1];
+      else {
+        lane = laneWorker.length;
         laneWorker.push(w);
       }
-      laneEnd[lane] = ends[i];
-      laneOf[i] = lane;
+      heapPush(free, [ends[i], lane]);
+      barLane[b] = lane;
     }
-    const lanes = Math.max(1, laneEnd.length);
+    const laneOf = new Int32Array(n).fill(-1);
+    for (let b = 0; b < barFirst.length; b++) {
+      for (let m = 0; m < barCount[b]; m++) laneOf[barFirst[b] + m] = barLane[b];
+    }
+    const lanes = Math.max(1, laneWorker.length);
     const rowH = Math.max(1, Math.min(14, 360 / lanes));
     const canvas = $("timeline");
     const [ctx, width] = fitCanvas(canvas, Math.max(60, Math.ceil(lanes * rowH)));
     const span = Math.max(1, tmax - tmin);
     const scale = width / span;
     const gap = rowH > 4 ? 1 : 0;
-    const straggler = new Uint8Array(n);
-    for (const i of data.stragglers) straggler[i] = 1;
     let bars = 0;
     // One pass per colour: thousands of rectangles draw in milliseconds.
     for (let o = 0; o < COLORS.length; o++) {
       ctx.fillStyle = COLORS[o];
-      for (const i of order) {
+      for (let b = 0; b < barFirst.length; b++) {
+        const i = barFirst[b];
         if (c.outcome[i] !== o) continue;
         const x = (c.start_us[i] - tmin) * scale;
         const w = Math.max(1, (ends[i] - c.start_us[i]) * scale);
-        ctx.fillRect(x, laneOf[i] * rowH, w, rowH - gap);
-        bars++;
+        ctx.fillRect(x, barLane[b] * rowH, w, rowH - gap);
+        bars += barCount[b];
       }
     }
     ctx.strokeStyle = "#f59e0b";
@@ -338,15 +388,18 @@
       const x = (c.start_us[i] - tmin) * scale;
       ctx.strokeRect(x, laneOf[i] * rowH + 1, Math.max(2, (ends[i] - c.start_us[i]) * scale), Math.max(1, rowH - gap - 2));
     }
+    // Calls drawn, and the rectangles that drew them.
     canvas.dataset.bars = bars;
-    canvas.dataset.lanes = laneEnd.length;
+    canvas.dataset.rects = barFirst.length;
+    canvas.dataset.lanes = laneWorker.length;
     layout = { tmin, scale, rowH, laneOf, ends, c };
     const axis = $("timeline-axis");
-    if (order.length) {
+    if (started) {
       const t = (us) => seconds(us / 1e6);
+      const batched = barFirst.length < started ? " · a batch's calls share one bar" : "";
       axis.replaceChildren(
         el("span", { text: "+" + t(tmin) + " after submit" }),
-        el("span", { text: lanes + " lane(s), " + new Set(laneWorker).size + " worker id(s)" }),
+        el("span", { text: lanes + " lane(s), " + new Set(laneWorker).size + " worker id(s)" + batched }),
         el("span", { text: "+" + t(tmax) }));
     } else {
       axis.replaceChildren(el("span", { text: "no call has started yet" }));
