@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ _LITHOPS_STORAGES = storage_names()
 # Validation of every element costs ~10 us; beyond this many, only a sample
 # is checked here and the rest fail in the worker with the same TypeError.
 _VALIDATE_ALL_UP_TO = 2000
+# Read lists of futures an executor keeps whoever else holds them.
+KEEP_READ_LISTS = 64
 
 
 _translate_lithops = _lithops_config.translate
@@ -230,6 +233,8 @@ class FunctionExecutor:
         self._last_call: str | None = None
         self._storage = None
         self._jobs: list[Any] = []
+        # The last read lists, held strongly (see _forget_read).
+        self._recent: collections.deque = collections.deque(maxlen=KEEP_READ_LISTS)
         self.cleaned_jobs: set[str] = set()
         self._nested = _in_worker()
         if not self._nested:
@@ -250,12 +255,18 @@ class FunctionExecutor:
         return [fs for fs in lists if fs is not None]
 
     def _forget_read(self) -> None:
-        """Holds read lists weakly (see _ReadList)."""
+        """Holds read lists weakly (see _ReadList), except the last
+        ``KEEP_READ_LISTS``: those stay, so ``fexec.futures`` right after a
+        ``get_result()`` still lists them, as in Lithops, while a long
+        session's memory stays bounded."""
         engine = self._engine
-        self._lists = [
-            entry if isinstance(entry, _ReadList) or not _fully_read(entry) else _ReadList(engine, entry)
-            for entry in self._lists
-        ]
+        lists = []
+        for entry in self._lists:
+            if not isinstance(entry, _ReadList) and _fully_read(entry):
+                self._recent.append(entry)
+                entry = _ReadList(engine, entry)
+            lists.append(entry)
+        self._lists = lists
 
     @property
     def config(self) -> dict:
