@@ -449,6 +449,16 @@ pub(crate) enum RunOutcome {
     Failed(Box<CallError>),
 }
 
+impl From<RunOutcome> for EndOutcome {
+    fn from(outcome: RunOutcome) -> Self {
+        match outcome {
+            RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
+            RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
+            RunOutcome::Failed(error) => EndOutcome::Failed(error),
+        }
+    }
+}
+
 impl From<Result<Output, Box<CallError>>> for RunOutcome {
     fn from(outcome: Result<Output, Box<CallError>>) -> Self {
         match outcome {
@@ -597,15 +607,15 @@ impl JobState {
         outcome: RunOutcome,
         may_retry: bool,
     ) -> u32 {
-        let outcome = match outcome {
-            RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
-            RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
-            RunOutcome::Failed(error) => EndOutcome::Failed(error),
-        };
         let mut retried = Vec::new();
-        let new =
-            self.records()
-                .finish_attempt(first.0, count, stats, outcome, may_retry, &mut retried);
+        let new = self.records().finish_attempt(
+            first.0,
+            count,
+            stats,
+            outcome.into(),
+            may_retry,
+            &mut retried,
+        );
         self.retry(retried);
         self.ended(new);
         new
@@ -649,16 +659,11 @@ impl JobState {
         {
             let mut records = self.records();
             for (i, (stats, outcome)) in outcomes.into_iter().enumerate() {
-                let outcome = match outcome {
-                    RunOutcome::Own(bytes) => EndOutcome::Own(bytes),
-                    RunOutcome::Shared(blob) => EndOutcome::Shared(blob),
-                    RunOutcome::Failed(error) => EndOutcome::Failed(error),
-                };
                 new += records.finish_attempt(
                     first.0 + i as u32,
                     1,
                     stats,
-                    outcome,
+                    outcome.into(),
                     true,
                     &mut retried,
                 );
