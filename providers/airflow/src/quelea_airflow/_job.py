@@ -76,7 +76,9 @@ def submit(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_config(config)
-    executor = quelea.FunctionExecutor(config=config, **(executor_kwargs or {}))
+    from quelea_airflow.hooks.quelea import executor_log_settings
+
+    executor = quelea.FunctionExecutor(config=config, **executor_log_settings(executor_kwargs or {}))
     futures: list = []
     handles: list[str] = []
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,3 +64,39 @@ def stop(proc: subprocess.Popen, what: str) -> None:
 
 def objects(root: str) -> list[str]:
     return [str(p) for p in Path(root).rglob("*") if p.is_file()]
+
+
+def task_log_records(tasks_dir: Path, dag_id: str) -> dict[str, list[dict]]:
+    """The records of each task's log files (Airflow 3 writes JSON lines), by task id;
+    a line that is not JSON is kept as ``{"level": None, "event": line}``."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(tasks_dir.rglob("*.log")):
+        parts = dict(p.split("=", 1) for p in path.relative_to(tasks_dir).parts[:-1] if "=" in p)
+        if parts.get("dag_id") != dag_id:
+            continue
+        records = out.setdefault(parts["task_id"], [])
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                record = {"level": None, "event": line}
+            records.append(record)
+    return out
+
+
+def check_call_output(tasks_dir: Path, dag_id: str, task_ids: list[str], n: int) -> None:
+    """Each call of each task printed ``quelea-out <x> on stdout`` and ``quelea-err <x> on
+    stderr``: both reach the task log once, in one info record with the call id, and no
+    record at another level holds them (the runners' raw output at error level)."""
+    logs = task_log_records(tasks_dir, dag_id)
+    for task_id in task_ids:
+        records = logs.get(task_id)
+        assert records, f"no log of {dag_id}.{task_id} under {tasks_dir}: {sorted(logs)}"
+        for x in range(n):
+            for text in (f"quelea-out {x} on stdout", f"quelea-err {x} on stderr"):
+                hits = [r for r in records if text in str(r.get("event"))]
+                assert len(hits) == 1, (task_id, text, hits)
+                assert hits[0].get("level") == "info", (task_id, hits[0])
+                assert re.search(rf"call 0*{x} printed:", str(hits[0]["event"])), (task_id, hits[0])

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from sched_helpers import DAGS, free_port, objects, stop, wait_tcp
+from sched_helpers import DAGS, check_call_output, free_port, objects, stop, wait_tcp
 
 DAG_IDS = [
     "quelea_sched_maps_local",
     "quelea_sched_maps_http",
     "quelea_sched_deferrals",
     "quelea_sched_sensor",
+    "quelea_sched_paths",
 ]
 START_S = 180.0  # for the processes to start and the DAGs to be parsed
 RUN_S = 900.0  # for every run to finish
@@ -148,6 +149,10 @@ def test_a_real_scheduler_and_triggerer_run_every_dag(airflow_services, storage_
     task_logs = "".join(p.read_text(errors="replace") for p in (logs / "tasks").rglob("*") if p.is_file())
     assert task_logs.count("Deferring to QueleaJobTrigger") >= 4 + 25, task_logs.count("Deferring")
     assert "5000/5000 (0 failed)" in task_logs
+    assert tis["quelea_sched_paths"] == {"success": 5}, tis
+    # What the calls printed: once each, at info level, with the call id, in the sync,
+    # deferrable and sensor paths.
+    check_call_output(logs / "tasks", "quelea_sched_paths", ["sync", "deferred", "wait"], 3)
     assert objects(storage_root) == []
 
 

@@ -19,6 +19,26 @@ from quelea_airflow._connection_form import (
 _FORM_PREFIX = f"extra__{CONN_TYPE}__"
 
 
+# What remote calls print is kept in ``future.logs`` only (quelea's ``log_level`` above
+# INFO): the operators log it themselves, once per call, at info level with the call id.
+# Shown by quelea, it would also reach the task's stderr (the local runners' fds 1/2 are
+# the task process's), which Airflow logs again at error level.
+EXECUTOR_LOG_LEVEL = "WARNING"
+
+
+def executor_log_settings(overrides: dict) -> dict:
+    """``overrides`` with quelea's ``log_level`` set to keep call output in
+    ``future.logs`` (see ``EXECUTOR_LOG_LEVEL``) unless the caller gave one. The
+    ``quelea`` logger gets a NullHandler first, so that quelea adds no stderr
+    handler of its own: its warnings reach the task log through Airflow's root handler."""
+    import logging
+
+    logger = logging.getLogger("quelea")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return {"log_level": EXECUTOR_LOG_LEVEL, **overrides}
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -165,11 +185,13 @@ class QueleaHook(BaseHook):
     def get_executor(self, config: dict | None = None, **overrides: Any):
         """A new ``quelea.FunctionExecutor``. ``config`` is merged over the connection's
         config; other keyword arguments (``backend``, ``storage``, ``max_workers``)
-        go to ``FunctionExecutor`` as they are. Close it when done."""
+        go to ``FunctionExecutor`` as they are; ``log_level`` defaults to ``WARNING``
+        (what calls print stays in ``future.logs``, see ``EXECUTOR_LOG_LEVEL``). Close it
+        when done."""
         import quelea
 
         merged = _deep_merge(self.get_config(), config or {})
-        return quelea.FunctionExecutor(config=merged, **overrides)
+        return quelea.FunctionExecutor(config=merged, **executor_log_settings(overrides))
 
     def get_conn(self):
         return self.get_executor()

@@ -1,6 +1,7 @@
 """DAGs run by a real scheduler + triggerer (tests/scheduler) and, on Airflow 2.11, by
 ``dag.test()``: 5,000-element maps (sync and deferrable, with and without chunksize) on
-the local and http backends, 50 deferrable tasks, and a sensor after a submit-only map."""
+the local and http backends, 50 deferrable tasks, a sensor after a submit-only map, and
+the three paths (sync, deferrable, sensor) with calls that print."""
 
 from __future__ import annotations
 
@@ -104,7 +105,51 @@ def sensor(dag_id: str) -> DAG:
     return dag
 
 
+OUTPUT_N = 3
+
+
+def say(x):
+    import sys
+
+    print(f"quelea-out {x} on stdout")
+    print(f"quelea-err {x} on stderr", file=sys.stderr)
+    return x + 100
+
+
+def paths(dag_id: str) -> DAG:
+    """A sync map, a deferrable map and a submit-only map with a sensor, whose calls
+    print (each call's output must reach the task log once, at info level, with its
+    call id), results checked. Run by the LocalExecutor and the CeleryExecutor runs."""
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        common = {"map_function": say, "map_iterdata": list(range(OUTPUT_N)), "chunksize": 1}
+        sync = QueleaMapOperator(task_id="sync", deferrable=False, poll_interval=1.0, **common)
+        deferred = QueleaMapOperator(
+            task_id="deferred", deferrable=True, defer_after=0.0, poll_interval=1.0, **common
+        )
+        submit = QueleaMapOperator(task_id="submit", wait_for_completion=False, **common)
+        wait = QueleaJobSensor(
+            task_id="wait",
+            job=XComArg(submit, key="quelea_job"),
+            deferrable=False,
+            clean_when_done=True,
+            poke_interval=1,
+            timeout=300,
+        )
+        submit >> wait
+
+        @task
+        def check_paths(sync_values, deferred_values):
+            expected = [x + 100 for x in range(OUTPUT_N)]
+            assert sync_values == expected, sync_values
+            assert deferred_values == expected, deferred_values
+            return "ok"
+
+        check_paths(sync.output, deferred.output)
+    return dag
+
+
 sched_maps_local = maps("quelea_sched_maps_local", "quelea_default")
 sched_maps_http = maps("quelea_sched_maps_http", "quelea_http")
 sched_deferrals = deferrals("quelea_sched_deferrals")
 sched_sensor = sensor("quelea_sched_sensor")
+sched_paths = paths("quelea_sched_paths")
