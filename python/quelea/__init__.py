@@ -121,8 +121,11 @@ def clean_job(handle: str, config: dict | None = None, config_file: str | None =
 
 def host_lease(handle: str, config: dict | None = None, config_file: str | None = None) -> dict | None:
     """The heartbeat of the host running the detached local job behind ``handle``:
-    ``{"pid", "machine", "ts", "interval_s", "age_s", "gone"}``, or ``None`` when
-    the job has none (a remote backend's job, a finished or cleaned one).
+    ``{"pid", "machine", "ts", "interval_s", "taken", "age_s", "gone"}``, or
+    ``None`` when the job has none (a remote backend's job, a finished or
+    cleaned one). The submitting client writes the first lease in the host's
+    name before it hands the job over (``taken`` false), so a host that dies
+    before it took the job is seen gone too.
 
     The host rewrites it every ``interval_s`` seconds while the job has
     unfinished calls; ``gone`` is true once it has not for several intervals,

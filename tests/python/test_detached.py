@@ -199,3 +199,87 @@ def test_the_host_lease_says_when_a_detached_jobs_host_is_gone(tmp_path, storage
     assert _wait_gone([host], 30)
     assert quelea.host_lease(handle, config=config) is None
     quelea.clean_job(handle, config=config)
+
+
+# Imported by every Python process started with this directory on PYTHONPATH: the
+# detached-job host (QUELEA_RUNNER=host) kills itself at start-up, before it has read
+# a byte of its input -- a host killed before it took the job.
+HOST_DIES_AT_START = """
+import os, signal
+if os.environ.get("QUELEA_RUNNER") == "host":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_host_killed_before_it_took_the_job_is_seen_gone(tmp_path, storage_root):
+    """The client writes the job's first lease in the host's name before handing it
+    over (``taken`` false): a host that dies before it takes the job (so before it
+    could write a lease itself) leaves that lease, which says the host is gone."""
+    config = {"localdisk": {"root": str(storage_root)}}
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOST_DIES_AT_START)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = run_script(tmp_path, CLIENT.format(root=str(storage_root), n=4), "1", "0.01", env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    handle, host = out.strip().splitlines()[-2:]
+    assert _wait_gone([int(host)], 30)
+    lease = quelea.host_lease(handle, config=config)
+    assert lease is not None, "no lease: a follower could not tell the host is gone"
+    assert lease["pid"] == int(host) and not lease["taken"] and lease["gone"], lease
+    futures = quelea.attach(handle, config=config)
+    assert quelea.progress(futures)["done"] == 0
+    assert quelea.clean_job(handle, config=config) > 0
+    assert quelea.host_lease(handle, config=config) is None
+
+
+SLOW_MAP_REDUCE_CLIENT = """
+    import os, signal, time
+    import quelea
+
+    def slow(x):
+        time.sleep(0.5)
+        return x
+
+    config = {{"localdisk": {{"root": {root!r}}}, "local": {{"workers": 1}}}}
+    fexec = quelea.FunctionExecutor(config=config)
+    futures = fexec.map_reduce(slow, range(12), sum, chunksize=1, detach=True)
+    parts = {{}}
+    for f in futures:
+        parts.setdefault(f.job_key, []).append(f)
+    for fs in parts.values():
+        print(fexec.job_handle(fs), flush=True)
+    print(fexec.host_pid(), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_detached_reduce_has_a_live_lease_while_its_map_runs(tmp_path, storage_root):
+    """The reduce part's lease is there from submission and kept by the host while
+    the map runs (the reduce calls are not accepted yet), so a host killed then is
+    seen gone by a follower of the reduce part too; a finished reduce leaves none."""
+    config = {"localdisk": {"root": str(storage_root)}}
+    proc = run_script(tmp_path, SLOW_MAP_REDUCE_CLIENT.format(root=str(storage_root)))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    map_handle, reduce_handle, host = out.strip().splitlines()[-3:]
+    lease = quelea.host_lease(reduce_handle, config=config)
+    assert lease is not None and lease["pid"] == int(host) and not lease["gone"], lease
+    deadline = time.monotonic() + 30
+    while not (renewed := quelea.host_lease(reduce_handle, config=config))["taken"]:
+        assert time.monotonic() < deadline, "the host did not take the reduce's lease"
+        time.sleep(0.1)
+    first = renewed["ts"]
+    while (renewed := quelea.host_lease(reduce_handle, config=config))["ts"] == first:
+        assert time.monotonic() < deadline, "the reduce's lease was not renewed"
+        time.sleep(0.2)
+    assert quelea.progress(quelea.attach(map_handle, config=config))["done"] < 12, "map done already"
+    assert not renewed["gone"], renewed
+    reduce_part = quelea.attach(reduce_handle, config=config)
+    assert quelea.get_result(reduce_part, timeout=120) == [sum(range(12))]
+    assert _wait_gone([int(host)], 30)
+    assert quelea.host_lease(reduce_handle, config=config) is None
+    assert quelea.host_lease(map_handle, config=config) is None
+    quelea.clean_job(map_handle, config=config)
+    quelea.clean_job(reduce_handle, config=config)

@@ -908,7 +908,7 @@ fn clean_job(
 }
 
 /// The host lease of the detached job behind a handle, as JSON (`pid`,
-/// `machine`, `ts`, `interval_s`, plus `age_s` and `gone`), or `None`.
+/// `machine`, `ts`, `interval_s`, `taken`, plus `age_s` and `gone`), or `None`.
 #[pyfunction]
 #[pyo3(signature = (handle, overrides=None, config_file=None))]
 fn host_lease(
@@ -928,6 +928,7 @@ fn host_lease(
             "machine": lease.machine,
             "ts": lease.ts,
             "interval_s": lease.interval_s,
+            "taken": lease.taken,
             "age_s": lease.age_s(),
             "gone": lease.is_gone(),
         })

@@ -74,6 +74,14 @@ pub struct HostLease {
     pub ts: f64,
     /// Seconds between rewrites.
     pub interval_s: f64,
+    /// Whether the host has taken the job: false for the first lease, which
+    /// the client writes in the host's name before handing it the job.
+    #[serde(default = "taken")]
+    pub taken: bool,
+}
+
+fn taken() -> bool {
+    true
 }
 
 impl HostLease {
@@ -135,6 +143,22 @@ fn process_running(pid: u32) -> bool {
     }
 }
 
+/// Writes the first lease of a job that the host `pid` of this machine is
+/// about to be handed (see `Executor::host_send`); the host rewrites it once
+/// it takes the job.
+pub(crate) fn write_first_lease(storage: &Storage, key: &str, pid: u32) -> Result<()> {
+    let lease = HostLease {
+        pid,
+        machine: machine_name(),
+        ts: now_ts(),
+        interval_s: LEASE_INTERVAL.as_secs_f64(),
+        taken: false,
+    };
+    let body = serde_json::to_vec(&lease).expect("leases serialize");
+    storage.put_blocking(key, body)?;
+    Ok(())
+}
+
 /// The leases a host keeps: one per job with unfinished calls.
 struct Leases {
     storage: Storage,
@@ -173,6 +197,7 @@ impl Leases {
             machine: self.me.1.clone(),
             ts: now_ts(),
             interval_s: LEASE_INTERVAL.as_secs_f64(),
+            taken: true,
         };
         let body = serde_json::to_vec(&lease).expect("leases serialize");
         match self.storage.put_blocking(key, body) {
@@ -522,6 +547,20 @@ fn run_reduce(
     leases: &Leases,
 ) {
     let keys = JobKeys::new(&map.executor_id, map.job_id);
+    // The reduce's lease is kept while the map runs (its client wrote the
+    // first one); `accept` then keeps it with the reduce calls.
+    let (waiting, remaining) = tokio::sync::watch::channel(1usize);
+    leases.add(
+        JobKeys::new(&reduce.executor_id, reduce.job_id).host_lease(),
+        remaining,
+    );
+    struct Waited(tokio::sync::watch::Sender<usize>);
+    impl Drop for Waited {
+        fn drop(&mut self) {
+            let _ = self.0.send(0);
+        }
+    }
+    let _waited = Waited(waiting);
     let runner = reduce.function.runner;
     let map_job = Arc::new(JobState::new(
         map,

@@ -904,7 +904,11 @@ impl Inner {
     }
 
     /// Hands a step to the detached-job host, starting it first if needed.
-    fn host_send(&self, step: &HostStep) -> Result<()> {
+    /// The jobs of `leases` (their lease keys) get a first lease in the
+    /// host's name before the host has the step: a host that dies before it
+    /// takes the job (and writes the lease itself) leaves a lease that goes
+    /// stale, so followers learn it is gone instead of waiting for nothing.
+    fn host_send(&self, step: &HostStep, leases: &[String]) -> Result<()> {
         let mut host = lock(&self.host);
         if host.is_none() {
             let command = self
@@ -918,7 +922,11 @@ impl Inner {
                 })?;
             *host = Some(Host::start(command, &self.config, &self.host_runners)?);
         }
-        host.as_mut().expect("started above").send(step)
+        let host = host.as_mut().expect("started above");
+        for key in leases {
+            crate::detached::write_first_lease(&self.storage, key, host.pid())?;
+        }
+        host.send(step)
     }
 
     /// A detached map-reduce's reduce: its function and spec go to storage
@@ -939,12 +947,15 @@ impl Inner {
         let deadline_ts = self
             .deadline_ts(&map_job.spec)
             .max(self.deadline_ts(&reduce_job.spec));
-        self.host_send(&HostStep::Reduce {
-            map: Box::new(map_job.spec.clone()),
-            reduce: Box::new(reduce_job.spec.clone()),
-            groups,
-            deadline_ts,
-        })?;
+        self.host_send(
+            &HostStep::Reduce {
+                map: Box::new(map_job.spec.clone()),
+                reduce: Box::new(reduce_job.spec.clone()),
+                groups,
+                deadline_ts,
+            },
+            &[reduce_job.keys.host_lease()],
+        )?;
         crate::monitor::follow(reduce_job, self.storage.clone(), deadline_ts, true, None)
     }
 
@@ -1028,23 +1039,26 @@ impl Inner {
         job.mark_invoked();
         if detached {
             let deadline_ts = self.deadline_ts(spec);
-            self.host_send(&HostStep::Invocation {
-                invocation: Invocation {
-                    // The detached host is this client's own process: no claim.
-                    id: None,
-                    executor_id: spec.executor_id.clone(),
-                    job_id: spec.job_id,
-                    function: spec.function.clone(),
-                    calls,
-                    timeout_s: spec.timeout_s,
-                    memory_limit_mb: spec.memory_limit_mb,
-                    submit_ts: spec.submit_ts,
-                    push: None,
-                    attempt: 0,
-                    retry_on: spec.retry.retry_on(0),
+            self.host_send(
+                &HostStep::Invocation {
+                    invocation: Invocation {
+                        // The detached host is this client's own process: no claim.
+                        id: None,
+                        executor_id: spec.executor_id.clone(),
+                        job_id: spec.job_id,
+                        function: spec.function.clone(),
+                        calls,
+                        timeout_s: spec.timeout_s,
+                        memory_limit_mb: spec.memory_limit_mb,
+                        submit_ts: spec.submit_ts,
+                        push: None,
+                        attempt: 0,
+                        retry_on: spec.retry.retry_on(0),
+                    },
+                    deadline_ts,
                 },
-                deadline_ts,
-            })?;
+                &[job.keys.host_lease()],
+            )?;
             return crate::monitor::follow(job, self.storage.clone(), deadline_ts, true, None);
         }
         self.backend.submit(Submission {
@@ -1080,10 +1094,14 @@ impl Inner {
             for invocation in invocations {
                 if detached {
                     let deadline_ts = inner.deadline_ts(&job.spec);
-                    inner.host_send(&HostStep::Invocation {
-                        invocation,
-                        deadline_ts,
-                    })?;
+                    // The host has the job (and its lease) already.
+                    inner.host_send(
+                        &HostStep::Invocation {
+                            invocation,
+                            deadline_ts,
+                        },
+                        &[],
+                    )?;
                 } else {
                     inner
                         .backend

@@ -178,10 +178,19 @@ class Job:
             if p["done"] < p["total"] and abandoned is None:
                 lease = quelea.host_lease(self.handles[i], config=self.config)
                 if lease is not None and lease["gone"]:
+                    where = f"pid {lease['pid']} on {lease['machine'] or 'an unnamed machine'}"
+                    if lease.get("taken", True):
+                        what = (
+                            f"the process running it ({where}) is gone (its lease was last renewed "
+                            f"{lease['age_s']:.0f} s ago)"
+                        )
+                    else:  # the submitter's first lease: the host never took the job
+                        what = (
+                            f"the process running it ({where}) is gone: it died before it took "
+                            f"the job ({lease['age_s']:.0f} s after the job was handed to it)"
+                        )
                     abandoned = (
-                        f"quelea job {_job_id(self.handles[i])} is abandoned: the process running it "
-                        f"(pid {lease['pid']} on {lease['machine'] or 'an unnamed machine'}) is gone "
-                        f"(its lease was last renewed {lease['age_s']:.0f} s ago); "
+                        f"quelea job {_job_id(self.handles[i])} is abandoned: {what}; "
                         f"{p['total'] - p['done']} of its {p['total']} calls will never finish"
                     )
         return {

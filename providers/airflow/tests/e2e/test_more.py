@@ -93,6 +93,39 @@ def test_the_sensor_sees_an_abandoned_job(dagbag, dag_id, capfd, caplog, storage
     assert _objects(storage_root) == []
 
 
+# Imported by every Python process started with its directory on PYTHONPATH: a
+# detached-job host (QUELEA_RUNNER=host) kills itself at start-up, before it has read
+# its input -- a host killed before it took the job.
+HOST_DIES_AT_START = """
+import os, signal
+if os.environ.get("QUELEA_RUNNER") == "host":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("dag_id", ["quelea_e2e_abandoned_early", "quelea_e2e_abandoned_early_deferrable"])
+def test_the_sensor_sees_a_job_whose_host_died_before_taking_it(
+    dagbag, dag_id, capfd, caplog, storage_root, tmp_path, monkeypatch
+):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOST_DIES_AT_START)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    caplog.set_level("INFO")
+    started = time.monotonic()
+    run = dagbag.get_dag(dag_id).test()
+    elapsed = time.monotonic() - started
+    assert _states(run) == {"submit": "success", "wait": "failed"}, _states(run)
+    text = _log(capfd, caplog)
+    assert "is abandoned: the process running it" in text, text[-3000:]
+    assert "it died before it took the job" in text, text[-3000:]
+    # Not polled 0/4 until the sensor's timeout (100 s): caught at the first pokes.
+    pokes = re.findall(r"job [0-9a-f]+-\d+: 0/4 \(0 failed\)", text)
+    assert 1 <= len(pokes) <= 2, (pokes, text[-3000:])
+    assert elapsed < 60, elapsed
+    assert _objects(storage_root) == []
+
+
 def test_a_failed_call_seen_by_the_sensor_shows_the_remote_traceback(dagbag, capfd, caplog, storage_root):
     run = dagbag.get_dag("quelea_e2e_sensor_fails").test()
     assert _states(run) == {"submit": "success", "wait": "failed"}, _states(run)

@@ -158,6 +158,24 @@ def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
     return dag
 
 
+def abandoned_early(dag_id: str, deferrable_sensor: bool) -> DAG:
+    """A submit-only job whose host dies before it takes the job (the test makes every
+    detached-job host kill itself at start-up): the sensor sees it abandoned."""
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        submit = QueleaMapOperator(
+            task_id="submit", map_function=sleepy, map_iterdata=list(range(4)), wait_for_completion=False
+        )
+        submit >> QueleaJobSensor(
+            task_id="wait",
+            job=XComArg(submit, key="quelea_job"),
+            deferrable=deferrable_sensor,
+            clean_when_done=True,
+            poke_interval=2,
+            timeout=100,
+        )
+    return dag
+
+
 def sensor_fails(dag_id: str) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
         submit = QueleaMapOperator(
@@ -181,4 +199,8 @@ e2e_retry_sync = retried("quelea_e2e_retry_sync", deferrable=False)
 e2e_retry_deferrable = retried("quelea_e2e_retry_deferrable", deferrable=True)
 e2e_abandoned = abandoned("quelea_e2e_abandoned", deferrable_sensor=False)
 e2e_abandoned_deferrable = abandoned("quelea_e2e_abandoned_deferrable", deferrable_sensor=True)
+e2e_abandoned_early = abandoned_early("quelea_e2e_abandoned_early", deferrable_sensor=False)
+e2e_abandoned_early_deferrable = abandoned_early(
+    "quelea_e2e_abandoned_early_deferrable", deferrable_sensor=True
+)
 e2e_sensor_fails = sensor_fails("quelea_e2e_sensor_fails")
