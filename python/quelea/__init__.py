@@ -142,6 +142,21 @@ def host_lease(handle: str, config: dict | None = None, config_file: str | None 
     return None if text is None else json.loads(text)
 
 
+def job_leases(handle: str, config: dict | None = None, config_file: str | None = None) -> list[dict]:
+    """Every lease of the job behind ``handle``, as :func:`host_lease` gives
+    them: its host's (a detached local job; ``role`` ``"host"``) and one per
+    worker server with calls of the job (``http``; ``role`` ``"server"``),
+    written when the server accepts the calls and kept while it runs them. A
+    lease that is ``gone`` means some of the job's calls will never finish."""
+    import json
+
+    from . import _engine
+    from .executor import config_overrides
+
+    overrides = config_overrides(config)
+    return json.loads(_engine.job_leases(handle, json.dumps(overrides) if overrides else None, config_file))
+
+
 __all__ = [
     "FunctionExecutor",
     "LocalhostExecutor",
@@ -158,6 +173,7 @@ __all__ = [
     "progress",
     "clean_job",
     "host_lease",
+    "job_leases",
     "ALWAYS",
     "ANY_COMPLETED",
     "ALL_COMPLETED",

@@ -9,6 +9,7 @@
 //! quelea/jobs/<executor_id>/<job_id>/output/<call>    results too large to inline
 //! quelea/jobs/<executor_id>/<job_id>/cancelled        present once the job is cancelled
 //! quelea/jobs/<executor_id>/<job_id>/host.lease       a detached job's host heartbeat
+//! quelea/jobs/<executor_id>/<job_id>/leases/<server>  a worker server's heartbeat, per job
 //! ```
 
 use crate::ids::{CallId, ExecutorId, JobId};
@@ -80,6 +81,16 @@ impl JobKeys {
     /// The heartbeat a detached job's host rewrites while it runs the job.
     pub fn host_lease(&self) -> String {
         format!("{}host.lease", self.prefix)
+    }
+
+    /// Where the worker servers running calls of the job keep their leases.
+    pub fn server_leases(&self) -> String {
+        format!("{}leases/", self.prefix)
+    }
+
+    /// The lease of the worker server `name` (`<machine>-<pid>`).
+    pub fn server_lease(&self, name: &str) -> String {
+        format!("{}leases/{name}.lease", self.prefix)
     }
 }
 

@@ -908,7 +908,7 @@ fn clean_job(
 }
 
 /// The host lease of the detached job behind a handle, as JSON (`pid`,
-/// `machine`, `ts`, `interval_s`, `taken`, plus `age_s` and `gone`), or `None`.
+/// `machine`, `ts`, `interval_s`, `taken`, `role`, plus `age_s` and `gone`), or `None`.
 #[pyfunction]
 #[pyo3(signature = (handle, overrides=None, config_file=None))]
 fn host_lease(
@@ -922,18 +922,38 @@ fn host_lease(
     let lease = py
         .detach(|| quelea::host_lease_with(base, &handle))
         .map_err(to_py_err)?;
-    Ok(lease.map(|lease| {
-        serde_json::json!({
-            "pid": lease.pid,
-            "machine": lease.machine,
-            "ts": lease.ts,
-            "interval_s": lease.interval_s,
-            "taken": lease.taken,
-            "age_s": lease.age_s(),
-            "gone": lease.is_gone(),
-        })
-        .to_string()
-    }))
+    Ok(lease.map(|lease| lease_json(&lease).to_string()))
+}
+
+fn lease_json(lease: &quelea::HostLease) -> serde_json::Value {
+    serde_json::json!({
+        "pid": lease.pid,
+        "machine": lease.machine,
+        "ts": lease.ts,
+        "interval_s": lease.interval_s,
+        "taken": lease.taken,
+        "role": lease.role,
+        "age_s": lease.age_s(),
+        "gone": lease.is_gone(),
+    })
+}
+
+/// Every lease of the job behind a handle (its host's, its worker servers'),
+/// as a JSON list of what `host_lease` gives.
+#[pyfunction]
+#[pyo3(signature = (handle, overrides=None, config_file=None))]
+fn job_leases(
+    py: Python<'_>,
+    handle: &str,
+    overrides: Option<&str>,
+    config_file: Option<PathBuf>,
+) -> PyResult<String> {
+    let handle = JobHandle::from_json(handle).map_err(to_py_err)?;
+    let base = config_builder(overrides, config_file)?;
+    let leases = py
+        .detach(|| quelea::job_leases_with(base, &handle))
+        .map_err(to_py_err)?;
+    Ok(serde_json::Value::Array(leases.iter().map(lease_json).collect()).to_string())
 }
 
 /// Serves the CLI's built-in Rust functions on this process's pipes and exits
@@ -980,6 +1000,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attach, m)?)?;
     m.add_function(wrap_pyfunction!(clean_job, m)?)?;
     m.add_function(wrap_pyfunction!(host_lease, m)?)?;
+    m.add_function(wrap_pyfunction!(job_leases, m)?)?;
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(arm_runner_client_death, m)?)?;

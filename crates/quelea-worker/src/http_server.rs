@@ -71,6 +71,8 @@ struct State {
     /// Invocations being accepted (loading, claiming) but not queued yet:
     /// a graceful stop waits for them too.
     accepting: std::sync::atomic::AtomicU64,
+    /// A lease per job with calls here, so followers learn if this server dies.
+    leases: Arc<crate::lease::Leases>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,8 +120,10 @@ impl Server {
             source,
         })?;
         listener.set_nonblocking(true)?;
+        let leases = crate::lease::Leases::new(storage.clone(), "server");
         Ok(Server {
             state: Arc::new(State {
+                leases,
                 runtime: Runtime::new(
                     RuntimeConfig {
                         workers: config.workers,
@@ -367,7 +371,17 @@ fn authenticate(state: &State, signed: &SignedHeaders, body: &[u8]) -> Result<()
 
 async fn accept(state: &State, invocation: Invocation) -> Result<usize, Refusal> {
     state.accepting.fetch_add(1, Ordering::Relaxed);
-    let accepted = state.runtime.accept(invocation).await.map(|a| a.calls);
+    let lease = quelea_core::keys::JobKeys::new(&invocation.executor_id, invocation.job_id)
+        .server_lease(&crate::lease::server_lease_name());
+    let accepted = match state.runtime.accept(invocation).await {
+        // The lease is in storage before the client hears the calls were taken.
+        Ok(accepted) => {
+            let (leases, remaining) = (state.leases.clone(), accepted.watch_remaining());
+            let _ = tokio::task::spawn_blocking(move || leases.add(lease, remaining)).await;
+            Ok(accepted.calls)
+        }
+        Err(refusal) => Err(refusal),
+    };
     state.accepting.fetch_sub(1, Ordering::Relaxed);
     accepted
 }

@@ -15,8 +15,11 @@
 //!   shares it.
 //! - [`http_server`]: the runtime as an HTTP service (`quelea worker serve`),
 //!   taking signed Invocations.
+//! - [`lease`]: the heartbeat a runtime keeps in a job's storage while it
+//!   runs calls of the job (a detached job's host, a worker server).
 
 pub mod http_server;
+pub mod lease;
 pub mod pool;
 pub mod push;
 pub mod runner_protocol;

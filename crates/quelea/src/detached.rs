@@ -26,7 +26,7 @@
 //! job is the same path with a pipe for a network, and nothing about the
 //! local runtime needs to survive its process.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -57,47 +57,8 @@ const HOST_RUNNERS_ENV: &str = "QUELEA_RUNNER_HOST_COMMANDS";
 /// one that ends well.
 const HOST_LOG_ENV: &str = "QUELEA_RUNNER_HOST_LOG";
 
-/// How often a host rewrites the lease of each job it runs.
-pub const LEASE_INTERVAL: Duration = Duration::from_secs(2);
-/// A lease older than this many of its intervals means its host is gone.
-pub const LEASE_STALE_INTERVALS: f64 = 5.0;
-
-/// A detached job's heartbeat, written by the host running it (see the
-/// module doc).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HostLease {
-    /// The host's process id, on `machine`.
-    pub pid: u32,
-    /// The host's machine (its hostname).
-    pub machine: String,
-    /// Unix time of the last rewrite (the host's clock).
-    pub ts: f64,
-    /// Seconds between rewrites.
-    pub interval_s: f64,
-    /// Whether the host has taken the job: false for the first lease, which
-    /// the client writes in the host's name before handing it the job.
-    #[serde(default = "taken")]
-    pub taken: bool,
-}
-
-fn taken() -> bool {
-    true
-}
-
-impl HostLease {
-    /// Seconds since the last rewrite, by this machine's clock.
-    pub fn age_s(&self) -> f64 {
-        (now_ts() - self.ts).max(0.0)
-    }
-
-    /// Whether the host is gone: the lease was not rewritten for
-    /// [`LEASE_STALE_INTERVALS`] intervals, or the host ran on this machine
-    /// and its process has exited.
-    pub fn is_gone(&self) -> bool {
-        self.age_s() > LEASE_STALE_INTERVALS * self.interval_s
-            || (self.machine == machine_name() && !process_running(self.pid))
-    }
-}
+use quelea_worker::lease::Leases;
+pub use quelea_worker::lease::{HostLease, LEASE_INTERVAL};
 
 /// The lease of the job behind `handle`, with credentials from `base`;
 /// `None` when the job has none (not a detached local job, finished, or
@@ -106,40 +67,31 @@ pub fn host_lease_with(base: ConfigBuilder, handle: &JobHandle) -> Result<Option
     let config = handle.storage.to_config(base)?;
     let storage = Storage::from_config(&config)?;
     let key = JobKeys::new(&handle.executor_id, handle.job_id).host_lease();
-    match storage.get_blocking(&key) {
+    read_lease(&storage, &key)
+}
+
+/// Every lease of the job behind `handle`: its host's (a detached local
+/// job) and those of the worker servers running its calls (`http`).
+pub fn job_leases_with(base: ConfigBuilder, handle: &JobHandle) -> Result<Vec<HostLease>> {
+    let config = handle.storage.to_config(base)?;
+    let storage = Storage::from_config(&config)?;
+    let keys = JobKeys::new(&handle.executor_id, handle.job_id);
+    let mut out: Vec<HostLease> = read_lease(&storage, &keys.host_lease())?
+        .into_iter()
+        .collect();
+    for object in storage.list_blocking(&keys.server_leases())? {
+        out.extend(read_lease(&storage, &object.key)?);
+    }
+    Ok(out)
+}
+
+fn read_lease(storage: &Storage, key: &str) -> Result<Option<HostLease>> {
+    match storage.get_blocking(key) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::Handle(format!("unreadable host lease {key}: {e}"))),
+            .map_err(|e| Error::Handle(format!("unreadable lease {key}: {e}"))),
         Err(quelea_storage::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
-    }
-}
-
-fn machine_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Whether `pid` is a process of this machine that has not exited (a zombie
-/// has).
-fn process_running(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(true),
-        Err(_) => true,
     }
 }
 
@@ -147,91 +99,8 @@ fn process_running(pid: u32) -> bool {
 /// about to be handed (see `Executor::host_send`); the host rewrites it once
 /// it takes the job.
 pub(crate) fn write_first_lease(storage: &Storage, key: &str, pid: u32) -> Result<()> {
-    let lease = HostLease {
-        pid,
-        machine: machine_name(),
-        ts: now_ts(),
-        interval_s: LEASE_INTERVAL.as_secs_f64(),
-        taken: false,
-    };
-    let body = serde_json::to_vec(&lease).expect("leases serialize");
-    storage.put_blocking(key, body)?;
+    quelea_worker::lease::write_first_lease(storage, key, pid)?;
     Ok(())
-}
-
-/// The leases a host keeps: one per job with unfinished calls.
-struct Leases {
-    storage: Storage,
-    me: (u32, String),
-    running: Mutex<Vec<(String, tokio::sync::watch::Receiver<usize>)>>,
-    written: Mutex<BTreeSet<String>>,
-}
-
-impl Leases {
-    fn new(storage: Storage) -> Arc<Leases> {
-        let leases = Arc::new(Leases {
-            storage,
-            me: (std::process::id(), machine_name()),
-            running: Mutex::new(Vec::new()),
-            written: Mutex::new(BTreeSet::new()),
-        });
-        let beat = Arc::downgrade(&leases);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(LEASE_INTERVAL);
-            match beat.upgrade() {
-                Some(leases) => leases.beat(),
-                None => return,
-            }
-        });
-        leases
-    }
-
-    fn add(&self, key: String, remaining: tokio::sync::watch::Receiver<usize>) {
-        crate::job::lock(&self.running).push((key.clone(), remaining));
-        self.write(&key);
-    }
-
-    fn write(&self, key: &str) {
-        let lease = HostLease {
-            pid: self.me.0,
-            machine: self.me.1.clone(),
-            ts: now_ts(),
-            interval_s: LEASE_INTERVAL.as_secs_f64(),
-            taken: true,
-        };
-        let body = serde_json::to_vec(&lease).expect("leases serialize");
-        match self.storage.put_blocking(key, body) {
-            Ok(()) => {
-                crate::job::lock(&self.written).insert(key.to_string());
-            }
-            Err(e) => eprintln!("quelea host: cannot write the lease {key}: {e}"),
-        }
-    }
-
-    /// The keys of jobs with unfinished calls.
-    fn live(&self) -> BTreeSet<String> {
-        let mut running = crate::job::lock(&self.running);
-        running.retain(|(_, remaining)| *remaining.borrow() > 0);
-        running.iter().map(|(key, _)| key.clone()).collect()
-    }
-
-    fn beat(&self) {
-        for key in self.live() {
-            self.write(&key);
-        }
-    }
-
-    /// Deletes the leases of finished jobs (a job left unfinished keeps its
-    /// lease, which goes stale: its followers learn the host is gone).
-    fn finish(&self) {
-        let live = self.live();
-        let written = std::mem::take(&mut *crate::job::lock(&self.written));
-        for key in written.difference(&live) {
-            if let Err(e) = self.storage.delete_blocking(key) {
-                eprintln!("quelea host: cannot delete the lease {key}: {e}");
-            }
-        }
-    }
 }
 
 /// What a client hands its host.
@@ -430,7 +299,7 @@ fn host_main() -> Result<()> {
         },
         storage.clone(),
     ));
-    let leases = Leases::new(storage.clone());
+    let leases = Leases::new(storage.clone(), "host");
     let mut stdin = std::io::stdin().lock();
     let mut deadline = now_ts();
     let mut waits: Vec<std::thread::JoinHandle<()>> = Vec::new();

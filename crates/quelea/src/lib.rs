@@ -28,7 +28,7 @@ mod push;
 mod retry;
 pub mod summary;
 
-pub use detached::{host_lease_with, serve_host, HostLease, LEASE_INTERVAL};
+pub use detached::{host_lease_with, job_leases_with, serve_host, HostLease, LEASE_INTERVAL};
 pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, wait_until, Batches, DoneAndPending, Executor,
