@@ -22,6 +22,26 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+# What remote calls print is kept in ``future.logs`` only (quelea's ``log_level`` above
+# INFO): the operators log it themselves, once per call, at info level with the call id.
+# Shown by quelea, it would also reach the task's stderr (the local runners' fds 1/2 are
+# the task process's), which Airflow logs again at error level.
+EXECUTOR_LOG_LEVEL = "WARNING"
+
+
+def executor_log_settings(overrides: dict) -> dict:
+    """``overrides`` with quelea's ``log_level`` set to keep call output in
+    ``future.logs`` (see ``EXECUTOR_LOG_LEVEL``) unless the caller gave one. The
+    ``quelea`` logger gets a NullHandler first, so that quelea adds no stderr
+    handler of its own: its warnings reach the task log through Airflow's root handler."""
+    import logging
+
+    logger = logging.getLogger("quelea")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return {"log_level": EXECUTOR_LOG_LEVEL, **overrides}
+
+
 KINDS = ("call_async", "map", "map_reduce")
 # How long a freshly submitted job is given to finish before the task defers
 # (a job done by then is read at once: no deferral, no scheduler race).
@@ -76,8 +96,6 @@ def submit(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_config(config)
-    from quelea_airflow.hooks.quelea import executor_log_settings
-
     executor = quelea.FunctionExecutor(config=config, **executor_log_settings(executor_kwargs or {}))
     futures: list = []
     handles: list[str] = []
@@ -176,23 +194,7 @@ class Job:
             if p["failed"] and first_failed is None:
                 first_failed = next(([i, n] for n, f in enumerate(futures) if f.error), None)
             if p["done"] < p["total"] and abandoned is None:
-                lease = quelea.host_lease(self.handles[i], config=self.config)
-                if lease is not None and lease["gone"]:
-                    where = f"pid {lease['pid']} on {lease['machine'] or 'an unnamed machine'}"
-                    if lease.get("taken", True):
-                        what = (
-                            f"the process running it ({where}) is gone (its lease was last renewed "
-                            f"{lease['age_s']:.0f} s ago)"
-                        )
-                    else:  # the submitter's first lease: the host never took the job
-                        what = (
-                            f"the process running it ({where}) is gone: it died before it took "
-                            f"the job ({lease['age_s']:.0f} s after the job was handed to it)"
-                        )
-                    abandoned = (
-                        f"quelea job {_job_id(self.handles[i])} is abandoned: {what}; "
-                        f"{p['total'] - p['done']} of its {p['total']} calls will never finish"
-                    )
+                abandoned = self._abandoned(i, p)
         return {
             "total": sum(self.totals),
             "done": done,
@@ -200,6 +202,43 @@ class Job:
             "first_failed": first_failed,
             "abandoned": abandoned,
         }
+
+    def leases(self, i: int) -> list[dict]:
+        """The leases of part ``i`` (``quelea.job_leases``: its host's, its worker
+        servers'); ``quelea.host_lease`` where the engine has no ``job_leases``."""
+        import quelea
+
+        if hasattr(quelea, "job_leases"):
+            return quelea.job_leases(self.handles[i], config=self.config)
+        lease = quelea.host_lease(self.handles[i], config=self.config)
+        return [] if lease is None else [lease]
+
+    def _abandoned(self, i: int, p: dict) -> str | None:
+        """Why unfinished part ``i`` can never finish (a lease's writer is gone), or None."""
+        gone = [lease for lease in self.leases(i) if lease["gone"]]
+        if not gone:
+            return None
+        lease = gone[0]
+        where = f"pid {lease['pid']} on {lease['machine'] or 'an unnamed machine'}"
+        if lease.get("role") == "server":
+            what = (
+                f"the worker server running some of its calls ({where}) is gone (its lease was "
+                f"last renewed {lease['age_s']:.0f} s ago)"
+            )
+        elif lease.get("taken", True):
+            what = (
+                f"the process running it ({where}) is gone (its lease was last renewed "
+                f"{lease['age_s']:.0f} s ago)"
+            )
+        else:  # the submitter's first lease: the host never took the job
+            what = (
+                f"the process running it ({where}) is gone: it died before it took the job "
+                f"({lease['age_s']:.0f} s after the job was handed to it)"
+            )
+        return (
+            f"quelea job {_job_id(self.handles[i])} is abandoned: {what}; "
+            f"{p['total'] - p['done']} of its {p['total']} calls will never finish"
+        )
 
     def log_outputs(self, log: Any, seen: OutputSeen | None = None) -> None:
         """Copies what finished calls printed to ``log`` (see :func:`log_outputs`)."""
@@ -235,10 +274,19 @@ class Job:
             quelea.cancel(futures)
         if grace <= 0:  # nobody is left to stop the calls (an abandoned job)
             return
-        try:
-            quelea.wait([f for fs in parts for f in fs], timeout=grace, throw_except=False)
-        except WaitTimeoutError:
-            pass
+        every = [f for fs in parts for f in fs]
+        deadline = time.monotonic() + grace
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                quelea.wait(every, timeout=min(1.0, left), throw_except=False)
+                break
+            except WaitTimeoutError:
+                pass
+            # Calls whose runtime is gone never stop: once only dead leases are left,
+            # nobody writes any more.
+            leases = [lease for i in range(len(parts)) for lease in self.leases(i)]
+            if leases and all(lease["gone"] for lease in leases):
+                break
         time.sleep(CANCEL_SETTLE_S)
 
     def clean(self) -> int:

@@ -5,10 +5,14 @@
   a small reference, ``{"quelea_results": <key>, "bucket", "count", "bytes"}``.
   Downstream quelea operators resolve references in their templated inputs;
   other tasks call :func:`quelea_airflow.results`.
-- **Resume records.** A map whose try fails with elements left to retry keeps
-  the finished elements' results in a record under ``quelea/airflow/resume/``,
-  keyed by DAG, run, task and map index (XCom is cleared on a new try; the
-  record is not). The next try maps only the elements the record lacks.
+- **Resume records.** A map, map-reduce or call whose try fails with tries
+  left keeps the finished elements' results in a record under
+  ``quelea/airflow/resume/``, keyed by DAG, run, task and map index (XCom is
+  cleared on a new try; the record is not). A deferrable try also writes the
+  record with its detached job's handle when it submits, so a try that dies
+  while its job runs on (its worker lost) leaves the job to the next try,
+  which takes the finished results from it. The next try maps only the
+  elements the record lacks (a map-reduce then reduces over all of them).
 
 Both are pickles written by the task and read by the same deployment's tasks
 (the storage is trusted as quelea's own job objects are).
@@ -103,8 +107,11 @@ def _resume_key(context: Any) -> str:
     return f"{RESUME_PREFIX}{_task_path(context)}.pickle"
 
 
-def read_resume(config: dict, context: Any, total: int) -> dict[int, Any] | None:
-    """The finished results a previous try of this task kept, by element index;
+def read_resume_record(config: dict, context: Any, total: int) -> dict | None:
+    """The record a previous try of this task kept: ``{"total", "results": {element
+    index: value}, "job": job dict or None, "indices": [...], "final"}`` (``job``: the
+    previous try's detached job, still in storage, whose map part ran the elements
+    ``indices``; ``final``: its last part holds the task's result);
     None if there is none (or it was of a different iterdata length)."""
     storage = _storage(config)
     try:
@@ -114,12 +121,35 @@ def read_resume(config: dict, context: Any, total: int) -> dict[int, Any] | None
     record = pickle.loads(body)  # noqa: S301 - see the module doc
     if record.get("total") != total:
         return None
-    return dict(record["results"])
+    return {
+        "total": total,
+        "results": dict(record["results"]),
+        "job": record.get("job"),
+        "indices": list(record.get("indices") or []),
+        "final": bool(record.get("final")),
+    }
 
 
-def write_resume(config: dict, context: Any, total: int, finished: dict[int, Any]) -> None:
+def read_resume(config: dict, context: Any, total: int) -> dict[int, Any] | None:
+    """The finished results a previous try of this task kept, by element index;
+    None if there is none (or it was of a different iterdata length)."""
+    record = read_resume_record(config, context, total)
+    return None if record is None else record["results"]
+
+
+def write_resume(
+    config: dict,
+    context: Any,
+    total: int,
+    finished: dict[int, Any],
+    job: dict | None = None,
+    indices: list[int] | None = None,
+    final: bool = False,
+) -> None:
+    """``final``: the last part of ``job`` holds the task's result (a map-reduce's reduce)."""
     storage = _storage(config)
-    body = pickle.dumps({"total": total, "results": finished}, protocol=pickle.HIGHEST_PROTOCOL)
+    record = {"total": total, "results": finished, "job": job, "indices": indices or [], "final": final}
+    body = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
     storage.put_object(storage.bucket, _resume_key(context), body)
 
 

@@ -79,6 +79,42 @@ def test_a_retry_runs_only_the_failed_element(dagbag, dag_id, storage_root):
     assert _objects(storage_root) == []
 
 
+def _counts(dag_id: str) -> dict[str, int]:
+    """How many times each element (and `reduce`) of the DAG's counted functions ran."""
+    counts = Path(os.environ.get("AIRFLOW_PROVIDER_TEST_STORAGE", "/tmp/quelea-airflow-storage") + "-counts")
+    calls: dict[str, int] = {}
+    for p in (counts / dag_id).iterdir():
+        if p.name != "failed-once":
+            x = p.name.split("-")[0]
+            calls[x] = calls.get(x, 0) + 1
+    return calls
+
+
+@pytest.mark.parametrize(
+    "dag_id", ["quelea_e2e_retry_map_reduce_sync", "quelea_e2e_retry_map_reduce_deferrable"]
+)
+def test_a_map_reduce_retry_runs_only_the_failed_element_then_the_reduce(dagbag, dag_id, storage_root):
+    run = dagbag.get_dag(dag_id).test()
+    assert _states(run) == {"flaky": "success"}, _states(run)
+    assert xcom_value(run, "flaky") == sum(x * 10 for x in range(8))
+    # The first try ran all 8 map elements (5 failed: no reduce); the retry ran element 5
+    # only, then the reduce once, over all 8 results.
+    assert _counts(dag_id) == {**{str(x): 2 if x == 5 else 1 for x in range(8)}, "reduce": 1}
+    assert _objects(storage_root) == []
+
+
+def test_a_retry_reuses_the_finished_call_of_a_lost_try(dagbag, storage_root):
+    """The first try's call finished while the task was deferred, and the try was lost
+    as it resumed: the retry takes the result from that try's job, without running the
+    call again."""
+    dag_id = "quelea_e2e_resumed_call"
+    run = dagbag.get_dag(dag_id).test()
+    assert _states(run) == {"call": "success"}, _states(run)
+    assert xcom_value(run, "call") == 21
+    assert _counts(dag_id) == {"7": 1}
+    assert _objects(storage_root) == []
+
+
 @pytest.mark.parametrize("dag_id", ["quelea_e2e_abandoned", "quelea_e2e_abandoned_deferrable"])
 def test_the_sensor_sees_an_abandoned_job(dagbag, dag_id, capfd, caplog, storage_root):
     started = time.monotonic()
@@ -122,6 +158,26 @@ def test_the_sensor_sees_a_job_whose_host_died_before_taking_it(
     # Not polled 0/4 until the sensor's timeout (100 s): caught at the first pokes.
     pokes = re.findall(r"job [0-9a-f]+-\d+: 0/4 \(0 failed\)", text)
     assert 1 <= len(pokes) <= 2, (pokes, text[-3000:])
+    assert elapsed < 60, elapsed
+    assert _objects(storage_root) == []
+
+
+def test_the_sensor_sees_an_http_job_abandoned_by_a_dead_worker_server(
+    dagbag, http_connection, capfd, caplog, storage_root
+):
+    """The http job's calls were all handed to two worker servers at submit; one is
+    killed: its lease goes stale (here: its pid is dead), the sensor fails at its next
+    poke naming it, cancels the rest (the live server stops its calls) and cleans."""
+    caplog.set_level("INFO")
+    started = time.monotonic()
+    run = dagbag.get_dag("quelea_e2e_http_abandoned").test()
+    elapsed = time.monotonic() - started
+    assert _states(run) == {"submit": "success", "kill_a_server": "success", "wait": "failed"}, _states(run)
+    killed = xcom_value(run, "kill_a_server")
+    assert http_connection[0].pid == killed or http_connection[1].pid == killed
+    text = _log(capfd, caplog)
+    assert f"the worker server running some of its calls (pid {killed} on" in text, text[-3000:]
+    # Long before the sensor's timeout (100 s) or the calls' 120 s sleeps.
     assert elapsed < 60, elapsed
     assert _objects(storage_root) == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -21,6 +22,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_pair(offset: int) -> int:
+    """A port ``p`` below 65536 - ``offset`` such that ``p`` and ``p + offset`` are both free."""
+    for _ in range(200):
+        p = random.randrange(10000, 65535 - offset)
+        try:
+            for q in (p, p + offset):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+        except OSError:
+            continue
+        return p
+    raise RuntimeError(f"no free pair of ports {offset} apart")
 
 
 def wait_tcp(port: int, proc: subprocess.Popen, what: str, deadline_s: float) -> None:

@@ -15,28 +15,9 @@ from quelea_airflow._connection_form import (
     UI_FIELD_BEHAVIOUR,
     connection_fields,
 )
+from quelea_airflow._job import executor_log_settings
 
 _FORM_PREFIX = f"extra__{CONN_TYPE}__"
-
-
-# What remote calls print is kept in ``future.logs`` only (quelea's ``log_level`` above
-# INFO): the operators log it themselves, once per call, at info level with the call id.
-# Shown by quelea, it would also reach the task's stderr (the local runners' fds 1/2 are
-# the task process's), which Airflow logs again at error level.
-EXECUTOR_LOG_LEVEL = "WARNING"
-
-
-def executor_log_settings(overrides: dict) -> dict:
-    """``overrides`` with quelea's ``log_level`` set to keep call output in
-    ``future.logs`` (see ``EXECUTOR_LOG_LEVEL``) unless the caller gave one. The
-    ``quelea`` logger gets a NullHandler first, so that quelea adds no stderr
-    handler of its own: its warnings reach the task log through Airflow's root handler."""
-    import logging
-
-    logger = logging.getLogger("quelea")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-    return {"log_level": EXECUTOR_LOG_LEVEL, **overrides}
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

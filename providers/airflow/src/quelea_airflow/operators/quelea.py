@@ -210,47 +210,135 @@ class QueleaBaseOperator(BaseOperator):
     def _iterdata(self, value: Any) -> Any:
         return parse_rendered(self._resolve(value), "map_iterdata", allow_str=True)
 
-    # -- resumable retries (map) ---------------------------------------------------------------------
+    # -- resumable retries ---------------------------------------------------------------------------
 
     def _retries_left(self, context: Context) -> bool:
         ti = context.get("ti") if hasattr(context, "get") else None
         try_number = getattr(ti, "try_number", None)
         return isinstance(try_number, int) and try_number <= (self.retries or 0)
 
-    def _resume_plan(self, context: Context, args: tuple, quiet: bool = False) -> tuple[tuple, dict | None]:
-        """For a map of a list on a retry: ``(args over the elements a previous try
-        did not finish, {"total", "previous"})``; else ``(args, None)``."""
-        if self.kind != "map" or not isinstance(args[1], list | tuple) or "ti" not in context:
-            return args, None
-        total = len(args[1])
-        plan: dict = {"total": total, "previous": {}}
-        if getattr(context["ti"], "try_number", 1) > 1:
-            previous = _store.read_resume(self.hook.get_config(), context, total)
-            if previous:
-                plan["previous"] = previous
-                missing = [i for i in range(total) if i not in previous]
-                (self.log.debug if quiet else self.log.info)(
-                    "Resuming: a previous try finished %d of %d element(s); running the other %d",
-                    len(previous),
-                    total,
-                    len(missing),
-                )
-                args = (args[0], [args[1][i] for i in missing], *args[2:])
-        return args, plan
+    def _resumable(self, args: tuple) -> int | None:
+        """How many elements a retry can resume over (an element is known by its index:
+        a list's element, or the one call of ``call_async``); None when it cannot (the
+        elements of objects in storage, a map-reduce reduced by key)."""
+        if self.kind == "call_async":
+            return 1
+        if self.kind == "map_reduce" and getattr(self, "obj_reduce_by_key", False):
+            return None
+        if self.kind in ("map", "map_reduce") and isinstance(args[1], list | tuple):
+            return len(args[1])
+        return None
 
-    @staticmethod
-    def _missing(plan: dict) -> list[int]:
-        return [i for i in range(plan["total"]) if i not in plan["previous"]]
+    def _resume_plan(self, context: Context, call: tuple) -> tuple[tuple, dict | None]:
+        """``((kind, args, kwargs) to run, plan)``. ``plan``: ``{"total", "previous":
+        {index: value} a previous try finished, "missing": [indices to run], "final":
+        the task's result when a previous try's job finished whole, else _NOTHING}``;
+        None when the task is not resumable. On a retry, ``call`` runs the missing
+        elements only; a map-reduce's reducer then gets every element's result, in order
+        (only the reduce is left: a ``call_async`` of it)."""
+        kind, args, kwargs = call
+        total = self._resumable(args) if "ti" in context else None
+        if total is None:
+            return call, None
+        plan: dict = {"total": total, "previous": {}, "missing": list(range(total)), "final": _NOTHING}
+        if getattr(context["ti"], "try_number", 1) <= 1:
+            return call, plan
+        config = self.hook.get_config()
+        record = _store.read_resume_record(config, context, total)
+        if record is None:
+            return call, plan
+        if record["job"]:
+            plan["final"] = self._harvest(record, config)
+            # The job is gone now: what it finished is in the record.
+            _store.write_resume(config, context, total, record["results"])
+        previous = record["results"]
+        plan["previous"] = previous
+        plan["missing"] = missing = [i for i in range(total) if i not in previous]
+        if plan["final"] is not _NOTHING or not previous:
+            return call, plan
+        self.log.info(
+            "Resuming: a previous try finished %d of %d element(s); running the other %d",
+            len(previous),
+            total,
+            len(missing),
+        )
+        if self.kind == "map":
+            call = (kind, (args[0], [args[1][i] for i in missing], *args[2:]), kwargs)
+        elif self.kind == "map_reduce":
+            map_function, iterdata, reduce_function = args[:3]
+            reducer = _resumed_reducer(reduce_function, previous, missing, total)
+            if missing:
+                call = (kind, (map_function, [iterdata[i] for i in missing], reducer), kwargs)
+            else:
+                extra = kwargs.get("extra_args_reduce")
+                extra = () if extra is None else extra if isinstance(extra, tuple) else (extra,)
+                only_reduce = {
+                    "extra_env": kwargs.get("extra_env"),
+                    "runtime_memory": kwargs.get("reduce_runtime_memory"),
+                    "timeout": kwargs.get("timeout"),
+                    "include_modules": kwargs.get("include_modules"),
+                    "exclude_modules": kwargs.get("exclude_modules"),
+                }
+                call = ("call_async", (reducer, ([], *extra)), only_reduce)
+        return call, plan
 
-    def _merge(self, plan: dict | None, values: list) -> list:
+    def _harvest(self, record: dict, config: dict) -> Any:
+        """Takes what the previous try's job (``record["job"]``) finished into
+        ``record["results"]``, then cancels the rest of it and deletes its objects;
+        returns the task's result when that job finished whole and its last part holds
+        it (``record["final"]``), else _NOTHING."""
+        follower = _job.Job(record["job"], config)
+        final = _NOTHING
+        taken = 0
+        try:
+            parts = follower.parts()
+            indices = record["indices"]
+            for n, f in enumerate(parts[0] if indices else []):
+                if n < len(indices) and f.success:
+                    record["results"][indices[n]] = f.result(throw_except=False)
+                    taken += 1
+            if record.get("final") and parts[-1] and all(f.success for f in parts[-1]):
+                final = parts[-1][0].result(throw_except=False)
+            self.log.info(
+                "The previous try's quelea job %s: %d element result(s) taken%s",
+                follower.name,
+                taken,
+                "; it finished: its result is reused" if final is not _NOTHING else "",
+            )
+        except Exception as e:  # noqa: BLE001 - its elements run again
+            self.log.info("The previous try's quelea job %s cannot be read (%s)", follower.name, e)
+        follower.finish(self.log)
+        return final
+
+    def _merge(self, plan: dict | None, values: Any) -> Any:
+        """The task's result from a resumed try's ``values`` and the previous tries'."""
         if not plan or not plan["previous"]:
             return values
+        if self.kind == "call_async":
+            return plan["previous"][0] if not plan["missing"] else values
+        if self.kind == "map_reduce":
+            return values  # the reducer had every element's result
         out = dict(plan["previous"])
-        out.update(zip(self._missing(plan), values, strict=True))
+        out.update(zip(plan["missing"], values, strict=True))
         return [out[i] for i in range(plan["total"])]
 
-    def _keep_for_retry(self, context: Context, plan: dict | None, futures: Any) -> None:
-        """A failed map with tries left keeps its finished results for the next try."""
+    def _element_futures(self, kind: str, futures: Any) -> list | None:
+        """The futures of the elements ``plan["missing"]`` among what ``kind`` gave."""
+        import quelea
+
+        if kind == "call_async" and self.kind == "map_reduce":
+            return None  # only the reduce ran
+        if isinstance(futures, quelea.ResponseFuture):
+            return [futures]
+        if kind == "map_reduce":
+            first = next(iter(futures), None)
+            return [f for f in futures if first is not None and f.job_key == first.job_key]
+        return list(futures)
+
+    def _keep_for_retry(self, context: Context, plan: dict | None, futures: list | None) -> None:
+        """A failed try with tries left keeps its finished results for the next try
+        (``futures``: the futures of ``plan["missing"]``, in order); the last try deletes
+        the record."""
         if not plan:
             return
         config = self.hook.get_config()
@@ -258,10 +346,9 @@ class QueleaBaseOperator(BaseOperator):
             _store.delete_resume(config, context)
             return
         finished = dict(plan["previous"])
-        missing = self._missing(plan)
-        for n, f in enumerate(futures):
-            if f.success:
-                finished[missing[n]] = f.result(throw_except=False)
+        for n, f in enumerate(futures or []):
+            if n < len(plan["missing"]) and f.success:
+                finished[plan["missing"][n]] = f.result(throw_except=False)
         _store.write_resume(config, context, plan["total"], finished)
         self.log.info(
             "Kept %d finished result(s) of %d for the next try (it runs only the other %d)",
@@ -270,26 +357,39 @@ class QueleaBaseOperator(BaseOperator):
             plan["total"] - len(finished),
         )
 
+    def _done_before(self, context: Context, plan: dict | None) -> tuple[bool, Any]:
+        """``(True, result)`` when previous tries left nothing to run."""
+        if not plan:
+            return False, None
+        if plan["final"] is not _NOTHING:
+            result = plan["final"]
+        elif plan["previous"] and not plan["missing"] and self.kind != "map_reduce":
+            result = self._merge(plan, [])
+        else:
+            return False, None
+        self.log.info("Every element was finished by a previous try: its results are reused")
+        _store.delete_resume(self.hook.get_config(), context)
+        return True, result
+
     # -- execute -------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         args, kwargs = self.executor_call()
-        args, plan = self._resume_plan(context, args)
-        if plan and plan["previous"] and not args[1]:
-            self.log.info("Every element was finished by a previous try")
-            _store.delete_resume(self.hook.get_config(), context)
-            return self._xcom_value(context, self._merge(plan, []))
+        (kind, args, kwargs), plan = self._resume_plan(context, (self.kind, args, kwargs))
+        done, result = self._done_before(context, plan)
+        if done:
+            return self._xcom_value(context, result)
         if self.deferrable or not self.wait_for_completion:
-            return self._submit_detached(context, args, kwargs, plan)
+            return self._submit_detached(context, kind, args, kwargs, plan)
         executor = self.hook.get_executor(**self._executor_kwargs())
         self._executor = executor
         futures = None
         try:
-            futures = getattr(executor, self.kind)(*args, **kwargs)
+            futures = getattr(executor, kind)(*args, **kwargs)
             self._persist_link(context, executor, futures)
             self.log.info(
                 "Submitted a quelea %s of %d call(s) as job %s",
-                self.kind,
+                kind,
                 _count(futures),
                 getattr(executor, "executor_id", "?"),
             )
@@ -306,8 +406,8 @@ class QueleaBaseOperator(BaseOperator):
                         f"{getattr(executor, 'executor_id', '?')} was cancelled"
                     ) from None
                 self._log_remote_error(e)
-                if isinstance(futures, list) and self.kind == "map":
-                    self._keep_for_retry(context, plan, futures)
+                if plan:
+                    self._keep_for_retry(context, plan, self._element_futures(kind, futures))
                 raise
         finally:
             self._executor = None
@@ -375,7 +475,9 @@ class QueleaBaseOperator(BaseOperator):
                 f"connection or quelea_config, or deferrable=False"
             )
 
-    def _submit_detached(self, context: Context, args: tuple, kwargs: dict, plan: dict | None) -> Any:
+    def _submit_detached(
+        self, context: Context, kind: str, args: tuple, kwargs: dict, plan: dict | None
+    ) -> Any:
         """Submits with ``detach=True``; then returns at once (``wait_for_completion=False``),
         finishes if the job is already done, or defers to ``QueleaJobTrigger``."""
         config = self.hook.get_config()
@@ -388,7 +490,7 @@ class QueleaBaseOperator(BaseOperator):
             # before Airflow's own deferral timeout would.
             end_time = time.time() + max(seconds - min(30.0, 0.1 * seconds), 0.0)
         submitted = _job.submit(
-            self.kind,
+            kind,
             args,
             kwargs,
             config,
@@ -396,9 +498,26 @@ class QueleaBaseOperator(BaseOperator):
             check_s=self.defer_after if self.wait_for_completion else 0.0,
         )
         job = submitted.job
+        keep = plan is not None and (self._retries_left(context) or plan["previous"])
+        if keep and self.wait_for_completion:
+            # A try that dies while the job runs on leaves it to the next try (see _store).
+            only_reduce = kind == "call_async" and self.kind == "map_reduce"
+            try:
+                _store.write_resume(
+                    config,
+                    context,
+                    plan["total"],
+                    plan["previous"],
+                    job=job,
+                    indices=[] if only_reduce else plan["missing"],
+                    final=self.kind == "map_reduce",
+                )
+            except BaseException:
+                _job.Job(job, config).finish(self.log, cancel=True)
+                raise
         self.log.info(
             "Submitted a quelea %s of %d element(s) as job %s (detached%s)",
-            self.kind,
+            kind,
             sum(_job.Job(job, config).totals),
             job["executor_id"],
             f"; local host process {submitted.host_pid}" if submitted.host_pid else "",
@@ -444,11 +563,7 @@ class QueleaBaseOperator(BaseOperator):
         config = self.hook.get_config()
         follower = _job.Job(job, config)
         status = event.get("status")
-        plan = None
-        if self.kind == "map" and status != "abandoned":
-            # The same plan as execute's (the previous try's record is unchanged during this
-            # try). Not from the defer kwargs: dag.test() resumes with the event only.
-            _, plan = self._resume_plan(context, self.executor_call()[0], quiet=True)
+        plan = self._plan_of_job(context, job, config)
         self.log.info(
             "quelea job %s: %s (%s/%s done, %s failed)",
             job["executor_id"],
@@ -465,7 +580,6 @@ class QueleaBaseOperator(BaseOperator):
                 result = follower.results(timeout=self.result_timeout)
             elif status == "error" and event.get("first_failed"):
                 follower.cancel()  # the other calls stop; their objects go below
-                self._keep_for_retry(context, plan, follower.parts()[-1])
                 try:
                     follower.raise_failed_call(event["first_failed"], timeout=self.result_timeout)
                 except Exception as e:
@@ -483,12 +597,46 @@ class QueleaBaseOperator(BaseOperator):
                 raise AirflowException(
                     f"task {self.task_id!r}: quelea job {job['executor_id']} {status}: {event.get('message')}"
                 )
+        except BaseException:
+            self._keep_of_job(context, plan, job, follower)
+            raise
         finally:
-            follower.finish(self.log, cancel=cancel, grace=0.0 if cancel else _job.STOP_GRACE_S)
+            follower.finish(self.log, cancel=cancel)
         if plan:
             _store.delete_resume(config, context)
             result = self._merge(plan, result)
         return self._xcom_value(context, result)
+
+    def _plan_of_job(self, context: Context, job: dict, config: dict) -> dict | None:
+        """The plan ``execute`` made for ``job``, from the record it wrote when it
+        submitted the job (not from the defer kwargs: dag.test() resumes with the event
+        only)."""
+        total = self._resumable(self.executor_call()[0]) if "ti" in context else None
+        if total is None:
+            return None
+        plan: dict = {"total": total, "previous": {}, "missing": list(range(total)), "final": _NOTHING}
+        record = _store.read_resume_record(config, context, total)
+        if record and record["job"] and record["job"].get("executor_id") == job.get("executor_id"):
+            plan["previous"] = record["results"]
+            plan["missing"] = [i for i in range(total) if i not in record["results"]]
+        return plan
+
+    def _keep_of_job(self, context: Context, plan: dict | None, job: dict, follower: Any) -> None:
+        """``_keep_for_retry`` for a detached job that failed (never raises: the job's
+        own error matters more)."""
+        if not plan:
+            return
+        try:
+            parts = follower.parts()
+            kind = job.get("kind", self.kind)
+            futures = None if kind == "call_async" and self.kind == "map_reduce" else parts[0]
+            self._keep_for_retry(context, plan, futures)
+        except Exception as e:  # noqa: BLE001
+            self.log.info("could not read the finished results of quelea job %s: %s", follower.name, e)
+            try:
+                self._keep_for_retry(context, plan, None)
+            except Exception as e2:  # noqa: BLE001
+                self.log.warning("could not keep the results for the next try: %s", e2)
 
     def resume_execution(self, next_method: str, next_kwargs: dict | None, context: Context) -> Any:
         # A deferral that timed out or a trigger that crashed never reaches
@@ -541,6 +689,30 @@ class QueleaBaseOperator(BaseOperator):
             )
             return ref
         return result
+
+
+# No result (``plan["final"]``): None is a result.
+_NOTHING = object()
+
+
+def _resumed_reducer(reduce_function: Callable, previous: dict, missing: list, total: int) -> Callable:
+    """The reducer of a resumed map-reduce: gets the results of the ``missing``
+    elements (in order) and calls ``reduce_function`` on every element's result, the
+    ``previous`` tries' included, in element order. A closure, so that it travels by
+    value (the workers need not have this provider installed)."""
+    previous = dict(previous)
+
+    def resumed_reduce(results, *extra):
+        merged = dict(previous)
+        merged.update(zip(missing, results, strict=True))
+        return reduce_function([merged[i] for i in range(total)], *extra)
+
+    resumed_reduce.__name__ = getattr(reduce_function, "__name__", "reduce")
+    # quelea ships the module of the function it is given by value when workers cannot
+    # import it (a DAG file): the reducer's. (The `<locals>` qualname keeps cloudpickle
+    # from pickling this closure by reference.)
+    resumed_reduce.__module__ = getattr(reduce_function, "__module__", __name__)
+    return resumed_reduce
 
 
 def _settle_cancelled(executor: Any, futures: Any) -> None:

@@ -109,7 +109,8 @@ class QueleaJobSensor(BaseSensorOperator):
             return True
         if progress["abandoned"]:
             if self.clean_when_done:
-                follower.finish(self.log, cancel=True, grace=0.0)
+                # The live part of the job (other worker servers) stops first.
+                follower.finish(self.log, cancel=True)
             raise AirflowException(f"task {self.task_id!r}: {progress['abandoned']}")
         return False
 
@@ -153,8 +154,7 @@ class QueleaJobSensor(BaseSensorOperator):
             )
         finally:
             if self.clean_when_done:
-                abandoned = event["status"] == "abandoned"
-                follower.finish(self.log, cancel=cancel, grace=0.0 if abandoned else _job.STOP_GRACE_S)
+                follower.finish(self.log, cancel=cancel)
 
 
 def _log_remote_error(log: Any, exc: BaseException) -> None:

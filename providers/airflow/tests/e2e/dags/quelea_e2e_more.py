@@ -12,7 +12,12 @@ except ImportError:  # Airflow 2.11
     from airflow.decorators import task
     from airflow.models.xcom_arg import XComArg
 
-from quelea_airflow.operators.quelea import QueleaMapOperator
+from quelea_airflow._compat import AirflowException
+from quelea_airflow.operators.quelea import (
+    QueleaCallAsyncOperator,
+    QueleaMapOperator,
+    QueleaMapReduceOperator,
+)
 from quelea_airflow.sensors.quelea import QueleaJobSensor
 
 # Where the flaky map counts its calls (beside the test's storage).
@@ -46,6 +51,37 @@ def flaky(x, counts):
         open(marker, "w").close()
         raise RuntimeError("element 5 fails on its first try")
     return x * 10
+
+
+def counted_sum(results, counts):
+    """A reducer that counts its calls in `counts`."""
+    import os
+    import uuid
+
+    os.makedirs(counts, exist_ok=True)
+    open(os.path.join(counts, f"reduce-{uuid.uuid4().hex}"), "w").close()
+    return sum(results)
+
+
+def counted_triple(x, counts):
+    import os
+    import uuid
+
+    os.makedirs(counts, exist_ok=True)
+    open(os.path.join(counts, f"{x}-{uuid.uuid4().hex}"), "w").close()
+    return 3 * x
+
+
+class LosesItsFirstResume(QueleaCallAsyncOperator):
+    """Its first try dies as it resumes from the trigger, before it reads the job (as a
+    try whose worker was lost while the task was deferred does): the job, finished, is
+    left in storage for the next try. (The failure is injected; the rest is the real
+    operator.)"""
+
+    def execute_complete(self, context, event=None, job=None):
+        if context["ti"].try_number == 1:
+            raise AirflowException("the first try is lost as it resumes (injected)")
+        return super().execute_complete(context, event=event, job=job)
 
 
 def sleepy(x):
@@ -116,6 +152,38 @@ def retried(dag_id: str, deferrable: bool) -> DAG:
     return dag
 
 
+def retried_map_reduce(dag_id: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        QueleaMapReduceOperator(
+            task_id="flaky",
+            map_function=flaky,
+            map_iterdata=[(x, f"{COUNTS}/{dag_id}") for x in range(8)],
+            reduce_function=counted_sum,
+            extra_args_reduce=(f"{COUNTS}/{dag_id}",),
+            deferrable=deferrable,
+            defer_after=0,
+            poll_interval=0.5,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+        )
+    return dag
+
+
+def resumed_call(dag_id: str) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        LosesItsFirstResume(
+            task_id="call",
+            func=counted_triple,
+            data=(7, f"{COUNTS}/{dag_id}"),
+            deferrable=True,
+            defer_after=0,
+            poll_interval=0.5,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+        )
+    return dag
+
+
 def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
     """A submit-only job whose host process is killed: the sensor sees it abandoned."""
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
@@ -176,6 +244,51 @@ def abandoned_early(dag_id: str, deferrable_sensor: bool) -> DAG:
     return dag
 
 
+def http_abandoned(dag_id: str) -> DAG:
+    """A submit-only http job on two worker servers, one of which is killed (the test's
+    own, by PID): the sensor sees the job abandoned, from the dead server's lease."""
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
+        submit = QueleaMapOperator(
+            task_id="submit",
+            map_function=sleepy,
+            map_iterdata=list(range(4)),
+            chunksize=1,
+            quelea_conn_id="quelea_http_e2e",
+            wait_for_completion=False,
+        )
+
+        @task
+        def kill_a_server(job):
+            import os
+            import signal
+
+            import quelea
+            from quelea_airflow.hooks.quelea import QueleaHook
+
+            config = QueleaHook("quelea_http_e2e").get_config()
+            mine = {int(p) for p in os.environ["AIRFLOW_PROVIDER_TEST_SERVER_PIDS"].split(",")}
+            # Each server wrote its lease before it answered that it took its calls.
+            pids = sorted(lease["pid"] for lease in quelea.job_leases(job["handles"][0], config=config))
+            assert set(pids) == mine, (pids, mine)
+            os.killpg(pids[0], signal.SIGKILL)
+            return pids[0]
+
+        killed = kill_a_server(XComArg(submit, key="quelea_job"))
+        (
+            submit
+            >> killed
+            >> QueleaJobSensor(
+                task_id="wait",
+                job=XComArg(submit, key="quelea_job"),
+                quelea_conn_id="quelea_http_e2e",
+                clean_when_done=True,
+                poke_interval=2,
+                timeout=100,
+            )
+        )
+    return dag
+
+
 def sensor_fails(dag_id: str) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
         submit = QueleaMapOperator(
@@ -197,10 +310,16 @@ e2e_big_results = big_results("quelea_e2e_big_results", deferrable=False)
 e2e_big_results_deferrable = big_results("quelea_e2e_big_results_deferrable", deferrable=True)
 e2e_retry_sync = retried("quelea_e2e_retry_sync", deferrable=False)
 e2e_retry_deferrable = retried("quelea_e2e_retry_deferrable", deferrable=True)
+e2e_retry_map_reduce_sync = retried_map_reduce("quelea_e2e_retry_map_reduce_sync", deferrable=False)
+e2e_retry_map_reduce_deferrable = retried_map_reduce(
+    "quelea_e2e_retry_map_reduce_deferrable", deferrable=True
+)
+e2e_resumed_call = resumed_call("quelea_e2e_resumed_call")
 e2e_abandoned = abandoned("quelea_e2e_abandoned", deferrable_sensor=False)
 e2e_abandoned_deferrable = abandoned("quelea_e2e_abandoned_deferrable", deferrable_sensor=True)
 e2e_abandoned_early = abandoned_early("quelea_e2e_abandoned_early", deferrable_sensor=False)
 e2e_abandoned_early_deferrable = abandoned_early(
     "quelea_e2e_abandoned_early_deferrable", deferrable_sensor=True
 )
+e2e_http_abandoned = http_abandoned("quelea_e2e_http_abandoned")
 e2e_sensor_fails = sensor_fails("quelea_e2e_sensor_fails")
