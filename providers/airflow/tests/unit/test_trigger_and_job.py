@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from quelea_airflow import _job
 from quelea_airflow._compat import AIRFLOW_V_3_3_PLUS, TriggerEvent
 from quelea_airflow.triggers.quelea import QueleaJobTrigger
 
+E2E_DAGS = Path(__file__).resolve().parents[1] / "e2e" / "dags"
 JOB = {
     "kind": "map",
     "handles": ['{"executor_id": "abc123-0", "job_id": "M000", "total_calls": 3}'],
@@ -326,42 +328,41 @@ def _cancel_while_polling(trigger: QueleaJobTrigger) -> None:
 
 def _task_instance_in_db(state: str | None) -> types.SimpleNamespace:
     """The key of a task instance as the triggerer gives it (``trigger.task_instance``);
-    in the metadata DB with ``state``, or absent (a cleared run) when ``state`` is None."""
+    in the metadata DB with ``state`` (a run of e2e/dags/quelea_trigger_cancel.py under
+    dag.test(), its task then set to ``state``), or absent (a cleared run) when ``state``
+    is None."""
     key = types.SimpleNamespace(
         dag_id="quelea_trigger_cancel", task_id="wait", run_id=f"r{time.time_ns()}", map_index=-1
     )
     if state is None:
         return key
-    import pendulum
-    from airflow.models.dag import DAG
-    from airflow.operators.empty import EmptyOperator
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-    from airflow.utils.types import DagRunType
 
-    dag = DAG(key.dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1))
-    EmptyOperator(task_id=key.task_id, dag=dag)
-    now = pendulum.now("UTC")
+    try:  # Airflow 3
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 2.11
+        from airflow.models.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(E2E_DAGS / "quelea_trigger_cancel.py"))
+    assert not bag.import_errors, bag.import_errors
+    run = bag.get_dag(key.dag_id).test()
+    key.run_id = run.run_id
     with create_session() as session:
-        run = dag.create_dagrun(
-            run_id=key.run_id,
-            run_type=DagRunType.MANUAL,
-            state=DagRunState.RUNNING,
-            execution_date=now,
-            data_interval=(now, now),
-            session=session,
+        ti = (
+            session.query(TaskInstance)
+            .filter_by(dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id, map_index=-1)
+            .one()
         )
-        run.get_task_instance(key.task_id, session=session).state = state
+        ti.state = state
     return key
 
 
-@pytest.mark.skipif(
-    AIRFLOW_V_3_3_PLUS, reason="before 3.3 only: 3.3+ never cancels a job on a trigger cancellation"
-)
-def test_before_3_3_a_triggerer_restart_keeps_the_job(quelea_conn):
-    """Before 3.3 the triggerer cancels a trigger both when its task is killed and when the
-    triggerer restarts. After a restart the task instance is still ``deferred`` (another
-    triggerer picks the trigger up), so the job must go on."""
+def test_a_triggerer_restart_keeps_the_job(quelea_conn):
+    """A trigger is cancelled when the triggerer restarts (or hands it to another one),
+    while its task instance is still ``deferred`` in the DB: the job must go on, on
+    every version (before 3.3 the trigger sees the task is still deferred; from 3.3 a
+    cancellation never cancels the job: ``on_kill`` is the kill)."""
     submitted = _submit("map", (sleepy, [1, 2]), quelea_conn)
     trigger = QueleaJobTrigger(job=submitted.job, poll_interval=0.1)
     trigger.task_instance = _task_instance_in_db("deferred")
