@@ -94,6 +94,8 @@ def test_the_connection_form_offers_every_backend(storage_dir):
 def test_provider_metadata_has_no_placeholder_and_registers_the_link_and_config():
     info = get_provider_info()
     assert "example.invalid" not in json.dumps(info)
+    # The project has no public home: no documentation link rather than a dead one.
+    assert "documentation-url" not in info
     assert info["extra-links"] == ["quelea_airflow.links.quelea.QueleaJobLink"]
     options = info["config"]["quelea"]["options"]
     assert options["xcom_threshold_bytes"]["default"] == "1048576"
