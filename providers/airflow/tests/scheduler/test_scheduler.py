@@ -229,8 +229,14 @@ def test_the_celery_executor_runs_the_three_paths(connections, rabbitmq, tmp_pat
     assert tis[CELERY_DAG] == {"success": 5}, tis
     task_logs = "".join(p.read_text(errors="replace") for p in (logs / "tasks").rglob("*") if p.is_file())
     assert "Deferring to QueleaJobTrigger" in task_logs
+    # Every task ran on the Celery worker, the deferred one twice (before and after it deferred).
     worker_log = (logs / "celery-worker.log").read_text(errors="replace")
-    assert "quelea_sched_celery" in worker_log or "execute_workload" in worker_log, worker_log[-3000:]
+    ran = [
+        line.split("/task_id=", 1)[1].split("/", 1)[0]
+        for line in worker_log.splitlines()
+        if "Executing workload in Celery" in line and f"dag_id={CELERY_DAG}/" in line
+    ]
+    assert sorted(ran) == ["check_paths", "deferred", "deferred", "submit", "sync", "wait"], ran
     check_call_output(logs / "tasks", CELERY_DAG, ["sync", "deferred", "wait"], 3)
     assert objects(storage_root) == []
 
