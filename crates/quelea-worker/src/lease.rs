@@ -8,7 +8,8 @@
 //! several servers may share a job). Each is rewritten every
 //! [`LEASE_INTERVAL`] while the runtime has unfinished calls of the job, and
 //! deleted once it has had none for two intervals (its statuses are in
-//! storage by then). A lease that stopped being rewritten
+//! storage by then), or at once when its last calls ended while it was being
+//! rewritten (their follower may have deleted the job's objects already). A lease that stopped being rewritten
 //! ([`HostLease::is_gone`]) means its writer is gone.
 
 use std::collections::BTreeSet;
@@ -215,17 +216,26 @@ impl Leases {
         });
         for key in &live {
             self.write(key);
+            // Its last calls ended while it was written: their follower may have read
+            // them and deleted the job's objects already, so the lease must not stay.
+            if !self.live().contains(key) {
+                self.forget(key);
+            }
         }
-        // Under the lock: a job that `add` brings back meanwhile keeps its lease.
-        let running = lock(&self.running);
         for key in done {
-            let back = running
-                .iter()
-                .any(|e| e.key == key && *e.remaining.borrow() > 0);
-            if !back && lock(&self.written).remove(&key) {
-                if let Err(e) = self.storage.delete_blocking(&key) {
-                    eprintln!("quelea {}: cannot delete the lease {key}: {e}", self.role);
-                }
+            self.forget(&key);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        let running = lock(&self.running);
+        let back = running
+            .iter()
+            .any(|e| e.key == key && *e.remaining.borrow() > 0);
+        if !back && lock(&self.written).remove(key) {
+            match self.storage.delete_blocking(key) {
+                Ok(()) | Err(quelea_storage::Error::NotFound { .. }) => {}
+                Err(e) => eprintln!("quelea {}: cannot delete the lease {key}: {e}", self.role),
             }
         }
     }

@@ -184,6 +184,19 @@ def resumed_call(dag_id: str) -> DAG:
     return dag
 
 
+def _wait_running(handle: str, config: dict, deadline: float) -> None:
+    """Until calls of the job are seen running (their statuses are in storage; the others
+    wait for a free runner and write nothing before these end)."""
+    import time
+
+    import quelea
+
+    futures = quelea.attach(handle, config=config)
+    while not any(f.running for f in futures):
+        assert time.monotonic() < deadline, "the calls did not start"
+        time.sleep(0.1)
+
+
 def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
     """A submit-only job whose host process is killed: the sensor sees it abandoned."""
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
@@ -202,11 +215,13 @@ def abandoned(dag_id: str, deferrable_sensor: bool) -> DAG:
 
             config = QueleaHook().get_config()
             deadline = time.monotonic() + 30
-            # The host writes its lease once it has accepted the job.
-            while (lease := quelea.host_lease(job["handles"][0], config=config)) is None:
-                assert time.monotonic() < deadline, "the host wrote no lease"
+            # The host rewrites the lease once it has taken the job, and its first calls
+            # are running (their statuses written: no write is cut short by the kill).
+            while not (lease := quelea.host_lease(job["handles"][0], config=config))["taken"]:
+                assert time.monotonic() < deadline, "the host did not take the job"
                 time.sleep(0.1)
             assert not lease["gone"], lease
+            _wait_running(job["handles"][0], config, deadline)
             os.kill(lease["pid"], signal.SIGKILL)
             return lease["pid"]
 
@@ -261,11 +276,13 @@ def http_abandoned(dag_id: str) -> DAG:
         def kill_a_server(job):
             import os
             import signal
+            import time
 
             import quelea
             from quelea_airflow.hooks.quelea import QueleaHook
 
             config = QueleaHook("quelea_http_e2e").get_config()
+            _wait_running(job["handles"][0], config, time.monotonic() + 30)
             mine = {int(p) for p in os.environ["AIRFLOW_PROVIDER_TEST_SERVER_PIDS"].split(",")}
             # Each server wrote its lease before it answered that it took its calls.
             pids = sorted(lease["pid"] for lease in quelea.job_leases(job["handles"][0], config=config))
