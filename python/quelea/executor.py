@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import _batch, _engine, _iterdata, _lithops_config, _output, _progress
+from . import _batch, _engine, _fork, _iterdata, _lithops_config, _output, _progress
 from . import _serialize as ser
 from ._storage_kinds import storage_names
 from ._wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
@@ -214,12 +214,22 @@ class FunctionExecutor:
             self._overrides.setdefault("execution", {})["data_cleaner"] = False
             text = json.dumps(self._overrides)
         self._config_file = config_file
-        self._engine = _engine.Executor(sys.executable, text, config_file)
+        self._nested = _in_worker()
+        # The first local runners are forks of this process, made before the
+        # engine starts its threads (see _fork); they pass to the engine at
+        # prestart below.
+        forked = [] if self._nested else _fork.fork_runners(_engine.runners_to_fork(text, config_file))
+        try:
+            self._engine = _engine.Executor(sys.executable, text, config_file)
+        except BaseException:
+            _fork.discard(forked)
+            raise
         self.executor_id = self._engine.id
         resolved = self.config
         self._backend = resolved.get("backend", "local")
         if mode == "serverless" and self._backend == "local":
             self._engine.close()
+            _fork.discard(forked)
             raise ConfigError(
                 "mode='serverless' needs a serverless backend, and the configured one is `local`: "
                 "pass backend='aws_lambda' or backend='http' (or set `backend` in the config), "
@@ -236,10 +246,9 @@ class FunctionExecutor:
         # The last read lists, held strongly (see _forget_read).
         self._recent: collections.deque = collections.deque(maxlen=KEEP_READ_LISTS)
         self.cleaned_jobs: set[str] = set()
-        self._nested = _in_worker()
         if not self._nested:
             # Runners start while the caller prepares its first map.
-            self._engine.prestart()
+            self._engine.prestart(forked)
         self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, self._nested)
 
     def _engine_executor(self) -> Any:

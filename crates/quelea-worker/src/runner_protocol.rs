@@ -11,6 +11,12 @@
 //! | `F` function | runtime → runner | `u32 function_id, payload` (Rust: the registered name; Python: cloudpickle) |
 //! | `C` call     | runtime → runner | `u32 function_id, u32 call_id, u32 count, u32 select, input` |
 //! | `D` done     | runner → runtime | `u32 call_id, u8 kind, u64 peak_rss_bytes, payload` |
+//! | `E` environment | runtime → forked runner | `key=value` pairs, each ended by a NUL |
+//!
+//! `E` is the first frame to a runner the pool did not start itself but
+//! adopted (forked from the client, see `pool::ForkedRunner`): what a
+//! spawned runner finds in its environment, it reads there before it says
+//! ready.
 //!
 //! A call is a *batch* of `count` consecutive elements of a job, starting at
 //! element `call_id` (`count` 1: a single element, whose input is the
@@ -54,6 +60,7 @@ pub const TAG_READY: u8 = b'R';
 pub const TAG_FUNCTION: u8 = b'F';
 pub const TAG_CALL: u8 = b'C';
 pub const TAG_DONE: u8 = b'D';
+pub const TAG_ENVIRONMENT: u8 = b'E';
 
 /// A frame the runtime receives from a runner.
 #[derive(Debug, PartialEq)]
@@ -160,6 +167,22 @@ pub fn decode_batch_input(input: &[u8]) -> io::Result<Vec<&[u8]>> {
         at += len;
     }
     Ok(out)
+}
+
+/// The environment frame of an adopted runner: `key=value\0` per variable.
+pub fn encode_environment<'a>(
+    out: &mut Vec<u8>,
+    vars: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    let mut body = Vec::new();
+    for (key, value) in vars {
+        body.extend_from_slice(key);
+        body.push(b'=');
+        body.extend_from_slice(value);
+        body.push(0);
+    }
+    header(out, TAG_ENVIRONMENT, body.len());
+    out.extend_from_slice(&body);
 }
 
 pub fn encode_ready(out: &mut Vec<u8>, pid: u32) {
@@ -330,6 +353,16 @@ pub fn write_all(writer: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_frame_is_key_value_pairs_each_ended_by_nul() {
+        let mut out = Vec::new();
+        encode_environment(&mut out, [(&b"A"[..], &b"1"[..]), (b"QUELEA_X", b"x=y")]);
+        let body = b"A=1\0QUELEA_X=x=y\0";
+        assert_eq!(&out[..4], &((body.len() + 1) as u32).to_le_bytes());
+        assert_eq!(out[4], TAG_ENVIRONMENT);
+        assert_eq!(&out[5..], body);
+    }
 
     #[test]
     fn frames_round_trip() {
