@@ -833,22 +833,28 @@ def collect_results_after_wait(futures: FuturesList) -> list:
 class _ReadList:
     """A read list of futures, held weakly: its results are its owner's to
     keep. When it goes, its job's summary row (a few numbers, read run by
-    run) is all the executor keeps, so a long session's memory stays flat."""
+    run, kept as a tuple: a dict costs three times as much) is all the
+    executor keeps, so a long session's memory stays nearly flat."""
 
     __slots__ = ("engine", "job", "name", "ref", "row")
 
     def __init__(self, engine: Any, futures: FuturesList):
         self.engine = engine
-        self.job, self.name = _job_and_name(futures)
-        self.row: dict | None = None
+        self.job, name = _job_and_name(futures)
+        self.name = sys.intern(name)
+        self.row: tuple | None = None
         self.ref = weakref.ref(futures, self._gone)
 
     def _gone(self, _ref: Any) -> None:
-        self.row = _summary_row(self.engine, self.job, self.name)
+        row = _summary_row(self.engine, self.job, self.name)
+        self.row = tuple(row.get(key) for key in _ROW_KEYS)
         self.job = None
 
     def summary(self) -> dict:
-        return self.row if self.job is None else _summary_row(self.engine, self.job, self.name)
+        if self.job is not None:
+            return _summary_row(self.engine, self.job, self.name)
+        pairs = zip(_ROW_KEYS, self.row, strict=True)
+        return {key: value for key, value in pairs if key != "cost" or value is not None}
 
 
 def _job_and_name(futures: FuturesList) -> tuple[Any, str]:
@@ -856,6 +862,20 @@ def _job_and_name(futures: FuturesList) -> tuple[Any, str]:
     if lazy is not None:
         return lazy[0], lazy[1]
     return futures[0]._job, futures[0].function_name
+
+
+_ROW_KEYS = (
+    "job_key",
+    "function",
+    "calls",
+    "runner_calls",
+    "success",
+    "error",
+    "submitted",
+    "wall_time",
+    "total_exec_time",
+    "cost",
+)
 
 
 def _summary_row(engine: Any, job: Any, name: str) -> dict:
