@@ -611,7 +611,7 @@ class FunctionExecutor:
         """Waits on futures (default: all of this executor's); returns ``(done, not_done)``."""
         futures = self.futures if fs is None else fs
         return _wait_futures(
-            FuturesList(_listify(futures), self),
+            futures if isinstance(futures, FuturesList) else FuturesList(_listify(futures), self),
             throw_except=throw_except,
             return_when=return_when,
             timeout=timeout,

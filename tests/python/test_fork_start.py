@@ -96,7 +96,7 @@ def test_start_method_spawn_is_honoured(tmp_path, storage_root):
 
 
 def test_a_second_executor_spawns_and_both_give_every_result(tmp_path, storage_root):
-    # The first executor's engine threads are running: the second may not fork.
+    # The first executor started the engine's threads: no later executor may fork.
     source = f"""
     import os, sys, quelea
     config = {{"localdisk": {{"root": {str(storage_root)!r}}}, "local": {{"workers": 2}}}}
