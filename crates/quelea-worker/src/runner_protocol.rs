@@ -130,11 +130,24 @@ pub fn encode_call(
     select: u32,
     input: &[u8],
 ) {
-    header(out, TAG_CALL, 16 + input.len());
+    encode_call_head(out, function_id, call_id, count, select, input.len());
+    out.extend_from_slice(input);
+}
+
+/// A call frame without its input, which the caller writes right after
+/// (a large input is written from where it is, not copied into the frame).
+pub fn encode_call_head(
+    out: &mut Vec<u8>,
+    function_id: u32,
+    call_id: u32,
+    count: u32,
+    select: u32,
+    input_len: usize,
+) {
+    header(out, TAG_CALL, 16 + input_len);
     for n in [function_id, call_id, count, select] {
         out.extend_from_slice(&n.to_le_bytes());
     }
-    out.extend_from_slice(input);
 }
 
 /// The engine's encoding of a batch's inputs (see [`BATCH_MAGIC`]).
@@ -244,21 +257,28 @@ fn invalid(message: String) -> io::Error {
 
 /// Reads one frame: `Ok(None)` on a clean end of stream.
 fn read_frame(reader: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len) {
+    let Some((tag, len)) = read_frame_head(reader)? else {
+        return Ok(None);
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(Some((tag, body)))
+}
+
+/// A frame's tag and the length of its body, which is still to be read.
+fn read_frame_head(reader: &mut impl Read) -> io::Result<Option<(u8, usize)>> {
+    let mut head = [0u8; 5];
+    match reader.read_exact(&mut head[..4]) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len) as usize;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > MAX_FRAME {
         return Err(invalid(format!("frame length {len} out of range")));
     }
-    let mut tag = [0u8; 1];
-    reader.read_exact(&mut tag)?;
-    let mut body = vec![0u8; len - 1];
-    reader.read_exact(&mut body)?;
-    Ok(Some((tag[0], body)))
+    reader.read_exact(&mut head[4..])?;
+    Ok(Some((head[4], len - 1)))
 }
 
 fn u32_at(body: &[u8], at: usize) -> io::Result<u32> {
@@ -274,22 +294,31 @@ fn u64_at(body: &[u8], at: usize) -> io::Result<u64> {
 }
 
 pub fn read_from_runner(reader: &mut impl Read) -> io::Result<Option<FromRunner>> {
-    let Some((tag, body)) = read_frame(reader)? else {
+    let Some((tag, len)) = read_frame_head(reader)? else {
         return Ok(None);
     };
     match tag {
-        TAG_READY => Ok(Some(FromRunner::Ready {
-            version: u32_at(&body, 0)?,
-            pid: u32_at(&body, 4)?,
-        })),
+        TAG_READY => {
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
+            Ok(Some(FromRunner::Ready {
+                version: u32_at(&body, 0)?,
+                pid: u32_at(&body, 4)?,
+            }))
+        }
         TAG_DONE => {
-            let call_id = u32_at(&body, 0)?;
-            let kind = *body
-                .get(4)
-                .ok_or_else(|| invalid("frame too short".into()))?;
-            let peak_rss = u64_at(&body, 5)?;
-            let mut payload = body;
-            payload.drain(..13);
+            // The head apart, so that a large payload is read into its own
+            // buffer once (not moved down by 13 bytes after).
+            let mut head = [0u8; 13];
+            if len < head.len() {
+                return Err(invalid("frame too short".into()));
+            }
+            reader.read_exact(&mut head)?;
+            let call_id = u32_at(&head, 0)?;
+            let kind = head[4];
+            let peak_rss = u64_at(&head, 5)?;
+            let mut payload = vec![0u8; len - head.len()];
+            reader.read_exact(&mut payload)?;
             let answer = match kind {
                 KIND_OK => Answer::Ok(payload),
                 KIND_ERR => Answer::Err(payload),
