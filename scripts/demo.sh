@@ -46,7 +46,7 @@ source scripts/python-env.sh
 if [[ $PROFILE == release ]]; then
     step "building the Python engine and the quelea command into .venv (maturin develop --release: about 30 CPU-minutes the first time)"
 else
-    step "building the Python engine and the quelea command into .venv (maturin develop, dev profile: about 13 CPU-minutes, so 6-7 minutes on 2 idle cores the first time; seconds after)"
+    step "building the Python engine and the quelea command into .venv (maturin develop, dev profile: about 9 CPU-minutes, so 4-5 minutes on 2 idle cores the first time; seconds after)"
 fi
 "$VENV/bin/maturin" develop "${MATURIN_PROFILE[@]}"
 

@@ -26,9 +26,10 @@ def chained_futures(iterdata: Any) -> list | None:
 
     if not isinstance(iterdata, list | tuple) or not iterdata:
         return None
-    futures = [e for e in iterdata if isinstance(e, ResponseFuture)]
-    if not futures:
+    # The types first (a pass in C): the elements only when some are futures.
+    if not any(issubclass(t, ResponseFuture) for t in set(map(type, iterdata))):
         return None
+    futures = [e for e in iterdata if isinstance(e, ResponseFuture)]
     if len(futures) != len(iterdata):
         raise ValueError(
             f"map_iterdata mixes {len(futures)} futures of a previous job with "

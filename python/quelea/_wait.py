@@ -73,8 +73,19 @@ def wait(
 ) -> tuple[FuturesList, FuturesList]:
     """Waits on futures; returns ``(done, not_done)``. With ``throw_except``, a
     failed call's exception is raised once the wait is over."""
-    futures = _as_list(fs)
     executor = getattr(fs, "executor", None)
+    job = _lazy_job(fs)
+    if job is not None:
+        # A whole map's list whose futures were never made: wait on the job,
+        # and when all of it is done, the list is the done list as it is.
+        try:
+            engine_wait([(job, None)], _check_return_when(return_when), timeout)
+        except KeyboardInterrupt:
+            job.cancel()
+            raise
+        if job.done_count() == job.total and not (throw_except and job.summary()["error"]):
+            return fs, FuturesList([], executor)
+    futures = _as_list(fs)
     if futures:
         try:
             engine_wait(_group(futures), _check_return_when(return_when), timeout)

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import _batch, _engine, _iterdata, _lithops_config, _output, _progress
+from . import _batch, _engine, _fork, _iterdata, _lithops_config, _output, _progress
 from . import _serialize as ser
 from ._storage_kinds import storage_names
 from ._wait import _check_return_when, _group, cancel_on_interrupt, collect_results, engine_wait, lazy_results
@@ -214,12 +214,22 @@ class FunctionExecutor:
             self._overrides.setdefault("execution", {})["data_cleaner"] = False
             text = json.dumps(self._overrides)
         self._config_file = config_file
-        self._engine = _engine.Executor(sys.executable, text, config_file)
+        self._nested = _in_worker()
+        # The first local runners are forks of this process, made before the
+        # engine starts its threads (see _fork); they pass to the engine at
+        # prestart below.
+        forked = [] if self._nested else _fork.fork_runners(_engine.runners_to_fork(text, config_file))
+        try:
+            self._engine = _engine.Executor(sys.executable, text, config_file)
+        except BaseException:
+            _fork.discard(forked)
+            raise
         self.executor_id = self._engine.id
         resolved = self.config
         self._backend = resolved.get("backend", "local")
         if mode == "serverless" and self._backend == "local":
             self._engine.close()
+            _fork.discard(forked)
             raise ConfigError(
                 "mode='serverless' needs a serverless backend, and the configured one is `local`: "
                 "pass backend='aws_lambda' or backend='http' (or set `backend` in the config), "
@@ -236,10 +246,9 @@ class FunctionExecutor:
         # The last read lists, held strongly (see _forget_read).
         self._recent: collections.deque = collections.deque(maxlen=KEEP_READ_LISTS)
         self.cleaned_jobs: set[str] = set()
-        self._nested = _in_worker()
         if not self._nested:
             # Runners start while the caller prepares its first map.
-            self._engine.prestart()
+            self._engine.prestart(forked)
         self._finalizer = weakref.finalize(self, _close_engine, self._engine, self._jobs, self._nested)
 
     def _engine_executor(self) -> Any:
@@ -602,7 +611,7 @@ class FunctionExecutor:
         """Waits on futures (default: all of this executor's); returns ``(done, not_done)``."""
         futures = self.futures if fs is None else fs
         return _wait_futures(
-            FuturesList(_listify(futures), self),
+            futures if isinstance(futures, FuturesList) else FuturesList(_listify(futures), self),
             throw_except=throw_except,
             return_when=return_when,
             timeout=timeout,
@@ -824,22 +833,28 @@ def collect_results_after_wait(futures: FuturesList) -> list:
 class _ReadList:
     """A read list of futures, held weakly: its results are its owner's to
     keep. When it goes, its job's summary row (a few numbers, read run by
-    run) is all the executor keeps, so a long session's memory stays flat."""
+    run, kept as a tuple: a dict costs three times as much) is all the
+    executor keeps, so a long session's memory stays nearly flat."""
 
     __slots__ = ("engine", "job", "name", "ref", "row")
 
     def __init__(self, engine: Any, futures: FuturesList):
         self.engine = engine
-        self.job, self.name = _job_and_name(futures)
-        self.row: dict | None = None
+        self.job, name = _job_and_name(futures)
+        self.name = sys.intern(name)
+        self.row: tuple | None = None
         self.ref = weakref.ref(futures, self._gone)
 
     def _gone(self, _ref: Any) -> None:
-        self.row = _summary_row(self.engine, self.job, self.name)
+        row = _summary_row(self.engine, self.job, self.name)
+        self.row = tuple(row.get(key) for key in _ROW_KEYS)
         self.job = None
 
     def summary(self) -> dict:
-        return self.row if self.job is None else _summary_row(self.engine, self.job, self.name)
+        if self.job is not None:
+            return _summary_row(self.engine, self.job, self.name)
+        pairs = zip(_ROW_KEYS, self.row, strict=True)
+        return {key: value for key, value in pairs if key != "cost" or value is not None}
 
 
 def _job_and_name(futures: FuturesList) -> tuple[Any, str]:
@@ -847,6 +862,20 @@ def _job_and_name(futures: FuturesList) -> tuple[Any, str]:
     if lazy is not None:
         return lazy[0], lazy[1]
     return futures[0]._job, futures[0].function_name
+
+
+_ROW_KEYS = (
+    "job_key",
+    "function",
+    "calls",
+    "runner_calls",
+    "success",
+    "error",
+    "submitted",
+    "wall_time",
+    "total_exec_time",
+    "cost",
+)
 
 
 def _summary_row(engine: Any, job: Any, name: str) -> dict:

@@ -50,9 +50,9 @@ def engine_wait(groups: list[tuple[Any, Any]], return_when: float, timeout: floa
 
 def _load_result(blob: bytes) -> tuple[Any, str]:
     if blob[:1] == b"\x01":
-        result, logs = pickle.loads(blob[1:])
+        result, logs = pickle.loads(memoryview(blob)[1:])
         return result, logs
-    return pickle.loads(blob[1:]), ""
+    return pickle.loads(memoryview(blob)[1:]), ""
 
 
 def _exception_for(error: dict, call_id: str, job_key: str) -> BaseException:

@@ -552,6 +552,8 @@ def serve() -> int:
         function_id, call_id, count, select = unpack_call(body)
         ok = 0
         function = None
+        # The answer is written as header, prefix, payload: no copy to join them.
+        prefix = b""
         try:
             function = functions[function_id]
             if type(function) is bytes:
@@ -573,20 +575,20 @@ def serve() -> int:
             try:
                 if stdout_tee.parts or stderr_tee.parts:
                     logs = stdout_tee.take() + stderr_tee.take()
-                    payload = b"\x01" + dumps_value((result, logs))
+                    prefix, payload = b"\x01", dumps_value((result, logs))
                 else:
-                    payload = b"\x00" + dumps_value(result)
+                    prefix, payload = b"\x00", dumps_value(result)
             except Exception as e:  # noqa: BLE001
                 raise _result_error(function, call_id, result, e) from None
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
-            ok = 1
+            ok, prefix = 1, b""
             stdout_tee.take()
             stderr_tee.take()
             sources = function.payload.sources if isinstance(function, _Function) else {}
             payload = _error_report(exc, sources)
         rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
         # One write per answer, flushed at once (the pipe is unbuffered).
-        writev(out_fd, [pack_done(len(payload) + 14, 68, call_id, ok, rss), payload])
+        writev(out_fd, [pack_done(len(prefix) + len(payload) + 14, 68, call_id, ok, rss), prefix, payload])
 
 
 if __name__ == "__main__":

@@ -204,14 +204,29 @@ def test_a_batch_timeout_times_out_only_the_slow_element(fresh_executor):
     assert futures[6].success and futures[8].success
 
 
+def square_later(x):
+    if x >= 5:
+        time.sleep(0.5)  # the first batch ends well before the others
+    return x * x
+
+
 def test_wait_any_and_states_work_per_element(executor):
-    futures = executor.map(square, range(20), chunksize=5)
+    futures = executor.map(square_later, range(20), chunksize=5)
     done, not_done = executor.wait(futures, return_when=quelea.ANY_COMPLETED)
     assert len(done) >= 5 and len(done) + len(not_done) == 20
     done, not_done = quelea.wait(futures)
     assert len(done) == 20 and not not_done
     assert all(f.done and f.success for f in futures)
     assert futures._job_source() is None  # made when wait needed them
+
+
+def test_waiting_for_a_whole_map_makes_no_futures(executor):
+    futures = executor.map(square, range(20), chunksize=5)
+    done, not_done = executor.wait(futures)
+    # Everything ended: the list is the done list as it is.
+    assert done is futures and len(not_done) == 0
+    assert futures._job_source() is not None
+    assert [f.result() for f in done] == [x * x for x in range(20)]
 
 
 def test_the_lazy_list_behaves_as_a_list(executor):

@@ -175,16 +175,22 @@ def test_functions_from_main_and_from_a_non_installed_module(tmp_path, storage_r
 
 def test_ctrl_c_cancels_the_job_and_leaves_no_orphans(tmp_path, storage_root):
     source = f"""
-        import threading, time, quelea
+        import sys, threading, time, quelea
         def nap(x):
             time.sleep(60)
         fexec = quelea.FunctionExecutor(config={{"localdisk": {{"root": {str(storage_root)!r}}}}})
         futures = fexec.map(nap, range(6))
 
+        def main_thread_waits():
+            frame = sys._current_frames().get(threading.main_thread().ident)
+            while frame is not None and frame.f_code.co_name != "get_result":
+                frame = frame.f_back
+            return frame is not None
+
         def report_runners():
-            # From a thread, so the main thread is already in get_result when
-            # the test sends Ctrl-C.
-            while not any(f.running for f in futures):
+            # From a thread, once the main thread is in get_result (runners
+            # forked from the client run the calls before it gets there).
+            while not (any(f.running for f in futures) and main_thread_waits()):
                 time.sleep(0.01)
             print(" ".join(map(str, fexec.runner_pids())), flush=True)
 

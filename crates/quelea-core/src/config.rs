@@ -240,6 +240,20 @@ impl Default for StorageClientConfig {
 pub struct LocalConfig {
     /// Runner processes in the pool; unset is one per CPU.
     pub workers: Option<u32>,
+    /// How the Python client starts its runners.
+    pub start_method: StartMethod,
+}
+
+/// How the Python client starts its local runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMethod {
+    /// Fork them from the client while it is safe to (one thread, a small
+    /// heap); fresh interpreters otherwise and for every later runner.
+    #[default]
+    Fork,
+    /// Always fresh interpreters (`python -m quelea.worker`).
+    Spawn,
 }
 
 /// The `http` backend (client side) and `quelea worker serve` (server side).
@@ -544,6 +558,7 @@ impl EnvVars {
     pub const RETRIES: &'static str = "QUELEA_RETRIES";
     pub const DATA_CLEANER: &'static str = "QUELEA_DATA_CLEANER";
     pub const WORKERS: &'static str = "QUELEA_WORKERS";
+    pub const START_METHOD: &'static str = "QUELEA_START_METHOD";
     pub const STORAGE_DIR: &'static str = "QUELEA_STORAGE_DIR";
     pub const S3_ENDPOINT: &'static str = "QUELEA_S3_ENDPOINT";
     pub const S3_REGION: &'static str = "QUELEA_S3_REGION";
@@ -616,6 +631,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (EnvVars::RETRIES, "execution.retries", Kind::Int),
     (EnvVars::DATA_CLEANER, "execution.data_cleaner", Kind::Bool),
     (EnvVars::WORKERS, "local.workers", Kind::Int),
+    (EnvVars::START_METHOD, "local.start_method", Kind::Str),
     (EnvVars::STORAGE_DIR, "localdisk.root", Kind::Str),
     (EnvVars::S3_ENDPOINT, "s3.endpoint", Kind::Str),
     (EnvVars::S3_REGION, "s3.region", Kind::Str),

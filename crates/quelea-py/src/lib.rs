@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use quelea::{
-    Batches, ConfigBuilder, FuturesList, JobHandle, JobKind, MapOptions, Output, Raw, RawFunction,
-    ResponseFuture, ReturnWhen, RunnerCommand, RunnerKind,
+    BackendKind, Batches, ConfigBuilder, ForkedRunner, FuturesList, JobHandle, JobKind, MapOptions,
+    Output, Raw, RawFunction, ResponseFuture, ReturnWhen, RunnerCommand, RunnerKind, StartMethod,
 };
 
 mod error;
@@ -190,10 +190,20 @@ impl Executor {
         self.id.clone()
     }
 
-    /// Starts the local Python runners in the background.
-    fn prestart(&self) -> PyResult<()> {
+    /// Starts the local Python runners in the background, the first ones
+    /// being `forked`: `(pid, calls fd, answers fd)` of runners this
+    /// process forked (quelea._fork), whose descriptors pass to the engine.
+    #[pyo3(signature = (forked=Vec::new()))]
+    fn prestart(&self, forked: Vec<(i32, i32, i32)>) -> PyResult<()> {
+        // SAFETY: quelea._fork hands over children it forked, that lead
+        // their groups and that it neither reaps nor signals, with the
+        // parent's ends of their pipes, which it no longer uses.
+        let forked = forked
+            .into_iter()
+            .map(|(pid, calls, answers)| unsafe { ForkedRunner::from_raw(pid, calls, answers) })
+            .collect();
         self.with(|e| {
-            e.prestart(RunnerKind::Python);
+            e.prestart_adopting(RunnerKind::Python, forked);
             Ok(())
         })
     }
@@ -347,6 +357,10 @@ impl Executor {
     /// (`memory_mb`, `invocations`, `gb_seconds`, `estimated_usd`); else `None`.
     fn job_cost<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Option<Bound<'py, PyDict>>> {
         let cost = self.with(|e| {
+            // Only Lambda's calls have a price (and the summary reads every call).
+            if e.config().backend != BackendKind::AwsLambda {
+                return Ok(None);
+            }
             Ok(e.job_summary(&job.futures)
                 .into_iter()
                 .next()
@@ -990,8 +1004,26 @@ fn arm_runner_client_death() {
     quelea_worker::rust_runner::arm_client_death();
 }
 
+/// How many runners the client should fork for an executor of this config
+/// (see quelea._fork): the local pool's size on the local backend with the
+/// `fork` start method, else 0. A config that does not resolve gets 0: the
+/// executor then reports what is wrong with it.
+#[pyfunction]
+#[pyo3(signature = (overrides=None, config_file=None))]
+fn runners_to_fork(overrides: Option<&str>, config_file: Option<PathBuf>) -> u32 {
+    let Ok(Ok(config)) = config_builder(overrides, config_file).map(|b| b.build()) else {
+        return 0;
+    };
+    if config.backend == BackendKind::Local && config.local.start_method == StartMethod::Fork {
+        config.local_workers()
+    } else {
+        0
+    }
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(runners_to_fork, m)?)?;
     m.add_class::<Executor>()?;
     m.add_class::<Job>()?;
     m.add_class::<storage::Storage>()?;

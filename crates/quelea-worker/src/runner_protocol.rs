@@ -11,6 +11,12 @@
 //! | `F` function | runtime → runner | `u32 function_id, payload` (Rust: the registered name; Python: cloudpickle) |
 //! | `C` call     | runtime → runner | `u32 function_id, u32 call_id, u32 count, u32 select, input` |
 //! | `D` done     | runner → runtime | `u32 call_id, u8 kind, u64 peak_rss_bytes, payload` |
+//! | `E` environment | runtime → forked runner | `key=value` pairs, each ended by a NUL |
+//!
+//! `E` is the first frame to a runner the pool did not start itself but
+//! adopted (forked from the client, see `pool::ForkedRunner`): what a
+//! spawned runner finds in its environment, it reads there before it says
+//! ready.
 //!
 //! A call is a *batch* of `count` consecutive elements of a job, starting at
 //! element `call_id` (`count` 1: a single element, whose input is the
@@ -54,6 +60,7 @@ pub const TAG_READY: u8 = b'R';
 pub const TAG_FUNCTION: u8 = b'F';
 pub const TAG_CALL: u8 = b'C';
 pub const TAG_DONE: u8 = b'D';
+pub const TAG_ENVIRONMENT: u8 = b'E';
 
 /// A frame the runtime receives from a runner.
 #[derive(Debug, PartialEq)]
@@ -123,11 +130,24 @@ pub fn encode_call(
     select: u32,
     input: &[u8],
 ) {
-    header(out, TAG_CALL, 16 + input.len());
+    encode_call_head(out, function_id, call_id, count, select, input.len());
+    out.extend_from_slice(input);
+}
+
+/// A call frame without its input, which the caller writes right after
+/// (a large input is written from where it is, not copied into the frame).
+pub fn encode_call_head(
+    out: &mut Vec<u8>,
+    function_id: u32,
+    call_id: u32,
+    count: u32,
+    select: u32,
+    input_len: usize,
+) {
+    header(out, TAG_CALL, 16 + input_len);
     for n in [function_id, call_id, count, select] {
         out.extend_from_slice(&n.to_le_bytes());
     }
-    out.extend_from_slice(input);
 }
 
 /// The engine's encoding of a batch's inputs (see [`BATCH_MAGIC`]).
@@ -160,6 +180,22 @@ pub fn decode_batch_input(input: &[u8]) -> io::Result<Vec<&[u8]>> {
         at += len;
     }
     Ok(out)
+}
+
+/// The environment frame of an adopted runner: `key=value\0` per variable.
+pub fn encode_environment<'a>(
+    out: &mut Vec<u8>,
+    vars: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    let mut body = Vec::new();
+    for (key, value) in vars {
+        body.extend_from_slice(key);
+        body.push(b'=');
+        body.extend_from_slice(value);
+        body.push(0);
+    }
+    header(out, TAG_ENVIRONMENT, body.len());
+    out.extend_from_slice(&body);
 }
 
 pub fn encode_ready(out: &mut Vec<u8>, pid: u32) {
@@ -221,21 +257,28 @@ fn invalid(message: String) -> io::Error {
 
 /// Reads one frame: `Ok(None)` on a clean end of stream.
 fn read_frame(reader: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len) {
+    let Some((tag, len)) = read_frame_head(reader)? else {
+        return Ok(None);
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(Some((tag, body)))
+}
+
+/// A frame's tag and the length of its body, which is still to be read.
+fn read_frame_head(reader: &mut impl Read) -> io::Result<Option<(u8, usize)>> {
+    let mut head = [0u8; 5];
+    match reader.read_exact(&mut head[..4]) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len) as usize;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > MAX_FRAME {
         return Err(invalid(format!("frame length {len} out of range")));
     }
-    let mut tag = [0u8; 1];
-    reader.read_exact(&mut tag)?;
-    let mut body = vec![0u8; len - 1];
-    reader.read_exact(&mut body)?;
-    Ok(Some((tag[0], body)))
+    reader.read_exact(&mut head[4..])?;
+    Ok(Some((head[4], len - 1)))
 }
 
 fn u32_at(body: &[u8], at: usize) -> io::Result<u32> {
@@ -251,22 +294,31 @@ fn u64_at(body: &[u8], at: usize) -> io::Result<u64> {
 }
 
 pub fn read_from_runner(reader: &mut impl Read) -> io::Result<Option<FromRunner>> {
-    let Some((tag, body)) = read_frame(reader)? else {
+    let Some((tag, len)) = read_frame_head(reader)? else {
         return Ok(None);
     };
     match tag {
-        TAG_READY => Ok(Some(FromRunner::Ready {
-            version: u32_at(&body, 0)?,
-            pid: u32_at(&body, 4)?,
-        })),
+        TAG_READY => {
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
+            Ok(Some(FromRunner::Ready {
+                version: u32_at(&body, 0)?,
+                pid: u32_at(&body, 4)?,
+            }))
+        }
         TAG_DONE => {
-            let call_id = u32_at(&body, 0)?;
-            let kind = *body
-                .get(4)
-                .ok_or_else(|| invalid("frame too short".into()))?;
-            let peak_rss = u64_at(&body, 5)?;
-            let mut payload = body;
-            payload.drain(..13);
+            // The head apart, so that a large payload is read into its own
+            // buffer once (not moved down by 13 bytes after).
+            let mut head = [0u8; 13];
+            if len < head.len() {
+                return Err(invalid("frame too short".into()));
+            }
+            reader.read_exact(&mut head)?;
+            let call_id = u32_at(&head, 0)?;
+            let kind = head[4];
+            let peak_rss = u64_at(&head, 5)?;
+            let mut payload = vec![0u8; len - head.len()];
+            reader.read_exact(&mut payload)?;
             let answer = match kind {
                 KIND_OK => Answer::Ok(payload),
                 KIND_ERR => Answer::Err(payload),
@@ -330,6 +382,16 @@ pub fn write_all(writer: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_frame_is_key_value_pairs_each_ended_by_nul() {
+        let mut out = Vec::new();
+        encode_environment(&mut out, [(&b"A"[..], &b"1"[..]), (b"QUELEA_X", b"x=y")]);
+        let body = b"A=1\0QUELEA_X=x=y\0";
+        assert_eq!(&out[..4], &((body.len() + 1) as u32).to_le_bytes());
+        assert_eq!(out[4], TAG_ENVIRONMENT);
+        assert_eq!(&out[5..], body);
+    }
 
     #[test]
     fn frames_round_trip() {

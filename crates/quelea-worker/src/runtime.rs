@@ -28,7 +28,8 @@ use quelea_core::protocol::{valid_invocation_id, CallInput, Invocation, MAX_INVO
 use quelea_storage::{io_runtime, Storage};
 
 use crate::pool::{
-    Completion, JobContext, JobSink, Outputs, Pool, PoolConfig, PoolFunction, RunnerCommand, Task,
+    Completion, ForkedRunner, JobContext, JobSink, Outputs, Pool, PoolConfig, PoolFunction,
+    RunnerCommand, Task,
 };
 use crate::push::{BrokerUrls, Publisher};
 use crate::status_writer::{finished_status, JobTarget, StatusWriter};
@@ -500,8 +501,10 @@ impl Runtime {
     /// waits until its runners are ready.
     /// Starts the pool for `kind` now, without waiting for its runners: they
     /// start while the client prepares its first job.
-    pub fn prestart(&self, kind: RunnerKind) {
-        let _ = self.pool(kind);
+    /// The first runners are `forked` ones, adopted (see [`ForkedRunner`]),
+    /// when the pool did not exist yet; otherwise those are ended.
+    pub fn prestart(&self, kind: RunnerKind, forked: Vec<ForkedRunner>) {
+        let _ = self.pool_with(kind, forked);
     }
 
     pub fn warm_up(&self, kind: RunnerKind, timeout: Duration) -> Result<(), Refusal> {
@@ -561,6 +564,10 @@ impl Runtime {
     }
 
     fn pool(&self, kind: RunnerKind) -> Result<Arc<Pool>, Refusal> {
+        self.pool_with(kind, Vec::new())
+    }
+
+    fn pool_with(&self, kind: RunnerKind, forked: Vec<ForkedRunner>) -> Result<Arc<Pool>, Refusal> {
         let mut pools = lock(&self.pools);
         if let Some(pool) = pools.get(&kind) {
             return Ok(pool.clone());
@@ -571,10 +578,13 @@ impl Runtime {
                 format!("this worker has no runner for {kind:?} functions"),
             ));
         };
-        let pool = Arc::new(Pool::new(PoolConfig {
-            workers: self.config.workers,
-            command: command.clone(),
-        }));
+        let pool = Arc::new(Pool::with_runners(
+            PoolConfig {
+                workers: self.config.workers,
+                command: command.clone(),
+            },
+            forked,
+        ));
         pools.insert(kind, pool.clone());
         Ok(pool)
     }

@@ -21,7 +21,7 @@ use quelea_core::model::{
 use quelea_core::protocol::{CallInput, Invocation, InvokedCall};
 use quelea_core::retry::RetryPolicy;
 use quelea_storage::Storage;
-use quelea_worker::pool::RunnerCommand;
+use quelea_worker::pool::{ForkedRunner, RunnerCommand};
 use quelea_worker::runner_protocol::encode_batch_input;
 use quelea_worker::rust_runner::FunctionRef;
 
@@ -390,8 +390,15 @@ impl Executor {
     /// Starts the local runners of `kind` in the background (a no-op on
     /// remote backends): the first map need not wait for them to start.
     pub fn prestart(&self, kind: RunnerKind) {
+        self.prestart_adopting(kind, Vec::new());
+    }
+
+    /// [`Executor::prestart`], the first runners being `forked` ones that
+    /// this process forked itself (see [`ForkedRunner`]); on a remote
+    /// backend, or when the runners had started already, those are ended.
+    pub fn prestart_adopting(&self, kind: RunnerKind, forked: Vec<ForkedRunner>) {
         if let Some(local) = self.inner.backend.local() {
-            local.prestart(kind);
+            local.prestart(kind, forked);
         }
     }
 

@@ -330,7 +330,11 @@ impl Records {
             calls: self.len(),
             ..CallsSummary::default()
         };
-        let mut runs = std::collections::HashSet::new();
+        // The elements of one run are consecutive calls: a run is counted
+        // where its record (or, for a batch answered element by element,
+        // its stats) differs from the previous call's.
+        let mut last_slot = None;
+        let mut last_run = None;
         let (mut first_start, mut last_end) = (f64::INFINITY, f64::NEG_INFINITY);
         for (i, state) in self.state.iter().enumerate() {
             match state {
@@ -339,21 +343,26 @@ impl Records {
                 _ => {}
             }
             let stats = match self.end(i) {
+                Some(_) if last_slot == Some(self.slot[i]) => continue,
                 Some(end) => &end.stats,
                 None => {
                     // A call that has not ended is a run of its own.
                     summary.runner_calls += 1;
+                    last_slot = None;
                     continue;
                 }
             };
+            last_slot = Some(self.slot[i]);
             let (Some(start), Some(end)) = (stats.start_ts, stats.end_ts) else {
                 summary.runner_calls += 1;
+                last_run = None;
                 continue;
             };
-            // Elements of one batch share its run: each run counts once.
-            if runs.insert((stats.worker_id, start.to_bits(), end.to_bits())) {
+            let run = (stats.worker_id, start.to_bits(), end.to_bits());
+            if last_run != Some(run) {
                 summary.runner_calls += 1;
                 summary.total_exec_time += end - start;
+                last_run = Some(run);
             }
             first_start = first_start.min(start);
             last_end = last_end.max(end);

@@ -38,10 +38,10 @@ pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;
 pub use job::{CallsSummary, Piece};
 pub use monitor::{attach, attach_with, clean_job_with};
-pub use quelea_core::config::{Config, ConfigBuilder};
+pub use quelea_core::config::{BackendKind, Config, ConfigBuilder, StartMethod};
 pub use quelea_core::ids::{CallId, ExecutorId, JobId, JobKind};
 pub use quelea_core::model::{CallError, CallState, CallStats, FailureReason, Output, RunnerKind};
-pub use quelea_worker::pool::RunnerCommand;
+pub use quelea_worker::pool::{ForkedRunner, RunnerCommand};
 pub use quelea_worker::rust_runner::{is_runner, FunctionRef, Functions};
 
 /// Call first thing in `main`: started by the pool as a runner, this

@@ -33,7 +33,7 @@ mod slot;
 mod startup;
 mod watchdog;
 
-pub use self::process::{RUNNER_FDS_ENV, RUNNER_IN_FD, RUNNER_OUT_FD};
+pub use self::process::{ForkedRunner, RUNNER_FDS_ENV, RUNNER_IN_FD, RUNNER_OUT_FD};
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
@@ -329,7 +329,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Pool {
+        Pool::with_runners(config, Vec::new())
+    }
+
+    /// A pool whose first slots adopt `forked` as their first runners
+    /// (one each, in order; any beyond the pool's size are ended) instead
+    /// of spawning them.
+    pub fn with_runners(config: PoolConfig, forked: Vec<ForkedRunner>) -> Pool {
         let workers = config.workers.max(1);
+        let mut forked = forked.into_iter();
         let slots = (0..workers)
             .map(|index| {
                 Arc::new(Slot {
@@ -365,9 +373,10 @@ impl Pool {
         let mut threads = Vec::new();
         for slot in &shared.slots {
             let (s, sl) = (shared.clone(), slot.clone());
+            let first = forked.next();
             threads.push(spawn_thread(
                 format!("quelea-runner-{}", slot.index),
-                move || slot::slot_main(&s, &sl),
+                move || slot::slot_main(&s, &sl, first),
             ));
             let (s, sl) = (shared.clone(), slot.clone());
             threads.push(spawn_thread(

@@ -122,6 +122,126 @@ fn cstring(bytes: Vec<u8>, what: &str) -> io::Result<CString> {
     })
 }
 
+/// What a runner of slot `slot_index` gets in its environment on top of
+/// the pool's own.
+fn runner_env(command: &RunnerCommand, slot_index: u32) -> Vec<(OsString, OsString)> {
+    let mut env = command.env.clone();
+    env.push((
+        "QUELEA_RUNNER_PARENT".into(),
+        std::process::id().to_string().into(),
+    ));
+    env.push(("QUELEA_RUNNER_SLOT".into(), slot_index.to_string().into()));
+    env.push((
+        RUNNER_FDS_ENV.into(),
+        format!("{RUNNER_IN_FD},{RUNNER_OUT_FD}").into(),
+    ));
+    env
+}
+
+/// A runner this process forked itself (the Python client, while it had a
+/// single thread: a copy of it with its modules loaded starts in a
+/// millisecond, where a fresh interpreter takes a hundred), handed to the
+/// pool to adopt instead of spawning one. The child leads its own process
+/// group, has the protocol on fds [`RUNNER_IN_FD`] and [`RUNNER_OUT_FD`],
+/// and waits for the environment frame before it says ready.
+pub struct ForkedRunner {
+    /// `(pid, calls, answers)` until adopted; a runner never adopted is
+    /// ended and reaped when dropped.
+    parts: Option<(i32, OwnedFd, OwnedFd)>,
+}
+
+impl ForkedRunner {
+    /// # Safety
+    ///
+    /// `pid` must be an unreaped child of this process that leads its own
+    /// process group and that nobody else reaps or signals, and `calls`
+    /// (the write end of the pipe it reads calls from) and `answers` (the
+    /// read end of the pipe it answers on) open descriptors that the
+    /// caller gives up.
+    pub unsafe fn from_raw(pid: i32, calls: RawFd, answers: RawFd) -> Self {
+        // SAFETY: the caller's contract.
+        let parts = unsafe {
+            (
+                pid,
+                OwnedFd::from_raw_fd(calls),
+                OwnedFd::from_raw_fd(answers),
+            )
+        };
+        ForkedRunner { parts: Some(parts) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.parts.as_ref().map_or(0, |p| p.0)
+    }
+}
+
+impl Drop for ForkedRunner {
+    fn drop(&mut self) {
+        if let Some((pid, ..)) = self.parts.take() {
+            // SAFETY: the from_raw contract: our unreaped child, its group's leader.
+            unsafe {
+                kill_group(pid);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ForkedRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkedRunner")
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+/// Takes `forked` on as the runner of slot `slot_index`: from here on it
+/// is watched, signalled and reaped as a spawned one is; its first frame
+/// is the environment a spawned runner would have had.
+pub(super) fn adopt(
+    mut forked: ForkedRunner,
+    command: &RunnerCommand,
+    slot_index: u32,
+) -> io::Result<(Runner, CallsPipe, AnswersPipe)> {
+    let pidfd = Arc::new(pidfd_open(forked.pid())?);
+    let Some((pid, calls, answers)) = forked.parts.take() else {
+        return Err(io::Error::other("the forked runner was adopted already"));
+    };
+    // From here the child is the Runner's to reap, whatever fails.
+    let runner = Runner {
+        pid,
+        pidfd: pidfd.clone(),
+        reaped: false,
+    };
+    for fd in [&calls, &answers] {
+        set_nonblocking(fd)?;
+        // SAFETY: F_SETFD on a descriptor we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(last_error("fcntl(FD_CLOEXEC)"));
+        }
+    }
+    let mut calls = CallsPipe {
+        fd: calls,
+        pidfd: pidfd.clone(),
+    };
+    let env = runner_env(command, slot_index);
+    let mut frame = Vec::new();
+    crate::runner_protocol::encode_environment(
+        &mut frame,
+        env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+    );
+    calls.write_all(&frame)?;
+    Ok((
+        runner,
+        calls,
+        AnswersPipe {
+            fd: answers,
+            pidfd,
+            exited: false,
+        },
+    ))
+}
+
 /// Starts one runner for slot `slot_index`.
 pub(super) fn spawn(
     command: &RunnerCommand,
@@ -169,16 +289,7 @@ pub(super) fn spawn(
         argv.push(cstring(arg.as_bytes().to_vec(), "arguments")?);
     }
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-    env.extend(command.env.iter().cloned());
-    env.insert(
-        "QUELEA_RUNNER_PARENT".into(),
-        std::process::id().to_string().into(),
-    );
-    env.insert("QUELEA_RUNNER_SLOT".into(), slot_index.to_string().into());
-    env.insert(
-        RUNNER_FDS_ENV.into(),
-        format!("{RUNNER_IN_FD},{RUNNER_OUT_FD}").into(),
-    );
+    env.extend(runner_env(command, slot_index));
     let envp = env
         .into_iter()
         .map(|(k, v)| {

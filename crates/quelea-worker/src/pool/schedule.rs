@@ -93,7 +93,10 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
         }
 
         // Encode before publishing: the tasks move into the in-flight queue.
+        // Inputs of at least LARGE_INPUT are not copied into `frames`: they
+        // are written from their own buffers, after the frames before them.
         frames.clear();
+        let mut large: Vec<(usize, bytes::Bytes)> = Vec::new();
         let generation;
         {
             let mut input = lock(&slot.input);
@@ -112,14 +115,26 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
                 if input.loaded.insert(function.id) {
                     runner_protocol::encode_function(&mut frames, function.id, &function.payload);
                 }
-                runner_protocol::encode_call(
-                    &mut frames,
-                    function.id,
-                    task.call_id.0,
-                    task.count,
-                    task.select,
-                    &task.input,
-                );
+                if task.input.len() >= LARGE_INPUT {
+                    runner_protocol::encode_call_head(
+                        &mut frames,
+                        function.id,
+                        task.call_id.0,
+                        task.count,
+                        task.select,
+                        task.input.len(),
+                    );
+                    large.push((frames.len(), task.input.clone()));
+                } else {
+                    runner_protocol::encode_call(
+                        &mut frames,
+                        function.id,
+                        task.call_id.0,
+                        task.count,
+                        task.select,
+                        &task.input,
+                    );
+                }
             }
             generation = input.generation;
         }
@@ -154,7 +169,7 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
             continue;
         }
         if let Some(stdin) = input.stdin.as_mut() {
-            if runner_protocol::write_all(stdin, &frames).is_err() {
+            if write_frames(stdin, &frames, &large).is_err() {
                 // The runner is gone; its slot thread requeues what it held.
                 input.stdin = None;
             }
@@ -162,9 +177,53 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
     }
 }
 
+/// Inputs from this size on are written from their own buffers.
+const LARGE_INPUT: usize = 64 << 10;
+
+/// Writes `frames` with each large input at its offset in them.
+fn write_frames(
+    out: &mut impl std::io::Write,
+    frames: &[u8],
+    large: &[(usize, bytes::Bytes)],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    for (offset, input) in large {
+        runner_protocol::write_all(out, &frames[at..*offset])?;
+        runner_protocol::write_all(out, input)?;
+        at = *offset;
+    }
+    runner_protocol::write_all(out, &frames[at..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_inputs_are_written_in_place_of_their_copies() {
+        let big = bytes::Bytes::from(vec![7u8; LARGE_INPUT]);
+        let (mut expected, mut frames, mut large) = (Vec::new(), Vec::new(), Vec::new());
+        for (call, input) in [(0, &b"small"[..]), (1, &big[..]), (2, b"s"), (3, &big[..])] {
+            runner_protocol::encode_call(&mut expected, 1, call, 1, runner_protocol::ALL, input);
+            if input.len() >= LARGE_INPUT {
+                runner_protocol::encode_call_head(
+                    &mut frames,
+                    1,
+                    call,
+                    1,
+                    runner_protocol::ALL,
+                    input.len(),
+                );
+                large.push((frames.len(), big.clone()));
+            } else {
+                runner_protocol::encode_call(&mut frames, 1, call, 1, runner_protocol::ALL, input);
+            }
+        }
+        let mut written = Vec::new();
+        write_frames(&mut written, &frames, &large).unwrap();
+        assert_eq!(written, expected);
+        assert!(frames.len() < 2 * 64);
+    }
 
     #[test]
     fn depth_is_one_until_a_call_finished_then_follows_call_time() {

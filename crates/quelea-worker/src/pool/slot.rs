@@ -11,7 +11,7 @@ use quelea_core::model::now_ts;
 use super::failure::{
     cancelled_error, death_error, describe_exit, start_failure, user_error, KillReason,
 };
-use super::process;
+use super::process::{self, ForkedRunner};
 use super::startup::{handshake, ReadyWatch, StartFailures, READY_TIMEOUT};
 use super::{fail_task, kill_runner, lock, Completion, Outputs, Shared, Slot, Task};
 use crate::runner_protocol::{self, Answer, FromRunner};
@@ -25,10 +25,17 @@ fn clear_pid(slot: &Slot) {
 }
 
 /// Owns the slot's runner processes one after another, and reads their answers.
-pub(super) fn slot_main(shared: &Shared, slot: &Slot) {
+/// Its first runner is `first` when the pool was given one to adopt.
+pub(super) fn slot_main(shared: &Shared, slot: &Slot, mut first: Option<ForkedRunner>) {
     let mut start_failures = StartFailures::default();
     while !shared.shutdown.load(Ordering::Acquire) {
-        let (runner, stdin, stdout) = match process::spawn(&shared.command, slot.index) {
+        let started = match first.take() {
+            // One that cannot be adopted (it died already) is replaced by a spawned one.
+            Some(forked) => process::adopt(forked, &shared.command, slot.index)
+                .or_else(|_| process::spawn(&shared.command, slot.index)),
+            None => process::spawn(&shared.command, slot.index),
+        };
+        let (runner, stdin, stdout) = match started {
             Ok(started) => started,
             Err(e) => {
                 mark_broken(

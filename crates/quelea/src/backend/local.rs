@@ -15,7 +15,7 @@ use quelea_core::ids::CallId;
 use quelea_core::model::RunnerKind;
 use quelea_core::protocol::{CallInput, Invocation};
 use quelea_storage::Storage;
-use quelea_worker::pool::RunnerCommand;
+use quelea_worker::pool::{ForkedRunner, RunnerCommand};
 use quelea_worker::runtime::{with_runner_config, CallObserver, Ended, Runtime, RuntimeConfig};
 
 use super::Submission;
@@ -110,8 +110,8 @@ impl LocalBackend {
             })
     }
 
-    pub fn prestart(&self, kind: RunnerKind) {
-        self.runtime.prestart(kind);
+    pub fn prestart(&self, kind: RunnerKind, forked: Vec<ForkedRunner>) {
+        self.runtime.prestart(kind, forked);
     }
 
     pub fn runner_pids(&self) -> Vec<u32> {
