@@ -646,6 +646,13 @@ class QueleaBaseOperator(BaseOperator):
                 _job.Job(next_kwargs["job"], self.hook.get_config()).finish(self.log, cancel=True)
             except Exception as e:  # noqa: BLE001
                 self.log.warning("could not cancel the quelea job: %s", e)
+            # Its resume record names the job just deleted: the next try (if any) runs
+            # the elements the record lacks; the last try leaves no record.
+            try:
+                plan = self._plan_of_job(context, next_kwargs["job"], self.hook.get_config())
+                self._keep_for_retry(context, plan, None)
+            except Exception as e:  # noqa: BLE001
+                self.log.warning("could not update the resume record: %s", e)
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
