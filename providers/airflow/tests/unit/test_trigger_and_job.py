@@ -387,3 +387,23 @@ def test_cancelling_the_trigger_of_a_killed_task(quelea_conn, storage_dir):
     else:
         assert wait_gone([submitted.host_pid])
     assert objects(storage_dir) == []
+
+
+def test_a_failed_deferral_leaves_no_resume_record_on_the_last_try(quelea_conn, storage_dir):
+    """Airflow fails a deferral itself (``__fail__``: its timeout, a crashed trigger):
+    the job is cancelled and deleted, and so is the resume record that named it (the
+    last try: nothing to resume)."""
+    from quelea_airflow import _store
+    from quelea_airflow.operators.quelea import QueleaMapOperator
+
+    op = QueleaMapOperator(task_id="t", map_function=sleepy, map_iterdata=[1, 2], retries=0)
+    ti = types.SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=1)
+    context = {"ti": ti}
+    submitted = _submit("map", (sleepy, [1, 2]), quelea_conn)
+    _store.write_resume(quelea_conn, context, 2, {}, job=submitted.job, indices=[0, 1])
+    assert _store.read_resume_record(quelea_conn, context, 2)["job"] == submitted.job
+    with pytest.raises(Exception, match="(?i)defer|timeout|trigger"):
+        op.resume_execution("__fail__", {"job": submitted.job, "error": "Trigger timeout"}, context)
+    assert _store.read_resume_record(quelea_conn, context, 2) is None
+    assert wait_gone([submitted.host_pid])
+    assert objects(storage_dir) == []
