@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -136,20 +137,70 @@ def lazy_results(lists: list[FuturesList], timeout: float | None) -> list | None
     takes the path through futures). Marks them read."""
     jobs = [fs._job_source()[0] for fs in lists]
     try:
-        engine_wait([(job, None) for job in jobs], float(ALL_COMPLETED), timeout)
+        if len(jobs) == 1:
+            results = _values_as_they_come(jobs[0], timeout)
+        else:
+            engine_wait([(job, None) for job in jobs], float(ALL_COMPLETED), timeout)
+            results = []
+            for job in jobs:
+                values = _job_values(job)
+                if values is None:
+                    return None
+                results.extend(values)
     except KeyboardInterrupt:
         for job in jobs:
             job.cancel()
         raise
-    results: list = []
-    for job in jobs:
-        values = _job_values(job)
-        if values is None:
-            return None
-        results.extend(values)
+    if results is None:
+        return None
     for fs in lists:
         fs._job_source()[2] = True
     return results
+
+
+# Results are decoded while the job runs, in this many steps, once its first
+# step holds more than _BIG_RESULTS bytes: the client's decoding then overlaps
+# the runners' work (big results), and small ones are decoded at once. Jobs
+# of more calls than _STEPPED_UP_TO (whose values are small, or batched) are
+# decoded at once without looking.
+_STEPS = 8
+_BIG_RESULTS = 1 << 20
+_STEPPED_UP_TO = 4096
+
+
+def _values_as_they_come(job: Any, timeout: float | None) -> list | None:
+    """A job's values in call order, decoded a step at a time as its calls
+    finish in order while they are big; None as ``_job_values``."""
+    total = job.total
+    step = max(1, -(-total // _STEPS))
+    if step == total or total > _STEPPED_UP_TO or _progress._SHOW.get():
+        # (A progress bar counts the whole job.)
+        engine_wait([(job, None)], float(ALL_COMPLETED), timeout)
+        return _job_values(job)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = list(range(step))
+    engine_wait([(job, first)], float(ALL_COMPLETED), timeout)
+    runs = job.result_runs(first)
+    if runs is None or sum(len(r) if type(r) is not tuple else 0 for r in runs) < _BIG_RESULTS:
+        # Small results (or a failure: the caller's path through futures
+        # reports it): all at once.
+        engine_wait([(job, None)], float(ALL_COMPLETED), _left(deadline))
+        return _job_values(job)
+    results = _decode_runs(runs)
+    done = step
+    while results is not None and done < total:
+        part = list(range(done, min(total, done + step)))
+        engine_wait([(job, part)], float(ALL_COMPLETED), _left(deadline))
+        values = _decode_runs(job.result_runs(part))
+        if values is None:
+            return None
+        results.extend(values)
+        done += len(part)
+    return results
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _job_values(job: Any) -> list | None:

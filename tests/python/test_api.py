@@ -229,3 +229,32 @@ def test_context_manager_stops_runners(config):
 def test_serverless_mode_needs_a_serverless_backend(config):
     with pytest.raises(ConfigError, match="mode='serverless' needs a serverless backend.*`local`"):
         quelea.FunctionExecutor(mode="serverless", config=config)
+
+
+def mebibyte_of(x):
+    if x == 11:
+        raise ValueError("no 11")
+    time.sleep(0.02 * (x % 3))  # finishing out of order
+    return bytes([x]) * (1 << 20)
+
+
+def test_big_results_decoded_while_the_map_runs_keep_order_failures_and_timeouts(executor):
+    # 16 calls of 1 MiB: get_result decodes them a step at a time as they end.
+    from quelea import _wait
+
+    assert 16 <= _wait._STEPPED_UP_TO and 2 << 20 > _wait._BIG_RESULTS  # the stepped path is taken
+    values = executor.get_result(executor.map(mebibyte_of, [x for x in range(16) if x != 11]))
+    assert [v[:1] for v in values] == [bytes([x]) for x in range(16) if x != 11]
+    assert all(len(v) == 1 << 20 for v in values)
+    # A failure in a later step is the caller's to see, as on the other path.
+    with pytest.raises(ValueError, match="no 11"):
+        executor.get_result(executor.map(mebibyte_of, range(16)))
+    got = executor.get_result(executor.map(mebibyte_of, range(16)), throw_except=False)
+    assert got[11] is None and got[12][:1] == b"\x0c" and len(got) == 16
+    # The timeout covers every step.
+    naps = executor.map(slow, [0.01, 0.01, 1, 1])
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        executor.get_result(naps, timeout=0.5)
+    assert time.monotonic() - started < 0.9
+    assert executor.get_result(naps) == [0.01, 0.01, 1, 1]
