@@ -6,8 +6,9 @@ LocalCluster and Lithops 3.8 in local mode (its version 1 and version 2).
 Every system runs in its own fresh process, one after another, in one go.
 "cold" includes creating the executor/pool/cluster; "warm" is a second run on
 the same one. "quelea" is the default (large maps are batched, as Pool.map
-chunks them); "quelea-chunksize-1" dispatches one runner call per element. Each figure is the best of --repeat runs. The output is a
-Markdown table with ratios against quelea.
+chunks them); "quelea-chunksize-1" dispatches one runner call per element.
+Each figure is the best of --repeat runs. The output is a Markdown table with
+ratios against quelea.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
 
 # Warm runs per process for quelea and Pool, whose warm times are a few
 # milliseconds (one run is at the mercy of the scheduler); Dask and Lithops
@@ -68,8 +68,9 @@ def run_dask(calls: int, workers: int) -> dict:
     from dask.distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
     client = Client(cluster)
     assert client.gather(client.map(noop, range(calls), pure=False)) == list(range(calls))
     cold = time.perf_counter() - t0
@@ -120,9 +121,13 @@ def one(system: str, calls: int, workers: int) -> dict:
 def measure(system: str, calls: int, workers: int, repeat: int) -> dict | None:
     best = None
     for _ in range(repeat):
-        proc = subprocess.run([sys.executable, __file__, "--one", system, "--calls", str(calls),
-                               "--workers", str(workers)], capture_output=True, text=True, timeout=1800,
-                              env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", system, "--calls", str(calls), "--workers", str(workers)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"},
+        )
         if proc.returncode != 0:
             print(f"{system}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             return None
@@ -140,7 +145,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--lithops-v2-calls", type=int, default=200)
-    parser.add_argument("--systems", default="quelea,quelea-chunksize-1,pool,pool-chunksize-1,dask,lithops-v1,lithops-v2")
+    parser.add_argument(
+        "--systems", default="quelea,quelea-chunksize-1,pool,pool-chunksize-1,dask,lithops-v1,lithops-v2"
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.calls, args.workers)))
@@ -156,7 +163,10 @@ def main() -> None:
         result = measure(system, calls, args.workers, repeat)
         if result:
             rows.append((system, calls, result))
-            print(f"  {system}: {calls} calls, cold {result['cold']:.3f} s, warm {result['warm']:.3f} s", flush=True)
+            print(
+                f"  {system}: {calls} calls, cold {result['cold']:.3f} s, warm {result['warm']:.3f} s",
+                flush=True,
+            )
     base = {r[0]: r for r in rows}.get("quelea")
     print()
     print("| system | calls | cold (s) | warm (s) | warm µs/call | warm time vs quelea |")

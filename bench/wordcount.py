@@ -164,8 +164,11 @@ def main() -> None:
             storage.put_object("quelea-test", "bench/data.txt", f.read())
         systems[3:3] = ["quelea-s3", "quelea-rust-s3"]
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    print(f"{time.strftime('%Y-%m-%d')}: {size / 1e6:.0f} MB, {words} words, {args.chunk_mb} MiB chunks, "
-          f"{args.workers} workers, best of {args.repeat}", flush=True)
+    print(
+        f"{time.strftime('%Y-%m-%d')}: {size / 1e6:.0f} MB, {words} words, {args.chunk_mb} MiB chunks, "
+        f"{args.workers} workers, best of {args.repeat}",
+        flush=True,
+    )
     rows = {}
     for system in systems:
         best = None
@@ -173,8 +176,16 @@ def main() -> None:
             if system.startswith("quelea-rust-"):
                 command = rust_command(system.rsplit("-", 1)[1], chunk, args.workers)
             else:
-                command = [sys.executable, __file__, "--one", system, "--chunk-mb", str(args.chunk_mb),
-                           "--workers", str(args.workers)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    system,
+                    "--chunk-mb",
+                    str(args.chunk_mb),
+                    "--workers",
+                    str(args.workers),
+                ]
             proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
             if proc.returncode != 0:
                 print(f"{system} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)

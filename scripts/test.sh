@@ -115,8 +115,8 @@ section "clippy" cargo clippy --workspace --all-targets -- -D warnings
 section "clippy s3-tests" cargo clippy -p quelea-storage --all-targets --features s3-tests -- -D warnings
 section "clippy emulator-tests" cargo clippy -p quelea-lambda-testfn --all-targets --features emulator-tests -- -D warnings
 section "clippy push-tests" cargo clippy -p quelea-cli --all-targets --features push-tests -- -D warnings
-section "ruff check" "$VENV/bin/ruff" check python tests examples providers
-section "ruff format" "$VENV/bin/ruff" format --check python tests examples providers
+section "ruff check" "$VENV/bin/ruff" check python tests examples providers bench
+section "ruff format" "$VENV/bin/ruff" format --check python tests examples providers bench
 section "rust tests" cargo test --workspace --exclude quelea-py
 section "python tests" s_python_tests
 section "README blocks run as written" bash scripts/test-readme.sh
