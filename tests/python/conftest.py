@@ -3,7 +3,9 @@ with storage in a temporary directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -82,3 +84,45 @@ def run_script(tmp_path: Path, source: str, *args: str, env: dict | None = None,
 
 def pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+@contextlib.contextmanager
+def worker_servers(count: int, workers: int, env: dict):
+    """``count`` real ``quelea worker serve`` processes (the console script
+    next to this interpreter, on 127.0.0.1, a free port each, Python runners
+    of this interpreter), each leading its own session: ``(procs, urls)``.
+    They are stopped by PID, with their runners (the whole group)."""
+    script = Path(sys.executable).with_name("quelea")
+    assert script.exists(), f"{script} is missing: install the package (maturin develop)"
+    env = dict(env)
+    env.pop("PORT", None)
+    procs, urls = [], []
+    try:
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [
+                    str(script),
+                    "worker",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--workers",
+                    str(workers),
+                    "--python",
+                    sys.executable,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+            procs.append(proc)
+            line = proc.stdout.readline()
+            urls.append(next(w for w in line.split() if w.startswith("http://")))
+        yield procs, urls
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -35,6 +35,16 @@ PROBE = """
 """
 
 
+# Appended to a script: says whether the client has any child process left.
+CHILDREN_LEFT = """
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        print("children left")
+    except ChildProcessError:
+        print("no children")
+"""
+
+
 def run_probe(tmp_path, storage_root, before: str = "", config: dict | None = None, calls: int = 8):
     config = config or {"localdisk": {"root": str(storage_root)}, "local": {"workers": 2}}
     source = (
@@ -157,19 +167,17 @@ def test_buffered_client_output_is_not_printed_twice(tmp_path, storage_root):
 
 
 def test_a_refused_executor_leaves_no_forked_runner(tmp_path, storage_root):
-    source = f"""
+    source = (
+        f"""
     import os, quelea
     from quelea.exceptions import ConfigError
     try:
         quelea.FunctionExecutor(mode="serverless", config={{"localdisk": {{"root": {str(storage_root)!r}}}}})
     except ConfigError as e:
         print("refused:", "serverless" in str(e))
-    try:
-        os.waitpid(-1, os.WNOHANG)
-        print("children left")
-    except ChildProcessError:
-        print("no children")
     """
+        + CHILDREN_LEFT
+    )
     proc = run_script(tmp_path, source)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -177,7 +185,8 @@ def test_a_refused_executor_leaves_no_forked_runner(tmp_path, storage_root):
 
 
 def test_closing_the_executor_ends_forked_runners(tmp_path, storage_root):
-    source = f"""
+    source = (
+        f"""
     import os, quelea
     config = {{"localdisk": {{"root": {str(storage_root)!r}}}, "local": {{"workers": 2}}}}
     fexec = quelea.FunctionExecutor(config=config)
@@ -185,12 +194,9 @@ def test_closing_the_executor_ends_forked_runners(tmp_path, storage_root):
     pids = fexec.runner_pids()
     fexec.close()
     print(" ".join(map(str, pids)))
-    try:
-        os.waitpid(-1, os.WNOHANG)
-        print("children left")
-    except ChildProcessError:
-        print("no children")
     """
+        + CHILDREN_LEFT
+    )
     proc = run_script(tmp_path, source)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

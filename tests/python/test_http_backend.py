@@ -6,52 +6,26 @@ here; the S3 server with QTEST_STORAGE=s3)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import quelea
+from conftest import worker_servers
 from quelea.exceptions import CallTimeoutError, ConfigError, RemoteTraceback, WorkerCrashedError
 
 SECRET = "python-suite-secret"
 
 
-def _cli() -> list[str]:
-    """The `quelea` console script next to this interpreter."""
-    script = Path(sys.executable).with_name("quelea")
-    assert script.exists(), f"{script} is missing: install the package (maturin develop)"
-    return [str(script)]
-
-
 @pytest.fixture(scope="module")
 def servers(config):
     env = {**os.environ, "QUELEA_HTTP_SECRET": SECRET}
-    env.pop("PORT", None)
     if config.get("storage") == "s3":
         env.update(QUELEA_STORAGE="s3", QUELEA_BUCKET=config["bucket"])
     else:
         env["QUELEA_STORAGE_DIR"] = config["localdisk"]["root"]
-    procs, urls = [], []
-    try:
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [*_cli(), "worker", "serve", "--port", "0", "--workers", "2", "--python", sys.executable],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            procs.append(proc)
-            line = proc.stdout.readline()
-            urls.append(next(w for w in line.split() if w.startswith("http://")))
+    with worker_servers(2, 2, env) as (_, urls):
         yield urls
-    finally:
-        for proc in procs:  # by PID; runners follow through their parent-death signal
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import quelea
+from conftest import worker_servers
 
 SECRET = "lease-suite-secret"
 
@@ -35,28 +33,8 @@ def sleepy(x):
 @pytest.fixture
 def two_servers(storage_root):
     env = {**os.environ, "QUELEA_HTTP_SECRET": SECRET, "QUELEA_STORAGE_DIR": str(storage_root)}
-    env.pop("PORT", None)
-    cli = str(Path(sys.executable).with_name("quelea"))
-    procs, urls = [], []
-    try:
-        for _ in range(2):
-            proc = subprocess.Popen(
-                [cli, "worker", "serve", "--port", "0", "--workers", "1", "--python", sys.executable],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                start_new_session=True,
-            )
-            procs.append(proc)
-            line = proc.stdout.readline()
-            urls.append(next(w for w in line.split() if w.startswith("http://")))
-        yield procs, urls
-    finally:
-        for proc in procs:  # by PID (its group: its runners too)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    with worker_servers(2, 1, env) as servers:
+        yield servers
 
 
 def _wait(what: str, check, limit: float = 30.0):

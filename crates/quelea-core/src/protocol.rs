@@ -126,18 +126,30 @@ pub fn group_invocations(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>) 
         .into_iter()
         .map(|call| Invocation {
             id: Some(new_invocation_id()),
+            ..Invocation::of_job(spec, vec![call], 0)
+        })
+        .collect()
+}
+
+impl Invocation {
+    /// Attempt `attempt` of `calls` of the job `spec`, as the job says (its
+    /// limits, push channel and retry reasons), without an id: remote
+    /// deliveries give each their own, in-process ones need none.
+    pub fn of_job(spec: &crate::model::JobSpec, calls: Vec<InvokedCall>, attempt: u32) -> Self {
+        Invocation {
+            id: None,
             executor_id: spec.executor_id.clone(),
             job_id: spec.job_id,
             function: spec.function.clone(),
-            calls: vec![call],
+            calls,
             timeout_s: spec.timeout_s,
             memory_limit_mb: spec.memory_limit_mb,
             submit_ts: spec.submit_ts,
             push: spec.push.clone(),
-            attempt: 0,
-            retry_on: spec.retry.retry_on(0),
-        })
-        .collect()
+            attempt,
+            retry_on: spec.retry.retry_on(attempt),
+        }
+    }
 }
 
 /// Statuses of several calls of one job, written as one storage object.

@@ -356,16 +356,7 @@ impl Executor {
     /// For a job of the `aws_lambda` backend, its estimated cost
     /// (`memory_mb`, `invocations`, `gb_seconds`, `estimated_usd`); else `None`.
     fn job_cost<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let cost = self.with(|e| {
-            // Only Lambda's calls have a price (and the summary reads every call).
-            if e.config().backend != BackendKind::AwsLambda {
-                return Ok(None);
-            }
-            Ok(e.job_summary(&job.futures)
-                .into_iter()
-                .next()
-                .and_then(|summary| summary.cost))
-        })?;
+        let cost = self.with(|e| Ok(e.lambda_cost(&job.futures)))?;
         let Some(cost) = cost else {
             return Ok(None);
         };

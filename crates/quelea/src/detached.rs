@@ -438,19 +438,11 @@ fn run_reduce(
         CallState::Invoked,
     ));
     let invocation = |calls: Vec<InvokedCall>| Invocation {
-        id: None,
-        executor_id: reduce.executor_id.clone(),
-        job_id: reduce.job_id,
-        function: reduce.function.clone(),
-        calls,
-        timeout_s: reduce.timeout_s,
-        memory_limit_mb: reduce.memory_limit_mb,
-        submit_ts: reduce.submit_ts,
         push: None,
         // The host's reduce is not retried (its client resubmits only what
         // it sent itself).
-        attempt: 0,
         retry_on: Vec::new(),
+        ..Invocation::of_job(&reduce, calls, 0)
     };
     let fail = |message: String| {
         let calls = (0..groups.len() as u32)

@@ -758,6 +758,11 @@ impl Executor {
         crate::summary::job_summary(self.config(), futures)
     }
 
+    /// See [`crate::summary::lambda_cost`].
+    pub fn lambda_cost<O>(&self, futures: &FuturesList<O>) -> Option<crate::summary::LambdaCost> {
+        crate::summary::lambda_cost(self.config(), futures)
+    }
+
     /// Where this executor's job objects live.
     pub fn storage_prefix(&self) -> String {
         keys::executor_prefix(&self.inner.id)
@@ -1048,19 +1053,10 @@ impl Inner {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(
                 &HostStep::Invocation {
+                    // The detached host is this client's own process: no claim.
                     invocation: Invocation {
-                        // The detached host is this client's own process: no claim.
-                        id: None,
-                        executor_id: spec.executor_id.clone(),
-                        job_id: spec.job_id,
-                        function: spec.function.clone(),
-                        calls,
-                        timeout_s: spec.timeout_s,
-                        memory_limit_mb: spec.memory_limit_mb,
-                        submit_ts: spec.submit_ts,
                         push: None,
-                        attempt: 0,
-                        retry_on: spec.retry.retry_on(0),
+                        ..Invocation::of_job(spec, calls, 0)
                     },
                     deadline_ts,
                 },

@@ -125,20 +125,8 @@ impl Retrier {
         }
         by_attempt
             .into_iter()
-            .map(|(attempt, calls)| Invocation {
-                // Remote deliveries give each its own (`remote::deliver_all`).
-                id: None,
-                executor_id: spec.executor_id.clone(),
-                job_id: spec.job_id,
-                function: spec.function.clone(),
-                calls,
-                timeout_s: spec.timeout_s,
-                memory_limit_mb: spec.memory_limit_mb,
-                submit_ts: spec.submit_ts,
-                push: spec.push.clone(),
-                attempt,
-                retry_on: spec.retry.retry_on(attempt),
-            })
+            // Remote deliveries give each its own id (`remote::deliver_all`).
+            .map(|(attempt, calls)| Invocation::of_job(spec, calls, attempt))
             .collect()
     }
 

@@ -73,6 +73,15 @@ impl LambdaCost {
 
 /// Summaries of the jobs `futures` belong to, in job order; `config` is the
 /// executor's (it says whether, and at what memory, calls ran on Lambda).
+/// The Lambda cost estimate of these futures' (first) job; `None` on other
+/// backends, without reading any call: only Lambda's calls have a price.
+pub fn lambda_cost<O>(config: &Config, futures: &FuturesList<O>) -> Option<LambdaCost> {
+    if config.backend != BackendKind::AwsLambda {
+        return None;
+    }
+    job_summary(config, futures).into_iter().next()?.cost
+}
+
 pub fn job_summary<O>(config: &Config, futures: &FuturesList<O>) -> Vec<JobSummary> {
     let mut jobs: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for future in futures.iter() {

@@ -127,19 +127,11 @@ impl LocalBackend {
     pub fn submit(&self, submission: Submission<'_>) -> Result<()> {
         let job = submission.job;
         let spec = &job.spec;
+        // In-process: no claim (nothing to replay) and no push (the
+        // completions reach this process directly).
         let invocation = Invocation {
-            // In-process: no claim (nothing to replay).
-            id: None,
-            executor_id: spec.executor_id.clone(),
-            job_id: spec.job_id,
-            function: spec.function.clone(),
-            calls: submission.calls,
-            timeout_s: spec.timeout_s,
-            memory_limit_mb: spec.memory_limit_mb,
-            submit_ts: spec.submit_ts,
             push: None,
-            attempt: 0,
-            retry_on: spec.retry.retry_on(0),
+            ..Invocation::of_job(spec, submission.calls, 0)
         };
         self.resubmit(
             job,
