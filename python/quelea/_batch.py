@@ -55,15 +55,20 @@ def element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
     return (elem,) + tuple(extra_args if isinstance(extra_args, tuple | list) else (extra_args,)), {}
 
 
-def encode(items: list | range, plain: Any, size: int, auto: bool) -> tuple[int, list[bytes]]:
+def encode(
+    items: list | range, plain: Any, size: int, auto: bool, atoms: bool = False
+) -> tuple[int, list[bytes]]:
     """The runner calls of a map: ``(chunksize, inputs)``. An automatic size
-    shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``."""
+    shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``. ``atoms``:
+    the items are ints, strs and the like, whose pickles name no class
+    (the C pickler's bytes need no look for classes to send by value)."""
     if size == 1:
         return 1, encode_each(plain, items)
+    dumps = _dump_atoms if atoms else _dumps
     inputs: list[bytes] = []
     first = 0
     while first < len(items):
-        blob = _dumps((plain, items[first : first + size]))
+        blob = dumps((plain, items[first : first + size]))
         if auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1 and not inputs:
             size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
             if size == 1:
@@ -94,6 +99,10 @@ def encode_each(plain: Any, items: list | range) -> list[bytes]:
             pass
         return [dump_input((e,), {}, i) for i, e in enumerate(items)]
     return [dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
+
+
+def _dump_atoms(value: Any) -> bytes:
+    return pickle.dumps(value, PROTOCOL)
 
 
 def _dumps(value: Any) -> bytes:

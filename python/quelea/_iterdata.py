@@ -20,14 +20,23 @@ import inspect
 from typing import Any
 
 
-def chained_futures(iterdata: Any) -> list | None:
-    """The futures of a list or tuple made only of futures, else None."""
+def element_types(iterdata: Any) -> set[type] | None:
+    """The types of a list's or tuple's elements (one pass in C), which
+    decide how its elements become calls; None for other iterdata."""
+    if not isinstance(iterdata, list | tuple):
+        return None
+    return set(map(type, iterdata))
+
+
+def chained_futures(iterdata: Any, types: set[type] | None) -> list | None:
+    """The futures of a list or tuple made only of futures, else None;
+    ``types`` are its elements' (see ``element_types``)."""
     from .future import ResponseFuture
 
-    if not isinstance(iterdata, list | tuple) or not iterdata:
+    if not types:
         return None
-    # The types first (a pass in C): the elements only when some are futures.
-    if not any(issubclass(t, ResponseFuture) for t in set(map(type, iterdata))):
+    # The types first: the elements only when some are futures.
+    if not any(issubclass(t, ResponseFuture) for t in types):
         return None
     futures = [e for e in iterdata if isinstance(e, ResponseFuture)]
     if len(futures) != len(iterdata):

@@ -104,6 +104,18 @@ _NO_KWARGS: dict = {}
 _DEFAULT_OBJ = {"chunk_size": None, "chunk_number": None, "newline": "\n", "header": False}
 
 
+class _Calls(NamedTuple):
+    """A map's elements as calls (see ``_calls``); ``atoms``: each is an
+    int, float, str, bytes, bool or None, so their pickles name no class."""
+
+    plain: Any
+    items: list | range
+    atoms: bool = False
+
+
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 class _Objects(NamedTuple):
     """A map over partitioned data: one input per chunk, chunks per object."""
 
@@ -111,18 +123,28 @@ class _Objects(NamedTuple):
     parts: list[int]
 
 
-def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[Any, list]:
+def _calls(
+    func: Callable, sig: Any, elements: list, extra_args: Any, types: set[type] | None = None
+) -> _Calls:
     """Checks the elements against the function; returns ``(True, elements)``
     when each is the single argument, ``(EXPAND, elements)`` when the runners
     expand them (a big map: no scan of every element here), else ``(False,
-    [(args, kwargs), ...])``."""
+    [(args, kwargs), ...])``. ``types``: the elements' types, if known."""
     if extra_args is None and isinstance(elements, range):
         if sig is not None:
             _bind_or_raise(sig, func, (elements[0],), {}, 0)
-        return True, elements
+        return _Calls(True, elements, True)
+    if types is None:
+        types = set(map(type, elements))
+    plain = not any(issubclass(t, dict | tuple) for t in types)
     # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
     var_sig = _iterdata.var_signature(func, sig)
-    var_dicts = var_sig is not None and any(issubclass(t, dict) for t in set(map(type, elements)))
+    var_dicts = var_sig is not None and any(issubclass(t, dict) for t in types)
+    if extra_args is None and plain:
+        # The common case, one plain argument per call.
+        if sig is not None:
+            _bind_or_raise(sig, func, (elements[0],), {}, 0)
+        return _Calls(True, elements, types <= _ATOMS)
     if extra_args is None and len(elements) > _VALIDATE_ALL_UP_TO and not var_dicts:
         if sig is not None:
             # The first 100 are checked, once per shape (binding is slow).
@@ -132,12 +154,7 @@ def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[A
                 if shape not in shapes:
                     shapes.add(shape)
                     _bind_or_raise(sig, func, *_element_args(elem, None, i), i)
-        return _batch.EXPAND, elements
-    if extra_args is None and not any(issubclass(t, dict | tuple) for t in set(map(type, elements))):
-        # The common case, one plain argument per call.
-        if sig is not None:
-            _bind_or_raise(sig, func, (elements[0],), {}, 0)
-        return True, elements
+        return _Calls(_batch.EXPAND, elements)
     check = len(elements) <= _VALIDATE_ALL_UP_TO
     items = []
     for i, elem in enumerate(elements):
@@ -147,7 +164,7 @@ def _calls(func: Callable, sig: Any, elements: list, extra_args: Any) -> tuple[A
         if sig is not None and (check or i < 100):
             _bind_or_raise(sig, func, args, kwargs, i)
         items.append((args, kwargs))
-    return False, items
+    return _Calls(False, items)
 
 
 def _shape(elem: Any) -> Any:
@@ -361,9 +378,13 @@ class FunctionExecutor:
             # Chaining: the previous calls' results become this map's input.
             results = collect_results_after_wait(iterdata)
             iterdata = list(results)
-        elif (chained := _iterdata.chained_futures(iterdata)) is not None:
-            # A slice of a FuturesList, or a list of futures: chaining too.
-            iterdata = list(collect_results_after_wait(FuturesList(chained, self)))
+            types = None
+        else:
+            types = _iterdata.element_types(iterdata)
+            if (chained := _iterdata.chained_futures(iterdata, types)) is not None:
+                # A slice of a FuturesList, or a list of futures: chaining too.
+                iterdata = list(collect_results_after_wait(FuturesList(chained, self)))
+                types = None
         elements = _to_list(iterdata)
         if not elements:
             raise ValueError("map_iterdata is empty: there is nothing to map")
@@ -371,7 +392,7 @@ class FunctionExecutor:
         params = sig.parameters if sig else {}
         if "obj" in params and params["obj"].kind is not params["obj"].POSITIONAL_ONLY:
             return self._prepare_objects(func, elements, extra_args, obj or _DEFAULT_OBJ)
-        return _calls(func, sig, elements, extra_args)
+        return _calls(func, sig, elements, extra_args, types)
 
     def _payload(
         self,
@@ -416,9 +437,9 @@ class FunctionExecutor:
         if isinstance(prepared, _Objects):
             # Chunks are encoded one by one; the engine frames any batches.
             return prepared.inputs, chunksize, None
-        plain, items = prepared
+        plain, items, atoms = prepared
         size = self._engine.chunksize_for(len(items), chunksize, timeout, memory)
-        size, inputs = _batch.encode(items, plain, size, auto=chunksize is None)
+        size, inputs = _batch.encode(items, plain, size, auto=chunksize is None, atoms=atoms)
         return inputs, size, len(items)
 
     @staticmethod
@@ -454,7 +475,11 @@ class FunctionExecutor:
         ``detach=True``: the call outlives this executor and process (see ``map``);
         ``retries`` and ``retry_user_errors`` as for ``map``."""
         prepared = self._prepare(func, [data], None, "func")
-        inputs = prepared.inputs if isinstance(prepared, _Objects) else _batch.encode_each(*prepared)
+        inputs = (
+            prepared.inputs
+            if isinstance(prepared, _Objects)
+            else _batch.encode_each(prepared.plain, prepared.items)
+        )
         job = self._engine.submit(
             "call_async",
             ser.function_name(func),

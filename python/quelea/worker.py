@@ -114,18 +114,33 @@ def _peak_rss() -> int:
 class _Current:
     """The call running now and how its output is shown (see ``_Tee``)."""
 
-    __slots__ = ("call_id", "output", "exact")
+    __slots__ = ("call_id", "output", "exact", "fast")
 
     def __init__(self) -> None:
         self.call_id = 0
         # False while a batch's hot loop runs elements without saying which.
         self.exact = True
+        # While a batch's fastest loop runs (``values.extend(map(func, it))``):
+        # ``(values, it, first)``. The element running is ``len(values)``;
+        # the first output stops the loop after that element (see ``_Tee``).
+        self.fast: tuple[list, Any, int] | None = None
         # "lines": whole lines on the terminal; "prefixed": each line led by
         # the call id (a job of several calls); "logs": only in the call's logs.
         self.output = "lines"
 
 
 _CURRENT = _Current()
+
+
+def _stop_fast_loop() -> None:
+    """Output during a batch's fastest loop: names the element that writes
+    (the one running, ``len(values)``), so its output is shown and kept as
+    its own, and ends the loop once that element returns (its iterator is
+    set to the end; ``map`` then stops)."""
+    values, it, first = _CURRENT.fast
+    _CURRENT.fast = None
+    _CURRENT.call_id, _CURRENT.exact = first + len(values), True
+    it.__setstate__(sys.maxsize)  # clamped to the end
 
 
 class _Tee(io.TextIOBase):
@@ -143,6 +158,8 @@ class _Tee(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if _CURRENT.fast is not None:
+            _stop_fast_loop()
         self.parts.append(text)
         if _CURRENT.output != "logs":
             pending = self._pending + text
@@ -306,7 +323,10 @@ class _Function:
             current.exact = False
             start, ended = 0, None
             if simple:
-                start, ended = self._run_plain_batch(items, plain == _EXPAND, values, out, err)
+                if plain is True:
+                    start, ended = self._run_fast_batch(first, items, values)
+                else:
+                    start, ended = self._run_plain_batch(items, values, out, err)
             for k in range(start, len(items)):
                 if ended is not None:
                     # The element the hot loop stopped at, already run.
@@ -350,17 +370,40 @@ class _Function:
             parts.append(blob)
         return 3, b"".join(parts)
 
-    def _run_plain_batch(
-        self, items: list, expand: bool, values: list, out: _Tee, err: _Tee
+    def _run_fast_batch(
+        self, first: int, items: list | range, values: list
     ) -> tuple[int, tuple[bool, Any] | None]:
-        """The hot loop of a batch of single arguments: runs elements while
-        each is one plain argument that succeeds quietly, appending their
-        values. Returns where it stopped and, if it ran that element, its
-        ``(failed, value or exception)`` (its output is still in the tees)."""
+        """The hot loop of a batch whose elements are each the single
+        argument, at C speed: runs elements while they succeed quietly,
+        appending their values; the first output ends it after the element
+        that wrote (see ``_stop_fast_loop``). Returns, as
+        ``_run_plain_batch`` does, where it stopped and that element's
+        ``(failed, value or exception)``."""
+        it = iter(items)
+        _CURRENT.fast = (values, it, first)
+        try:
+            values.extend(map(self.func, it))
+        except BaseException as exc:  # noqa: BLE001 - reported as this element's error
+            return len(values), (True, exc)
+        finally:
+            stopped = _CURRENT.fast is None
+            _CURRENT.fast = None
+        if stopped:
+            return len(values) - 1, (False, values.pop())
+        return len(values), None
+
+    def _run_plain_batch(
+        self, items: list, values: list, out: _Tee, err: _Tee
+    ) -> tuple[int, tuple[bool, Any] | None]:
+        """The hot loop of a batch of map elements as given: runs elements
+        while each is one plain argument that succeeds quietly, appending
+        their values. Returns where it stopped and, if it ran that element,
+        its ``(failed, value or exception)`` (its output is still in the
+        tees)."""
         func, append = self.func, values.append
         out_parts, err_parts = out.parts, err.parts
         for k, item in enumerate(items):
-            if expand and isinstance(item, _EXPANDED):
+            if isinstance(item, _EXPANDED):
                 return k, None
             try:
                 value = func(item)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import threading
 import time
 
@@ -157,6 +158,53 @@ def test_each_element_keeps_its_logs(executor):
     futures = executor.map(chatty, range(6), chunksize=6)
     assert executor.get_result(futures) == list(range(6))
     assert [f.logs for f in futures] == ["" if x % 2 == 0 else f"odd {x}\n" for x in range(6)]
+
+
+def moody(x):
+    if x in (0, 5, 11):
+        print(f"line {x}", end="" if x == 5 else "\n")  # 5: a line left unfinished
+    if x == 7:
+        print("before failing", file=sys.stderr)
+        raise ValueError(f"seven {x}")
+    if x == 9:
+        raise ValueError(f"nine {x}")
+    return 2 * x
+
+
+def moody_str(s):
+    return moody(int(s))
+
+
+def last_word(x):
+    if x == 11:
+        print("the end")
+    return x
+
+
+@pytest.mark.parametrize(
+    "func, data", [(moody, range(12)), (moody_str, [str(x) for x in range(12)])], ids=["range", "strs"]
+)
+def test_output_and_failures_anywhere_in_a_batch_stay_with_their_element(executor, func, data):
+    # One batch of 12; output from the first, a middle and the last element,
+    # failures after output and without: the runner's fast loop stops at
+    # each element that writes and goes on after it.
+    futures = executor.map(func, data, chunksize=12)
+    expected = [None if x in (7, 9) else 2 * x for x in range(12)]
+    assert executor.get_result(futures, throw_except=False) == expected
+    assert [f.error for f in futures] == [x in (7, 9) for x in range(12)]
+    logs = {0: "line 0\n", 5: "line 5", 11: "line 11\n"}
+    assert [f.logs for f in futures if not f.error] == [logs.get(x, "") for x in range(12) if x not in (7, 9)]
+    with pytest.raises(ValueError, match="seven 7"):
+        futures[7].result()
+    with pytest.raises(ValueError, match="nine 9"):
+        futures[9].result()
+
+
+def test_output_of_a_batch_s_last_element_stays_with_it(executor):
+    # Only the last element writes: the runner's fast loop ends with it.
+    futures = executor.map(last_word, range(12), chunksize=12)
+    assert executor.get_result(futures) == list(range(12))
+    assert [f.logs for f in futures] == [""] * 11 + ["the end\n"]
 
 
 def test_reserved_id_argument_forms_and_extra_env(executor):

@@ -88,3 +88,27 @@ def test_a_handed_out_job_keeps_its_objects_and_large_results(tmp_path):
         assert job in left, "a handed-out job is not swept"
         attached = quelea.attach(handle, config={"localdisk": {"root": root}})
         assert quelea.get_result(attached) == [bytes(100_000)] * 6
+
+
+def _thread_names() -> list[str]:
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass  # ended meanwhile
+    return names
+
+
+def test_maps_start_no_thread_each(tmp_path):
+    # Each map's blocking submission runs on a kept thread: a thread started
+    # per map cost more than a small map's whole submission.
+    with quelea.FunctionExecutor(config={"localdisk": {"root": str(tmp_path)}}) as fexec:
+        fexec.get_result(fexec.map(square, range(3)))
+        before = _thread_names()
+        for _ in range(20):
+            assert fexec.get_result(fexec.map(square, range(3))) == [0, 1, 4]
+        after = _thread_names()
+        assert after.count("quelea-blocking") == before.count("quelea-blocking") >= 1
+        assert len(after) <= len(before) + 2, (before, after)

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -50,7 +50,8 @@ fn rust_runner(python: &std::path::Path) -> RunnerCommand {
 /// An executor of the engine; the Python `FunctionExecutor` wraps it.
 #[pyclass(module = "quelea._engine", frozen)]
 struct Executor {
-    inner: Mutex<Option<quelea::Executor>>,
+    /// Shared with the threads that run its blocking operations ([`interruptible`]).
+    inner: Arc<Mutex<Option<quelea::Executor>>>,
     id: String,
 }
 
@@ -75,11 +76,34 @@ impl Executor {
     }
 
     fn with<T>(&self, f: impl FnOnce(&quelea::Executor) -> PyResult<T>) -> PyResult<T> {
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(exec) => f(exec),
-            None => Err(value_error(format!("executor {} is closed", self.id))),
-        }
+        with_executor(&self.inner, &self.id, f)
+    }
+
+    /// Runs a blocking `operation` on the executor off the GIL, stopping on
+    /// Ctrl-C (see [`interruptible`]). The executor is locked on the thread
+    /// that runs it, which never takes the GIL: another Python thread that
+    /// waits for the lock (holding the GIL) cannot deadlock with this one.
+    fn blocking<T: Send + 'static>(
+        &self,
+        py: Python<'_>,
+        operation: impl FnOnce(&quelea::Executor) -> quelea::Result<T> + Send + 'static,
+    ) -> PyResult<T> {
+        let (inner, id) = (self.inner.clone(), self.id.clone());
+        interruptible(py, move || {
+            with_executor(&inner, &id, |e| operation(e).map_err(to_py_err))
+        })?
+    }
+}
+
+fn with_executor<T>(
+    inner: &Mutex<Option<quelea::Executor>>,
+    id: &str,
+    f: impl FnOnce(&quelea::Executor) -> PyResult<T>,
+) -> PyResult<T> {
+    let guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+    match guard.as_ref() {
+        Some(exec) => f(exec),
+        None => Err(value_error(format!("executor {id} is closed"))),
     }
 }
 
@@ -181,7 +205,7 @@ impl Executor {
             .map_err(to_py_err)?;
         Ok(Executor {
             id: exec.id().to_string(),
-            inner: Mutex::new(Some(exec)),
+            inner: Arc::new(Mutex::new(Some(exec))),
         })
     }
 
@@ -269,10 +293,8 @@ impl Executor {
         )?;
         let inputs = self.batches(inputs, total, &options)?;
         let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
-        let futures = self.with(|e| {
-            interruptible(py, || e.submit_raw(kind, &function, inputs, &options))?
-                .map_err(to_py_err)
-        })?;
+        let futures =
+            self.blocking(py, move |e| e.submit_raw(kind, &function, inputs, &options))?;
         Ok(Job::new(futures))
     }
 
@@ -298,17 +320,14 @@ impl Executor {
             newline,
             header,
         };
-        self.with(|e| {
-            let (chunks, parts) = interruptible(py, || {
-                quelea::objects::partition(e.config(), &inputs, &options)
-            })?
-            .map_err(to_py_err)?;
-            let chunks = chunks
-                .iter()
-                .map(|c| serde_json::to_string(c).expect("chunks serialize"))
-                .collect();
-            Ok((chunks, parts))
-        })
+        let (chunks, parts) = self.blocking(py, move |e| {
+            quelea::objects::partition(e.config(), &inputs, &options)
+        })?;
+        let chunks = chunks
+            .iter()
+            .map(|c| serde_json::to_string(c).expect("chunks serialize"))
+            .collect();
+        Ok((chunks, parts))
     }
 
     /// A map-reduce with one reducer per group of consecutive map calls.
@@ -334,11 +353,8 @@ impl Executor {
         let map = RawFunction::new(RunnerKind::Python, map_name, map_payload.to_vec());
         let reduce = RawFunction::new(RunnerKind::Python, reduce_name, reduce_payload.to_vec());
         let groups = quelea::groups_of(&groups);
-        let (map_futures, reduce_futures) = self.with(|e| {
-            interruptible(py, || {
-                e.map_reduce_grouped_raw(&map, inputs, &reduce, options, groups)
-            })?
-            .map_err(to_py_err)
+        let (map_futures, reduce_futures) = self.blocking(py, move |e| {
+            e.map_reduce_grouped_raw(&map, inputs, &reduce, options, groups)
         })?;
         Ok((Job::new(map_futures), Job::new(reduce_futures)))
     }
@@ -350,7 +366,7 @@ impl Executor {
 
     /// Deletes the objects of finished jobs; returns how many.
     fn clean(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(|e| interruptible(py, || e.clean())?.map_err(to_py_err))
+        self.blocking(py, |e| e.clean())
     }
 
     /// For a job of the `aws_lambda` backend, its estimated cost
@@ -388,7 +404,7 @@ impl Executor {
     }
 
     fn flush_statuses(&self, py: Python<'_>) -> PyResult<()> {
-        self.with(|e| interruptible(py, || e.flush_statuses())?.map_err(to_py_err))
+        self.blocking(py, |e| e.flush_statuses())
     }
 
     /// Stops the runners; with `data_cleaner`, deletes finished jobs' objects.
@@ -399,60 +415,109 @@ impl Executor {
     }
 }
 
-/// Runs a blocking engine operation off the GIL on a thread of its own,
-/// while this (the main) thread looks for Ctrl-C every
+/// Runs a blocking engine operation off the GIL on a thread of
+/// [`BlockingThreads`], while this (the main) thread looks for Ctrl-C every
 /// `quelea::interrupt::POLL`: on Ctrl-C the storage interrupt flag
 /// (`quelea_storage::interrupt`) makes every storage wait give up (a frozen
 /// server), the operation ends within a moment, the flag is cleared and the
 /// `KeyboardInterrupt` is raised. Without this, a blocking call would answer
 /// Ctrl-C only when storage did.
-fn interruptible<T: Send>(py: Python<'_>, operation: impl FnOnce() -> T + Send) -> PyResult<T> {
-    std::thread::scope(|scope| {
-        let (done_tx, mut done) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::Builder::new()
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    operation: impl FnOnce() -> T + Send + 'static,
+) -> PyResult<T> {
+    let (done_tx, mut done) = std::sync::mpsc::channel();
+    let thread = BlockingThreads::run(Box::new(move || {
+        let _ = done_tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            operation,
+        )));
+    }))
+    .map_err(|e| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start a thread: {e}"))
+    })?;
+    let mut interrupted: Option<PyErr> = None;
+    let outcome = loop {
+        // The receiver goes into the GIL-free closure and back (it is
+        // `Send`, not `Sync`).
+        let receiver = done;
+        let (receiver, received) = py.detach(move || {
+            let received = receiver.recv_timeout(quelea::interrupt::POLL);
+            (receiver, received)
+        });
+        done = receiver;
+        match received {
+            Ok(outcome) => break Some(outcome),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // Not expected: the task answers even when it panics.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+        }
+        if interrupted.is_none() {
+            if let Err(e) = py.check_signals() {
+                quelea::storage::interrupt::set();
+                interrupted = Some(e);
+            }
+        }
+    };
+    if interrupted.is_some() {
+        quelea::storage::interrupt::clear();
+    }
+    let Some(outcome) = outcome else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "an engine operation ended without an answer",
+        ));
+    };
+    BlockingThreads::give_back(thread);
+    let value = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    match interrupted {
+        Some(e) => Err(e),
+        None => Ok(value),
+    }
+}
+
+/// The threads that run [`interruptible`]'s operations, kept once started:
+/// a thread per operation cost more than a small map's whole submission
+/// (creating it, and on exit the kernel's TLB shootdown as glibc releases its
+/// stack). One thread per operation at a time; as many as ran at once.
+struct BlockingThreads;
+
+type BlockingTask = Box<dyn FnOnce() + Send>;
+
+impl BlockingThreads {
+    fn idle() -> &'static Mutex<Vec<std::sync::mpsc::Sender<BlockingTask>>> {
+        static IDLE: Mutex<Vec<std::sync::mpsc::Sender<BlockingTask>>> = Mutex::new(Vec::new());
+        &IDLE
+    }
+
+    /// Runs `task` on an idle thread, or a new one; returns that thread's
+    /// handle, for [`BlockingThreads::give_back`] once the task is done.
+    fn run(task: BlockingTask) -> std::io::Result<std::sync::mpsc::Sender<BlockingTask>> {
+        let idle = Self::idle().lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let task = match idle {
+            Some(thread) => match thread.send(task) {
+                Ok(()) => return Ok(thread),
+                // Cannot happen (its thread never ends); start another.
+                Err(std::sync::mpsc::SendError(task)) => task,
+            },
+            None => task,
+        };
+        let (thread, tasks) = std::sync::mpsc::channel::<BlockingTask>();
+        std::thread::Builder::new()
             .name("quelea-blocking".into())
-            .spawn_scoped(scope, move || {
-                let value = operation();
-                let _ = done_tx.send(());
-                value
-            })
-            .map_err(|e| {
-                pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start a thread: {e}"))
-            })?;
-        let mut interrupted = None;
-        loop {
-            // The receiver goes into the GIL-free closure and back (it is
-            // `Send`, not `Sync`).
-            let receiver = done;
-            let (receiver, finished) = py.detach(move || {
-                let finished = !matches!(
-                    receiver.recv_timeout(quelea::interrupt::POLL),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                );
-                (receiver, finished)
-            });
-            done = receiver;
-            if finished {
-                break;
-            }
-            if interrupted.is_none() {
-                if let Err(e) = py.check_signals() {
-                    quelea::storage::interrupt::set();
-                    interrupted = Some(e);
+            .spawn(move || {
+                while let Ok(task) = tasks.recv() {
+                    task();
                 }
-            }
-        }
-        let value = py
-            .detach(|| worker.join())
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        match interrupted {
-            Some(e) => {
-                quelea::storage::interrupt::clear();
-                Err(e)
-            }
-            None => Ok(value),
-        }
-    })
+            })?;
+        thread.send(task).expect("the thread just started");
+        Ok(thread)
+    }
+
+    fn give_back(thread: std::sync::mpsc::Sender<BlockingTask>) {
+        Self::idle()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+    }
 }
 
 fn to_py_err_core(e: quelea::core::Error) -> PyErr {
