@@ -25,7 +25,9 @@ def element_types(iterdata: Any) -> set[type] | None:
     decide how its elements become calls; None for other iterdata."""
     if not isinstance(iterdata, list | tuple):
         return None
-    return set(map(type, iterdata))
+    from . import _engine
+
+    return _engine.element_types(iterdata)
 
 
 def chained_futures(iterdata: Any, types: set[type] | None) -> list | None:

@@ -135,7 +135,7 @@ def _calls(
             _bind_or_raise(sig, func, (elements[0],), {}, 0)
         return _Calls(True, elements, True)
     if types is None:
-        types = set(map(type, elements))
+        types = _iterdata.element_types(elements)
     plain = not any(issubclass(t, dict | tuple) for t in types)
     # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
     var_sig = _iterdata.var_signature(func, sig)

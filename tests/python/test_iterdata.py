@@ -130,3 +130,29 @@ def test_a_single_object_address_is_the_whole_iterdata(executor):
     finally:
         for key in storage.list_keys(storage.bucket, prefix="iterdata-url/"):
             storage.delete_object(storage.bucket, key)
+
+
+def test_element_types_are_those_of_set_map_type():
+    from quelea import _engine
+
+    class Local:
+        pass
+
+    many = [type(f"T{i}", (), {})() for i in range(40)]  # past the engine's few-types path
+    mixed = [1, "a", 1.0, None, True, b"", Local(), Local()]
+    for seq in ([], [1, 2, 3], mixed, many, tuple(many), (1, (2,), {})):
+        assert _engine.element_types(seq) == set(map(type, seq))
+    with pytest.raises(TypeError, match="list or tuple, not set"):
+        _engine.element_types({1})
+
+
+def test_big_maps_of_mixed_elements_expand_each_as_given(executor):
+    # Over the size checked element by element in the client: the runners
+    # expand tuples and dicts; plain ints stay single arguments.
+    data = [(i, 1) if i % 3 == 0 else {"x": i, "y": 2} if i % 3 == 1 else i for i in range(3000)]
+    expected = [i + 1 if i % 3 == 0 else i + 2 if i % 3 == 1 else i + 10 for i in range(3000)]
+    assert executor.get_result(executor.map(add_or_ten, data)) == expected
+
+
+def add_or_ten(x, y=10):
+    return x + y

@@ -1077,6 +1077,46 @@ fn runners_to_fork(overrides: Option<&str>, config_file: Option<PathBuf>) -> u32
     }
 }
 
+/// The distinct types of a list's or tuple's elements, as
+/// `set(map(type, seq))` gives them, at a pointer comparison per element
+/// (the front end decides from them how a map's elements become calls).
+#[pyfunction]
+fn element_types<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PySet>> {
+    /// Past this many distinct types a hash set does better.
+    const FEW: usize = 32;
+    let py = seq.py();
+    let mut types: Vec<Bound<'py, pyo3::types::PyType>> = Vec::new();
+    let mut last = std::ptr::null_mut();
+    let mut note = |item: Bound<'py, PyAny>| -> bool {
+        let ty = item.get_type_ptr();
+        if ty != last {
+            last = ty;
+            if !types.iter().any(|t| t.as_type_ptr() == ty) {
+                types.push(item.get_type());
+            }
+        }
+        types.len() <= FEW
+    };
+    let few = if let Ok(list) = seq.cast::<PyList>() {
+        list.iter().all(&mut note)
+    } else if let Ok(tuple) = seq.cast::<PyTuple>() {
+        tuple.iter().all(&mut note)
+    } else {
+        return Err(type_error(format!(
+            "element_types takes a list or tuple, not {}",
+            seq.get_type().name()?
+        )));
+    };
+    if few {
+        return pyo3::types::PySet::new(py, types);
+    }
+    let builtins = py.import("builtins")?;
+    let types = builtins
+        .getattr("map")?
+        .call1((builtins.getattr("type")?, seq))?;
+    pyo3::types::PySet::new(py, types.try_iter()?.collect::<PyResult<Vec<_>>>()?)
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runners_to_fork, m)?)?;
@@ -1085,6 +1125,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<storage::Storage>()?;
     m.add_class::<ChunkStream>()?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
+    m.add_function(wrap_pyfunction!(element_types, m)?)?;
     m.add_function(wrap_pyfunction!(attach, m)?)?;
     m.add_function(wrap_pyfunction!(clean_job, m)?)?;
     m.add_function(wrap_pyfunction!(host_lease, m)?)?;

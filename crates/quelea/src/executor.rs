@@ -1413,6 +1413,10 @@ impl Drop for Executor {
                 } else {
                     let _ = cleaner.flush_statuses();
                 }
+                // Before saying done: the last reference then goes with the
+                // executor, so its runners are ended and reaped by the time
+                // the close returns (not a moment later, on this thread).
+                drop(cleaner);
                 let _ = done_tx.send(());
             });
         if started.is_ok() && done.recv_timeout(CLOSE_DEADLINE).is_err() {
