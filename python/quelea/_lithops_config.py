@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from ._storage_kinds import lithops_storage_sections, storage_kinds, storage_names, translate_lithops_section
@@ -119,7 +118,12 @@ def translate(config: dict) -> dict:
     return out
 
 
-def _load_yaml(path: Path) -> Any:
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _load_yaml(path: str) -> Any:
     try:
         import yaml
     except ImportError:
@@ -128,27 +132,28 @@ def _load_yaml(path: Path) -> Any:
             "pip install 'quelea[lithops]' (or pyyaml)"
         ) from None
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(_read(path))
     except OSError as e:
         raise ConfigError(f"cannot read the Lithops config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"the Lithops config file {path} is not valid YAML: {e}") from None
 
 
-def _default_file() -> Path | None:
+def _default_file() -> str | None:
+    # os.path, not pathlib: importing pathlib costs every client's start-up.
     if "LITHOPS_CONFIG_FILE" in os.environ:
-        path = Path(os.environ["LITHOPS_CONFIG_FILE"]).expanduser()
-        if not path.is_file():
+        path = os.path.expanduser(os.environ["LITHOPS_CONFIG_FILE"])
+        if not os.path.isfile(path):
             raise ConfigError(f"LITHOPS_CONFIG_FILE={os.environ['LITHOPS_CONFIG_FILE']} is not a file")
         return path
     home = os.environ.get("HOME")
     for path in (
-        Path(".lithops_config"),
-        Path(home) / ".lithops" / "config" if home else None,
-        Path("/etc/lithops/config"),
+        ".lithops_config",
+        os.path.join(home, ".lithops", "config") if home else None,
+        "/etc/lithops/config",
     ):
-        if path is not None and path.is_file():
-            return path.absolute()
+        if path is not None and os.path.isfile(path):
+            return os.path.abspath(path)
     return None
 
 
@@ -156,7 +161,7 @@ def _quelea_file_exists() -> bool:
     if os.environ.get("QUELEA_CONFIG_FILE"):
         return True
     home = os.environ.get("HOME")
-    return bool(home) and (Path(home) / ".quelea" / "config.yaml").is_file()
+    return bool(home) and os.path.isfile(os.path.join(home, ".quelea", "config.yaml"))
 
 
 def from_files() -> tuple[dict, str] | None:
@@ -174,7 +179,7 @@ def from_files() -> tuple[dict, str] | None:
         path = _default_file()
         if path is None:
             return None
-        source = str(path)
+        source = path
         data = _load_yaml(path)
     if data is None:
         return None  # an empty file: Lithops' localhost defaults, which are quelea's
@@ -197,14 +202,14 @@ def is_lithops_file(path: Any) -> bool:
     """Whether a config file given as ``config_file`` is Lithops-shaped (a
     top-level ``lithops:`` section) rather than quelea's."""
     try:
-        text = Path(path).expanduser().read_text()
+        text = _read(os.path.expanduser(os.fspath(path)))
     except (OSError, UnicodeDecodeError):
         return False  # the engine reports it
     return any(line.rstrip().startswith("lithops:") for line in text.splitlines())
 
 
 def load_file(path: Any) -> dict:
-    path = Path(path).expanduser()
+    path = os.path.expanduser(os.fspath(path))
     data = _load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"the Lithops config file {path} must be a mapping, got {type(data).__name__}")

@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 import sys
-import sysconfig
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -56,13 +56,15 @@ def function_name(func: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+@functools.cache
 def _installed_roots() -> tuple[str, ...]:
+    # On first use, not at import: sysconfig's paths cost a client's start-up
+    # ~2 ms, and many maps never ask.
+    import sysconfig
+
     paths = sysconfig.get_paths()
     roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     return tuple(sorted(r for r in roots if r))
-
-
-_ROOTS = _installed_roots()
 
 
 # Module name -> whether what it defines travels by value (see below).
@@ -82,10 +84,14 @@ def _goes_by_value(name: str) -> bool:
     module = sys.modules.get(name)
     if name.split(".")[0] not in ("quelea", "cloudpickle") and isinstance(module, types.ModuleType):
         path = getattr(module, "__file__", None)
-        # Built-in and frozen modules have no file: every interpreter has them.
-        importable = not path or path.startswith(_ROOTS)
-        # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`.
-        by_value = name == "__main__" or name.startswith("unusual_prefix_") or not importable
+        # Airflow imports DAG files as `unusual_prefix_<hash>_<name>`; built-in
+        # and frozen modules have no file: every interpreter has them.
+        by_value = (
+            name == "__main__"
+            or name.startswith("unusual_prefix_")
+            or bool(path)
+            and not path.startswith(_installed_roots())
+        )
         if by_value and name != "__main__":
             try:
                 cloudpickle.register_pickle_by_value(module)

@@ -835,9 +835,10 @@ def _close_engine(engine: Any, jobs: list, in_worker: bool) -> None:
 
 
 def _in_worker() -> bool:
-    from . import worker
-
-    return worker.in_worker
+    # A runner imported quelea.worker to serve; a client need not import it
+    # to learn that it is not one.
+    worker = sys.modules.get("quelea.worker")
+    return worker is not None and worker.in_worker
 
 
 def _listify(fs: Any) -> list[ResponseFuture]:

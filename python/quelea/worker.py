@@ -13,9 +13,7 @@ their values.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -63,6 +61,8 @@ def _die_with_parent() -> None:
         arm_runner_client_death()
         return
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, 9)
@@ -490,6 +490,9 @@ def _result_error(function: _Function, call_id: int, result: Any, error: Excepti
 
 
 def _error_report(exc: BaseException, sources: dict) -> bytes:
+    # Imported on a failure only: a runner's start-up does without them.
+    import base64
+
     import cloudpickle
 
     from ._serialize import format_remote_traceback
