@@ -63,7 +63,7 @@ def encode(
     the items are ints, strs and the like, whose pickles name no class
     (the C pickler's bytes need no look for classes to send by value)."""
     if size == 1:
-        return 1, encode_each(plain, items)
+        return 1, encode_each(plain, items, atoms)
     dumps = _dump_atoms if atoms else _dumps
     inputs: list[bytes] = []
     first = 0
@@ -72,18 +72,19 @@ def encode(
         if auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1 and not inputs:
             size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
             if size == 1:
-                return 1, encode_each(plain, items)
+                return 1, encode_each(plain, items, atoms)
             continue
         inputs.append(blob)
         first += size
     if len(items) % size == 1:
         # A runner call of one element carries that element's own input.
-        inputs[-1] = encode_each(plain, items[-1:])[0]
+        inputs[-1] = encode_each(plain, items[-1:], atoms)[0]
     return size, inputs
 
 
-def encode_each(plain: Any, items: list | range) -> list[bytes]:
-    """One input per element: ``(args, kwargs)`` pickled."""
+def encode_each(plain: Any, items: list | range, atoms: bool = False) -> list[bytes]:
+    """One input per element: ``(args, kwargs)`` pickled (``atoms``: as in
+    ``encode``)."""
     from ._serialize import dump_input
 
     if plain == EXPAND:
@@ -92,8 +93,9 @@ def encode_each(plain: Any, items: list | range) -> list[bytes]:
         dumps = pickle.dumps
         try:
             blobs = [dumps(((e,), _NO_KWARGS), PROTOCOL) for e in items]
-            # Classes or functions named by reference: some may need to go by value.
-            if not any(pickle.STACK_GLOBAL in b for b in blobs):
+            # Classes or functions named by reference: some may need to go by
+            # value. (Bytes and strs may hold the opcode's byte by chance.)
+            if atoms or not any(pickle.STACK_GLOBAL in b for b in blobs):
                 return blobs
         except Exception:  # noqa: BLE001 - the general path names the bad element
             pass

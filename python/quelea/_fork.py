@@ -109,8 +109,11 @@ def _runner_child(calls: int, answers: int) -> None:
         os.setpgid(0, 0)
         _own_descriptors(calls, answers)
         _default_signals()
-        os.environ.update(_read_environment(_CALLS_FD))
+        # Imported while the client starts its engine, which then sends the
+        # environment (the import reads none of it).
         from . import worker
+
+        os.environ.update(_read_environment(_CALLS_FD))
 
         worker.in_worker = True
         code = worker.serve()
