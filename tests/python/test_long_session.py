@@ -112,3 +112,20 @@ def test_maps_start_no_thread_each(tmp_path):
         after = _thread_names()
         assert after.count("quelea-blocking") == before.count("quelea-blocking") >= 1
         assert len(after) <= len(before) + 2, (before, after)
+
+
+def test_inputs_are_let_go_once_sent(tmp_path):
+    # The engine holds each input's own `bytes` object (no copy) until its
+    # runner has it, then lets it go: no reference is left behind.
+    import pickle
+    import sys
+
+    with quelea.FunctionExecutor(config={"localdisk": {"root": str(tmp_path)}}) as fexec:
+        inputs = [pickle.dumps(((os.urandom(100_000),), {})) for _ in range(20)]
+        base = [sys.getrefcount(b) for b in inputs]
+        payload = fexec._payload(len, None, calls=len(inputs))
+        n = len(inputs)
+        job = fexec._engine.submit("map", "len", payload, inputs, 1, None, None, n, False, None, None)
+        assert fexec.get_result(fexec._futures(job, len)) == [100_000] * 20
+        fexec.get_result(fexec.map(len, [b""]))  # a later call drops what threads let go of
+        assert [sys.getrefcount(b) for b in inputs] == base

@@ -137,7 +137,7 @@ fn own_invocation(fx: &Fixture) -> (Vec<u8>, JobKeys) {
         calls: vec![InvokedCall {
             call_id: CallId(0),
             count: 1,
-            input: CallInput::Inline(b"[7,0]".to_vec()),
+            input: CallInput::Inline(b"[7,0]".to_vec().into()),
             select: None,
         }],
         timeout_s: 10.0,

@@ -15,10 +15,12 @@ use crate::model::{b64, CallStatus, FailureReason, FunctionSpec, PushChannel};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A call's input: inside the Invocation, or a byte range of the job's data object.
+/// `Bytes`, so that a front end's buffer (a Python `bytes`) travels to the
+/// runner's pipe without a copy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallInput {
-    Inline(#[serde(with = "b64")] Vec<u8>),
+    Inline(#[serde(with = "b64")] bytes::Bytes),
     /// `[start, end)` of the job's `data` object.
     Range {
         start: u64,
@@ -245,7 +247,7 @@ mod tests {
                 InvokedCall {
                     call_id: CallId(0),
                     count: 1,
-                    input: CallInput::Inline(b"[1,2]".to_vec()),
+                    input: CallInput::Inline(bytes::Bytes::from_static(b"[1,2]")),
                     select: None,
                 },
                 InvokedCall {
@@ -322,7 +324,7 @@ mod tests {
             .map(|(first, count)| InvokedCall {
                 call_id: CallId(first),
                 count,
-                input: CallInput::Inline(vec![first as u8]),
+                input: CallInput::Inline(vec![first as u8].into()),
                 select: None,
             })
             .collect();

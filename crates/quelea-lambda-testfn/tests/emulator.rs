@@ -442,7 +442,7 @@ fn refused_invocations_fail_their_calls_in_storage() -> Result<(), Failed> {
         calls: vec![InvokedCall {
             call_id: CallId(0),
             count: 1,
-            input: CallInput::Inline(b"[7,0]".to_vec()),
+            input: CallInput::Inline(b"[7,0]".to_vec().into()),
             select: None,
         }],
         timeout_s: 10.0,

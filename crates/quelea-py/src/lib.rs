@@ -165,13 +165,15 @@ fn retry_options(
     })
 }
 
-fn bytes_list(inputs: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
+/// The inputs as the engine keeps them, without a copy: each `Bytes` holds
+/// its Python `bytes` object (immutable) until the runner has it.
+fn bytes_list(inputs: &Bound<'_, PyList>) -> PyResult<Vec<bytes::Bytes>> {
     inputs
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.cast::<PyBytes>()
-                .map(|b| b.as_bytes().to_vec())
+            item.cast_into::<PyBytes>()
+                .map(|b| bytes::Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(b)))
                 .map_err(|_| type_error(format!("input {i} is not bytes")))
         })
         .collect()

@@ -432,7 +432,7 @@ impl Runtime {
         limits: Limits,
         pool: &Arc<Pool>,
         function: Arc<PoolFunction>,
-        inputs: Vec<Vec<u8>>,
+        inputs: Vec<bytes::Bytes>,
         observer: Option<(Arc<dyn CallObserver>, Arc<AtomicBool>)>,
     ) -> Accepted {
         let n = elements(&invocation) as usize;
@@ -464,8 +464,8 @@ impl Runtime {
             .iter()
             .zip(inputs)
             .map(|(call, input)| match call.select {
-                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input.into(), k),
-                None => Task::new(ctx.clone(), call.call_id, call.count, input.into()),
+                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
+                None => Task::new(ctx.clone(), call.call_id, call.count, input),
             })
             .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
@@ -612,7 +612,7 @@ impl Runtime {
     }
 
     /// The calls' inputs; ranges are read with one GET spanning them all.
-    async fn inputs(&self, invocation: &Invocation) -> Result<Vec<Vec<u8>>, Refusal> {
+    async fn inputs(&self, invocation: &Invocation) -> Result<Vec<bytes::Bytes>, Refusal> {
         let ranges: Vec<(u64, u64)> = invocation
             .calls
             .iter()
@@ -649,8 +649,8 @@ impl Runtime {
                 CallInput::Range { start, end } => {
                     let base = span.as_ref().map_or(0, |s| s.start);
                     data.as_ref()
-                        .and_then(|d| d.get((start - base) as usize..(end - base) as usize))
-                        .map(<[u8]>::to_vec)
+                        .filter(|d| (end - base) as usize <= d.len() && start <= end)
+                        .map(|d| d.slice((start - base) as usize..(end - base) as usize))
                         .ok_or_else(|| {
                             refusal(
                                 RefusalKind::Missing,

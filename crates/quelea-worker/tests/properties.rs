@@ -75,7 +75,7 @@ proptest! {
             calls: vec![InvokedCall {
                 call_id: CallId(0),
                 count,
-                input: CallInput::Inline(vec![1]),
+                input: CallInput::Inline(vec![1].into()),
                 select: None,
             }],
             timeout_s,

@@ -449,7 +449,7 @@ fn run_reduce(
             .map(|i| InvokedCall {
                 call_id: CallId(i),
                 count: 1,
-                input: CallInput::Inline(Vec::new()),
+                input: CallInput::Inline(bytes::Bytes::new()),
                 select: None,
             })
             .collect();
@@ -472,7 +472,7 @@ fn run_reduce(
         .map(|(i, input)| InvokedCall {
             call_id: CallId(i as u32),
             count: 1,
-            input: CallInput::Inline(input),
+            input: CallInput::Inline(input.into()),
             select: None,
         })
         .collect();

@@ -251,15 +251,16 @@ pub struct Batches {
     /// Elements in all.
     pub total: u32,
     /// One input per runner call, in order.
-    pub inputs: Vec<Vec<u8>>,
+    pub inputs: Vec<bytes::Bytes>,
 }
 
 impl Batches {
     /// Per-element inputs, grouped `chunksize` to a call in the engine's
     /// framing (`runner_protocol::encode_batch_input`), which every runner reads.
-    pub fn framed(inputs: Vec<Vec<u8>>, chunksize: u32) -> Result<Batches> {
+    pub fn framed(inputs: Vec<impl Into<bytes::Bytes>>, chunksize: u32) -> Result<Batches> {
         let total = element_count(inputs.len())?;
         let chunksize = chunksize.max(1);
+        let inputs: Vec<bytes::Bytes> = inputs.into_iter().map(Into::into).collect();
         let inputs = if chunksize == 1 {
             inputs
         } else {
@@ -267,7 +268,7 @@ impl Batches {
                 .chunks(chunksize as usize)
                 .map(|batch| match batch {
                     [one] => one.clone(),
-                    many => encode_batch_input(many.iter().map(Vec::as_slice)),
+                    many => encode_batch_input(many.iter().map(|b| &b[..])).into(),
                 })
                 .collect()
         };
@@ -514,7 +515,11 @@ impl Executor {
     }
 
     /// Per-element inputs grouped as [`Self::chunksize_for`] says.
-    pub fn batches(&self, inputs: Vec<Vec<u8>>, options: &MapOptions) -> Result<Batches> {
+    pub fn batches(
+        &self,
+        inputs: Vec<impl Into<bytes::Bytes>>,
+        options: &MapOptions,
+    ) -> Result<Batches> {
         let chunksize = self.chunksize_for(inputs.len(), options);
         if chunksize == 0 {
             return Err(Error::InvalidArgument {
@@ -977,7 +982,7 @@ impl Inner {
         &self,
         job: &Arc<JobState>,
         function: &RawFunction,
-        inputs: Vec<Vec<u8>>,
+        inputs: Vec<bytes::Bytes>,
         detached: bool,
     ) -> Result<()> {
         let config = &self.config;
@@ -1007,12 +1012,13 @@ impl Inner {
             || (inputs
                 .iter()
                 .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
-                && !(detached && inputs.iter().map(Vec::len).sum::<usize>() > HOST_INLINE_BYTES));
+                && !(detached
+                    && inputs.iter().map(bytes::Bytes::len).sum::<usize>() > HOST_INLINE_BYTES));
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
         } else {
-            let mut blob = Vec::with_capacity(inputs.iter().map(Vec::len).sum());
+            let mut blob = Vec::with_capacity(inputs.iter().map(bytes::Bytes::len).sum());
             let mut ranges = Vec::with_capacity(inputs.len());
             for input in &inputs {
                 let start = blob.len() as u64;
@@ -1253,6 +1259,7 @@ fn run_reducer(
         );
         return;
     };
+    let inputs = inputs.into_iter().map(bytes::Bytes::from).collect();
     if let Err(e) = inner.launch(&reduce_job, &function, inputs, false) {
         fail(
             format!("cannot start the reduce: {e}"),

@@ -171,7 +171,7 @@ impl LocalBackend {
                             call.call_id
                         ),
                     })?;
-                call.input = CallInput::Inline(bytes.to_vec());
+                call.input = CallInput::Inline(bytes::Bytes::copy_from_slice(bytes));
             }
         }
         let observer = Arc::new(JobObserver { job: job.clone() });
