@@ -129,3 +129,30 @@ def test_inputs_are_let_go_once_sent(tmp_path):
         assert fexec.get_result(fexec._futures(job, len)) == [100_000] * 20
         fexec.get_result(fexec.map(len, [b""]))  # a later call drops what threads let go of
         assert [sys.getrefcount(b) for b in inputs] == base
+
+
+def test_two_threads_share_one_executor(tmp_path):
+    # Each blocking operation locks the executor on a thread that never takes
+    # the GIL: a second Python thread waiting for that lock (holding the GIL)
+    # cannot deadlock with the first, which waits for the GIL to return.
+    import threading
+
+    with quelea.FunctionExecutor(config={"localdisk": {"root": str(tmp_path)}}) as fexec:
+        results: dict[int, list] = {}
+        errors: list[BaseException] = []
+
+        def loop(k: int) -> None:
+            try:
+                results[k] = [fexec.get_result(fexec.map(square, range(k, k + 50))) for _ in range(40)]
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in (0, 1000)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a thread is stuck"
+        assert not errors, errors
+        for k in (0, 1000):
+            assert results[k] == [[x * x for x in range(k, k + 50)]] * 40
