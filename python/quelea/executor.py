@@ -136,15 +136,14 @@ def _calls(
         return _Calls(True, elements, True)
     if types is None:
         types = _iterdata.element_types(elements)
-    plain = not any(issubclass(t, dict | tuple) for t in types)
-    # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
-    var_sig = _iterdata.var_signature(func, sig)
-    var_dicts = var_sig is not None and any(issubclass(t, dict) for t in types)
-    if extra_args is None and plain:
+    if extra_args is None and not any(issubclass(t, dict | tuple) for t in types):
         # The common case, one plain argument per call.
         if sig is not None:
             _bind_or_raise(sig, func, (elements[0],), {}, 0)
         return _Calls(True, elements, types <= _ATOMS)
+    # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
+    var_sig = _iterdata.var_signature(func, sig)
+    var_dicts = var_sig is not None and any(issubclass(t, dict) for t in types)
     if extra_args is None and len(elements) > _VALIDATE_ALL_UP_TO and not var_dicts:
         if sig is not None:
             # The first 100 are checked, once per shape (binding is slow).

@@ -1084,39 +1084,29 @@ fn runners_to_fork(overrides: Option<&str>, config_file: Option<PathBuf>) -> u32
 /// (the front end decides from them how a map's elements become calls).
 #[pyfunction]
 fn element_types<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PySet>> {
-    /// Past this many distinct types a hash set does better.
-    const FEW: usize = 32;
-    let py = seq.py();
-    let mut types: Vec<Bound<'py, pyo3::types::PyType>> = Vec::new();
+    let types = pyo3::types::PySet::empty(seq.py())?;
+    // Only where the type changes from the element before: a map's elements
+    // are mostly of one type, so the set is rarely asked.
     let mut last = std::ptr::null_mut();
-    let mut note = |item: Bound<'py, PyAny>| -> bool {
+    let mut note = |item: Bound<'py, PyAny>| -> PyResult<()> {
         let ty = item.get_type_ptr();
         if ty != last {
             last = ty;
-            if !types.iter().any(|t| t.as_type_ptr() == ty) {
-                types.push(item.get_type());
-            }
+            types.add(item.get_type())?;
         }
-        types.len() <= FEW
+        Ok(())
     };
-    let few = if let Ok(list) = seq.cast::<PyList>() {
-        list.iter().all(&mut note)
+    if let Ok(list) = seq.cast::<PyList>() {
+        list.iter().try_for_each(&mut note)?;
     } else if let Ok(tuple) = seq.cast::<PyTuple>() {
-        tuple.iter().all(&mut note)
+        tuple.iter().try_for_each(&mut note)?;
     } else {
         return Err(type_error(format!(
             "element_types takes a list or tuple, not {}",
             seq.get_type().name()?
         )));
-    };
-    if few {
-        return pyo3::types::PySet::new(py, types);
     }
-    let builtins = py.import("builtins")?;
-    let types = builtins
-        .getattr("map")?
-        .call1((builtins.getattr("type")?, seq))?;
-    pyo3::types::PySet::new(py, types.try_iter()?.collect::<PyResult<Vec<_>>>()?)
+    Ok(types)
 }
 
 #[pymodule]
