@@ -14,14 +14,23 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from typing import Any
 
 from ._storage_kinds import lithops_storage_sections, storage_kinds, storage_names, translate_lithops_section
 from .exceptions import ConfigError
 
-logger = logging.getLogger("quelea")
+# Not `from typing import Any`: typing costs a client's start-up ~3 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def logger() -> Any:
+    # logging is imported when first needed: it costs a client's start-up ~5 ms.
+    import logging
+
+    return logging.getLogger("quelea")
+
 
 # Lithops' names for a platform map to the quelea backend that serves it:
 # container platforms speak the `http` front door (`quelea worker serve`).
@@ -51,6 +60,8 @@ def log_level_name(value: Any, what: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
+        import logging
+
         value = logging.getLevelName(value)
     if isinstance(value, str) and value.upper() in _LEVELS:
         return value.upper()

@@ -17,37 +17,59 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import pickle
 import sys
 import types
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
 
-import cloudpickle
-
+from . import _funcpickle
 from .exceptions import SerializationError
+
+# Not `from typing import Any`: typing costs a client's start-up ~3 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # Filled in by the worker (see worker._Function.call and _clients), as in Lithops.
 RESERVED = ("id", "storage", "ibm_cos", "rabbitmq")
 PROTOCOL = 5
 
 
-@dataclass
 class FunctionPayload:
-    func: Any
-    name: str
-    extra_env: dict[str, str] = field(default_factory=dict)
-    reserved: tuple[str, ...] = ()
-    # Set for reducers: call `func(results, *extra_args)`.
-    reduce_extra_args: tuple | None = None
-    # module name -> (file name, source) of modules shipped by value, so remote
-    # tracebacks can name the file and show the line (cloudpickle drops both).
-    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # How the calls' output is shown (see worker._Tee and _output):
-    # "lines", "prefixed" (by call id) or "logs" (future.logs only).
-    output: str = "lines"
+    """What a job's runners load once: the function and how to call it."""
+
+    def __init__(
+        self,
+        func: Any,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+        reserved: tuple[str, ...] = (),
+        reduce_extra_args: tuple | None = None,
+        sources: dict[str, tuple[str, str]] | None = None,
+        output: str = "lines",
+    ):
+        self.func = func
+        self.name = name
+        self.extra_env = extra_env if extra_env is not None else {}
+        self.reserved = reserved
+        # Set for reducers: call `func(results, *extra_args)`.
+        self.reduce_extra_args = reduce_extra_args
+        # module name -> (file name, source) of modules shipped by value, so
+        # remote tracebacks can name the file and show the line (cloudpickle
+        # drops both).
+        self.sources = sources if sources is not None else {}
+        # How the calls' output is shown (see worker._Tee and _output):
+        # "lines", "prefixed" (by call id) or "logs" (future.logs only).
+        self.output = output
+
+
+def _cloudpickle() -> Any:
+    # Imported when first needed: it costs a client's start-up 20-30 ms, and
+    # the script's plain functions travel without it (see _funcpickle).
+    import cloudpickle
+
+    return cloudpickle
 
 
 def function_name(func: Any) -> str:
@@ -94,7 +116,7 @@ def _goes_by_value(name: str) -> bool:
         )
         if by_value and name != "__main__":
             try:
-                cloudpickle.register_pickle_by_value(module)
+                _cloudpickle().register_pickle_by_value(module)
             except (ValueError, TypeError):
                 by_value = False
     _BY_VALUE[name] = by_value
@@ -120,7 +142,11 @@ def _ship_modules_by_value(func: Any) -> dict[str, tuple[str, str]]:
 def dump_function(payload: FunctionPayload) -> bytes:
     payload.sources.update(_ship_modules_by_value(payload.func))
     try:
-        return cloudpickle.dumps(payload, protocol=PROTOCOL)
+        return _funcpickle.dumps(payload, PROTOCOL, _goes_by_value)
+    except Exception:  # noqa: BLE001 - NeedsCloudpickle, or what cloudpickle may still manage
+        pass
+    try:
+        return _cloudpickle().dumps(payload, protocol=PROTOCOL)
     except Exception as e:  # noqa: BLE001 - any pickling failure is the user's to see
         raise SerializationError(f"cannot pickle function {payload.name}: {type(e).__name__}: {e}") from e
 
@@ -173,9 +199,9 @@ def dumps_args(value: Any) -> bytes:
     try:
         blob = pickle.dumps(value, protocol=PROTOCOL)
     except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return _cloudpickle().dumps(value, protocol=PROTOCOL)
     if refers_by_value(value, blob):
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return _cloudpickle().dumps(value, protocol=PROTOCOL)
     return blob
 
 
@@ -188,7 +214,7 @@ def dump_input(args: tuple, kwargs: dict, index: int) -> bytes:
     except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
         pass
     try:
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return _cloudpickle().dumps(value, protocol=PROTOCOL)
     except Exception as e:  # noqa: BLE001
         raise SerializationError(f"cannot pickle the input of call {index}: {type(e).__name__}: {e}") from e
 
@@ -197,44 +223,118 @@ def dumps_value(value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=PROTOCOL)
     except Exception:  # noqa: BLE001
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return _cloudpickle().dumps(value, protocol=PROTOCOL)
 
 
-# Signatures of functions seen, for maps that call the same function again.
-_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CO_VARARGS = 0x04
+_CO_VARKEYWORDS = 0x08
 
 
-def _signature(func: Any) -> inspect.Signature | None:
-    # What a plain function's signature is made of (besides a rare
-    # assigned __signature__ or __wrapped__).
+class CallShape:
+    """What a map needs of a function's parameters: whether one positional
+    argument fits it, whether it takes ``obj`` (a map over storage objects),
+    which reserved parameters the worker fills, and, when a closer check is
+    needed, the signature without those (what iterdata must fill).
+
+    A plain function answers the first three from its code: ``inspect``
+    costs a client's start-up ~10 ms, and most maps never need it. Anything
+    else (a decorated function, a callable object, a function taking
+    reserved parameters) asks ``inspect.signature``.
+    """
+
+    def __init__(self, func: Any):
+        self.func = func
+        self._sig: Any = _UNSET
+        params = _plain_params(func)
+        if params is not None:
+            code = func.__code__
+            n = code.co_argcount
+            required = n - len(func.__defaults__ or ())
+            kwdefaults = func.__kwdefaults__ or {}
+            kwonly = code.co_varnames[n : n + code.co_kwonlyargcount]
+            self.one_fits = (
+                (n >= 1 or bool(code.co_flags & _CO_VARARGS))
+                and required <= 1
+                and all(name in kwdefaults for name in kwonly)
+            )
+            self.takes_obj = "obj" in params and "obj" not in code.co_varnames[: code.co_posonlyargcount]
+            self.reserved: tuple[str, ...] = ()
+            return
+        self.one_fits = False
+        full = _signature(func)
+        self.reserved = () if full is None else tuple(n for n in RESERVED if n in full.parameters)
+        sig = self.sig
+        obj = sig.parameters.get("obj") if sig is not None else None
+        self.takes_obj = obj is not None and obj.kind is not obj.POSITIONAL_ONLY
+
+    @property
+    def sig(self) -> Any:
+        """``inspect.Signature`` without the reserved parameters, or None
+        for a callable without one."""
+        if self._sig is _UNSET:
+            sig = _signature(self.func)
+            if sig is not None:
+                sig = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in RESERVED])
+            self._sig = sig
+        return self._sig
+
+
+_UNSET = object()
+
+
+def _plain_params(func: Any) -> tuple[str, ...] | None:
+    """The parameter names of a plain function (its signature is its code's:
+    no ``__signature__`` or ``__wrapped__`` set) taking no reserved
+    parameter, else None."""
+    if (
+        type(func) is not types.FunctionType
+        or "__signature__" in func.__dict__
+        or "__wrapped__" in func.__dict__
+    ):
+        return None
+    code = func.__code__
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & _CO_VARARGS) + bool(code.co_flags & _CO_VARKEYWORDS)
+    params = code.co_varnames[:count]
+    if any(name in RESERVED for name in params):
+        return None
+    return params
+
+
+# Shapes of functions seen, for maps that call the same function again.
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def call_shape(func: Any) -> CallShape:
+    # What a plain function's shape is made of (besides a rare assigned
+    # __signature__ or __wrapped__, which _plain_params looks at each time).
     parts = None
     if type(func) is types.FunctionType:
-        parts = (func.__code__, func.__defaults__, func.__kwdefaults__)
-        cached = _SIGNATURES.get(func)
-        if cached is not None and all(a is b for a, b in zip(cached[0], parts, strict=True)):
+        parts = (func.__code__, func.__defaults__, func.__kwdefaults__, len(func.__dict__))
+        cached = _SHAPES.get(func)
+        if (
+            cached is not None
+            and all(a is b for a, b in zip(cached[0][:3], parts[:3], strict=True))
+            and cached[0][3] == parts[3]
+        ):
             return cached[1]
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        sig = None
+    shape = CallShape(func)
     if parts is not None:
-        _SIGNATURES[func] = (parts, sig)
-    return sig
+        _SHAPES[func] = (parts, shape)
+    return shape
 
 
-def reserved_params(func: Any) -> tuple[str, ...]:
-    sig = _signature(func)
-    if sig is None:
-        return ()
-    return tuple(name for name in RESERVED if name in sig.parameters)
+def _same_parts(old: tuple, new: tuple) -> bool:
+    return all(a is b for a, b in zip(old[:3], new[:3], strict=True)) and old[3] == new[3]
 
 
-def call_signature(func: Any) -> inspect.Signature | None:
-    """The signature without reserved parameters (what iterdata must fill)."""
-    sig = _signature(func)
-    if sig is None:
+def _signature(func: Any) -> Any:
+    import inspect
+
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
         return None
-    return sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in RESERVED])
 
 
 def rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:

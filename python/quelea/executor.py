@@ -8,7 +8,6 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
 
 from . import _batch, _engine, _fork, _iterdata, _lithops_config, _output, _progress
 from . import _serialize as ser
@@ -17,6 +16,12 @@ from ._wait import _check_return_when, _group, cancel_on_interrupt, collect_resu
 from ._wait import wait as _wait_futures
 from .exceptions import ConfigError
 from .future import ALL_COMPLETED, FuturesList, ResponseFuture
+
+# Not `from typing import Any`: typing costs a client's start-up ~3 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # Storage names (quelea's, Lithops', schemes) come from the storage crate.
 _LITHOPS_STORAGES = storage_names()
@@ -104,43 +109,35 @@ _NO_KWARGS: dict = {}
 _DEFAULT_OBJ = {"chunk_size": None, "chunk_number": None, "newline": "\n", "header": False}
 
 
-class _Calls(NamedTuple):
-    """A map's elements as calls (see ``_calls``); ``atoms``: each is an
-    int, float, str, bytes, bool or None, so their pickles name no class."""
-
-    plain: Any
-    items: list | range
-    atoms: bool = False
+# A map's elements as calls (see ``_calls``); ``atoms``: each is an int,
+# float, str, bytes, bool or None, so their pickles name no class.
+_Calls = collections.namedtuple("_Calls", "plain items atoms", defaults=(False,))
 
 
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
-class _Objects(NamedTuple):
-    """A map over partitioned data: one input per chunk, chunks per object."""
-
-    inputs: list[bytes]
-    parts: list[int]
+# A map over partitioned data: one input per chunk, chunks per object.
+_Objects = collections.namedtuple("_Objects", "inputs parts")
 
 
 def _calls(
-    func: Callable, sig: Any, elements: list, extra_args: Any, types: set[type] | None = None
+    func: Callable, shape: ser.CallShape, elements: list, extra_args: Any, types: set[type] | None = None
 ) -> _Calls:
     """Checks the elements against the function; returns ``(True, elements)``
     when each is the single argument, ``(EXPAND, elements)`` when the runners
     expand them (a big map: no scan of every element here), else ``(False,
     [(args, kwargs), ...])``. ``types``: the elements' types, if known."""
     if extra_args is None and isinstance(elements, range):
-        if sig is not None:
-            _bind_or_raise(sig, func, (elements[0],), {}, 0)
+        _check_one(shape, func, elements[0])
         return _Calls(True, elements, True)
     if types is None:
         types = _iterdata.element_types(elements)
     if extra_args is None and not any(issubclass(t, dict | tuple) for t in types):
         # The common case, one plain argument per call.
-        if sig is not None:
-            _bind_or_raise(sig, func, (elements[0],), {}, 0)
+        _check_one(shape, func, elements[0])
         return _Calls(True, elements, types <= _ATOMS)
+    sig = shape.sig
     # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
     var_sig = _iterdata.var_signature(func, sig)
     var_dicts = var_sig is not None and any(issubclass(t, dict) for t in types)
@@ -173,6 +170,12 @@ def _shape(elem: Any) -> Any:
     if isinstance(elem, tuple):
         return (tuple, len(elem))
     return None
+
+
+def _check_one(shape: ser.CallShape, func: Callable, arg: Any) -> None:
+    """Raises unless one positional argument fits the function."""
+    if not shape.one_fits and shape.sig is not None:
+        _bind_or_raise(shape.sig, func, (arg,), {}, 0)
 
 
 def _bind_or_raise(sig: Any, func: Callable, args: tuple, kwargs: dict, index: int) -> None:
@@ -211,10 +214,10 @@ class FunctionExecutor:
         except ConfigError as e:
             if source is None:
                 raise
-            _lithops_config.logger.error("quelea: refused the Lithops config in %s: %s", source, e)
+            _lithops_config.logger().error("quelea: refused the Lithops config in %s: %s", source, e)
             raise ConfigError(f"{e} (in the Lithops config {source})") from None
         if source is not None:
-            _lithops_config.logger.info(
+            _lithops_config.logger().info(
                 "quelea: read the Lithops config in %s: took %s", source, _lithops_config.keys_of(config)
             )
         level, self._output = _output.resolve(log_level, extras.get("log_level", False))
@@ -387,11 +390,10 @@ class FunctionExecutor:
         elements = _to_list(iterdata)
         if not elements:
             raise ValueError("map_iterdata is empty: there is nothing to map")
-        sig = ser.call_signature(func)
-        params = sig.parameters if sig else {}
-        if "obj" in params and params["obj"].kind is not params["obj"].POSITIONAL_ONLY:
+        shape = ser.call_shape(func)
+        if shape.takes_obj:
             return self._prepare_objects(func, elements, extra_args, obj or _DEFAULT_OBJ)
-        return _calls(func, sig, elements, extra_args, types)
+        return _calls(func, shape, elements, extra_args, types)
 
     def _payload(
         self,
@@ -409,7 +411,7 @@ class FunctionExecutor:
             func=func,
             name=ser.function_name(func),
             extra_env=env,
-            reserved=ser.reserved_params(func),
+            reserved=ser.call_shape(func).reserved,
             reduce_extra_args=reduce_extra_args,
             output=_output.payload_output(self._output, calls),
         )
