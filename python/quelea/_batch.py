@@ -29,8 +29,14 @@ if TYPE_CHECKING:
 # elements (big elements gain nothing from batching, and one runner would
 # hold them all).
 MAX_AUTO_BATCH_BYTES = 4 << 20
+# Bytes arguments from this size go one per call (automatic size), raw: a
+# call costs less than a tenth of copying one, and the copy is saved.
+RAW_MIN_BYTES = 256 << 10
 _NO_KWARGS: dict = {}
 EXPAND = "expand"
+# Element types whose pickles name no class.
+ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+_BYTES = frozenset({bytes})
 
 
 def element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
@@ -60,14 +66,27 @@ def element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
 
 
 def encode(
-    items: list | range, plain: Any, size: int, auto: bool, atoms: bool = False
-) -> tuple[int, list[bytes]]:
-    """The runner calls of a map: ``(chunksize, inputs)``. An automatic size
-    shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``. ``atoms``:
-    the items are ints, strs and the like, whose pickles name no class
-    (the C pickler's bytes need no look for classes to send by value)."""
+    items: list | range, plain: Any, size: int, auto: bool, types: frozenset | set | None = None
+) -> tuple[int, list[bytes], bool]:
+    """The runner calls of a map: ``(chunksize, inputs, raw)``. An automatic
+    size shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``.
+    ``types``: the items' types when each is the single argument. Ints,
+    strs and the like pickle naming no class (the C pickler's bytes need no
+    look for classes to send by value); calls of one bytes argument each are
+    ``raw``: their inputs are the caller's bytes objects themselves, which
+    the engine sends from their own buffers (no pickle, no copy)."""
+    atoms = types is not None and types <= ATOMS
+    if size > 1 and auto and types == _BYTES:
+        # Sized from the first element, before anything is pickled.
+        first = len(items[0])
+        if first >= RAW_MIN_BYTES:
+            size = 1
+        elif first * size > MAX_AUTO_BATCH_BYTES:
+            size = max(1, MAX_AUTO_BATCH_BYTES // max(1, first))
     if size == 1:
-        return 1, encode_each(plain, items, atoms)
+        if plain is True and types == _BYTES:
+            return 1, list(items), True
+        return 1, encode_each(plain, items, atoms), False
     dumps = _dump_atoms if atoms else _dumps
     inputs: list[bytes] = []
     first = 0
@@ -76,14 +95,14 @@ def encode(
         if auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1 and not inputs:
             size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
             if size == 1:
-                return 1, encode_each(plain, items, atoms)
+                return encode(items, plain, 1, auto, types)
             continue
         inputs.append(blob)
         first += size
     if len(items) % size == 1:
         # A runner call of one element carries that element's own input.
         inputs[-1] = encode_each(plain, items[-1:], atoms)[0]
-    return size, inputs
+    return size, inputs, False
 
 
 def encode_each(plain: Any, items: list | range, atoms: bool = False) -> list[bytes]:

@@ -48,6 +48,7 @@ class FunctionPayload:
         reduce_extra_args: tuple | None = None,
         sources: dict[str, tuple[str, str]] | None = None,
         output: str = "lines",
+        raw_input: bool = False,
     ):
         self.func = func
         self.name = name
@@ -62,6 +63,9 @@ class FunctionPayload:
         # How the calls' output is shown (see worker._Tee and _output):
         # "lines", "prefixed" (by call id) or "logs" (future.logs only).
         self.output = output
+        # Each call's input is its one argument, a bytes object, as given (no
+        # pickle: the client sends the caller's own buffer, see _batch.encode).
+        self.raw_input = raw_input
 
 
 def _cloudpickle() -> Any:

@@ -103,18 +103,16 @@ def _to_list(iterdata: Any) -> list | range:
 
 
 _element_args = _batch.element_args
+_INTS = frozenset({int})
 
 
 _NO_KWARGS: dict = {}
 _DEFAULT_OBJ = {"chunk_size": None, "chunk_number": None, "newline": "\n", "header": False}
 
 
-# A map's elements as calls (see ``_calls``); ``atoms``: each is an int,
-# float, str, bytes, bool or None, so their pickles name no class.
-_Calls = collections.namedtuple("_Calls", "plain items atoms", defaults=(False,))
-
-
-_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+# A map's elements as calls (see ``_calls``); ``types``: the elements'
+# types when each is the single argument (see _batch.encode).
+_Calls = collections.namedtuple("_Calls", "plain items types", defaults=(None,))
 
 
 # A map over partitioned data: one input per chunk, chunks per object.
@@ -130,13 +128,13 @@ def _calls(
     [(args, kwargs), ...])``. ``types``: the elements' types, if known."""
     if extra_args is None and isinstance(elements, range):
         _check_one(shape, func, elements[0])
-        return _Calls(True, elements, True)
+        return _Calls(True, elements, _INTS)
     if types is None:
         types = _iterdata.element_types(elements)
     if extra_args is None and not any(issubclass(t, dict | tuple) for t in types):
         # The common case, one plain argument per call.
         _check_one(shape, func, elements[0])
-        return _Calls(True, elements, types <= _ATOMS)
+        return _Calls(True, elements, types)
     sig = shape.sig
     # Dicts carrying a function's *args/**kwargs are expanded here (see _iterdata).
     var_sig = _iterdata.var_signature(func, sig)
@@ -401,6 +399,7 @@ class FunctionExecutor:
         extra_env: dict | None,
         reduce_extra_args: tuple | None = None,
         calls: int = 1,
+        raw_input: bool = False,
     ) -> bytes:
         env = {}
         for key, value in (extra_env or {}).items():
@@ -414,6 +413,7 @@ class FunctionExecutor:
             reserved=ser.call_shape(func).reserved,
             reduce_extra_args=reduce_extra_args,
             output=_output.payload_output(self._output, calls),
+            raw_input=raw_input,
         )
         return ser.dump_function(payload)
 
@@ -431,17 +431,19 @@ class FunctionExecutor:
 
     def _batches(
         self, prepared: Any, chunksize: int | None, timeout: Any, memory: Any
-    ) -> tuple[list[bytes], int, int | None]:
-        """The runner calls of a map: ``(inputs, chunksize, total)``, where
-        ``total`` is set when the inputs are batches in Python's encoding
-        (the engine decides the size, see ``Executor::chunksize_for``)."""
+    ) -> tuple[list[bytes], int, int | None, bool]:
+        """The runner calls of a map: ``(inputs, chunksize, total, raw)``,
+        where ``total`` is set when the inputs are batches in Python's
+        encoding (the engine decides the size, see
+        ``Executor::chunksize_for``) and ``raw`` when each input is its
+        call's bytes argument itself (see ``_batch.encode``)."""
         if isinstance(prepared, _Objects):
             # Chunks are encoded one by one; the engine frames any batches.
-            return prepared.inputs, chunksize, None
-        plain, items, atoms = prepared
+            return prepared.inputs, chunksize, None, False
+        plain, items, types = prepared
         size = self._engine.chunksize_for(len(items), chunksize, timeout, memory)
-        size, inputs = _batch.encode(items, plain, size, auto=chunksize is None, atoms=atoms)
-        return inputs, size, len(items)
+        size, inputs, raw = _batch.encode(items, plain, size, auto=chunksize is None, types=types)
+        return inputs, size, len(items), raw
 
     @staticmethod
     def _timeout(timeout: Any) -> float | None:
@@ -537,11 +539,11 @@ class FunctionExecutor:
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
         timeout, chunksize = self._timeout(timeout), self._chunksize(chunksize)
         runtime_memory = _memory(runtime_memory, "runtime_memory")
-        inputs, size, total = self._batches(prepared, chunksize, timeout, runtime_memory)
+        inputs, size, total, raw = self._batches(prepared, chunksize, timeout, runtime_memory)
         job = self._engine.submit(
             "map",
             ser.function_name(map_function),
-            self._payload(map_function, extra_env, calls=total or len(inputs)),
+            self._payload(map_function, extra_env, calls=total or len(inputs), raw_input=raw),
             inputs,
             size,
             timeout,
@@ -595,11 +597,11 @@ class FunctionExecutor:
         memory = _memory(map_runtime_memory, "map_runtime_memory") or _memory(
             reduce_runtime_memory, "reduce_runtime_memory"
         )
-        inputs, size, total = self._batches(prepared, self._chunksize(chunksize), timeout, memory)
+        inputs, size, total, raw = self._batches(prepared, self._chunksize(chunksize), timeout, memory)
         groups = parts if obj_reduce_by_key else [total if total is not None else len(inputs)]
         map_job, reduce_job = self._engine.map_reduce_grouped(
             ser.function_name(map_function),
-            self._payload(map_function, extra_env, calls=total or len(inputs)),
+            self._payload(map_function, extra_env, calls=total or len(inputs), raw_input=raw),
             inputs,
             ser.function_name(reduce_function),
             self._payload(

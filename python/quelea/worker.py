@@ -230,7 +230,14 @@ class _Function:
             self.sig = inspect.signature(self.func)
         self._storage = None
         plain = not self.reserved and not self.payload.extra_env and self.payload.reduce_extra_args is None
-        self.run = self._run_plain if plain else self._run_general
+        # A raw job's input is each call's one bytes argument itself (see _batch.encode).
+        self.decode = _raw_input if getattr(self.payload, "raw_input", False) else pickle.loads
+        if not plain:
+            self.run = self._run_general
+        elif self.decode is _raw_input:
+            self.run = self._run_raw
+        else:
+            self.run = self._run_plain
 
     def storage(self) -> Any:
         if self._storage is None:
@@ -254,11 +261,14 @@ class _Function:
         args, kwargs = pickle.loads(data)
         return self.func(*args, **kwargs)
 
+    def _run_raw(self, call_id: int, data: Any) -> Any:
+        return self.func(bytes(data))
+
     def _run_general(self, call_id: int, data: Any) -> Any:
         if self.payload.reduce_extra_args is not None and bytes(data[:4]) == b"QRED":
             args, kwargs = _decode_reduce_input(bytes(data))
         else:
-            args, kwargs = pickle.loads(data)
+            args, kwargs = self.decode(data)
         with _extra_env(self.payload.extra_env):
             return self.call(call_id, args, kwargs)
 
@@ -524,6 +534,10 @@ def _error_report(exc: BaseException, sources: dict) -> bytes:
     if payload is not None:
         report["payload"] = payload
     return json.dumps(report).encode()
+
+
+def _raw_input(data: Any) -> tuple[tuple, dict]:
+    return (bytes(data),), {}
 
 
 def _decode_reduce_input(data: bytes) -> tuple[tuple, dict]:

@@ -319,3 +319,82 @@ def test_batched_futures_pickle_and_attach_by_handle(tmp_path, storage_root):
     bad["python_bundle"] = {"size": 3, "total": 25}
     with pytest.raises(quelea.exceptions.JobHandleError, match="python_bundle"):
         quelea.attach(json.dumps(bad), config={"localdisk": {"root": str(storage_root)}})
+
+
+def describe(data):
+    if data[:1] == b"!":
+        raise ValueError(f"bad blob of {len(data)}")
+    return type(data).__name__, len(data), data[:1]
+
+
+def crash_on_marker(data):
+    if data[:1] == b"X":
+        os._exit(9)
+    return len(data)
+
+
+def flaky_bytes(data):
+    marker = os.path.join(os.environ["QTEST_MARKERS"], f"seen-{data[:1].hex()}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return len(data)
+
+
+def test_big_bytes_arguments_travel_raw_one_per_call():
+    from quelea._batch import RAW_MIN_BYTES, encode
+
+    blobs = [bytes([i]) * (RAW_MIN_BYTES + i) for i in range(8)]
+    size, inputs, raw = encode(blobs, True, 4, True, frozenset({bytes}))
+    # The caller's own objects: nothing pickled, nothing copied.
+    assert (size, raw) == (1, True) and all(a is b for a, b in zip(inputs, blobs, strict=True))
+    # Small bytes batch as before (pickled); one bytes element per call is raw at any size.
+    assert encode([b"a"] * 8, True, 4, True, frozenset({bytes}))[::2] == (4, False)
+    assert encode([b"a", b""], True, 1, False, frozenset({bytes}))[1:] == ([b"a", b""], True)
+    # Anything but exactly bytes (a str among them, a subclass, bytearray) is pickled.
+    for mixed in ([b"a" * RAW_MIN_BYTES, "s"], [bytearray(RAW_MIN_BYTES)]):
+        types = frozenset(map(type, mixed))
+        assert encode(mixed, True, 1, True, types)[2] is False
+
+
+def test_raw_bytes_calls_keep_results_failures_and_order(executor):
+    blobs = [bytes([65 + i]) * ((300 << 10) + i) for i in range(12)]
+    blobs[5] = b"!" + blobs[5][1:]
+    futures = executor.map(describe, blobs)
+    assert futures._job_source()[0].chunksize == 1
+    results = executor.get_result(futures, throw_except=False)
+    expected = [("bytes", len(b), b[:1]) for b in blobs]
+    expected[5] = None
+    assert results == expected
+    with pytest.raises(ValueError, match=f"bad blob of {len(blobs[5])}"):
+        futures[5].result()
+    # Small ones with chunksize=1, the empty one included.
+    small = [b"", b"a", b"bc" * 1000]
+    assert executor.get_result(executor.map(describe, small, chunksize=1)) == [
+        ("bytes", 0, b""),
+        ("bytes", 1, b"a"),
+        ("bytes", 2000, b"b"),
+    ]
+    # A reducer gets every raw call's result, in order.
+    sizes = executor.get_result(executor.map_reduce(len, blobs, sum))
+    assert sizes == sum(len(b) for b in blobs)
+
+
+def test_raw_bytes_calls_crash_and_retry_alone(fresh_executor, tmp_path):
+    blobs = [bytes([65 + i]) * (300 << 10) for i in range(6)]
+    blobs[2] = b"X" * (300 << 10)
+    futures = fresh_executor.map(crash_on_marker, blobs)
+    assert fresh_executor.get_result(futures, throw_except=False) == [
+        None if i == 2 else 300 << 10 for i in range(6)
+    ]
+    with pytest.raises(WorkerCrashedError):
+        futures[2].result()
+    # extra_env: the runner's general path decodes raw inputs too.
+    retried = fresh_executor.map(
+        flaky_bytes,
+        blobs[:2] + blobs[3:],
+        extra_env={"QTEST_MARKERS": str(tmp_path)},
+        retries=1,
+        retry_user_errors=True,
+    )
+    assert fresh_executor.get_result(retried) == [300 << 10] * 5
