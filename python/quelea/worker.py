@@ -54,6 +54,12 @@ def _pickled_futures() -> int:
 in_worker = False
 
 
+def _keep_freed_memory() -> None:
+    from ._engine import runner_keeps_freed_memory
+
+    runner_keeps_freed_memory()
+
+
 def _die_with_parent() -> None:
     try:
         from ._engine import arm_runner_client_death
@@ -570,6 +576,7 @@ def serve() -> int:
     global in_worker
     in_worker = True
     _die_with_parent()
+    _keep_freed_memory()
     # The protocol is on its own descriptors, kept out of processes that
     # calls start (close-on-exec) or fork (pointed at /dev/null there).
     calls_fd, answers_fd = _protocol_fds()

@@ -1062,6 +1062,13 @@ fn arm_runner_client_death() {
     quelea_worker::rust_runner::arm_client_death();
 }
 
+/// For the Python runner: keep freed memory for the next call's buffers
+/// (see `quelea_worker::rust_runner::keep_freed_memory`).
+#[pyfunction]
+fn runner_keeps_freed_memory() {
+    quelea_worker::rust_runner::keep_freed_memory();
+}
+
 /// How many runners the client should fork for an executor of this config
 /// (see quelea._fork): the local pool's size on the local backend with the
 /// `fork` start method, else 0. A config that does not resolve gets 0: the
@@ -1125,6 +1132,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_rust_runner, m)?)?;
     m.add_function(wrap_pyfunction!(serve_host, m)?)?;
     m.add_function(wrap_pyfunction!(arm_runner_client_death, m)?)?;
+    m.add_function(wrap_pyfunction!(runner_keeps_freed_memory, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(storage::storage_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(storage::lithops_storage_keys, m)?)?;
