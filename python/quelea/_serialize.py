@@ -7,7 +7,9 @@
 - A call's input is ``(args, kwargs)``, pickled with the C pickler (fast), or
   with cloudpickle when the data holds lambdas or local classes.
 - A result is pickled the same way; a result with captured output is
-  prefixed ``b"\\x01"`` and pickled with its logs, otherwise ``b"\\x00"``.
+  prefixed ``b"\\x01"`` and pickled with its logs, otherwise ``b"\\x00"``;
+  a ``bytes`` result without output is ``b"\\x03"`` and itself (raw: no
+  pickle; the engine's binding hands it to Python cut from its tag).
 - A *batch* (see :mod:`quelea._batch`) is one runner call of several map
   elements: its input is ``(plain, items)`` pickled, and when every element
   succeeded quietly its shared result is ``b"\\x02"`` + the pickled list of

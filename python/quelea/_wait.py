@@ -276,8 +276,9 @@ def _is_future_value(value: Any) -> bool:
 
 def _decode_runs(runs: list | None) -> list | None:
     """Results that carry no logs and are not futures, else None. ``runs``
-    are a job's results as ``result_runs`` gives them: own result bytes, or
-    ``(shared bytes, lo, hi)`` for elements of a batch's shared result."""
+    are a job's results as ``result_runs`` gives them: own result bytes,
+    ``(value,)`` for a raw bytes result, or ``(shared bytes, lo, hi)`` for
+    elements of a batch's shared result."""
     if runs is None:
         return None
     loads = pickle.loads
@@ -285,6 +286,9 @@ def _decode_runs(runs: list | None) -> list | None:
     append = results.append
     for run in runs:
         if type(run) is tuple:
+            if len(run) == 1:  # a raw bytes result, as it is (see the worker)
+                append(run[0])
+                continue
             blob, lo, hi = run
             values = shared_values(blob)
             results.extend(values if lo == 0 and hi == len(values) else values[lo:hi])

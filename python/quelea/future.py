@@ -51,7 +51,9 @@ def engine_wait(groups: list[tuple[Any, Any]], return_when: float, timeout: floa
     _progress.engine_wait(groups, return_when, timeout)
 
 
-def _load_result(blob: bytes) -> tuple[Any, str]:
+def _load_result(blob: Any) -> tuple[Any, str]:
+    if type(blob) is tuple:  # a raw bytes result, as it is (see the worker)
+        return blob[0], ""
     if blob[:1] == b"\x01":
         result, logs = pickle.loads(memoryview(blob)[1:])
         return result, logs

@@ -41,6 +41,9 @@ _ALL = 0xFFFFFFFF
 _DONE_HEAD = struct.Struct("<IBIBQ")
 _ENTRY = struct.Struct("<BI")
 _BATCH_MAGIC = b"QBAT"
+# A result's tag: 0 pickled, 1 pickled with the call's output, 3 a bytes
+# value as it is (the engine's binding cuts the tag: RAW_BYTES_RESULT).
+_RAW_RESULT = b"\x03"
 _EXPAND = "expand"  # quelea._batch.EXPAND, without importing it for every runner
 _EXPANDED = (dict, tuple)  # elements that are arguments, not one argument
 
@@ -567,6 +570,8 @@ def _decode_reduce_input(data: bytes) -> tuple[tuple, dict]:
 
 
 def _load_result(blob: bytes) -> Any:
+    if blob[:1] == _RAW_RESULT:
+        return bytes(blob[1:])
     if blob[:1] == b"\x01":
         return pickle.loads(blob[1:])[0]
     return pickle.loads(blob[1:])
@@ -646,6 +651,9 @@ def serve() -> int:
                 if stdout_tee.parts or stderr_tee.parts:
                     logs = stdout_tee.take() + stderr_tee.take()
                     prefix, payload = b"\x01", dumps_value((result, logs))
+                elif type(result) is bytes:
+                    # Raw: sent from its own buffer, handed to the client as it is.
+                    prefix, payload = _RAW_RESULT, result
                 else:
                     prefix, payload = b"\x00", dumps_value(result)
             except Exception as e:  # noqa: BLE001

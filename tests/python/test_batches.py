@@ -398,3 +398,55 @@ def test_raw_bytes_calls_crash_and_retry_alone(fresh_executor, tmp_path):
         retry_user_errors=True,
     )
     assert fresh_executor.get_result(retried) == [300 << 10] * 5
+
+
+def echo_bytes(data):
+    return data
+
+
+def bytes_or_output(x):
+    if x == 2:
+        print("said something")
+    return bytes([x]) * (x * 100_000)
+
+
+def test_bytes_results_come_back_as_they_are(executor, fresh_executor):
+    # A bytes result travels raw (unpickled); with output, subclasses and
+    # other types it is pickled as before. Every path that reads a result.
+    blobs = [bytes([i]) * (i * 100_000) for i in range(5)]
+    futures = executor.map(echo_bytes, blobs)
+    assert executor.get_result(futures) == blobs  # the whole job at once
+    assert [f.result() for f in futures] == blobs  # future by future
+    assert all(type(f.result()) is bytes for f in futures)
+    assert executor.get_result(futures[1:3]) == blobs[1:3]  # a selection
+    # A reducer gets raw results in order; a call's printed output keeps its
+    # result pickled with it.
+    assert executor.get_result(executor.map_reduce(echo_bytes, blobs, lambda r: [len(b) for b in r])) == [
+        len(b) for b in blobs
+    ]
+    mixed = fresh_executor.map(bytes_or_output, range(4), chunksize=1)
+    assert fresh_executor.get_result(mixed) == [bytes([x]) * (x * 100_000) for x in range(4)]
+    assert "said something" in mixed[2].logs and mixed[1].logs == ""
+    # A batch's shared result is pickled as before.
+    batched = executor.map(echo_bytes, [b"a", b"b"] * 100, chunksize=50)
+    assert executor.get_result(batched) == [b"a", b"b"] * 100
+
+
+def test_raw_bytes_results_attach_by_handle(tmp_path, storage_root):
+    # Read by another process, from the job's stored results.
+    source = f"""
+        import quelea
+        def blob(x):
+            return bytes([x]) * 200_000
+        cfg = {{"localdisk": {{"root": {str(storage_root)!r}}}, "execution": {{"data_cleaner": False}}}}
+        with quelea.FunctionExecutor(config=cfg) as fexec:
+            futures = fexec.map(blob, range(3))
+            fexec.get_result(futures)
+            print(fexec.job_handle(futures), flush=True)
+    """
+    proc = run_script(tmp_path, source)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    futures = quelea.attach(out.strip().splitlines()[-1], config={"localdisk": {"root": str(storage_root)}})
+    assert quelea.get_result(futures, timeout=60) == [bytes([x]) * 200_000 for x in range(3)]
+    assert futures[1].result(timeout=60) == bytes([1]) * 200_000

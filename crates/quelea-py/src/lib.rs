@@ -19,6 +19,11 @@ mod storage;
 
 use error::{to_py_err, type_error, value_error};
 
+/// The tag of a Python call's result that is a `bytes` value as it is, not
+/// pickled (`quelea.worker` answers a bytes result so; the others are 0:
+/// pickled, 1: pickled with the call's output).
+const RAW_BYTES_RESULT: u8 = 3;
+
 fn config_builder(
     overrides: Option<&str>,
     config_file: Option<PathBuf>,
@@ -548,6 +553,18 @@ impl Job {
         }
     }
 
+    /// A call's own result as Python reads it: its bytes (tag byte
+    /// first), or, for a raw one, `(value,)`: the bytes value itself, cut
+    /// from its tag here so that it is copied once.
+    fn own_result<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        match bytes.split_first() {
+            Some((&RAW_BYTES_RESULT, value)) => {
+                Ok(PyTuple::new(py, [PyBytes::new(py, value)])?.into_any())
+            }
+            _ => Ok(PyBytes::new(py, bytes).into_any()),
+        }
+    }
+
     fn shared_bytes<'py>(
         &self,
         py: Python<'py>,
@@ -575,7 +592,7 @@ impl Job {
                 py,
                 [
                     true.into_pyobject(py)?.to_owned().into_any(),
-                    PyBytes::new(py, &bytes).into_any(),
+                    Self::own_result(py, &bytes)?,
                 ],
             )?
             .into_any()),
@@ -753,7 +770,7 @@ impl Job {
                 return;
             }
             let item = match piece {
-                quelea::Piece::Own(bytes) => Ok(PyBytes::new(py, bytes).into_any()),
+                quelea::Piece::Own(bytes) => Self::own_result(py, bytes),
                 quelea::Piece::Shared { blob, lo, hi } => (|| {
                     Ok(PyTuple::new(
                         py,
