@@ -371,12 +371,13 @@ def format_remote_traceback(exc: BaseException, sources: dict[str, tuple[str, st
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         code = frame.f_code
         filename, line = code.co_filename, None
-        if filename == "<dynamic-code>":
-            found = sources.get(frame.f_globals.get("__name__", ""))
-            if found:
-                filename = found[0]
-                lines = found[1].splitlines()
-                line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+        found = sources.get(frame.f_globals.get("__name__", ""))
+        # cloudpickle names shipped code "<dynamic-code>"; quelea._funcpickle
+        # keeps its file's name, which a remote runner may not have.
+        if found and filename in ("<dynamic-code>", found[0]):
+            filename = found[0]
+            lines = found[1].splitlines()
+            line = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
         frames.append(traceback.FrameSummary(filename, lineno, code.co_name, line=line))
     parts = ["Traceback (most recent call last):\n"]
     parts.extend(traceback.StackSummary.from_list(frames).format())

@@ -226,3 +226,27 @@ def test_a_payload_from_the_fast_path_needs_no_cloudpickle_to_load():
     assert b"cloudpickle" not in blob
     loaded = cloudpickle.loads(blob)
     assert loaded(2.5) == 5 and loaded.__globals__ is not namespace
+
+
+GONE = """
+    import json, os, sys, traceback
+    import quelea
+
+    def fails_where_its_file_is_gone(x):
+        os.rename(__file__, __file__ + ".gone")  # as on a remote runner
+        return 1 / (x - x)
+
+    config = json.loads(sys.argv[1])
+    with quelea.FunctionExecutor(config=config) as fexec:
+        try:
+            fexec.get_result(fexec.map(fails_where_its_file_is_gone, [1]))
+        except ZeroDivisionError as e:
+            print(json.dumps({"tb": "".join(traceback.format_exception(e)), "heavy": []}))
+"""
+
+
+def test_a_remote_traceback_shows_the_shipped_source_line(tmp_path, storage_root):
+    # The runner cannot read the script (gone by then, as on a remote
+    # runner): the line comes from the source shipped with the function.
+    out = run(tmp_path, storage_root, GONE)
+    assert "script.py" in out["tb"] and "return 1 / (x - x)" in out["tb"], out["tb"]
