@@ -257,6 +257,9 @@ class FunctionExecutor:
         # them); once read, held weakly: read results are their owner's to
         # keep, so a long session's memory stays flat.
         self._lists: list[Any] = []
+        # Where in _lists the lists not yet read in full are: _forget_read
+        # looks at these only, not at every map of a long session.
+        self._unread: list[int] = []
         self._last_call: str | None = None
         self._storage = None
         self._jobs: list[Any] = []
@@ -286,13 +289,15 @@ class FunctionExecutor:
         ``get_result()`` still lists them, as in Lithops, while a long
         session's memory stays bounded."""
         engine = self._engine
-        lists = []
-        for entry in self._lists:
-            if not isinstance(entry, _ReadList) and _fully_read(entry):
+        unread = []
+        for i in self._unread:
+            entry = self._lists[i]
+            if _fully_read(entry):
                 self._recent.append(entry)
-                entry = _ReadList(engine, entry)
-            lists.append(entry)
-        self._lists = lists
+                self._lists[i] = _ReadList(engine, entry)
+            else:
+                unread.append(i)
+        self._unread = unread
 
     @property
     def config(self) -> dict:
@@ -423,6 +428,7 @@ class FunctionExecutor:
             self._jobs[:] = [j for j in self._jobs if j.done_count() < j.total]
             self._jobs.append(job)
         futures = FuturesList._of_job(job, ser.function_name(func), self)
+        self._unread.append(len(self._lists))
         self._lists.append(futures)
         if os.environ.get("QUELEA_DASHBOARD_URL"):  # `quelea dashboard` runs there
             url = os.environ["QUELEA_DASHBOARD_URL"].rstrip("/")

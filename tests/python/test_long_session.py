@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import weakref
 
 import quelea
@@ -54,6 +55,38 @@ def test_read_results_are_not_kept_by_the_executor(tmp_path):
         assert fexec.get_result(kept) == [x * x for x in range(10)]
         assert [f.result() for f in kept] == [x * x for x in range(10)]
         assert len(fexec.job_summary()) == 2 + quelea.executor.KEEP_READ_LISTS
+
+
+def test_a_map_looks_only_at_lists_not_yet_read(tmp_path):
+    # A long session's maps cost the same at map 10,000 as at map 1: the
+    # executor's bookkeeping after a read (_forget_read) visits the lists
+    # still unread, not every list the session made. Counted in lines run
+    # (200 maps ran ~60,000 before), not in time.
+    code = quelea.FunctionExecutor._forget_read.__code__
+    lines = [0]
+
+    def count(frame, event, arg):
+        if event == "line":
+            lines[0] += 1
+        return count
+
+    def tracer(frame, event, arg):
+        return count if frame.f_code is code else None
+
+    with quelea.FunctionExecutor(config={"localdisk": {"root": str(tmp_path)}}) as fexec:
+        unread = fexec.map(square, range(3))
+        sys.settrace(tracer)
+        try:
+            for i in range(200):
+                assert fexec.get_result(fexec.map(square, [i])) == [i * i]
+        finally:
+            sys.settrace(None)
+        assert 0 < lines[0] <= 20 * 200, lines[0]
+        # The unread one is still there, in order, and reads as ever.
+        assert fexec.futures[0] is unread[0] and len(fexec.job_summary()) == 201
+        assert fexec.get_result(unread) == [0, 1, 4]
+        # Listed: it (held here, now among the last read) and the other last read ones.
+        assert len(fexec.futures) == 3 + quelea.executor.KEEP_READ_LISTS - 1
 
 
 def test_objects_of_forgotten_jobs_go_before_close(tmp_path):
