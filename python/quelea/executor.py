@@ -283,6 +283,10 @@ class FunctionExecutor:
         lists = (entry.ref() if isinstance(entry, _ReadList) else entry for entry in self._lists)
         return [fs for fs in lists if fs is not None]
 
+    def _unread_entries(self) -> list[FuturesList]:
+        """The lists that may hold unread futures (a read one never does)."""
+        return [self._lists[i] for i in self._unread]
+
     def _forget_read(self) -> None:
         """Holds read lists weakly (see _ReadList), except the last
         ``KEEP_READ_LISTS``: those stay, so ``fexec.futures`` right after a
@@ -678,7 +682,7 @@ class FunctionExecutor:
             if results is not None:
                 return self._shape(fs, results)
             if fs is None:
-                futures = [f for f in self.futures if not f._read]
+                futures = [f for fs_ in self._unread_entries() for f in fs_ if not f._read]
             else:
                 futures = [f for f in _listify(fs) if f._produce_output]
             if not futures:
@@ -704,7 +708,7 @@ class FunctionExecutor:
         """Lists of futures not made yet and not read; with ``all_kinds``,
         also every list holding an unread future."""
         out = []
-        for futures in self._live_lists():
+        for futures in self._unread_entries():
             if _unread_lazy(futures):
                 out.append(futures)
             elif all_kinds and futures._job_source() is None and any(not f._read for f in futures):
