@@ -459,15 +459,6 @@ impl Runtime {
             limits.memory_limit_bytes,
             sink,
         ));
-        let tasks: Vec<Task> = invocation
-            .calls
-            .iter()
-            .zip(inputs)
-            .map(|(call, input)| match call.select {
-                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
-                None => Task::new(ctx.clone(), call.call_id, call.count, input),
-            })
-            .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
         counters.calls.fetch_add(n as u64, Ordering::Relaxed);
@@ -484,6 +475,15 @@ impl Runtime {
                     .push((pool.clone(), Arc::downgrade(&ctx)));
             }
         }
+        // Made as they are queued: no second list of every call.
+        let tasks = invocation
+            .calls
+            .iter()
+            .zip(inputs)
+            .map(|(call, input)| match call.select {
+                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
+                None => Task::new(ctx.clone(), call.call_id, call.count, input),
+            });
         pool.submit(tasks);
         Accepted {
             calls: n,

@@ -55,6 +55,19 @@ pub(super) fn take_count(
         .count()
 }
 
+/// Below this capacity a queue keeps its room.
+const QUEUE_ROOM: usize = 1024;
+
+/// A queue a big map filled gives its room back as it drains: the pool
+/// lives as long as its executor, and a `VecDeque` never shrinks by itself
+/// (200,000 queued calls would hold 11 MB after they ran). Halving once the
+/// queue is a quarter full copies no more tasks than have been taken.
+fn give_back_room(queue: &mut std::collections::VecDeque<Task>) {
+    if queue.capacity() > QUEUE_ROOM && queue.len() < queue.capacity() / 4 {
+        queue.shrink_to((queue.len() * 2).max(QUEUE_ROOM));
+    }
+}
+
 /// Feeds queued calls to one slot's runner.
 pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
     use std::sync::atomic::Ordering;
@@ -73,7 +86,9 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
                         let take =
                             take_count(queue.iter().map(|t| t.ctx.function.id), depth, outstanding);
                         if take > 0 {
-                            break queue.drain(..take).collect();
+                            let batch = queue.drain(..take).collect();
+                            give_back_room(&mut queue);
+                            break batch;
                         }
                     }
                 }
