@@ -318,20 +318,28 @@ impl Runtime {
             .entry(hash)
             .or_insert_with(|| pool.function(function_payload.to_vec()))
             .clone();
-        let inputs = invocation
+        if let Some(call) = invocation
+            .calls
+            .iter()
+            .find(|call| matches!(call.input, CallInput::Range { .. }))
+        {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "call {} of an in-process Invocation is not inline",
+                    call.call_id
+                ),
+            ));
+        }
+        // Checked first, so that the list is made at its size in one go.
+        let inputs: Vec<bytes::Bytes> = invocation
             .calls
             .iter_mut()
             .map(|call| match &mut call.input {
-                CallInput::Inline(bytes) => Ok(std::mem::take(bytes)),
-                CallInput::Range { .. } => Err(refusal(
-                    RefusalKind::Invalid,
-                    format!(
-                        "call {} of an in-process Invocation is not inline",
-                        call.call_id
-                    ),
-                )),
+                CallInput::Inline(bytes) => std::mem::take(bytes),
+                CallInput::Range { .. } => bytes::Bytes::new(), // none: checked above
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         let observer = Some((observer, store_large));
         Ok(self.queue(invocation, limits, &pool, function, inputs, observer))
     }
