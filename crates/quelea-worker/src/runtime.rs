@@ -267,7 +267,7 @@ impl Runtime {
     /// a storage failure) leaves the Invocation free to be retried, and once
     /// it is made no runtime sharing the storage runs the Invocation again:
     /// [`RefusalKind::Duplicate`].
-    pub async fn accept(&self, invocation: Invocation) -> Result<Accepted, Refusal> {
+    pub async fn accept(&self, mut invocation: Invocation) -> Result<Accepted, Refusal> {
         let limits = self.check(&invocation)?;
         let pool = self.pool(invocation.function.runner)?;
         let function = self.function(&pool, &invocation).await?;
@@ -275,7 +275,10 @@ impl Runtime {
         if let Some(id) = &invocation.id {
             self.claim(&invocation, id).await?;
         }
-        Ok(self.queue(invocation, limits, &pool, function, inputs, None))
+        for (call, input) in invocation.calls.iter_mut().zip(inputs) {
+            call.input = CallInput::Inline(input);
+        }
+        Ok(self.queue(invocation, limits, &pool, function, None))
     }
 
     async fn claim(&self, invocation: &Invocation, id: &str) -> Result<(), Refusal> {
@@ -306,7 +309,7 @@ impl Runtime {
     /// unset, they stay with the observer (see [`quelea_core::model::ResultRef::Held`]).
     pub fn accept_in_process(
         &self,
-        mut invocation: Invocation,
+        invocation: Invocation,
         function_payload: &[u8],
         observer: Arc<dyn CallObserver>,
         store_large: Arc<AtomicBool>,
@@ -331,17 +334,8 @@ impl Runtime {
                 ),
             ));
         }
-        // Checked first, so that the list is made at its size in one go.
-        let inputs: Vec<bytes::Bytes> = invocation
-            .calls
-            .iter_mut()
-            .map(|call| match &mut call.input {
-                CallInput::Inline(bytes) => std::mem::take(bytes),
-                CallInput::Range { .. } => bytes::Bytes::new(), // none: checked above
-            })
-            .collect();
         let observer = Some((observer, store_large));
-        Ok(self.queue(invocation, limits, &pool, function, inputs, observer))
+        Ok(self.queue(invocation, limits, &pool, function, observer))
     }
 
     /// The checks every Invocation passes before anything is loaded: calls,
@@ -434,13 +428,14 @@ impl Runtime {
         })
     }
 
+    /// Queues the Invocation's calls, whose inputs the front door has made
+    /// inline; they move into the queue one by one (no second list of them).
     fn queue(
         &self,
-        invocation: Invocation,
+        mut invocation: Invocation,
         limits: Limits,
         pool: &Arc<Pool>,
         function: Arc<PoolFunction>,
-        inputs: Vec<bytes::Bytes>,
         observer: Option<(Arc<dyn CallObserver>, Arc<AtomicBool>)>,
     ) -> Accepted {
         let n = elements(&invocation) as usize;
@@ -483,14 +478,20 @@ impl Runtime {
                     .push((pool.clone(), Arc::downgrade(&ctx)));
             }
         }
-        // Made as they are queued: no second list of every call.
-        let tasks = invocation
-            .calls
-            .iter()
-            .zip(inputs)
-            .map(|(call, input)| match call.select {
-                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
-                None => Task::new(ctx.clone(), call.call_id, call.count, input),
+        let tasks = std::mem::take(&mut invocation.calls)
+            .into_iter()
+            .map(|call| {
+                let input = match call.input {
+                    CallInput::Inline(bytes) => bytes,
+                    CallInput::Range { .. } => {
+                        debug_assert!(false, "call {} was not made inline", call.call_id);
+                        bytes::Bytes::new()
+                    }
+                };
+                match call.select {
+                    Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
+                    None => Task::new(ctx.clone(), call.call_id, call.count, input),
+                }
             });
         pool.submit(tasks);
         Accepted {
