@@ -267,7 +267,7 @@ impl Runtime {
     /// a storage failure) leaves the Invocation free to be retried, and once
     /// it is made no runtime sharing the storage runs the Invocation again:
     /// [`RefusalKind::Duplicate`].
-    pub async fn accept(&self, invocation: Invocation) -> Result<Accepted, Refusal> {
+    pub async fn accept(&self, mut invocation: Invocation) -> Result<Accepted, Refusal> {
         let limits = self.check(&invocation)?;
         let pool = self.pool(invocation.function.runner)?;
         let function = self.function(&pool, &invocation).await?;
@@ -275,7 +275,10 @@ impl Runtime {
         if let Some(id) = &invocation.id {
             self.claim(&invocation, id).await?;
         }
-        Ok(self.queue(invocation, limits, &pool, function, inputs, None))
+        for (call, input) in invocation.calls.iter_mut().zip(inputs) {
+            call.input = CallInput::Inline(input);
+        }
+        Ok(self.queue(invocation, limits, &pool, function, None))
     }
 
     async fn claim(&self, invocation: &Invocation, id: &str) -> Result<(), Refusal> {
@@ -306,7 +309,7 @@ impl Runtime {
     /// unset, they stay with the observer (see [`quelea_core::model::ResultRef::Held`]).
     pub fn accept_in_process(
         &self,
-        mut invocation: Invocation,
+        invocation: Invocation,
         function_payload: &[u8],
         observer: Arc<dyn CallObserver>,
         store_large: Arc<AtomicBool>,
@@ -318,22 +321,21 @@ impl Runtime {
             .entry(hash)
             .or_insert_with(|| pool.function(function_payload.to_vec()))
             .clone();
-        let inputs = invocation
+        if let Some(call) = invocation
             .calls
-            .iter_mut()
-            .map(|call| match &mut call.input {
-                CallInput::Inline(bytes) => Ok(std::mem::take(bytes)),
-                CallInput::Range { .. } => Err(refusal(
-                    RefusalKind::Invalid,
-                    format!(
-                        "call {} of an in-process Invocation is not inline",
-                        call.call_id
-                    ),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .iter()
+            .find(|call| matches!(call.input, CallInput::Range { .. }))
+        {
+            return Err(refusal(
+                RefusalKind::Invalid,
+                format!(
+                    "call {} of an in-process Invocation is not inline",
+                    call.call_id
+                ),
+            ));
+        }
         let observer = Some((observer, store_large));
-        Ok(self.queue(invocation, limits, &pool, function, inputs, observer))
+        Ok(self.queue(invocation, limits, &pool, function, observer))
     }
 
     /// The checks every Invocation passes before anything is loaded: calls,
@@ -426,13 +428,14 @@ impl Runtime {
         })
     }
 
+    /// Queues the Invocation's calls, whose inputs the front door has made
+    /// inline; they move into the queue one by one (no second list of them).
     fn queue(
         &self,
-        invocation: Invocation,
+        mut invocation: Invocation,
         limits: Limits,
         pool: &Arc<Pool>,
         function: Arc<PoolFunction>,
-        inputs: Vec<bytes::Bytes>,
         observer: Option<(Arc<dyn CallObserver>, Arc<AtomicBool>)>,
     ) -> Accepted {
         let n = elements(&invocation) as usize;
@@ -459,15 +462,6 @@ impl Runtime {
             limits.memory_limit_bytes,
             sink,
         ));
-        let tasks: Vec<Task> = invocation
-            .calls
-            .iter()
-            .zip(inputs)
-            .map(|(call, input)| match call.select {
-                Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
-                None => Task::new(ctx.clone(), call.call_id, call.count, input),
-            })
-            .collect();
         counters.queued.fetch_add(n as u64, Ordering::Relaxed);
         counters.invocations.fetch_add(1, Ordering::Relaxed);
         counters.calls.fetch_add(n as u64, Ordering::Relaxed);
@@ -484,6 +478,21 @@ impl Runtime {
                     .push((pool.clone(), Arc::downgrade(&ctx)));
             }
         }
+        let tasks = std::mem::take(&mut invocation.calls)
+            .into_iter()
+            .map(|call| {
+                let input = match call.input {
+                    CallInput::Inline(bytes) => bytes,
+                    CallInput::Range { .. } => {
+                        debug_assert!(false, "call {} was not made inline", call.call_id);
+                        bytes::Bytes::new()
+                    }
+                };
+                match call.select {
+                    Some(k) => Task::selected(ctx.clone(), call.call_id, call.count, input, k),
+                    None => Task::new(ctx.clone(), call.call_id, call.count, input),
+                }
+            });
         pool.submit(tasks);
         Accepted {
             calls: n,

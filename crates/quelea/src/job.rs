@@ -57,41 +57,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where a call stands: while running, its start; once finished, the
-/// finished run (a batch, or the call alone) it belongs to.
+mod runs;
+
+use self::runs::Runs;
+pub(crate) use self::runs::{EndOutcome, OutcomeRef};
+
+/// A running call's start; a batch's calls share one. Kept only while some
+/// call of it runs: the slot is reused after, so starts never pile up.
 #[derive(Clone, Copy)]
 struct Start {
     ts: f64,
     worker_id: Option<u32>,
-}
-
-/// A run of consecutive calls that ended together: a batch whose elements
-/// share one result or one failure, or a single call.
-struct End {
-    first: u32,
-    count: u32,
-    /// The run's stats; each element's are these with `cold_start` for the
-    /// first element only.
-    stats: CallStats,
-    outcome: EndOutcome,
-}
-
-enum EndOutcome {
-    Own(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
-    Failed(Box<CallError>),
-}
-
-/// A finished call's outcome, borrowed from the job's records.
-pub(crate) enum OutcomeRef<'a> {
-    Own(&'a [u8]),
-    /// Element `index` of the `count` values in a batch's shared result.
-    Shared {
-        blob: &'a Arc<Vec<u8>>,
-        index: u32,
-        count: u32,
-    },
-    Failed(&'a CallError),
+    /// How many calls are running from this start.
+    live: u32,
 }
 
 impl OutcomeRef<'_> {
@@ -133,16 +111,19 @@ pub enum Piece<'a> {
     },
 }
 
-/// Every call's state, compactly: a byte and an index per call, and one
-/// record per start and per finished run (a batch of K elements costs two
-/// records, not 2K), so a map of millions of elements stays small and
-/// cheap to set up.
+/// Every call's state, compactly: a byte and an index per call, one record
+/// per start while it runs and one per finished run (a batch of K elements
+/// costs two records, not 2K; see [`Runs`]), so a map of millions of
+/// elements stays small and cheap to set up.
 pub(crate) struct Records {
     submit_ts: f64,
     state: Vec<CallState>,
+    /// A running call's index in `starts`, a finished one's in `ends`.
     slot: Vec<u32>,
     starts: Vec<Start>,
-    ends: Vec<End>,
+    /// The slots of `starts` no running call uses.
+    free_starts: Vec<u32>,
+    ends: Runs,
     /// The job's retries, and the calls that failed an attempt and run
     /// again (few; see `crate::retry`).
     retry: RetryPolicy,
@@ -167,7 +148,8 @@ impl Records {
             state: vec![initial; total as usize],
             slot: vec![0; total as usize],
             starts: Vec::new(),
-            ends: Vec::new(),
+            free_starts: Vec::new(),
+            ends: Runs::default(),
             retry: RetryPolicy::default(),
             retried: std::collections::HashMap::new(),
         }
@@ -218,10 +200,11 @@ impl Records {
             }
             let stopped = self.retried.get(&(i as u32)).is_some_and(|r| r.stopped);
             if may_retry && !stopped && self.retry.retries(error.reason, stats.attempt) {
+                self.leave_running(i);
+                self.state[i] = CallState::Invoked;
                 let entry = self.retried.entry(i as u32).or_default();
                 entry.attempt = stats.attempt + 1;
                 entry.failed.push((*error).clone());
-                self.state[i] = CallState::Invoked;
                 retried.push((CallId(i as u32), entry.attempt));
             } else {
                 let mut element = stats.clone();
@@ -244,18 +227,15 @@ impl Records {
         self.state[i].is_terminal()
     }
 
-    fn end(&self, i: usize) -> Option<&End> {
-        self.state[i]
-            .is_terminal()
-            .then(|| &self.ends[self.slot[i] as usize])
+    /// The slot in `ends` of call `i`'s run once it has finished.
+    fn end(&self, i: usize) -> Option<u32> {
+        self.state[i].is_terminal().then(|| self.slot[i])
     }
 
     pub fn stats(&self, call: CallId) -> CallStats {
         let i = call.index();
         if let Some(end) = self.end(i) {
-            let mut stats = end.stats.clone();
-            stats.cold_start &= i as u32 == end.first;
-            return stats;
+            return self.ends.stats(end, i as u32);
         }
         let mut stats = CallStats {
             submit_ts: self.submit_ts,
@@ -273,16 +253,7 @@ impl Records {
     /// The call's outcome once it has finished.
     pub fn outcome(&self, call: CallId) -> Option<OutcomeRef<'_>> {
         let i = call.index();
-        let end = self.end(i)?;
-        Some(match &end.outcome {
-            EndOutcome::Own(bytes) => OutcomeRef::Own(bytes),
-            EndOutcome::Shared(blob) => OutcomeRef::Shared {
-                blob,
-                index: i as u32 - end.first,
-                count: end.count,
-            },
-            EndOutcome::Failed(error) => OutcomeRef::Failed(error),
-        })
+        Some(self.ends.outcome(self.end(i)?, i as u32))
     }
 
     /// Visits the results of the calls in `range` in order, a batch's run
@@ -300,25 +271,24 @@ impl Records {
                 return false;
             }
             let slot = self.slot[i];
-            let run = &self.ends[slot as usize];
-            match &run.outcome {
-                EndOutcome::Own(bytes) => {
+            match self.ends.outcome(slot, i as u32) {
+                OutcomeRef::Own(bytes) => {
                     visit(Piece::Own(bytes));
                     i += 1;
                 }
-                EndOutcome::Shared(blob) => {
+                OutcomeRef::Shared { blob, index, .. } => {
                     let mut j = i + 1;
                     while j < end && self.slot[j] == slot && self.state[j] == CallState::Success {
                         j += 1;
                     }
                     visit(Piece::Shared {
                         blob,
-                        lo: i as u32 - run.first,
-                        hi: j as u32 - run.first,
+                        lo: index,
+                        hi: index + (j - i) as u32,
                     });
                     i = j;
                 }
-                EndOutcome::Failed(_) => return false,
+                OutcomeRef::Failed(_) => return false,
             }
         }
         true
@@ -344,7 +314,7 @@ impl Records {
             }
             let stats = match self.end(i) {
                 Some(_) if last_slot == Some(self.slot[i]) => continue,
-                Some(end) => &end.stats,
+                Some(end) => self.ends.timing(end),
                 None => {
                     // A call that has not ended is a run of its own.
                     summary.runner_calls += 1;
@@ -375,12 +345,7 @@ impl Records {
     /// recorded under (a batch's first call for its shared result).
     pub fn large_outputs(&self, min_bytes: u64) -> Vec<(CallId, &[u8])> {
         self.ends
-            .iter()
-            .filter_map(|end| match &end.outcome {
-                EndOutcome::Own(bytes) => Some((end.first, &bytes[..])),
-                EndOutcome::Shared(blob) => Some((end.first, &blob[..])),
-                EndOutcome::Failed(_) => None,
-            })
+            .results()
             .filter(|(_, bytes)| bytes.len() as u64 > min_bytes)
             .map(|(first, bytes)| (CallId(first), bytes))
             .collect()
@@ -389,8 +354,8 @@ impl Records {
     /// The first failed call, by call order, and its error.
     pub fn first_failure(&self) -> Option<(CallId, &CallError)> {
         let i = self.state.iter().position(|s| *s == CallState::Error)?;
-        match &self.end(i)?.outcome {
-            EndOutcome::Failed(error) => Some((CallId(i as u32), error)),
+        match self.outcome(CallId(i as u32))? {
+            OutcomeRef::Failed(error) => Some((CallId(i as u32), error)),
             _ => None,
         }
     }
@@ -402,20 +367,50 @@ impl Records {
             .count()
     }
 
-    fn mark_running(&mut self, first: u32, count: u32, start: Start) {
+    fn mark_running(&mut self, first: u32, count: u32, ts: f64, worker_id: Option<u32>) {
         let lo = (first as usize).min(self.len());
         let hi = (lo + count as usize).min(self.len());
-        let slot = self.starts.len() as u32;
-        let mut used = false;
+        let live = self.state[lo..hi]
+            .iter()
+            .filter(|s| **s < CallState::Running)
+            .count() as u32;
+        if live == 0 {
+            return;
+        }
+        let start = Start {
+            ts,
+            worker_id,
+            live,
+        };
+        let slot = match self.free_starts.pop() {
+            Some(slot) => {
+                self.starts[slot as usize] = start;
+                slot
+            }
+            None => {
+                self.starts.push(start);
+                (self.starts.len() - 1) as u32
+            }
+        };
         for i in lo..hi {
             if self.state[i] < CallState::Running {
                 self.state[i] = CallState::Running;
                 self.slot[i] = slot;
-                used = true;
             }
         }
-        if used {
-            self.starts.push(start);
+    }
+
+    /// Call `i` no longer runs from its start (before its state changes):
+    /// the start's slot is free once none of its calls runs.
+    fn leave_running(&mut self, i: usize) {
+        if self.state[i] != CallState::Running {
+            return;
+        }
+        let slot = self.slot[i];
+        let start = &mut self.starts[slot as usize];
+        start.live -= 1;
+        if start.live == 0 {
+            self.free_starts.push(slot);
         }
     }
 
@@ -424,26 +419,24 @@ impl Records {
     fn finish(&mut self, first: u32, count: u32, stats: CallStats, outcome: EndOutcome) -> u32 {
         let lo = (first as usize).min(self.len());
         let hi = (lo + count as usize).min(self.len());
-        let slot = self.ends.len() as u32;
+        let new = self.state[lo..hi]
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .count() as u32;
+        if new == 0 {
+            return 0;
+        }
         let state = match outcome {
             EndOutcome::Failed(_) => CallState::Error,
             _ => CallState::Success,
         };
-        let mut new = 0;
+        let slot = self.ends.push(first, count, &stats, outcome);
         for i in lo..hi {
             if !self.state[i].is_terminal() {
+                self.leave_running(i);
                 self.state[i] = state;
                 self.slot[i] = slot;
-                new += 1;
             }
-        }
-        if new > 0 {
-            self.ends.push(End {
-                first,
-                count,
-                stats,
-                outcome,
-            });
         }
         new
     }
@@ -585,11 +578,8 @@ impl JobState {
         worker_id: Option<u32>,
         start_ts: f64,
     ) {
-        let start = Start {
-            ts: start_ts,
-            worker_id,
-        };
-        self.records().mark_running(first.0, count, start);
+        self.records()
+            .mark_running(first.0, count, start_ts, worker_id);
     }
 
     /// Records the end of `count` consecutive calls from `first` that share
@@ -755,5 +745,333 @@ impl JobState {
         if let Some(hook) = lock(&self.cancel_hook).as_ref() {
             hook();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compact records read back every call's state, outcome and stats
+    //! exactly as they were recorded, and the summary from them.
+
+    use quelea_core::ids::{JobId, JobKind};
+    use quelea_core::model::{FunctionSpec, RunnerKind};
+
+    use super::*;
+
+    const SUBMIT: f64 = 1_000.0;
+
+    fn job(calls: u32, retries: u32) -> JobState {
+        let spec = JobSpec {
+            executor_id: "abcdef-0".parse().unwrap(),
+            job_id: JobId::new(JobKind::Map, 0),
+            function: FunctionSpec {
+                runner: RunnerKind::Rust,
+                name: "f".into(),
+                hash: "00".into(),
+            },
+            total_calls: calls,
+            chunksize: 1,
+            timeout_s: 1.0,
+            memory_limit_mb: None,
+            submit_ts: SUBMIT,
+            push: None,
+            retry: RetryPolicy {
+                retries,
+                user_errors: false,
+            },
+        };
+        let keys = JobKeys::new(&spec.executor_id, spec.job_id);
+        JobState::new(
+            spec,
+            keys,
+            Arc::new(Notifier::default()),
+            CallState::Invoked,
+        )
+    }
+
+    /// A call's stats as a runner reports them: times, runner and memory
+    /// that vary (a few values, as a real job's do).
+    fn ran(i: u32, result_size: u64) -> CallStats {
+        let start = SUBMIT + f64::from(i) * 0.25;
+        CallStats {
+            submit_ts: SUBMIT,
+            start_ts: Some(start),
+            end_ts: Some(start + 0.125),
+            worker_id: Some(i % 2),
+            cold_start: i < 2,
+            peak_memory_bytes: 10_000_000 + u64::from(i / 3) * 4096,
+            result_size,
+            memory_mb: (i % 5 == 0).then_some(512),
+            attempt: 0,
+        }
+    }
+
+    fn error(reason: FailureReason, message: &str) -> CallError {
+        CallError {
+            reason,
+            error_type: "E".into(),
+            message: message.into(),
+            traceback: String::new(),
+            payload: None,
+        }
+    }
+
+    fn own(job: &JobState, call: u32) -> Vec<u8> {
+        match job.records().outcome(CallId(call)) {
+            Some(OutcomeRef::Own(bytes)) => bytes.to_vec(),
+            _ => panic!("call {call} has no own result"),
+        }
+    }
+
+    #[test]
+    fn single_calls_read_back_their_own_stats_and_results() {
+        let n = 40;
+        let job = job(n, 0);
+        let mut expected = Vec::new();
+        for i in 0..n {
+            let stats = ran(i, 0);
+            job.mark_running_from(CallId(i), 1, stats.worker_id, stats.start_ts.unwrap());
+            // Small results share the arena; every seventh is too large for it.
+            let bytes = match i % 7 {
+                6 => vec![i as u8; 5000],
+                _ => vec![i as u8; i as usize % 4],
+            };
+            let stats = CallStats {
+                result_size: bytes.len() as u64,
+                ..stats
+            };
+            assert!(job.complete(CallId(i), stats.clone(), RunOutcome::Own(bytes.clone())));
+            expected.push((stats, bytes));
+        }
+        assert!(job.is_complete());
+        for (i, (stats, bytes)) in expected.iter().enumerate() {
+            let call = CallId(i as u32);
+            assert_eq!(job.state(call), CallState::Success);
+            assert_eq!(&job.stats(call), stats, "call {i}");
+            assert_eq!(&own(&job, i as u32), bytes);
+        }
+        let records = job.records();
+        let mut seen = Vec::new();
+        assert!(records.for_each_success(0..n, |piece| match piece {
+            Piece::Own(bytes) => seen.push(bytes.to_vec()),
+            Piece::Shared { .. } => panic!("no batch here"),
+        }));
+        assert_eq!(
+            seen,
+            expected.iter().map(|e| e.1.clone()).collect::<Vec<_>>()
+        );
+        let large: Vec<u32> = records.large_outputs(4096).iter().map(|c| c.0 .0).collect();
+        assert_eq!(large, vec![6, 13, 20, 27, 34]);
+        let summary = records.summary();
+        assert_eq!(
+            summary,
+            CallsSummary {
+                calls: n as usize,
+                runner_calls: n as usize,
+                success: n as usize,
+                error: 0,
+                wall_time: Some(f64::from(n - 1) * 0.25 + 0.125),
+                total_exec_time: f64::from(n) * 0.125,
+            }
+        );
+        // Running calls' starts are reused: one call ran at a time here.
+        assert_eq!(records.starts.len(), 1);
+    }
+
+    #[test]
+    fn a_result_size_unlike_the_held_bytes_reads_back_as_reported() {
+        // A status from storage may name a size other than the bytes held.
+        let job = job(2, 0);
+        let stats = ran(0, 123_456);
+        job.complete(CallId(0), stats.clone(), RunOutcome::Own(b"abc".to_vec()));
+        assert_eq!(job.stats(CallId(0)), stats);
+        let stats = CallStats {
+            start_ts: None,
+            end_ts: None,
+            worker_id: None,
+            ..ran(1, 0)
+        };
+        job.complete(CallId(1), stats.clone(), RunOutcome::Own(Vec::new()));
+        assert_eq!(job.stats(CallId(1)), stats);
+        assert_eq!(job.records().summary().runner_calls, 2);
+    }
+
+    #[test]
+    fn a_batch_shares_one_record_and_cold_start_is_its_first_calls() {
+        let job = job(7, 0);
+        // Calls 0..5 ran as one batch; 5 and 6 each alone.
+        job.mark_running_from(CallId(0), 5, Some(1), SUBMIT + 1.0);
+        let running = job.stats(CallId(3));
+        assert_eq!(running.start_ts, Some(SUBMIT + 1.0));
+        assert_eq!(running.worker_id, Some(1));
+        assert_eq!(job.state(CallId(3)), CallState::Running);
+        let blob = Arc::new(vec![7u8; 50]);
+        let stats = CallStats {
+            cold_start: true,
+            result_size: 50,
+            ..ran(0, 0)
+        };
+        let outcome = RunOutcome::Shared(blob.clone());
+        assert_eq!(job.complete_run(CallId(0), 5, stats.clone(), outcome), 5);
+        // A second report of the same batch changes nothing.
+        let again = RunOutcome::Shared(Arc::new(Vec::new()));
+        assert_eq!(job.complete_run(CallId(0), 5, ran(9, 0), again), 0);
+        for i in 0..5 {
+            let mut element = stats.clone();
+            element.cold_start = i == 0;
+            assert_eq!(job.stats(CallId(i)), element);
+            match job.records().outcome(CallId(i)) {
+                Some(OutcomeRef::Shared {
+                    blob: b,
+                    index,
+                    count,
+                }) => {
+                    assert!(Arc::ptr_eq(b, &blob));
+                    assert_eq!((index, count), (i, 5));
+                }
+                _ => panic!("call {i} is not in the batch"),
+            }
+        }
+        job.complete(CallId(5), ran(5, 1), RunOutcome::Own(vec![5]));
+        job.complete(CallId(6), ran(6, 1), RunOutcome::Own(vec![6]));
+        let records = job.records();
+        let mut pieces = Vec::new();
+        assert!(
+            records.for_each_success(2..7, |piece| pieces.push(match piece {
+                Piece::Own(bytes) => format!("own {bytes:?}"),
+                Piece::Shared { lo, hi, .. } => format!("shared {lo}..{hi}"),
+            }))
+        );
+        assert_eq!(pieces, ["shared 2..5", "own [5]", "own [6]"]);
+        let summary = records.summary();
+        assert_eq!(summary.runner_calls, 3);
+        assert_eq!(summary.success, 7);
+        assert_eq!(summary.total_exec_time, 3.0 * 0.125);
+        assert_eq!(records.large_outputs(10), vec![(CallId(0), &blob[..])]);
+    }
+
+    #[test]
+    fn a_batch_answered_element_by_element_counts_as_one_runner_call() {
+        let job = job(4, 0);
+        let stats = ran(0, 0);
+        let outcomes = (0..4u32).map(|k| {
+            let mut element = stats.clone();
+            element.cold_start &= k == 0;
+            let outcome = match k {
+                2 => RunOutcome::Failed(Box::new(error(FailureReason::UserError, "two"))),
+                _ => RunOutcome::Own(vec![k as u8]),
+            };
+            element.result_size = u64::from(k != 2);
+            (element, outcome)
+        });
+        assert_eq!(job.complete_from(CallId(0), outcomes), 4);
+        let summary = job.records().summary();
+        assert_eq!(
+            (summary.runner_calls, summary.success, summary.error),
+            (1, 3, 1)
+        );
+        assert_eq!(summary.total_exec_time, 0.125);
+        assert!(job.stats(CallId(0)).cold_start);
+        assert!(!job.stats(CallId(1)).cold_start);
+        assert_eq!(job.stats(CallId(2)).result_size, 0);
+        let records = job.records();
+        let (call, error) = records.first_failure().unwrap();
+        assert_eq!((call, error.message.as_str()), (CallId(2), "two"));
+        assert!(!records.for_each_success(0..4, |_| {}));
+        assert!(records.for_each_success(0..2, |_| {}));
+    }
+
+    #[test]
+    fn failures_keep_their_errors_and_stats() {
+        let job = job(3, 0);
+        job.complete(CallId(0), ran(0, 2), RunOutcome::Own(vec![1, 2]));
+        let stats = ran(1, 0);
+        let failure = error(FailureReason::OutOfMemory, "oom");
+        let outcome = RunOutcome::Failed(Box::new(failure.clone()));
+        assert!(job.complete(CallId(1), stats.clone(), outcome));
+        assert_eq!(job.state(CallId(1)), CallState::Error);
+        assert_eq!(job.stats(CallId(1)), stats);
+        match job.records().outcome(CallId(1)) {
+            Some(OutcomeRef::Failed(e)) => assert_eq!(e, &failure),
+            _ => panic!("call 1 did not fail"),
+        }
+        assert!(job.records().outcome(CallId(2)).is_none());
+        assert_eq!(job.records().first_failure().unwrap().0, CallId(1));
+        let summary = job.records().summary();
+        assert_eq!(
+            (summary.success, summary.error, summary.runner_calls),
+            (1, 1, 3)
+        );
+    }
+
+    #[test]
+    fn a_retried_call_runs_again_from_a_reused_start_and_keeps_its_history() {
+        let job = job(2, 1);
+        job.mark_running_from(CallId(0), 2, Some(0), SUBMIT + 1.0);
+        let crash = || RunOutcome::Failed(Box::new(error(FailureReason::WorkerCrashed, "x")));
+        // Both calls of the batch fail their first attempt and go again.
+        assert_eq!(job.complete_run(CallId(0), 2, ran(0, 0), crash()), 0);
+        assert_eq!(job.state(CallId(1)), CallState::Invoked);
+        let waiting = job.stats(CallId(1));
+        assert_eq!((waiting.attempt, waiting.start_ts), (1, None));
+        {
+            let records = job.records();
+            assert_eq!(records.free_starts, vec![0], "the batch's start is free");
+        }
+        job.mark_running_from(CallId(0), 1, Some(1), SUBMIT + 2.0);
+        job.mark_running_from(CallId(1), 1, Some(0), SUBMIT + 3.0);
+        assert_eq!(job.stats(CallId(0)).start_ts, Some(SUBMIT + 2.0));
+        assert_eq!(job.stats(CallId(1)).worker_id, Some(0));
+        assert_eq!(job.records().starts.len(), 2);
+        let retried = CallStats {
+            attempt: 1,
+            result_size: 1,
+            ..ran(4, 0)
+        };
+        assert!(job.complete(CallId(0), retried.clone(), RunOutcome::Own(vec![0])));
+        assert_eq!(job.stats(CallId(0)), retried);
+        assert_eq!(job.failed_attempts(CallId(0)).len(), 1);
+        // Call 1 ran on the start call 0 freed; its last attempt fails.
+        let last = CallStats {
+            attempt: 1,
+            ..ran(5, 0)
+        };
+        assert!(job.complete(CallId(1), last.clone(), crash()));
+        assert_eq!(job.stats(CallId(1)), last);
+        assert_eq!(job.records().summary().error, 1);
+        assert!(job.is_complete());
+    }
+
+    #[test]
+    fn a_cancelled_job_ends_every_unfinished_call_with_its_stats() {
+        let job = job(4, 0);
+        job.complete(CallId(0), ran(0, 1), RunOutcome::Own(vec![0]));
+        job.mark_running_from(CallId(1), 1, Some(1), SUBMIT + 5.0);
+        assert_eq!(job.cancel("test"), 3);
+        assert!(job.is_complete());
+        assert_eq!(job.stats(CallId(0)), ran(0, 1));
+        let running = job.stats(CallId(1));
+        assert_eq!(
+            (running.start_ts, running.worker_id),
+            (Some(SUBMIT + 5.0), Some(1))
+        );
+        let queued = job.stats(CallId(2));
+        assert_eq!((queued.submit_ts, queued.start_ts), (SUBMIT, None));
+        assert!(queued.end_ts.is_some());
+        for i in 1..4 {
+            match job.records().outcome(CallId(i)) {
+                Some(OutcomeRef::Failed(e)) => assert_eq!(e.reason, FailureReason::Cancelled),
+                _ => panic!("call {i} was not cancelled"),
+            }
+        }
+        // A late report of a cancelled call changes nothing.
+        assert!(!job.complete(CallId(1), ran(1, 1), RunOutcome::Own(vec![1])));
+        let summary = job.records().summary();
+        assert_eq!(
+            (summary.success, summary.error, summary.runner_calls),
+            (1, 3, 4)
+        );
+        let records = job.records();
+        assert_eq!(records.free_starts.len(), records.starts.len());
     }
 }

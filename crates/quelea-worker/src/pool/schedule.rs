@@ -55,6 +55,19 @@ pub(super) fn take_count(
         .count()
 }
 
+/// Below this capacity a queue keeps its room.
+const QUEUE_ROOM: usize = 1024;
+
+/// A queue a big map filled gives its room back as it drains: the pool
+/// lives as long as its executor, and a `VecDeque` never shrinks by itself
+/// (200,000 queued calls would hold 11 MB after they ran). Halving once the
+/// queue is a quarter full copies no more tasks than have been taken.
+fn give_back_room<T>(queue: &mut std::collections::VecDeque<T>) {
+    if queue.capacity() > QUEUE_ROOM && queue.len() < queue.capacity() / 4 {
+        queue.shrink_to((queue.len() * 2).max(QUEUE_ROOM));
+    }
+}
+
 /// Feeds queued calls to one slot's runner.
 pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
     use std::sync::atomic::Ordering;
@@ -73,7 +86,9 @@ pub(super) fn feeder_main(shared: &Shared, slot: &Slot) {
                         let take =
                             take_count(queue.iter().map(|t| t.ctx.function.id), depth, outstanding);
                         if take > 0 {
-                            break queue.drain(..take).collect();
+                            let batch = queue.drain(..take).collect();
+                            give_back_room(&mut queue);
+                            break batch;
                         }
                     }
                 }
@@ -198,6 +213,24 @@ fn write_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_draining_queue_gives_its_room_back_and_a_small_one_keeps_it() {
+        let mut queue: std::collections::VecDeque<u32> = (0..200_000).collect();
+        while !queue.is_empty() {
+            let take = queue.len().min(1000);
+            queue.drain(..take);
+            give_back_room(&mut queue);
+            // The room held follows the calls still queued.
+            assert!(queue.capacity() <= (queue.len() * 4).max(QUEUE_ROOM));
+        }
+        assert_eq!(queue.capacity(), QUEUE_ROOM);
+        let mut small: std::collections::VecDeque<u32> = (0..100).collect();
+        small.drain(..);
+        let room = small.capacity();
+        give_back_room(&mut small);
+        assert_eq!(small.capacity(), room);
+    }
 
     #[test]
     fn large_inputs_are_written_in_place_of_their_copies() {
