@@ -749,20 +749,14 @@ impl JobState {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The compact records read back every call's state, outcome and stats
-    //! exactly as they were recorded, and the summary from them.
+impl JobState {
+    /// A Rust map job of `calls` single calls, invoked, for unit tests.
+    pub(crate) fn for_test(calls: u32, submit_ts: f64, retry: RetryPolicy) -> Self {
+        use quelea_core::ids::{JobId, JobKind};
+        use quelea_core::model::{FunctionSpec, RunnerKind};
 
-    use quelea_core::ids::{JobId, JobKind};
-    use quelea_core::model::{FunctionSpec, RunnerKind};
-
-    use super::*;
-
-    const SUBMIT: f64 = 1_000.0;
-
-    fn job(calls: u32, retries: u32) -> JobState {
         let spec = JobSpec {
-            executor_id: "abcdef-0".parse().unwrap(),
+            executor_id: "abcdef-0".parse().expect("a valid executor id"),
             job_id: JobId::new(JobKind::Map, 0),
             function: FunctionSpec {
                 runner: RunnerKind::Rust,
@@ -773,12 +767,9 @@ mod tests {
             chunksize: 1,
             timeout_s: 1.0,
             memory_limit_mb: None,
-            submit_ts: SUBMIT,
+            submit_ts,
             push: None,
-            retry: RetryPolicy {
-                retries,
-                user_errors: false,
-            },
+            retry,
         };
         let keys = JobKeys::new(&spec.executor_id, spec.job_id);
         JobState::new(
@@ -786,6 +777,27 @@ mod tests {
             keys,
             Arc::new(Notifier::default()),
             CallState::Invoked,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compact records read back every call's state, outcome and stats
+    //! exactly as they were recorded, and the summary from them.
+
+    use super::*;
+
+    const SUBMIT: f64 = 1_000.0;
+
+    fn job(calls: u32, retries: u32) -> JobState {
+        JobState::for_test(
+            calls,
+            SUBMIT,
+            RetryPolicy {
+                retries,
+                user_errors: false,
+            },
         )
     }
 

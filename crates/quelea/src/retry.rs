@@ -164,45 +164,22 @@ fn fail(job: &JobState, calls: &[(CallId, u32)], why: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use quelea_core::ids::{CallId, JobId, JobKind};
-    use quelea_core::keys::JobKeys;
-    use quelea_core::model::{
-        CallError, CallState, CallStats, FailureReason, FunctionSpec, JobSpec, RunnerKind,
-    };
+    use quelea_core::ids::CallId;
+
+    use quelea_core::model::{CallError, CallState, CallStats, FailureReason};
     use quelea_core::retry::RetryPolicy;
 
-    use crate::job::{JobState, Notifier, RunOutcome};
+    use crate::job::{JobState, RunOutcome};
 
     fn job(calls: u32, retries: u32, user_errors: bool) -> JobState {
-        let executor = "abcdef-0".parse().unwrap();
-        let job_id = JobId::new(JobKind::Map, 0);
-        let spec = JobSpec {
-            executor_id: executor,
-            job_id,
-            function: FunctionSpec {
-                runner: RunnerKind::Rust,
-                name: "f".into(),
-                hash: "00".into(),
-            },
-            total_calls: calls,
-            chunksize: 1,
-            timeout_s: 1.0,
-            memory_limit_mb: None,
-            submit_ts: 0.0,
-            push: None,
-            retry: RetryPolicy {
+        JobState::for_test(
+            calls,
+            0.0,
+            RetryPolicy {
                 retries,
                 user_errors,
             },
-        };
-        let keys = JobKeys::new(&spec.executor_id, job_id);
-        JobState::new(
-            spec,
-            keys,
-            Arc::new(Notifier::default()),
-            CallState::Invoked,
         )
     }
 
