@@ -13,6 +13,7 @@ Rows:
   warm      10,000 no-op calls on a list, on a warm executor/pool (default chunking)
   cold      a new process: create the executor/pool, run 1,000 no-op calls
   payload   200 calls, 1 MiB argument in and 1 MiB result out
+  pickled   the same with each argument a list [i, 1 MiB of bytes] (pickled, not raw)
   results   2,000 calls returning 100 KB each
   loop      one executor, 1,000 maps of 10,000 no-op calls: RSS after map 100 and map 1,000
   percall   client memory per call at chunksize=1 (200,000 calls)
@@ -40,6 +41,10 @@ def noop(x):
 
 def megabyte(blob):
     return bytes(len(blob))
+
+
+def megabyte_of_record(record):
+    return bytes(len(record[1]))
 
 
 def hundred_kb(_):
@@ -145,6 +150,15 @@ def row_payload(system: str, workers: int) -> dict:
     return {"s": t}
 
 
+def row_pickled(system: str, workers: int) -> dict:
+    ex = make(system, workers)
+    data = [[i, os.urandom(1 << 20)] for i in range(200)]
+    ex.map(noop, [b""] * 4)  # runners up
+    t = timed(lambda: ex.map(megabyte_of_record, data, 1 if system != "quelea" else None))
+    ex.close()
+    return {"s": t}
+
+
 def row_results(system: str, workers: int) -> dict:
     ex = make(system, workers)
     ex.map(noop, [0] * 4)
@@ -224,6 +238,7 @@ ROWS = {
     "warm": row_warm,
     "cold": row_cold,
     "payload": row_payload,
+    "pickled": row_pickled,
     "results": row_results,
     "loop": row_loop,
     "percall": row_percall,

@@ -23,6 +23,7 @@ from ._serialize import PROTOCOL
 # Not `from typing import Any`: typing costs a client's start-up ~3 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 # A batch of an automatic size holding more input than this gets fewer
@@ -67,14 +68,20 @@ def element_args(elem: Any, extra_args: Any, index: int) -> tuple[tuple, dict]:
 
 def encode(
     items: list | range, plain: Any, size: int, auto: bool, types: frozenset | set | None = None
-) -> tuple[int, list[bytes], bool]:
-    """The runner calls of a map: ``(chunksize, inputs, raw)``. An automatic
-    size shrinks so that a batch stays near ``MAX_AUTO_BATCH_BYTES``.
-    ``types``: the items' types when each is the single argument. Ints,
-    strs and the like pickle naming no class (the C pickler's bytes need no
-    look for classes to send by value); calls of one bytes argument each are
-    ``raw``: their inputs are the caller's bytes objects themselves, which
-    the engine sends from their own buffers (no pickle, no copy)."""
+) -> tuple[int, Iterator[tuple[list[bytes], bool]], bool]:
+    """The runner calls of a map: ``(chunksize, parts, raw)``, where
+    ``parts`` yields the calls' inputs in order, a part at a time, each with
+    whether more follow: the client sends a part while it encodes the next.
+    The first part closes at ``FIRST_PART_BYTES`` of input, each next one at
+    twice as much (up to ``MAX_PART_BYTES``), so a big map's first calls run
+    at once and a small map is one part. An automatic size shrinks so that
+    a batch stays near ``MAX_AUTO_BATCH_BYTES`` (decided here, on the first
+    batch). ``types``: the items' types when each is the single argument.
+    Ints, strs and the like pickle naming no class (the C pickler's bytes
+    need no look for classes to send by value); calls of one bytes argument
+    each are ``raw``: their inputs are the caller's bytes objects
+    themselves, which the engine sends from their own buffers (no pickle,
+    no copy)."""
     atoms = types is not None and types <= ATOMS
     if size > 1 and auto and types == _BYTES:
         # Sized from the first element, before anything is pickled.
@@ -85,45 +92,108 @@ def encode(
             size = max(1, MAX_AUTO_BATCH_BYTES // max(1, first))
     if size == 1:
         if plain is True and types == _BYTES:
-            return 1, list(items), True
-        return 1, encode_each(plain, items, atoms), False
+            return 1, iter([(list(items), False)]), True
+        return 1, _each_parts(plain, items, atoms), False
     dumps = _dump_atoms if atoms else _dumps
-    inputs: list[bytes] = []
-    first = 0
-    while first < len(items):
-        blob = dumps((plain, items[first : first + size]))
-        if auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1 and not inputs:
-            size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
-            if size == 1:
-                return encode(items, plain, 1, auto, types)
-            continue
-        inputs.append(blob)
-        first += size
-    if len(items) % size == 1:
+    blob = dumps((plain, items[:size]))
+    while auto and len(blob) > MAX_AUTO_BATCH_BYTES and size > 1:
+        size = max(1, size * MAX_AUTO_BATCH_BYTES // len(blob))
+        if size == 1:
+            return encode(items, plain, 1, auto, types)
+        blob = dumps((plain, items[:size]))
+    return size, _batch_parts(items, plain, size, atoms, blob), False
+
+
+# A map's inputs go to the engine in parts (see `encode`): the first closes
+# at this much input, each next one at twice as much, up to the most.
+FIRST_PART_BYTES = 1 << 20
+MAX_PART_BYTES = 64 << 20
+
+
+def _batch_parts(
+    items: list | range, plain: Any, size: int, atoms: bool, first_blob: bytes
+) -> Iterator[tuple[list[bytes], bool]]:
+    """``encode``'s parts of batches of ``size``, the first batch encoded."""
+    n = len(items)
+    if n == 1:
         # A runner call of one element carries that element's own input.
-        inputs[-1] = encode_each(plain, items[-1:], atoms)[0]
-    return size, inputs, False
+        yield encode_each(plain, items, atoms), False
+        return
+    dumps = _dump_atoms if atoms else _dumps
+    part, part_bytes, target = [first_blob], len(first_blob), FIRST_PART_BYTES
+    first = size
+    while first < n:
+        if part_bytes >= target:
+            yield part, True
+            part, part_bytes, target = [], 0, min(2 * target, MAX_PART_BYTES)
+        if n - first == 1:
+            blob = encode_each(plain, items[first:], atoms, first)[0]
+        else:
+            blob = dumps((plain, items[first : first + size]))
+        part.append(blob)
+        part_bytes += len(blob)
+        first += size
+    yield part, False
 
 
-def encode_each(plain: Any, items: list | range, atoms: bool = False) -> list[bytes]:
+# Elements whose inputs are this big on average are pickled in one pass
+# (see `_serialize.dump_input`).
+BIG_INPUT_BYTES = 64 << 10
+
+
+def _each_parts(plain: Any, items: list | range, atoms: bool) -> Iterator[tuple[list[bytes], bool]]:
+    """``encode``'s parts of one input per element. Elements are encoded
+    in slices sized from the mean input so far (at most doubling from one
+    slice to the next, so that a map of big elements closes its first part
+    after the first few)."""
+    n = len(items)
+    part: list[bytes] = []
+    part_bytes, total_bytes, target = 0, 0, FIRST_PART_BYTES
+    at, step, big = 0, 1, False
+    while at < n:
+        if part_bytes >= target:
+            yield part, True
+            part, part_bytes, target = [], 0, min(2 * target, MAX_PART_BYTES)
+        blobs = encode_each(plain, items[at : at + step], atoms, at, big)
+        got = sum(map(len, blobs))
+        part += blobs
+        part_bytes += got
+        total_bytes += got
+        at += len(blobs)
+        mean = max(1, total_bytes // at)
+        big = mean >= BIG_INPUT_BYTES
+        room = target - part_bytes if part_bytes < target else min(2 * target, MAX_PART_BYTES)
+        step = max(1, min(2 * step, room // mean + 1))
+    yield part, False
+
+
+def encode_each(
+    plain: Any, items: list | range, atoms: bool = False, start: int = 0, big: bool = False
+) -> list[bytes]:
     """One input per element: ``(args, kwargs)`` pickled (``atoms``: as in
-    ``encode``)."""
+    ``encode``; ``start``: the index of the first, for errors; ``big``: the
+    elements are likely large, see ``dump_input``)."""
     from ._serialize import dump_input
 
     if plain == EXPAND:
-        return [dump_input(*element_args(e, None, i), i) for i, e in enumerate(items)]
-    if plain:
+        return [dump_input(*element_args(e, None, i), i, big) for i, e in enumerate(items, start)]
+    if plain and not big:
         dumps = pickle.dumps
         try:
             blobs = [dumps(((e,), _NO_KWARGS), PROTOCOL) for e in items]
-            # Classes or functions named by reference: some may need to go by
-            # value. (Bytes and strs may hold the opcode's byte by chance.)
-            if atoms or not any(pickle.STACK_GLOBAL in b for b in blobs):
-                return blobs
         except Exception:  # noqa: BLE001 - the general path names the bad element
-            pass
-        return [dump_input((e,), {}, i) for i, e in enumerate(items)]
-    return [dump_input(args, kwargs, i) for i, (args, kwargs) in enumerate(items)]
+            blobs = None
+        if blobs is not None:
+            if not atoms:
+                # A class or function named by reference may need to go by
+                # value (bytes and strs may hold the opcode's byte by chance).
+                for j, blob in enumerate(blobs):
+                    if pickle.STACK_GLOBAL in blob:
+                        blobs[j] = dump_input((items[j],), {}, start + j, True)
+            return blobs
+    if plain:
+        return [dump_input((e,), {}, i, big) for i, e in enumerate(items, start)]
+    return [dump_input(args, kwargs, i, big) for i, (args, kwargs) in enumerate(items, start)]
 
 
 def _dump_atoms(value: Any) -> bytes:

@@ -25,7 +25,23 @@ class Executor:
         chunksize: int | None = None,
         timeout: float | None = None,
         memory_limit_mb: int | None = None,
+        total: int | None = None,
+        detach: bool = False,
+        retries: int | None = None,
+        retry_user_errors: bool | None = None,
     ) -> Job: ...
+    def submit_fed(
+        self,
+        name: str,
+        payload: bytes,
+        chunksize: int,
+        timeout: float | None,
+        memory_limit_mb: int | None,
+        total: int,
+        detach: bool = False,
+        retries: int | None = None,
+        retry_user_errors: bool | None = None,
+    ) -> tuple[Job, Feed]: ...
     def map_reduce_grouped(
         self,
         map_name: str,
@@ -53,6 +69,11 @@ class Executor:
     def runner_pids(self) -> list[int]: ...
     def flush_statuses(self) -> None: ...
     def close(self) -> None: ...
+
+class Feed:
+    def send(self, inputs: list[bytes]) -> None: ...
+    def finish(self) -> None: ...
+    def abandon(self, why: str) -> None: ...
 
 class Job:
     @property

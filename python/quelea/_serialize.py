@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import sys
 import types
@@ -163,8 +164,8 @@ _STACK_GLOBAL = pickle.STACK_GLOBAL
 
 
 class _ByValueFinder(pickle.Pickler):
-    """Pickles into nothing, noting whether a class or function of a module
-    that goes by value is met (each such module is registered with
+    """Pickles (into nothing, for a look only), noting whether a class or
+    function of a module that goes by value is met (each such module is registered with
     cloudpickle on the way, so all of them must be visited). The C pickler
     asks ``reducer_override`` only about objects that are not plain built-in
     data, and about classes."""
@@ -211,18 +212,36 @@ def dumps_args(value: Any) -> bytes:
     return blob
 
 
-def dump_input(args: tuple, kwargs: dict, index: int) -> bytes:
+def dump_input(args: tuple, kwargs: dict, index: int, big: bool = False) -> bytes:
+    """A call's ``(args, kwargs)`` pickled: the C pickler, or cloudpickle for
+    what must go by value (see ``dumps_args``). ``big``: the value is likely
+    large, so it is pickled once, looking for such things on the way (a
+    big value's bytes all but surely hold the opcode that would send it to
+    a second look)."""
     value = (args, kwargs)
     try:
-        blob = pickle.dumps(value, protocol=PROTOCOL)
-        if not refers_by_value(value, blob):
+        blob = None if big else pickle.dumps(value, protocol=PROTOCOL)
+        if blob is not None and _STACK_GLOBAL not in blob:
             return blob
+        checked = _dump_checked(value)
+        if checked is not None:
+            return checked
     except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
         pass
     try:
         return _cloudpickle().dumps(value, protocol=PROTOCOL)
     except Exception as e:  # noqa: BLE001
         raise SerializationError(f"cannot pickle the input of call {index}: {type(e).__name__}: {e}") from e
+
+
+def _dump_checked(value: Any) -> bytes | None:
+    """``value`` pickled by the C pickler in one pass that also looks for
+    classes and functions that must go by value (see ``_ByValueFinder``);
+    ``None`` when there are any."""
+    out = io.BytesIO()
+    pickler = _ByValueFinder(out, protocol=PROTOCOL)
+    pickler.dump(value)
+    return None if pickler.found else out.getvalue()
 
 
 def dumps_value(value: Any) -> bytes:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from . import _batch, _engine, _fork, _iterdata, _lithops_config, _output, _progress
 from . import _serialize as ser
@@ -441,19 +441,39 @@ class FunctionExecutor:
 
     def _batches(
         self, prepared: Any, chunksize: int | None, timeout: Any, memory: Any
-    ) -> tuple[list[bytes], int, int | None, bool]:
-        """The runner calls of a map: ``(inputs, chunksize, total, raw)``,
-        where ``total`` is set when the inputs are batches in Python's
-        encoding (the engine decides the size, see
-        ``Executor::chunksize_for``) and ``raw`` when each input is its
-        call's bytes argument itself (see ``_batch.encode``)."""
+    ) -> tuple[Iterator[tuple[list[bytes], bool]], int, int | None, bool, int]:
+        """The runner calls of a map: ``(parts, chunksize, total, raw,
+        calls)``, where ``parts`` yields their inputs a part at a time, each
+        with whether more follow (see ``_batch.encode``), ``total`` is set
+        when the inputs are batches in Python's encoding (the engine decides
+        the size, see ``Executor::chunksize_for``), ``raw`` when each input
+        is its call's bytes argument itself, and ``calls`` counts the
+        elements."""
         if isinstance(prepared, _Objects):
             # Chunks are encoded one by one; the engine frames any batches.
-            return prepared.inputs, chunksize, None, False
+            return iter([(prepared.inputs, False)]), chunksize, None, False, len(prepared.inputs)
         plain, items, types = prepared
         size = self._engine.chunksize_for(len(items), chunksize, timeout, memory)
-        size, inputs, raw = _batch.encode(items, plain, size, auto=chunksize is None, types=types)
-        return inputs, size, len(items), raw
+        size, parts, raw = _batch.encode(items, plain, size, auto=chunksize is None, types=types)
+        return parts, size, len(items), raw, len(items)
+
+    def _fed(self, payload: bytes, name: str, first: list, rest: Iterator, size: int, *options: Any) -> Any:
+        """Submits a map whose inputs are still being encoded: each part
+        goes to the engine as soon as it is ready (``first``, then those of
+        ``rest``), and the first calls run while the client pickles the
+        others. An encoding that fails (or a Ctrl-C) cancels the calls
+        already sent before the error goes on."""
+        job, feed = self._engine.submit_fed(name, payload, size, *options)
+        try:
+            feed.send(first)
+            del first
+            for inputs, _ in rest:
+                feed.send(inputs)
+            feed.finish()
+        except BaseException as e:
+            feed.abandon(f"its inputs stopped at {type(e).__name__}: {e}")
+            raise
+        return job
 
     @staticmethod
     def _timeout(timeout: Any) -> float | None:
@@ -549,19 +569,21 @@ class FunctionExecutor:
         prepared = self._prepare(map_function, map_iterdata, extra_args, "map_function", obj)
         timeout, chunksize = self._timeout(timeout), self._chunksize(chunksize)
         runtime_memory = _memory(runtime_memory, "runtime_memory")
-        inputs, size, total, raw = self._batches(prepared, chunksize, timeout, runtime_memory)
-        job = self._engine.submit(
-            "map",
-            ser.function_name(map_function),
-            self._payload(map_function, extra_env, calls=total or len(inputs), raw_input=raw),
-            inputs,
-            size,
+        parts, size, total, raw, calls = self._batches(prepared, chunksize, timeout, runtime_memory)
+        name = ser.function_name(map_function)
+        payload = self._payload(map_function, extra_env, calls=calls, raw_input=raw)
+        options = (
             timeout,
             runtime_memory,
             total,
             _flag(detach, "detach"),
             *_retry_args(retries, retry_user_errors),
         )
+        inputs, more = next(parts)
+        if more:
+            job = self._fed(payload, name, inputs, parts, size, *options)
+        else:
+            job = self._engine.submit("map", name, payload, inputs, size, *options)
         self._last_call = "map"
         return self._futures(job, map_function)
 
@@ -607,11 +629,15 @@ class FunctionExecutor:
         memory = _memory(map_runtime_memory, "map_runtime_memory") or _memory(
             reduce_runtime_memory, "reduce_runtime_memory"
         )
-        inputs, size, total, raw = self._batches(prepared, self._chunksize(chunksize), timeout, memory)
-        groups = parts if obj_reduce_by_key else [total if total is not None else len(inputs)]
+        encoded, size, total, raw, calls = self._batches(
+            prepared, self._chunksize(chunksize), timeout, memory
+        )
+        # The reduce job is made with the map's: its inputs go whole.
+        inputs = [blob for part, _ in encoded for blob in part]
+        groups = parts if obj_reduce_by_key else [calls]
         map_job, reduce_job = self._engine.map_reduce_grouped(
             ser.function_name(map_function),
-            self._payload(map_function, extra_env, calls=total or len(inputs), raw_input=raw),
+            self._payload(map_function, extra_env, calls=calls, raw_input=raw),
             inputs,
             ser.function_name(reduce_function),
             self._payload(

@@ -17,6 +17,7 @@ import pytest
 
 import quelea
 from conftest import run_script
+from quelea import _batch, _serialize
 from quelea._batch import MAX_AUTO_BATCH_BYTES
 from quelea.exceptions import CallTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
@@ -341,8 +342,14 @@ def flaky_bytes(data):
     return len(data)
 
 
+def encode(*args):
+    """``_batch.encode`` with its parts joined: ``(size, inputs, raw)``."""
+    size, parts, raw = _batch.encode(*args)
+    return size, [blob for part, _ in parts for blob in part], raw
+
+
 def test_big_bytes_arguments_travel_raw_one_per_call():
-    from quelea._batch import RAW_MIN_BYTES, encode
+    from quelea._batch import RAW_MIN_BYTES
 
     blobs = [bytes([i]) * (RAW_MIN_BYTES + i) for i in range(8)]
     size, inputs, raw = encode(blobs, True, 4, True, frozenset({bytes}))
@@ -450,3 +457,110 @@ def test_raw_bytes_results_attach_by_handle(tmp_path, storage_root):
     futures = quelea.attach(out.strip().splitlines()[-1], config={"localdisk": {"root": str(storage_root)}})
     assert quelea.get_result(futures, timeout=60) == [bytes([x]) * 200_000 for x in range(3)]
     assert futures[1].result(timeout=60) == bytes([1]) * 200_000
+
+
+# -- inputs in parts: the first calls run while the rest are encoded ------------------------------
+
+
+def test_inputs_are_encoded_in_growing_parts():
+    """A big map's inputs come out a part at a time, in order, each part
+    closing at about twice the last (from FIRST_PART_BYTES): the same bytes
+    as one whole encoding would give. A small map is one part."""
+    big = [[i, os.urandom(100_000)] for i in range(120)]
+    for size, plain, items in ((1, True, big), (3, True, big), (1, _batch.EXPAND, [tuple(e) for e in big])):
+        got, parts, raw = _batch.encode(items, plain, size, False, {list})
+        parts = list(parts)
+        assert (got, raw) == (size, False)
+        assert [more for _, more in parts] == [True] * (len(parts) - 1) + [False]
+        sizes = [sum(map(len, part)) for part, _ in parts]
+        assert len(parts) >= 4 and sizes[0] >= _batch.FIRST_PART_BYTES
+        for before, after in zip(sizes[:-2], sizes[1:-1], strict=True):
+            assert 1.5 * before <= after <= 3 * before, sizes
+        inputs = [blob for part, _ in parts for blob in part]
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        assert len(inputs) == len(batches)
+        for blob, batch in zip(inputs, batches, strict=True):
+            value = pickle.loads(blob)
+            if size == 1:
+                args = tuple(batch[0]) if plain == _batch.EXPAND else (batch[0],)
+                assert value == (args, {})
+            else:
+                assert value == (plain, batch)
+    (only, more), *rest = _batch.encode(list(range(10_000)), True, 1250, True, {int})[1]
+    assert not more and not rest and len(only) == 8
+
+
+class _ByValue:
+    """A class of this test module, which workers could not import: it travels by value."""
+
+    def __init__(self, n):
+        self.n = n
+
+
+def test_big_inputs_pickle_once_and_still_send_script_classes_by_value():
+    data = os.urandom(1 << 20)
+    assert pickle.STACK_GLOBAL in data, "random bytes hold the opcode's byte"
+    plain = _serialize.dump_input(([1, data],), {}, 0, big=True)
+    assert pickle.loads(plain) == (([1, data],), {}) and b"cloudpickle" not in plain
+    by_value = _serialize.dump_input(([_ByValue(3), data],), {}, 0, big=True)
+    assert b"cloudpickle" in by_value and b"_ByValue" in by_value
+    # Through the map's encoding: the big elements' parts hold the same.
+    _, parts, _ = _batch.encode([[_ByValue(i), data] for i in range(4)], True, 1, False, {list})
+    assert all(b"cloudpickle" in blob for part, _ in parts for blob in part)
+
+
+def touch_then_len(x):
+    if isinstance(x, list):
+        with open(x[0], "w") as f:
+            f.write("ran")
+        return len(x[1])
+    return x
+
+
+class _WaitsForMarker:
+    """Pickles (as its path) only once the map's first call has written the
+    marker: encoding it blocks until a call of the same map has run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.path):
+            if time.monotonic() > deadline:
+                raise AssertionError("the map's first call never ran while its last input was encoded")
+            time.sleep(0.01)
+        return (str, (self.path,))
+
+
+def test_a_map_s_first_calls_run_while_the_rest_is_encoded(executor, tmp_path):
+    marker = str(tmp_path / "first-call-ran")
+    items = [[marker, bytes(2 << 20)], _WaitsForMarker(marker)]
+    futures = executor.map(touch_then_len, items)
+    assert executor.get_result(futures) == [2 << 20, marker]
+
+
+def sleep_long(x):
+    time.sleep(120)
+    return x
+
+
+class _Interrupts:
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "bad, error", [(threading.Lock(), SerializationError), (_Interrupts(), KeyboardInterrupt)]
+)
+def test_an_input_that_fails_mid_map_cancels_the_calls_already_sent(fresh_executor, bad, error):
+    """The first parts already run when a later element fails to encode (or
+    Ctrl-C comes): the error reaches the caller, and the running calls are
+    stopped (both runners would sleep two minutes)."""
+    items = [[i, bytes(1 << 20)] for i in range(3)] + [bad]
+    with pytest.raises(error) as raised:
+        fresh_executor.map(sleep_long, items)
+    if error is SerializationError:
+        assert "call 3" in str(raised.value)
+    # Both runners were busy with sent calls; they are free again at once.
+    assert fresh_executor.get_result(fresh_executor.map(square, [1, 2]), timeout=60) == [1, 4]

@@ -337,6 +337,44 @@ impl Executor {
         Ok(Job::new(futures))
     }
 
+    /// Submits a map of `total` elements, `chunksize` to a runner call,
+    /// whose inputs (in the front end's encoding) follow through the
+    /// returned feed (see `quelea::InputFeed`).
+    #[pyo3(signature = (name, payload, chunksize, timeout, memory_limit_mb, total, detach=false, retries=None, retry_user_errors=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit_fed(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        payload: &[u8],
+        chunksize: u32,
+        timeout: Option<f64>,
+        memory_limit_mb: Option<u64>,
+        total: u32,
+        detach: bool,
+        retries: Option<i64>,
+        retry_user_errors: Option<bool>,
+    ) -> PyResult<(Job, Feed)> {
+        let options = retry_options(
+            Some(chunksize),
+            timeout,
+            memory_limit_mb,
+            detach,
+            retries,
+            retry_user_errors,
+        )?;
+        let function = RawFunction::new(RunnerKind::Python, name, payload.to_vec());
+        let (futures, feed) = self.blocking(py, move |e| {
+            e.submit_fed(JobKind::Map, &function, total, chunksize, &options)
+        })?;
+        Ok((
+            Job::new(futures),
+            Feed {
+                feed: Mutex::new(Some(feed)),
+            },
+        ))
+    }
+
     /// Expands inputs that name data into chunks: `(chunk JSON list, chunks
     /// per object)`.
     #[pyo3(signature = (inputs, chunk_size=None, chunk_number=None, newline=Some(b"\n".to_vec()), header=false))]
@@ -561,6 +599,53 @@ impl BlockingThreads {
 
 fn to_py_err_core(e: quelea::core::Error) -> PyErr {
     to_py_err(quelea::Error::Config(e))
+}
+
+/// The inputs of a job submitted by `Executor.submit_fed`, given in parts
+/// (see `quelea::InputFeed`). Dropped unfinished, it cancels the job.
+#[pyclass(module = "quelea._engine", frozen)]
+struct Feed {
+    feed: Mutex<Option<quelea::InputFeed>>,
+}
+
+impl Feed {
+    fn take(&self) -> PyResult<quelea::InputFeed> {
+        self.feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| value_error("the feed is finished or abandoned".to_owned()))
+    }
+}
+
+#[pymethods]
+impl Feed {
+    /// Gives the inputs of the job's next runner calls (a list of bytes).
+    /// An error, or a Ctrl-C while they are handed over, cancels the job.
+    fn send(&self, py: Python<'_>, inputs: &Bound<'_, PyList>) -> PyResult<()> {
+        let inputs = bytes_list(inputs)?;
+        let mut feed = self.take()?;
+        let (feed, sent) = interruptible(py, move || {
+            let sent = feed.send(inputs);
+            (feed, sent)
+        })?;
+        sent.map_err(to_py_err)?;
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed);
+        Ok(())
+    }
+
+    /// Says every input was given.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let feed = self.take()?;
+        interruptible(py, move || feed.finish())?.map_err(to_py_err)
+    }
+
+    /// Cancels the job: its inputs will not all come (`why`).
+    fn abandon(&self, why: &str) {
+        if let Ok(feed) = self.take() {
+            feed.abandon(why);
+        }
+    }
 }
 
 /// The futures of one job, addressed by call index.
@@ -1170,6 +1255,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runners_to_fork, m)?)?;
     m.add_class::<Executor>()?;
     m.add_class::<Job>()?;
+    m.add_class::<Feed>()?;
     m.add_class::<storage::Storage>()?;
     m.add_class::<ChunkStream>()?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;

@@ -34,6 +34,10 @@ use crate::job::{lock, JobState, Notifier, Piece};
 use crate::monitor::PushFollow;
 use crate::objects::{partition, ChunkObject, ObjOptions};
 use crate::push::Subscription;
+use crate::retry::Retrier;
+
+mod feed;
+pub use feed::InputFeed;
 
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]
@@ -861,24 +865,53 @@ impl Executor {
         options: &MapOptions,
     ) -> Result<Arc<JobState>> {
         inputs.check()?;
+        let mut feed = self.feed_job(kind, function, inputs.total, inputs.chunksize, options)?;
+        feed.send(inputs.inputs)?;
+        let job = feed.job().clone();
+        feed.finish()?;
+        Ok(job)
+    }
+
+    /// Creates a job of `total` elements, `chunksize` to a runner call,
+    /// whose calls' inputs the front end gives through the returned feed as
+    /// it encodes them (see [`InputFeed`]); the futures are ready at once.
+    pub fn submit_fed(
+        &self,
+        kind: JobKind,
+        function: &RawFunction,
+        total: u32,
+        chunksize: u32,
+        options: &MapOptions,
+    ) -> Result<(FuturesList<Raw>, InputFeed)> {
+        if kind == JobKind::Reduce {
+            return Err(Error::InvalidArgument {
+                name: "kind",
+                message: "reduce jobs are created by map_reduce".into(),
+            });
+        }
+        let feed = self.feed_job(kind, function.clone(), total, chunksize, options)?;
+        Ok((FuturesList::for_job(feed.job()), feed))
+    }
+
+    fn feed_job(
+        &self,
+        kind: JobKind,
+        function: RawFunction,
+        total: u32,
+        chunksize: u32,
+        options: &MapOptions,
+    ) -> Result<InputFeed> {
         let job_id = JobId::new(kind, self.inner.job_counter.fetch_add(1, Ordering::Relaxed));
-        let job = self.create_job(
-            job_id,
-            &function.spec,
-            inputs.total,
-            inputs.chunksize,
-            options,
-        )?;
+        let job = self.create_job(job_id, &function.spec, total, chunksize, options)?;
         if options.detach {
             job.mark_detached();
         }
-        self.inner.launch(
-            &job,
-            &function,
-            inputs.inputs,
+        Ok(InputFeed::new(
+            Arc::downgrade(&self.inner),
+            job,
+            function,
             self.inner.detached_locally(options),
-        )?;
-        Ok(job)
+        ))
     }
 }
 
@@ -976,9 +1009,90 @@ impl Inner {
         crate::monitor::follow(reduce_job, self.storage.clone(), deadline_ts, true, None)
     }
 
-    /// Writes the job's objects and hands its Invocations to the backend
-    /// (`detached`: to the detached-job host).
+    /// Hands a job all of its runner calls' inputs at once (see [`InputFeed`]).
     fn launch(
+        &self,
+        job: &Arc<JobState>,
+        function: &RawFunction,
+        inputs: Vec<bytes::Bytes>,
+        detached: bool,
+    ) -> Result<()> {
+        let mut feed = InputFeed::new(self.me.clone(), job.clone(), function.clone(), detached);
+        feed.send(inputs)?;
+        feed.finish()
+    }
+
+    /// Whether a job's calls run in this process's own runtime, which takes
+    /// their inputs as they are given: nothing else reads a job's inputs, so
+    /// they never touch storage (one copy fewer, no write before the first
+    /// call), and a job's first calls run while the rest are being encoded.
+    fn in_process(&self, detached: bool) -> bool {
+        !detached && self.backend.local().is_some()
+    }
+
+    /// What every reader of a job needs before its first call: its function
+    /// and its spec, in storage.
+    fn store_job(&self, job: &JobState, function: &RawFunction) -> Result<()> {
+        self.store_function(function)?;
+        self.storage.put_blocking(
+            &job.keys.spec(),
+            serde_json::to_vec(&job.spec).expect("job specs serialize"),
+        )?;
+        Ok(())
+    }
+
+    /// Hands runner calls `first_call..` of a job to this process's runtime
+    /// (see [`Self::in_process`]), the first part with the job's objects.
+    fn send_in_process(
+        &self,
+        job: &Arc<JobState>,
+        function: &RawFunction,
+        first_call: u32,
+        inputs: Vec<bytes::Bytes>,
+        retrier: &mut Option<Arc<Retrier>>,
+    ) -> Result<()> {
+        let spec = &job.spec;
+        let calls = invoked_calls(spec, first_call, inputs.into_iter().map(CallInput::Inline));
+        let elements = calls.first().map_or(0, |c| c.call_id.0)
+            ..calls.last().map_or(0, |c| c.call_id.0 + c.count);
+        if first_call == 0 {
+            self.store_job(job, function)?;
+            if !spec.retry.is_none() {
+                *retrier = Some(self.arm_retries(job, function, &calls, None, false));
+            }
+            job.mark_invoked(elements);
+            return self.backend.submit(Submission {
+                job,
+                function_payload: &function.payload,
+                calls,
+                data: None,
+                storage: &self.storage,
+                deadline_ts: self.deadline_ts(spec),
+                push: None,
+            });
+        }
+        if let Some(retrier) = retrier {
+            retrier.add_calls(&calls);
+        }
+        job.mark_invoked(elements);
+        let local = self
+            .backend
+            .local()
+            .expect("in-process jobs have a local backend");
+        local.resubmit(
+            job,
+            Invocation {
+                push: None,
+                ..Invocation::of_job(spec, calls, 0)
+            },
+            &function.payload,
+            None,
+        )
+    }
+
+    /// Writes the job's objects and hands all its Invocations to a remote
+    /// backend or (`detached`) to the detached-job host.
+    fn send_whole(
         &self,
         job: &Arc<JobState>,
         function: &RawFunction,
@@ -996,24 +1110,15 @@ impl Inner {
             }),
             None => None,
         };
-        self.store_function(function)?;
-        self.storage.put_blocking(
-            &job.keys.spec(),
-            serde_json::to_vec(spec).expect("job specs serialize"),
-        )?;
+        self.store_job(job, function)?;
 
         // Small inputs travel inside the Invocation; if any is large, all go
-        // into one data object and each call gets its byte range. The local
-        // runtime in this process takes them as they are, whatever their
-        // size: nothing else reads a job's inputs, so they never touch
-        // storage (one copy fewer, and no write before the first call).
-        let in_process = !detached && self.backend.local().is_some();
-        let inline = in_process
-            || (inputs
-                .iter()
-                .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
-                && !(detached
-                    && inputs.iter().map(bytes::Bytes::len).sum::<usize>() > HOST_INLINE_BYTES));
+        // into one data object and each call gets its byte range.
+        let inline = inputs
+            .iter()
+            .all(|i| i.len() as u64 <= config.execution.inline_input_bytes)
+            && !(detached
+                && inputs.iter().map(bytes::Bytes::len).sum::<usize>() > HOST_INLINE_BYTES);
         let mut data = None;
         let call_inputs: Vec<CallInput> = if inline {
             inputs.into_iter().map(CallInput::Inline).collect()
@@ -1034,27 +1139,13 @@ impl Inner {
             ranges
         };
 
-        // One runner call per batch of `chunksize` elements; locally they
-        // reach the runtime as one Invocation, remote backends send one
-        // Invocation per runner call (`protocol::group_invocations`).
-        let k = spec.chunksize.max(1);
-        let calls: Vec<InvokedCall> = call_inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let first = i as u32 * k;
-                InvokedCall {
-                    call_id: CallId(first),
-                    count: (spec.total_calls - first).min(k),
-                    input,
-                    select: None,
-                }
-            })
-            .collect();
+        // Remote backends send one Invocation per runner call
+        // (`protocol::group_invocations`).
+        let calls = invoked_calls(spec, 0, call_inputs.into_iter());
         if !spec.retry.is_none() {
             self.arm_retries(job, function, &calls, data.clone(), detached);
         }
-        job.mark_invoked();
+        job.mark_invoked(0..spec.total_calls);
         if detached {
             let deadline_ts = self.deadline_ts(spec);
             self.host_send(
@@ -1090,7 +1181,7 @@ impl Inner {
         calls: &[InvokedCall],
         data: Option<bytes::Bytes>,
         detached: bool,
-    ) {
+    ) -> Arc<Retrier> {
         let inner = self.me.clone();
         let payload = Arc::new(function.payload.clone());
         let resubmit: crate::retry::Resubmit = Box::new(move |job, invocations| {
@@ -1119,7 +1210,9 @@ impl Inner {
             }
             Ok(())
         });
-        job.set_retrier(crate::retry::Retrier::new(job, calls.to_vec(), resubmit));
+        let retrier = Retrier::new(job, calls.to_vec(), resubmit);
+        job.set_retrier(retrier.clone());
+        retrier
     }
 
     /// Writes the large results the in-process runtime left with this
@@ -1206,6 +1299,28 @@ impl Inner {
         }
         Ok(deleted)
     }
+}
+
+/// A job's runner calls from runner call `first_call` on, one per input:
+/// each holds `chunksize` consecutive elements (the job's last may hold fewer).
+fn invoked_calls(
+    spec: &JobSpec,
+    first_call: u32,
+    inputs: impl Iterator<Item = CallInput>,
+) -> Vec<InvokedCall> {
+    let k = spec.chunksize.max(1);
+    inputs
+        .zip(first_call..)
+        .map(|(input, i)| {
+            let first = i * k;
+            InvokedCall {
+                call_id: CallId(first),
+                count: spec.total_calls.saturating_sub(first).min(k),
+                input,
+                select: None,
+            }
+        })
+        .collect()
 }
 
 /// Consecutive call ranges, one per object, from each object's chunk count.

@@ -561,9 +561,12 @@ impl JobState {
         self.records().stats(call)
     }
 
-    /// Marks every call that has not started invoked.
-    pub fn mark_invoked(&self) {
-        for state in self.records().state.iter_mut() {
+    /// Marks the calls of `elements` that have not started invoked.
+    pub fn mark_invoked(&self, elements: std::ops::Range<u32>) {
+        let mut records = self.records();
+        let end = (elements.end as usize).min(records.state.len());
+        let start = (elements.start as usize).min(end);
+        for state in &mut records.state[start..end] {
             if *state < CallState::Invoked {
                 *state = CallState::Invoked;
             }

@@ -32,7 +32,7 @@ pub use detached::{host_lease_with, job_leases_with, serve_host, HostLease, LEAS
 pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, wait_until, Batches, DoneAndPending, Executor,
-    ExecutorBuilder, MapOptions, Raw, RawFunction,
+    ExecutorBuilder, InputFeed, MapOptions, Raw, RawFunction,
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;

@@ -33,7 +33,8 @@ pub(crate) type Resubmit = Box<dyn Fn(&Arc<JobState>, Vec<Invocation>) -> Result
 /// element's input from), and how to send them again.
 pub(crate) struct Retrier {
     job: Weak<JobState>,
-    calls: Vec<InvokedCall>,
+    /// In call order; a job fed in parts (`crate::feed`) adds each part's.
+    calls: Mutex<Vec<InvokedCall>>,
     resubmit: Resubmit,
     /// Retries waiting for the driver thread, and whether it runs.
     pending: Mutex<(Vec<(CallId, u32)>, bool)>,
@@ -43,10 +44,15 @@ impl Retrier {
     pub fn new(job: &Arc<JobState>, calls: Vec<InvokedCall>, resubmit: Resubmit) -> Arc<Retrier> {
         Arc::new(Retrier {
             job: Arc::downgrade(job),
-            calls,
+            calls: Mutex::new(calls),
             resubmit,
             pending: Mutex::new((Vec::new(), false)),
         })
+    }
+
+    /// The runner calls of the job's next part, as sent.
+    pub fn add_calls(&self, calls: &[InvokedCall]) {
+        lock(&self.calls).extend_from_slice(calls);
     }
 
     /// Queues `call` to run as `attempt`; starts the driver thread if it
@@ -103,12 +109,13 @@ impl Retrier {
         let k = spec.chunksize.max(1);
         let mut by_attempt: BTreeMap<u32, Vec<InvokedCall>> = BTreeMap::new();
         {
+            let sent = lock(&self.calls);
             let records = job.records();
             for &(call, attempt) in batch {
                 let waiting = call.index() < records.len()
                     && records.state(call) == CallState::Invoked
                     && records.attempt(call.index()) == attempt;
-                let Some(first) = self.calls.get((call.0 / k) as usize) else {
+                let Some(first) = sent.get((call.0 / k) as usize) else {
                     continue;
                 };
                 if !waiting {

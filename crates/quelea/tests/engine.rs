@@ -19,7 +19,7 @@ use procs::alive;
 use quelea::objects::{ChunkObject, ObjOptions};
 use quelea::{
     CallState, Config, ConfigBuilder, Error, Executor, FailureReason, Functions, JobHandle,
-    MapOptions, ReturnWhen,
+    JobKind, MapOptions, RawFunction, ReturnWhen, RunnerKind,
 };
 
 #[derive(Debug)]
@@ -535,6 +535,139 @@ fn crashes_report_exit_code_and_signal() -> Result<(), Failed> {
     check(
         futures.iter().filter(|f| f.success()).count() == 2,
         "the rest complete",
+    )?;
+    Ok(())
+}
+
+/// A job whose inputs come in parts (`Executor::submit_fed`) runs its first
+/// calls before the rest are given, retries a call of a later part, and is
+/// cancelled, with no call left waiting, when its feed gets too many or too
+/// few inputs or is dropped unfinished.
+fn inputs_given_in_parts() -> Result<(), Failed> {
+    let _fns = functions();
+    let dir = tempfile::tempdir()?;
+    let exec = executor(dir.path());
+    let json = |v: i64| bytes::Bytes::from(serde_json::to_vec(&v).unwrap());
+    let wait = |futures: &quelea::FuturesList<quelea::Raw>| {
+        quelea::wait(
+            futures,
+            ReturnWhen::AllCompleted,
+            Some(Duration::from_secs(60)),
+        )
+    };
+    let rust = |name: &str| RawFunction::new(RunnerKind::Rust, name, name.as_bytes().to_vec());
+    let once = MapOptions {
+        chunksize: Some(1),
+        ..MapOptions::default()
+    };
+
+    // The first part runs while the second is still to come.
+    let (futures, mut feed) = exec.submit_fed(JobKind::Map, &rust("square"), 5, 1, &once)?;
+    feed.send(vec![json(2)])?;
+    let first = futures.get(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !first.done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    check(
+        first.success(),
+        format!("call 0 ran alone: {:?}", first.state()),
+    )?;
+    check(
+        futures.get(1).unwrap().state() == CallState::New,
+        "calls not given yet are new",
+    )?;
+    feed.send(vec![json(3), json(4)])?;
+    feed.send(vec![json(5), json(6)])?;
+    feed.finish()?;
+    wait(&futures)?;
+    let outputs: Vec<i64> = futures
+        .iter()
+        .map(|f| serde_json::from_slice(f.output().unwrap().bytes()).unwrap())
+        .collect();
+    check(outputs == vec![4, 9, 16, 25, 36], format!("{outputs:?}"))?;
+
+    // A crash in a later part is retried from that part's input.
+    let retried = MapOptions {
+        retries: Some(1),
+        ..once.clone()
+    };
+    let (futures, mut feed) = exec.submit_fed(JobKind::Map, &rust("exit_with"), 3, 1, &retried)?;
+    feed.send(vec![json(0)])?;
+    feed.send(vec![json(0), json(9)])?;
+    feed.finish()?;
+    wait(&futures)?;
+    let crashed = futures.get(2).unwrap();
+    check(
+        crashed.stats().attempt == 1
+            && crashed
+                .call_error()
+                .is_some_and(|e| e.reason == FailureReason::WorkerCrashed),
+        format!(
+            "call 2 ran twice and crashed: {:?} {:?}",
+            crashed.stats(),
+            crashed.call_error()
+        ),
+    )?;
+    check(futures.get(1).unwrap().success(), "call 1 succeeded")?;
+
+    // Too many, too few, dropped: the job ends cancelled, nothing waits.
+    let cancelled = |futures: &quelea::FuturesList<quelea::Raw>, why: &str| {
+        futures.iter().all(|f| {
+            f.call_error()
+                .is_some_and(|e| e.reason == FailureReason::Cancelled && e.message.contains(why))
+        })
+    };
+    let (futures, mut feed) = exec.submit_fed(JobKind::Map, &rust("sleep_ms"), 2, 1, &once)?;
+    let error = feed
+        .send(vec![json(10_000), json(10_000), json(1)])
+        .expect_err("three inputs for two calls");
+    check(
+        error.to_string().contains("2 runner calls, but 3 inputs"),
+        error.to_string(),
+    )?;
+    wait(&futures)?;
+    check(
+        cancelled(&futures, "3 inputs"),
+        format!("{:?}", futures.states()),
+    )?;
+
+    let (futures, mut feed) = exec.submit_fed(JobKind::Map, &rust("sleep_ms"), 3, 1, &once)?;
+    feed.send(vec![json(10_000)])?;
+    let error = feed.finish().expect_err("one input of three");
+    check(
+        error.to_string().contains("only 1 inputs were given"),
+        error.to_string(),
+    )?;
+    let started = Instant::now();
+    wait(&futures)?;
+    check(
+        cancelled(&futures, "only 1 inputs") && started.elapsed() < Duration::from_secs(9),
+        format!("the sent call is stopped too: {:?}", futures.states()),
+    )?;
+
+    let (futures, mut feed) = exec.submit_fed(JobKind::Map, &rust("square"), 2, 1, &once)?;
+    feed.send(vec![json(1)])?;
+    drop(feed);
+    wait(&futures)?;
+    check(
+        futures.get(1).unwrap().call_error().is_some_and(|e| {
+            e.reason == FailureReason::Cancelled && e.message.contains("stopped before all")
+        }),
+        format!("{:?}", futures.get(1).unwrap().call_error()),
+    )?;
+    check(
+        exec.submit_fed(JobKind::Reduce, &rust("square"), 1, 1, &once)
+            .is_err(),
+        "reduce jobs are not fed",
+    )?;
+    // The pool serves on.
+    check(
+        exec.get_result(
+            &exec.map(&_fns.square, [3i64], MapOptions::default())?,
+            None,
+        )? == vec![9],
+        "serves on",
     )?;
     Ok(())
 }
@@ -1112,6 +1245,7 @@ fn main() {
             extra_args_chunksize_and_large_inputs,
         ),
         ("wait_modes_and_timeouts", wait_modes_and_timeouts),
+        ("inputs_given_in_parts", inputs_given_in_parts),
         (
             "warm_pool_is_reused_and_cancel_works",
             warm_pool_is_reused_and_cancel_works,

@@ -1,0 +1,191 @@
+//! A job's inputs given in parts, in call order, while the front end is
+//! still encoding the rest: every job's inputs reach its backend through an
+//! [`InputFeed`]. Where the runtime is this process's own, each part goes
+//! to it at once, so the first calls run while the client serializes the
+//! others (a map of big arguments does not wait for all of them to be
+//! pickled). Remote backends and the detached-job host take a job whole
+//! (its Invocations, its data object), so there the parts are held until
+//! [`InputFeed::finish`].
+
+use std::sync::{Arc, Weak};
+
+use super::{Inner, RawFunction};
+use crate::error::{Error, Result};
+use crate::job::JobState;
+use crate::retry::Retrier;
+
+/// The inputs of one job's runner calls, given in order (see the module
+/// docs). A feed dropped or abandoned before every input was given cancels
+/// its job: the calls already sent stop, the others end cancelled, and no
+/// future waits for an input that never comes.
+pub struct InputFeed {
+    inner: Weak<Inner>,
+    job: Arc<JobState>,
+    function: RawFunction,
+    detached: bool,
+    /// Runner calls given so far.
+    given: u32,
+    /// The job's runner calls in all.
+    calls: u32,
+    /// Inputs held for a backend that takes the job whole (`None`: sent to
+    /// this process's runtime as they come).
+    held: Option<Vec<bytes::Bytes>>,
+    retrier: Option<Arc<Retrier>>,
+    /// Finished, or stopped: nothing more to do.
+    ended: bool,
+}
+
+impl InputFeed {
+    pub(super) fn new(
+        inner: Weak<Inner>,
+        job: Arc<JobState>,
+        function: RawFunction,
+        detached: bool,
+    ) -> InputFeed {
+        let spec = &job.spec;
+        let calls = spec.total_calls.div_ceil(spec.chunksize.max(1));
+        let in_process = inner
+            .upgrade()
+            .is_some_and(|inner| inner.in_process(detached));
+        InputFeed {
+            inner,
+            job,
+            function,
+            detached,
+            given: 0,
+            calls,
+            held: (!in_process).then(Vec::new),
+            retrier: None,
+            ended: false,
+        }
+    }
+
+    /// The job being fed.
+    pub(crate) fn job(&self) -> &Arc<JobState> {
+        &self.job
+    }
+
+    /// Gives the inputs of the job's next runner calls. An error (too many
+    /// inputs, an executor gone, a runtime that refused them) stops the job.
+    pub fn send(&mut self, inputs: Vec<bytes::Bytes>) -> Result<()> {
+        if self.ended {
+            return Err(Error::InvalidArgument {
+                name: "inputs",
+                message: format!(
+                    "the inputs of job {} are complete or were abandoned",
+                    self.job.job_key()
+                ),
+            });
+        }
+        let room = (self.calls - self.given) as usize;
+        if inputs.len() > room {
+            let error = Error::InvalidArgument {
+                name: "inputs",
+                message: format!(
+                    "job {} has {} runner calls, but {} inputs were given",
+                    self.job.job_key(),
+                    self.calls,
+                    self.given as usize + inputs.len()
+                ),
+            };
+            self.stop(&error.to_string());
+            return Err(error);
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let count = inputs.len() as u32;
+        let sent = match &mut self.held {
+            Some(held) => {
+                held.extend(inputs);
+                Ok(())
+            }
+            None => match self.inner.upgrade() {
+                Some(inner) => inner.send_in_process(
+                    &self.job,
+                    &self.function,
+                    self.given,
+                    inputs,
+                    &mut self.retrier,
+                ),
+                None => Err(closed()),
+            },
+        };
+        match sent {
+            Ok(()) => {
+                self.given += count;
+                Ok(())
+            }
+            Err(error) => {
+                self.stop(&format!("its inputs could not be sent: {error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// Says every input was given (and sends a held job whole). Fewer
+    /// inputs than the job has runner calls is an error, and stops the job.
+    pub fn finish(mut self) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        if self.given != self.calls {
+            let error = Error::InvalidArgument {
+                name: "inputs",
+                message: format!(
+                    "job {} has {} runner calls, but only {} inputs were given",
+                    self.job.job_key(),
+                    self.calls,
+                    self.given
+                ),
+            };
+            self.stop(&error.to_string());
+            return Err(error);
+        }
+        let Some(held) = self.held.take() else {
+            self.ended = true;
+            return Ok(());
+        };
+        let sent = match self.inner.upgrade() {
+            Some(inner) => inner.send_whole(&self.job, &self.function, held, self.detached),
+            None => Err(closed()),
+        };
+        match sent {
+            Ok(()) => {
+                self.ended = true;
+                Ok(())
+            }
+            Err(error) => {
+                self.stop(&format!("it could not be sent: {error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops the job because its inputs will not all come (`why`: what
+    /// stopped them, said in every call's cancel).
+    pub fn abandon(mut self, why: &str) {
+        self.stop(why);
+    }
+
+    fn stop(&mut self, why: &str) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        self.job.cancel(why);
+        self.job.run_cancel_hook();
+    }
+}
+
+impl Drop for InputFeed {
+    fn drop(&mut self) {
+        self.stop("its inputs stopped before all were given");
+    }
+}
+
+fn closed() -> Error {
+    Error::InvalidArgument {
+        name: "executor",
+        message: "the executor was closed".into(),
+    }
+}
