@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import pickle
 
+# A map's inputs go to the engine in parts (see `encode`): the first closes
+# at FIRST_PART_BYTES of input, each next one at twice as much, up to
+# MAX_PART_BYTES (the engine's rule, `quelea::Parts`).
+from ._engine import FIRST_PART_BYTES, MAX_PART_BYTES
 from ._serialize import PROTOCOL
 
 # Not `from typing import Any`: typing costs a client's start-up ~3 ms.
@@ -102,12 +106,6 @@ def encode(
             return encode(items, plain, 1, auto, types)
         blob = dumps((plain, items[:size]))
     return size, _batch_parts(items, plain, size, atoms, blob), False
-
-
-# A map's inputs go to the engine in parts (see `encode`): the first closes
-# at this much input, each next one at twice as much, up to the most.
-FIRST_PART_BYTES = 1 << 20
-MAX_PART_BYTES = 64 << 20
 
 
 def _batch_parts(

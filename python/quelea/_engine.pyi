@@ -5,6 +5,9 @@ from typing import Any
 
 __version__: str
 
+FIRST_PART_BYTES: int
+MAX_PART_BYTES: int
+
 class Executor:
     def __init__(
         self,

@@ -27,6 +27,7 @@ import marshal
 import pickle
 import sys
 import types
+import weakref
 from collections.abc import Callable
 
 # Opcodes naming globals, looked up on first use (``opcode`` costs ~1 ms).
@@ -105,24 +106,45 @@ def global_names(code: types.CodeType, out: dict[str, None] | None = None) -> di
     return out
 
 
-def _submodules(code: types.CodeType, values: object) -> list[types.ModuleType]:
+def _submodules(attrs: frozenset[str], values: object) -> list[types.ModuleType]:
     """Imported submodules the code reaches through a global package
-    (``xml`` used as ``xml.etree.ElementTree``): shipped as references so
-    that unpickling imports them too, as cloudpickle does."""
-    packages = [v.__name__ + "." for v in values if type(v) is types.ModuleType and hasattr(v, "__path__")]
-    if not packages:
-        return []
-    attrs = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            attrs.update(const.co_names)
-    found = []
-    for name, module in list(sys.modules.items()):
-        if module is not None and any(name.startswith(p) for p in packages):
-            tail = name[name.index(".") + 1 :].split(".")
-            if all(part in attrs for part in tail):
-                found.append(module)
-    return found
+    (``xml`` used as ``xml.etree.ElementTree``; ``attrs``: the names the
+    code and its nested code use): shipped as references so that
+    unpickling imports them too, as cloudpickle does. Looked up name by
+    name (not a walk of ``sys.modules``, which holds thousands of modules
+    in a program that imported numpy or pandas)."""
+    found: dict[str, types.ModuleType] = {}
+    level = [v.__name__ for v in values if type(v) is types.ModuleType and hasattr(v, "__path__")]
+    while level:
+        deeper = []
+        for package in level:
+            for attr in attrs:
+                name = f"{package}.{attr}"
+                module = sys.modules.get(name)
+                if module is not None and name not in found:
+                    found[name] = module
+                    deeper.append(name)
+        level = deeper
+    return list(found.values())
+
+
+# What a code object says of itself, which cannot change: its marshalled
+# bytes, the global names it uses, and every name it and its nested code
+# use (for submodules). Kept while the code lives, so that a function is
+# not walked again at every map.
+_CODE_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _code_facts(code: types.CodeType) -> tuple[bytes, tuple[str, ...], frozenset[str]]:
+    facts = _CODE_FACTS.get(code)
+    if facts is None:
+        attrs = set(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                attrs.update(const.co_names)
+        facts = (marshal.dumps(code), tuple(global_names(code)), frozenset(attrs))
+        _CODE_FACTS[code] = facts
+    return facts
 
 
 class Pickler(pickle.Pickler):
@@ -166,8 +188,9 @@ class Pickler(pickle.Pickler):
             # What relative imports inside the function resolve against.
             keys = ("__package__", "__name__", "__path__", "__file__")
             base = self._globals[id(glob)] = {k: glob[k] for k in keys if k in glob}
-        code = func.__code__
-        names = {k: glob[k] for k in global_names(code) if k in glob}
+        marshalled, global_keys, attrs = _code_facts(func.__code__)
+        # The globals' values are read at every map: they may have changed.
+        names = {k: glob[k] for k in global_keys if k in glob}
         state = (
             names,
             func.__dict__,
@@ -177,11 +200,11 @@ class Pickler(pickle.Pickler):
             func.__doc__,
             func.__qualname__,
             func.__module__,
-            _submodules(code, names.values()),
+            _submodules(attrs, names.values()),
         )
         return (
             make_function,
-            (marshal.dumps(code), base, func.__name__),
+            (marshalled, base, func.__name__),
             state,
             None,
             None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import sys
 import types
@@ -140,10 +141,22 @@ def _ship_modules_by_value(func: Any) -> dict[str, tuple[str, str]]:
     if not path:
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            return {name: (path, f.read())}
-    except OSError:
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        source = _SOURCES.get(key)
+        if source is None:
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+            _SOURCES.clear()  # the current script's source is the one that matters
+            _SOURCES[key] = source
+        return {name: (path, source)}
+    except (OSError, UnicodeDecodeError):
         return {}
+
+
+# The last by-value module source read, by path, modification time and size:
+# a session of maps reads its script once, and again only once it changed.
+_SOURCES: dict[tuple[str, int, int], str] = {}
 
 
 def dump_function(payload: FunctionPayload) -> bytes:

@@ -250,3 +250,90 @@ def test_a_remote_traceback_shows_the_shipped_source_line(tmp_path, storage_root
     # runner): the line comes from the source shipped with the function.
     out = run(tmp_path, storage_root, GONE)
     assert "script.py" in out["tb"] and "return 1 / (x - x)" in out["tb"], out["tb"]
+
+
+MANY_MODULES = """
+    import json, sys, types, xml.etree.ElementTree
+    import quelea
+    import quelea._funcpickle as fp
+
+    def uses_submodule(x):
+        return xml.etree.ElementTree.fromstring(json.dumps(x).join(["<a>", "</a>"])).text
+
+    def lines_to_pickle(fexec, fn):
+        # Lines of quelea._funcpickle run while the map's function is pickled.
+        lines = [0]
+        def count(frame, event, arg):
+            if event == "line":
+                lines[0] += 1
+            return count
+        def tracer(frame, event, arg):
+            return count if frame.f_code.co_filename == fp.__file__ else None
+        sys.settrace(tracer)
+        try:
+            fexec._payload(fn, None)
+        finally:
+            sys.settrace(None)
+        return lines[0]
+
+    config = json.loads(sys.argv[1])
+    out = {}
+    with quelea.FunctionExecutor(config=config) as fexec:
+        out["first"] = fexec.get_result(fexec.map(uses_submodule, [5]))
+        out["few"] = lines_to_pickle(fexec, uses_submodule)
+        for i in range(5000):  # a program that imported numpy, pandas and their kin
+            sys.modules[f"xml.fake{i}"] = types.ModuleType(f"xml.fake{i}")
+        out["many"] = lines_to_pickle(fexec, uses_submodule)
+        out["again"] = fexec.get_result(fexec.map(uses_submodule, [6]))
+    print(json.dumps(out))
+"""
+
+
+def test_pickling_a_function_does_not_walk_every_loaded_module(tmp_path, storage_root):
+    """The submodules a function reaches through a package are looked up by
+    the names it uses, and what its code says of itself is kept: the work
+    of pickling it per map does not grow with ``sys.modules``. Counted in
+    lines run, not time."""
+    out = run(tmp_path, storage_root, MANY_MODULES)
+    assert out["first"] == ["5"] and out["again"] == ["6"]
+    assert 0 < out["many"] <= out["few"] + 10 and out["many"] < 500, out
+
+
+EDITED = """
+    import json, os, sys, time, traceback
+    import quelea
+
+    def boom(x):
+        return 1 / (x - x)  # the first version
+
+    config = json.loads(sys.argv[1])
+    out = []
+    with quelea.FunctionExecutor(config=config) as fexec:
+        for round in range(2):
+            try:
+                fexec.get_result(fexec.map(boom, [1]))
+            except ZeroDivisionError as e:
+                out.append("".join(traceback.format_exception(e)))
+            with open(__file__) as f:
+                source = f.read()
+            # The script changes (an editor saved it) and then goes away.
+            with open(__file__, "w") as f:
+                f.write(source.replace("the first version", "an edited version, longer"))
+            os.utime(__file__, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    print(json.dumps(out))
+"""
+
+
+def test_a_traceback_shows_the_script_as_it_was_at_the_map(tmp_path, storage_root):
+    # The script's source travels for tracebacks; it is read again once the
+    # file changed (kept by path, modification time and size).
+    proc = run_script(
+        tmp_path,
+        __import__("textwrap").dedent(EDITED),
+        json.dumps({"localdisk": {"root": str(storage_root)}, "local": {"workers": 2}}),
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    first, second = json.loads(out.strip().splitlines()[-1])
+    assert "the first version" in first, first
+    assert "an edited version, longer" in second, second

@@ -1272,5 +1272,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage::storage_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(storage::lithops_storage_keys, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FIRST_PART_BYTES", quelea::FIRST_PART_BYTES)?;
+    m.add("MAX_PART_BYTES", quelea::MAX_PART_BYTES)?;
     Ok(())
 }

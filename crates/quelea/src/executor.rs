@@ -37,7 +37,7 @@ use crate::push::Subscription;
 use crate::retry::Retrier;
 
 mod feed;
-pub use feed::InputFeed;
+pub use feed::{InputFeed, Parts, FIRST_PART_BYTES, MAX_PART_BYTES};
 
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]
@@ -431,24 +431,17 @@ impl Executor {
         Ok(ResponseFuture::new(job, CallId(0)))
     }
 
-    /// Runs one call per input, in parallel.
+    /// Runs one call per input, in parallel. The inputs are serialized and
+    /// sent a part at a time: the first calls run while the rest are
+    /// serialized (see [`InputFeed`]).
     pub fn map<I: Serialize, O>(
         &self,
         function: &FunctionRef<I, O>,
         inputs: impl IntoIterator<Item = I>,
         options: MapOptions,
     ) -> Result<FuturesList<O>> {
-        let inputs = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| serialize_input(&input, i))
-            .collect::<Result<Vec<_>>>()?;
-        let job = self.submit_job(
-            JobKind::Map,
-            RawFunction::rust(function.name()),
-            self.batches(inputs, &options)?,
-            &options,
-        )?;
+        let inputs: Vec<I> = inputs.into_iter().collect();
+        let job = self.submit_serialized(function.name(), &inputs, serialize_input, &options)?;
         Ok(FuturesList::for_job(&job))
     }
 
@@ -460,18 +453,58 @@ impl Executor {
         extra_args: E,
         options: MapOptions,
     ) -> Result<FuturesList<O>> {
-        let inputs = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| serialize_input(&(&input, &extra_args), i))
-            .collect::<Result<Vec<_>>>()?;
-        let job = self.submit_job(
-            JobKind::Map,
-            RawFunction::rust(function.name()),
-            self.batches(inputs, &options)?,
-            &options,
-        )?;
+        let inputs: Vec<I> = inputs.into_iter().collect();
+        let serialize = |input: &I, i| serialize_input(&(input, &extra_args), i);
+        let job = self.submit_serialized(function.name(), &inputs, serialize, &options)?;
         Ok(FuturesList::for_job(&job))
+    }
+
+    /// A map of a Rust function whose elements are serialized into its
+    /// feed a part at a time (a failure stops the job, see [`InputFeed`]).
+    fn submit_serialized<T>(
+        &self,
+        name: &str,
+        elements: &[T],
+        serialize: impl Fn(&T, usize) -> Result<Vec<u8>>,
+        options: &MapOptions,
+    ) -> Result<Arc<JobState>> {
+        let total = element_count(elements.len())?;
+        let chunksize = self.chunksize_for(elements.len(), options);
+        if chunksize == 0 {
+            return Err(Error::InvalidArgument {
+                name: "chunksize",
+                message: "must be at least 1".into(),
+            });
+        }
+        let mut feed = self.feed_job(
+            JobKind::Map,
+            RawFunction::rust(name),
+            total,
+            chunksize,
+            options,
+        )?;
+        let mut parts = feed::Parts::default();
+        for (c, batch) in elements.chunks(chunksize as usize).enumerate() {
+            let first = c * chunksize as usize;
+            let input = match batch {
+                [one] => serialize(one, first)?,
+                many => {
+                    let each = many
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| serialize(e, first + i))
+                        .collect::<Result<Vec<_>>>()?;
+                    encode_batch_input(each.iter().map(Vec::as_slice))
+                }
+            };
+            if let Some(part) = parts.push(input.into()) {
+                feed.send(part)?;
+            }
+        }
+        feed.send(parts.rest())?;
+        let job = feed.job().clone();
+        feed.finish()?;
+        Ok(job)
     }
 
     /// Maps, then runs `reducer` once on all map results in call order. The

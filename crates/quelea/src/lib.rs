@@ -32,7 +32,8 @@ pub use detached::{host_lease_with, job_leases_with, serve_host, HostLease, LEAS
 pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, wait_until, Batches, DoneAndPending, Executor,
-    ExecutorBuilder, InputFeed, MapOptions, Raw, RawFunction,
+    ExecutorBuilder, InputFeed, MapOptions, Parts, Raw, RawFunction, FIRST_PART_BYTES,
+    MAX_PART_BYTES,
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;

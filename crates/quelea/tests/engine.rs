@@ -46,6 +46,7 @@ struct Fns {
     chunk_text: quelea::FunctionRef<ChunkObject, (String, u32, String)>,
     line_count: quelea::FunctionRef<ChunkObject, usize>,
     total: quelea::FunctionRef<Vec<usize>, usize>,
+    touch_len: quelea::FunctionRef<Gate, usize>,
 }
 
 fn functions() -> Fns {
@@ -121,6 +122,10 @@ fn functions() -> Fns {
         Ok::<_, String>(std::io::BufRead::lines(reader).count())
     });
     let total = functions.register("total", |xs: Vec<usize>| xs.iter().sum::<usize>());
+    let touch_len = functions.register("touch_len", |gate: Gate| {
+        std::fs::write(&gate.path, "ran").expect("the marker is written");
+        gate.pad
+    });
     Fns {
         functions,
         chunk_text,
@@ -137,6 +142,7 @@ fn functions() -> Fns {
         add_extra,
         echo_len,
         plus_100,
+        touch_len,
     }
 }
 
@@ -669,6 +675,61 @@ fn inputs_given_in_parts() -> Result<(), Failed> {
         )? == vec![9],
         "serves on",
     )?;
+    Ok(())
+}
+
+/// A map argument that serializes (as `(path, pad)`) only once `path`
+/// exists, if `wait`: the map's first call must have run by then.
+struct Gate {
+    path: String,
+    pad: usize,
+    wait: bool,
+}
+
+impl serde::Serialize for Gate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.wait && !std::path::Path::new(&self.path).exists() {
+            if Instant::now() > deadline {
+                return Err(serde::ser::Error::custom(
+                    "the map's first call never ran while the rest was serialized",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        serde::Serialize::serialize(&(&self.path, "x".repeat(self.pad)), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (path, pad): (String, String) = serde::Deserialize::deserialize(d)?;
+        Ok(Gate {
+            path,
+            pad: pad.len(),
+            wait: false,
+        })
+    }
+}
+
+fn map_runs_its_first_calls_while_serializing() -> Result<(), Failed> {
+    let fns = functions();
+    let dir = tempfile::tempdir()?;
+    let exec = executor(dir.path());
+    let path = dir
+        .path()
+        .join("first-call-ran")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let gates = [(2 << 20, false), (3, true)].map(|(pad, wait)| Gate {
+        path: path.clone(),
+        pad,
+        wait,
+    });
+    let futures = exec.map(&fns.touch_len, gates, MapOptions::default())?;
+    let lens = exec.get_result(&futures, Some(Duration::from_secs(60)))?;
+    check(lens == vec![2 << 20, 3], format!("{lens:?}"))?;
     Ok(())
 }
 
@@ -1246,6 +1307,10 @@ fn main() {
         ),
         ("wait_modes_and_timeouts", wait_modes_and_timeouts),
         ("inputs_given_in_parts", inputs_given_in_parts),
+        (
+            "map_runs_its_first_calls_while_serializing",
+            map_runs_its_first_calls_while_serializing,
+        ),
         (
             "warm_pool_is_reused_and_cancel_works",
             warm_pool_is_reused_and_cancel_works,

@@ -14,6 +14,50 @@ use crate::error::{Error, Result};
 use crate::job::JobState;
 use crate::retry::Retrier;
 
+/// A front end sends its first part once it holds this much encoded input,
+/// each next one at twice the last, up to [`MAX_PART_BYTES`]: a big map's
+/// first calls start at once, a small map is one part.
+pub const FIRST_PART_BYTES: usize = 1 << 20;
+/// The largest part (see [`FIRST_PART_BYTES`]).
+pub const MAX_PART_BYTES: usize = 64 << 20;
+
+/// Groups encoded inputs into parts as [`FIRST_PART_BYTES`] says.
+#[derive(Debug)]
+pub struct Parts {
+    part: Vec<bytes::Bytes>,
+    bytes: usize,
+    target: usize,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            part: Vec::new(),
+            bytes: 0,
+            target: FIRST_PART_BYTES,
+        }
+    }
+}
+
+impl Parts {
+    /// Adds the next input; returns the part it closes, if it closes one.
+    pub fn push(&mut self, input: bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
+        self.bytes += input.len();
+        self.part.push(input);
+        if self.bytes < self.target {
+            return None;
+        }
+        self.bytes = 0;
+        self.target = (2 * self.target).min(MAX_PART_BYTES);
+        Some(std::mem::take(&mut self.part))
+    }
+
+    /// The last part (maybe empty).
+    pub fn rest(self) -> Vec<bytes::Bytes> {
+        self.part
+    }
+}
+
 /// The inputs of one job's runner calls, given in order (see the module
 /// docs). A feed dropped or abandoned before every input was given cancels
 /// its job: the calls already sent stop, the others end cancelled, and no
