@@ -20,8 +20,9 @@ import pickle
 
 # A map's inputs go to the engine in parts (see `encode`): the first closes
 # at FIRST_PART_BYTES of input, each next one at twice as much, up to
-# MAX_PART_BYTES (the engine's rule, `quelea::Parts`).
-from ._engine import FIRST_PART_BYTES, MAX_PART_BYTES
+# MAX_PART_BYTES, and any at MAX_PART_CALLS inputs (the engine's rule,
+# `quelea::Parts`).
+from ._engine import FIRST_PART_BYTES, MAX_PART_BYTES, MAX_PART_CALLS
 from ._serialize import PROTOCOL
 
 # Not `from typing import Any`: typing costs a client's start-up ~3 ms.
@@ -121,7 +122,7 @@ def _batch_parts(
     part, part_bytes, target = [first_blob], len(first_blob), FIRST_PART_BYTES
     first = size
     while first < n:
-        if part_bytes >= target:
+        if part_bytes >= target or len(part) >= MAX_PART_CALLS:
             yield part, True
             part, part_bytes, target = [], 0, min(2 * target, MAX_PART_BYTES)
         if n - first == 1:
@@ -143,15 +144,18 @@ def _each_parts(plain: Any, items: list | range, atoms: bool) -> Iterator[tuple[
     """``encode``'s parts of one input per element. Elements are encoded
     in slices sized from the mean input so far (at most doubling from one
     slice to the next, so that a map of big elements closes its first part
-    after the first few)."""
+    after the first few). A part of small inputs closes at MAX_PART_CALLS:
+    its bytes objects go once the engine has their contents, so the
+    client never holds one per call of a big map."""
     n = len(items)
     part: list[bytes] = []
     part_bytes, total_bytes, target = 0, 0, FIRST_PART_BYTES
     at, step, big = 0, 1, False
     while at < n:
-        if part_bytes >= target:
+        if part_bytes >= target or len(part) >= MAX_PART_CALLS:
             yield part, True
             part, part_bytes, target = [], 0, min(2 * target, MAX_PART_BYTES)
+        step = min(step, MAX_PART_CALLS - len(part))
         blobs = encode_each(plain, items[at : at + step], atoms, at, big)
         got = sum(map(len, blobs))
         part += blobs

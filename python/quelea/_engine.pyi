@@ -7,6 +7,7 @@ __version__: str
 
 FIRST_PART_BYTES: int
 MAX_PART_BYTES: int
+MAX_PART_CALLS: int
 
 class Executor:
     def __init__(

@@ -488,6 +488,13 @@ def test_inputs_are_encoded_in_growing_parts():
                 assert value == (plain, batch)
     (only, more), *rest = _batch.encode(list(range(10_000)), True, 1250, True, {int})[1]
     assert not more and not rest and len(only) == 8
+    # Small inputs one per call: parts of at most MAX_PART_CALLS, whose
+    # bytes objects go once sent, so the client never holds one per call.
+    n = _batch.MAX_PART_CALLS
+    parts = list(_batch.encode(range(3 * n + 5), True, 1, False, {int})[1])
+    assert [len(part) for part, _ in parts] == [n, n, n, 5]
+    decoded = [pickle.loads(blob) for part, _ in parts for blob in part]
+    assert decoded == [((i,), {}) for i in range(3 * n + 5)]
 
 
 class _ByValue:

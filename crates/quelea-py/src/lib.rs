@@ -1274,5 +1274,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FIRST_PART_BYTES", quelea::FIRST_PART_BYTES)?;
     m.add("MAX_PART_BYTES", quelea::MAX_PART_BYTES)?;
+    m.add("MAX_PART_CALLS", quelea::MAX_PART_CALLS)?;
     Ok(())
 }

@@ -37,7 +37,7 @@ use crate::push::Subscription;
 use crate::retry::Retrier;
 
 mod feed;
-pub use feed::{InputFeed, Parts, FIRST_PART_BYTES, MAX_PART_BYTES};
+pub use feed::{InputFeed, Parts, FIRST_PART_BYTES, MAX_PART_BYTES, MAX_PART_CALLS};
 
 /// Per-job options; unset fields take the executor's config.
 #[derive(Clone, Debug, Default)]

@@ -33,7 +33,7 @@ pub use error::{Error, Result};
 pub use executor::{
     cancel, get_result, groups_of, wait, wait_until, Batches, DoneAndPending, Executor,
     ExecutorBuilder, InputFeed, MapOptions, Parts, Raw, RawFunction, FIRST_PART_BYTES,
-    MAX_PART_BYTES,
+    MAX_PART_BYTES, MAX_PART_CALLS,
 };
 pub use future::{FuturesList, ResponseFuture, ReturnWhen};
 pub use handle::JobHandle;

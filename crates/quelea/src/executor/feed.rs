@@ -20,8 +20,12 @@ use crate::retry::Retrier;
 pub const FIRST_PART_BYTES: usize = 1 << 20;
 /// The largest part (see [`FIRST_PART_BYTES`]).
 pub const MAX_PART_BYTES: usize = 64 << 20;
+/// A part also closes at this many inputs: a front end that holds an
+/// object per encoded input (Python's bytes) lets them go part by part.
+pub const MAX_PART_CALLS: usize = 8192;
 
-/// Groups encoded inputs into parts as [`FIRST_PART_BYTES`] says.
+/// Groups encoded inputs into parts as [`FIRST_PART_BYTES`] and
+/// [`MAX_PART_CALLS`] say.
 #[derive(Debug)]
 pub struct Parts {
     part: Vec<bytes::Bytes>,
@@ -44,7 +48,7 @@ impl Parts {
     pub fn push(&mut self, input: bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
         self.bytes += input.len();
         self.part.push(input);
-        if self.bytes < self.target {
+        if self.bytes < self.target && self.part.len() < MAX_PART_CALLS {
             return None;
         }
         self.bytes = 0;
@@ -231,5 +235,27 @@ fn closed() -> Error {
     Error::InvalidArgument {
         name: "executor",
         message: "the executor was closed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_close_at_doubling_sizes_and_at_max_calls() {
+        let mut parts = Parts::default();
+        let mib = bytes::Bytes::from(vec![0u8; FIRST_PART_BYTES]);
+        assert_eq!(parts.push(mib.clone()).map(|p| p.len()), Some(1));
+        // The next one closes at twice as much.
+        assert!(parts.push(mib.clone()).is_none());
+        assert_eq!(parts.push(mib.clone()).map(|p| p.len()), Some(2));
+        // Small inputs: a part closes at MAX_PART_CALLS of them.
+        let small = bytes::Bytes::from_static(b"x");
+        let closed: Vec<usize> = (0..2 * MAX_PART_CALLS + 3)
+            .filter_map(|_| parts.push(small.clone()).map(|p| p.len()))
+            .collect();
+        assert_eq!(closed, vec![MAX_PART_CALLS, MAX_PART_CALLS]);
+        assert_eq!(parts.rest().len(), 3);
     }
 }
