@@ -306,7 +306,12 @@ def main() -> None:
 
 
 def notes_for(row: str, results: dict[str, list[dict]]) -> str:
-    last = {s: v[-1] for s, v in results.items() if v}
+    # Each figure's median over the rounds (the storage sizes: the last round's).
+    last = {
+        s: {k: statistics.median(r[k] for r in v) if k != "mb" else v[-1][k] for k in v[-1]}
+        for s, v in results.items()
+        if v
+    }
     if row == "loop":
         return "; ".join(f"{s} RSS {r['rss100']:.0f} → {r['rss1000']:.0f} MB" for s, r in last.items())
     if row == "percall":
