@@ -175,7 +175,7 @@ def encode_each(
     """One input per element: ``(args, kwargs)`` pickled (``atoms``: as in
     ``encode``; ``start``: the index of the first, for errors; ``big``: the
     elements are likely large, see ``dump_input``)."""
-    from ._serialize import dump_input
+    from ._serialize import dump_input, refers_by_value
 
     if plain == EXPAND:
         return [dump_input(*element_args(e, None, i), i, big) for i, e in enumerate(items, start)]
@@ -190,8 +190,8 @@ def encode_each(
                 # A class or function named by reference may need to go by
                 # value (bytes and strs may hold the opcode's byte by chance).
                 for j, blob in enumerate(blobs):
-                    if pickle.STACK_GLOBAL in blob:
-                        blobs[j] = dump_input((items[j],), {}, start + j, True)
+                    if refers_by_value(((items[j],), _NO_KWARGS), blob):
+                        blobs[j] = dump_input((items[j],), {}, start + j)
             return blobs
     if plain:
         return [dump_input((e,), {}, i, big) for i, e in enumerate(items, start)]

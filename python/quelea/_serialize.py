@@ -212,37 +212,31 @@ def refers_by_value(value: Any, blob: bytes) -> bool:
     return finder.found
 
 
-def dumps_args(value: Any) -> bytes:
+def dumps_args(value: Any, big: bool = False) -> bytes:
     """Arguments pickled: the C pickler, or cloudpickle when they hold
     lambdas, local classes, or instances of classes defined in the user's
-    script or in a module not installed on the workers (even nested)."""
+    script or in a module not installed on the workers (even nested).
+    ``big``: the value is likely large, so it is pickled once, looking for
+    such things on the way (a big value's bytes all but surely hold the
+    opcode that sends a pickle to a second look)."""
     try:
-        blob = pickle.dumps(value, protocol=PROTOCOL)
+        if big:
+            blob = _dump_checked(value)
+        else:
+            blob = pickle.dumps(value, protocol=PROTOCOL)
+            blob = None if refers_by_value(value, blob) else blob
+        if blob is not None:
+            return blob
     except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
-        return _cloudpickle().dumps(value, protocol=PROTOCOL)
-    if refers_by_value(value, blob):
-        return _cloudpickle().dumps(value, protocol=PROTOCOL)
-    return blob
+        pass
+    return _cloudpickle().dumps(value, protocol=PROTOCOL)
 
 
 def dump_input(args: tuple, kwargs: dict, index: int, big: bool = False) -> bytes:
-    """A call's ``(args, kwargs)`` pickled: the C pickler, or cloudpickle for
-    what must go by value (see ``dumps_args``). ``big``: the value is likely
-    large, so it is pickled once, looking for such things on the way (a
-    big value's bytes all but surely hold the opcode that would send it to
-    a second look)."""
-    value = (args, kwargs)
+    """A call's ``(args, kwargs)`` pickled as ``dumps_args`` does; a value
+    nothing can pickle is an error naming the call."""
     try:
-        blob = None if big else pickle.dumps(value, protocol=PROTOCOL)
-        if blob is not None and _STACK_GLOBAL not in blob:
-            return blob
-        checked = _dump_checked(value)
-        if checked is not None:
-            return checked
-    except Exception:  # noqa: BLE001 - fall back to cloudpickle for lambdas etc.
-        pass
-    try:
-        return _cloudpickle().dumps(value, protocol=PROTOCOL)
+        return dumps_args((args, kwargs), big)
     except Exception as e:  # noqa: BLE001
         raise SerializationError(f"cannot pickle the input of call {index}: {type(e).__name__}: {e}") from e
 
